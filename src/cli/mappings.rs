@@ -1,0 +1,460 @@
+//! `connector mappings check|test|preview`: load the mappings, run them on their fixtures and compare with
+//! the expected FHIR, or map a file and show the result.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::EXIT_FOUND;
+use crate::mapping::{self, Catalog, Input, MappedResource, Partner, Quarantined, RecordKind, RunReport, Sink};
+use crate::quarantine::{self, QuarantineFile};
+
+#[derive(Debug, Subcommand)]
+pub enum MappingsCommand {
+    /// Load and compile every mapping file; report every problem with its file, line and key.
+    Check,
+    /// Run each partner's mappings on its fixtures and compare with the expected FHIR.
+    Test {
+        /// Only this partner.
+        #[arg(long)]
+        partner: Option<String>,
+        /// Folder with one sub-folder of fixtures per partner.
+        #[arg(long, default_value = "tests/fixtures")]
+        fixtures: PathBuf,
+        /// Rewrite the expected files from the current output (review the diff before committing).
+        #[arg(long)]
+        update: bool,
+    },
+    /// Map export files and print the resources as NDJSON on stdout; quarantined rows are reported on stderr
+    /// and kept in a quarantine file. Exits 3 when any row was quarantined.
+    Preview {
+        #[arg(long)]
+        partner: String,
+        /// An export file; repeat to map several together (references between them then resolve).
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// The record kind of the inputs; by default taken from the file name (person.csv) or the mapping's
+        /// `[source] files` patterns.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Where quarantined rows are kept (they contain personal data; the files are owner-only).
+        #[arg(long, default_value = "quarantine")]
+        quarantine_dir: PathBuf,
+    },
+}
+
+pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
+    let catalog = match mapping::load_catalog(mappings_dir) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            bail!("{} problem(s) in the mappings under {}", errors.len(), mappings_dir.display());
+        }
+    };
+    match cmd {
+        MappingsCommand::Check => {
+            for p in catalog.partners.values() {
+                let kinds: Vec<String> = p.mappings.values().map(|m| format!("{}@{}", m.kind, m.version)).collect();
+                println!("{}: {} mapping(s): {}", p.id, p.mappings.len(), kinds.join(", "));
+            }
+            println!("All mappings load.");
+            Ok(0)
+        }
+        MappingsCommand::Test { partner, fixtures, update } => test(&catalog, partner.as_deref(), &fixtures, update),
+        MappingsCommand::Preview { partner, inputs, kind, quarantine_dir } => {
+            preview(&catalog, &partner, &inputs, kind.as_deref(), &quarantine_dir)
+        }
+    }
+}
+
+fn partner<'a>(catalog: &'a Catalog, id: &str) -> anyhow::Result<&'a Partner> {
+    catalog.partner(id).with_context(|| {
+        format!("no partner \"{id}\" in the mappings; known: {}", catalog.partners.keys().cloned().collect::<Vec<_>>().join(", "))
+    })
+}
+
+/// Which kind a file holds: named on the command line, or from its name.
+fn kind_of(partner: &Partner, path: &Path, explicit: Option<&str>) -> anyhow::Result<RecordKind> {
+    let known = || partner.mappings.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    if let Some(k) = explicit {
+        return RecordKind::parse(k).with_context(|| format!("--kind {k}: not a record kind; this partner maps: {}", known()));
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_lowercase();
+    let stem = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_lowercase();
+    if let Some(k) = RecordKind::parse(&stem) {
+        return Ok(k);
+    }
+    let matching: Vec<RecordKind> =
+        partner.mappings.values().filter(|m| m.files.iter().any(|g| glob_match(&g.to_lowercase(), &name))).map(|m| m.kind).collect();
+    match matching.as_slice() {
+        [k] => Ok(*k),
+        [] => bail!("{}: cannot tell which record kind this file holds; pass --kind (one of: {})", path.display(), known()),
+        _ => bail!("{}: the file name matches several mappings' `files` patterns; pass --kind", path.display()),
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) || name.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Prints counts to stderr: every run says what it read, mapped and quarantined.
+fn print_counts(report: &RunReport) {
+    for f in &report.files {
+        let kind = f.kind.map_or("?", |k| k.as_str());
+        match &f.error {
+            Some(e) => eprintln!("{} {kind} {}: NOT MAPPED: {e}", report.partner, f.path.display()),
+            None => eprintln!(
+                "{} {kind} {}: {} read, {} mapped, {} quarantined",
+                report.partner,
+                f.path.display(),
+                f.read,
+                f.mapped,
+                f.quarantined
+            ),
+        }
+    }
+    let by_type: Vec<String> = report.resources.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    eprintln!(
+        "Total: {} read, {} mapped, {} quarantined. Resources: {}",
+        report.read(),
+        report.mapped(),
+        report.quarantined(),
+        by_type.join(", ")
+    );
+}
+
+struct PreviewSink<W: Write> {
+    out: W,
+    quarantine: QuarantineFile,
+}
+
+impl<W: Write> Sink for PreviewSink<W> {
+    fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, r.resource)?;
+        self.out.write_all(b"\n")
+    }
+    fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
+        eprintln!("QUARANTINED {}", quarantine::describe(q));
+        self.quarantine.write(q)
+    }
+}
+
+fn preview(catalog: &Catalog, partner_id: &str, files: &[PathBuf], kind: Option<&str>, qdir: &Path) -> anyhow::Result<u8> {
+    let partner = partner(catalog, partner_id)?;
+    let inputs = files
+        .iter()
+        .map(|p| Ok(Input { kind: kind_of(partner, p, kind)?, path: p.clone() }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let stdout = std::io::stdout();
+    let mut sink = PreviewSink { out: std::io::BufWriter::new(stdout.lock()), quarantine: QuarantineFile::new(qdir, partner_id) };
+    let report = mapping::run(partner, &inputs, &mut sink).context("writing the output")?;
+    sink.out.flush()?;
+    sink.quarantine.finish()?;
+    print_counts(&report);
+    if sink.quarantine.count > 0 {
+        eprintln!("Quarantined rows kept in {} (contains personal data).", sink.quarantine.path().display());
+    }
+    Ok(if report.failed_files().next().is_some() {
+        1
+    } else if report.quarantined() > 0 {
+        EXIT_FOUND
+    } else {
+        0
+    })
+}
+
+/// The expected result of mapping one fixture file.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Expected {
+    file: String,
+    counts: Counts,
+    resources: Vec<ExpectedResource>,
+    quarantined: Vec<ExpectedQuarantine>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
+struct Counts {
+    read: u64,
+    mapped: u64,
+    quarantined: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct ExpectedResource {
+    row: u64,
+    resource: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct ExpectedQuarantine {
+    row: u64,
+    reasons: Vec<String>,
+}
+
+#[derive(Default)]
+struct Collect {
+    organization: Option<Value>,
+    by_kind: BTreeMap<RecordKind, (Vec<ExpectedResource>, Vec<ExpectedQuarantine>)>,
+}
+
+impl Sink for Collect {
+    fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
+        match r.kind {
+            Some(k) => self.by_kind.entry(k).or_default().0.push(ExpectedResource { row: r.row, resource: r.resource.clone() }),
+            None => self.organization = Some(r.resource.clone()),
+        }
+        Ok(())
+    }
+    fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
+        let reasons = q.reasons.iter().map(ToString::to_string).collect();
+        self.by_kind.entry(q.kind).or_default().1.push(ExpectedQuarantine { row: q.row, reasons });
+        Ok(())
+    }
+}
+
+fn fixture_inputs(dir: &Path, partner: &Partner) -> anyhow::Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading fixtures in {}", dir.display()))? {
+        let path = entry?.path();
+        if !path.is_file() || path.extension().is_some_and(|e| e == "md") {
+            continue;
+        }
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        if let Some(kind) = RecordKind::parse(stem).filter(|k| partner.mappings.contains_key(k)) {
+            inputs.push(Input { kind, path });
+        }
+    }
+    inputs.sort_by(|a, b| a.kind.cmp(&b.kind).then(a.path.cmp(&b.path)));
+    Ok(inputs)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not a valid expected file", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn test(catalog: &Catalog, only: Option<&str>, fixtures: &Path, update: bool) -> anyhow::Result<u8> {
+    let partners: Vec<&Partner> = match only {
+        Some(id) => vec![partner(catalog, id)?],
+        None => catalog.partners.values().collect(),
+    };
+    let mut failures = 0usize;
+    let mut checked = 0usize;
+    for p in partners {
+        let dir = fixtures.join(&p.id);
+        let inputs = fixture_inputs(&dir, p)?;
+        let untested: Vec<&str> =
+            p.mappings.keys().filter(|k| !inputs.iter().any(|i| i.kind == **k)).map(|k| k.as_str()).collect();
+        if !untested.is_empty() {
+            println!("FAIL {}: no fixture for {} in {}", p.id, untested.join(", "), dir.display());
+            failures += 1;
+        }
+        let mut got = Collect::default();
+        let report = mapping::run(p, &inputs, &mut got)?;
+        for f in report.failed_files() {
+            println!("FAIL {} {}: {}", p.id, f.path.display(), f.error.as_deref().unwrap_or_default());
+            failures += 1;
+        }
+        let expected_dir = dir.join("expected");
+        let org_path = expected_dir.join("organization.json");
+        let org = got.organization.take().unwrap_or_default();
+        checked += 1;
+        if update {
+            write_json(&org_path, &org)?;
+        } else {
+            let mut diffs = Vec::new();
+            match read_json::<Value>(&org_path)? {
+                Some(want) => diff_json("Organization", &want, &org, &mut diffs),
+                None => diffs.push(format!("{} is missing; run with --update to create it", org_path.display())),
+            }
+            failures += report_diffs(&format!("{}/organization", p.id), &diffs);
+        }
+        for f in report.files.iter().filter(|f| f.error.is_none()) {
+            let Some(kind) = f.kind else { continue };
+            let (resources, quarantined) = got.by_kind.remove(&kind).unwrap_or_default();
+            let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let now = Expected {
+                file,
+                counts: Counts { read: f.read, mapped: f.mapped, quarantined: f.quarantined },
+                resources,
+                quarantined,
+            };
+            let path = expected_dir.join(format!("{kind}.json"));
+            checked += 1;
+            if update {
+                write_json(&path, &now)?;
+                println!("updated {}", path.display());
+                continue;
+            }
+            let diffs = match read_json::<Expected>(&path)? {
+                Some(want) => compare(&want, &now),
+                None => vec![format!("{} is missing; run with --update to create it", path.display())],
+            };
+            failures += report_diffs(&format!("{}/{kind}", p.id), &diffs);
+        }
+    }
+    if update {
+        println!("Expected files written; review them with `git diff` before committing.");
+        return Ok(0);
+    }
+    println!("{} passed, {failures} failed", checked.saturating_sub(failures));
+    Ok(if failures == 0 { 0 } else { 1 })
+}
+
+fn report_diffs(label: &str, diffs: &[String]) -> usize {
+    if diffs.is_empty() {
+        println!("ok   {label}");
+        return 0;
+    }
+    println!("FAIL {label}");
+    for d in diffs.iter().take(50) {
+        println!("     {label} {d}");
+    }
+    if diffs.len() > 50 {
+        println!("     ... and {} more differences", diffs.len() - 50);
+    }
+    1
+}
+
+fn compare(want: &Expected, got: &Expected) -> Vec<String> {
+    let mut out = Vec::new();
+    if want.counts != got.counts {
+        out.push(format!(
+            "counts: expected {} read / {} mapped / {} quarantined, got {} / {} / {}",
+            want.counts.read, want.counts.mapped, want.counts.quarantined, got.counts.read, got.counts.mapped, got.counts.quarantined
+        ));
+    }
+    let label = |r: &ExpectedResource| {
+        format!("{}/{}", r.resource["resourceType"].as_str().unwrap_or("?"), r.resource["id"].as_str().unwrap_or("?"))
+    };
+    let got_by: BTreeMap<String, &ExpectedResource> = got.resources.iter().map(|r| (label(r), r)).collect();
+    let want_by: BTreeMap<String, &ExpectedResource> = want.resources.iter().map(|r| (label(r), r)).collect();
+    for (id, w) in &want_by {
+        let rt = w.resource["resourceType"].as_str().unwrap_or("?");
+        match got_by.get(id) {
+            Some(g) => diff_json(&format!("row {} {rt}", w.row), &w.resource, &g.resource, &mut out),
+            None => out.push(format!("row {} {rt}: expected {id}, but it was not produced", w.row)),
+        }
+    }
+    for (id, g) in &got_by {
+        if !want_by.contains_key(id) {
+            out.push(format!("row {}: produced {id}, which is not expected", g.row));
+        }
+    }
+    let qwant: BTreeMap<u64, &Vec<String>> = want.quarantined.iter().map(|q| (q.row, &q.reasons)).collect();
+    let qgot: BTreeMap<u64, &Vec<String>> = got.quarantined.iter().map(|q| (q.row, &q.reasons)).collect();
+    for (row, w) in &qwant {
+        match qgot.get(row) {
+            Some(g) if g == w => {}
+            Some(g) => out.push(format!("row {row} quarantined: expected reasons {w:?}, got {g:?}")),
+            None => out.push(format!("row {row}: expected to be quarantined ({}), but it was mapped", w.join("; "))),
+        }
+    }
+    for (row, g) in &qgot {
+        if !qwant.contains_key(row) {
+            out.push(format!("row {row}: quarantined, which is not expected: {}", g.join("; ")));
+        }
+    }
+    out
+}
+
+/// Lists the element paths where two JSON values differ, as `path: expected X, got Y`.
+fn diff_json(path: &str, want: &Value, got: &Value, out: &mut Vec<String>) {
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, av) in a {
+                let p = format!("{path}.{k}");
+                match b.get(k) {
+                    Some(bv) => diff_json(&p, av, bv, out),
+                    None => out.push(format!("{p}: expected {}, but it is missing", short(av))),
+                }
+            }
+            for (k, bv) in b {
+                if !a.contains_key(k) {
+                    out.push(format!("{path}.{k}: not expected, got {}", short(bv)));
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (av, bv)) in a.iter().zip(b).enumerate() {
+                diff_json(&format!("{path}[{i}]"), av, bv, out);
+            }
+            if a.len() != b.len() {
+                out.push(format!("{path}: expected {} item(s), got {}", a.len(), b.len()));
+            }
+        }
+        _ if want == got => {}
+        _ => out.push(format!("{path}: expected {}, got {}", short(want), short(got))),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 { format!("{}...", s.chars().take(77).collect::<String>()) } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*client*", "hub_clients_2026.csv"));
+        assert!(glob_match("*.csv", "a.csv"));
+        assert!(!glob_match("*client*", "contacts.csv"));
+        assert!(glob_match("person.csv", "person.csv"));
+    }
+
+    #[test]
+    fn diff_points_at_the_element() {
+        let mut out = Vec::new();
+        diff_json(
+            "row 4 Patient",
+            &serde_json::json!({"birthDate": "1987-04-03", "name": [{"given": ["Zoë"]}]}),
+            &serde_json::json!({"birthDate": "1987-03-04", "name": [{"given": ["Zoe"]}]}),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [
+                "row 4 Patient.birthDate: expected \"1987-04-03\", got \"1987-03-04\"",
+                "row 4 Patient.name[0].given[0]: expected \"Zoë\", got \"Zoe\""
+            ]
+        );
+    }
+}

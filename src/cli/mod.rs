@@ -1,0 +1,46 @@
+//! Command line: the admin's contract. Each command is a variant here and a function in its own file.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 "ran fine but found something" (quarantined
+//! rows, drift, open conflicts) so that cron and monitoring can act on it.
+
+mod mappings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ran, and found something an admin should look at.
+pub const EXIT_FOUND: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "connector", version, about = "York Hub connector: partner records to UK Core FHIR R4, synced to Cito and PKB.")]
+pub struct Cli {
+    /// Folder of mapping files (one sub-folder per partner; see mappings/README.md).
+    #[arg(long, global = true, env = "CONNECTOR_MAPPINGS", default_value = "mappings")]
+    pub mappings: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, test and try out partner mappings.
+    #[command(subcommand)]
+    Mappings(mappings::MappingsCommand),
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Mappings(cmd) => mappings::run(&cli.mappings, cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! York Hub connector: maps partners' records to UK Core FHIR R4 and (later stages) syncs them to the central
+//! record (Cito) and the patient-held record (PKB). The binary in `main.rs` is a thin shell over this library,
+//! so integration tests and benchmarks run the same code.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod ingest;
+pub mod mapping;
+pub mod quarantine;
+pub mod validate;

@@ -1,0 +1,554 @@
+//! Loads and compiles `mappings/`: every problem is reported at once, each naming the file, line and key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::template::{self, Names, Slot};
+use super::{
+    Catalog, Category, Field, FieldSource, Mapping, Partner, RESOURCE_TYPES, RecordKind, Ref, ResourceSpec, ValueMap,
+    ids,
+};
+use crate::ingest::{Format, ReadOptions};
+use crate::mapping::transform::Transform;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("{}:{line}: {key}: {message}", file.display())]
+    At { file: PathBuf, line: usize, key: String, message: String },
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartnerFile {
+    partner: RawPartner,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    id: Spanned<String>,
+    name: String,
+    identifier_system: String,
+    ods_code: Option<String>,
+    charity_number: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMappingFile {
+    mapping: RawHeader,
+    #[serde(default)]
+    source: RawSource,
+    #[serde(default)]
+    fields: BTreeMap<String, Spanned<RawField>>,
+    #[serde(default)]
+    maps: BTreeMap<String, Spanned<toml::Table>>,
+    #[serde(default)]
+    refs: BTreeMap<String, Spanned<RawRef>>,
+    #[serde(default, rename = "resource")]
+    resources: Vec<Spanned<RawResource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    partner: Spanned<String>,
+    kind: RecordKind,
+    version: String,
+    key: Spanned<Vec<String>>,
+    category: Option<Category>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    format: Option<Format>,
+    #[serde(default)]
+    files: Vec<String>,
+    delimiter: Option<Spanned<String>>,
+    sheet: Option<String>,
+    records: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    from: Option<OneOrMany>,
+    join: Option<Vec<String>>,
+    sum: Option<Vec<String>>,
+    #[serde(rename = "const")]
+    constant: Option<toml::Value>,
+    transform: Option<OneOrMany>,
+    map: Option<String>,
+    default: Option<toml::Value>,
+    #[serde(default)]
+    required: bool,
+    range: Option<[f64; 2]>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRef {
+    kind: Option<RecordKind>,
+    resource: String,
+    key: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    name: String,
+    #[serde(rename = "type")]
+    resource_type: String,
+    when: Option<String>,
+    category: Option<Category>,
+    template: toml::Table,
+}
+
+/// Collects errors for one file, turning byte offsets into line numbers.
+struct Errors<'a> {
+    file: &'a Path,
+    text: &'a str,
+    list: &'a mut Vec<CompileError>,
+}
+
+impl Errors<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    fn at(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(CompileError::At {
+            file: self.file.to_path_buf(),
+            line: self.line_of(offset),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Offset of `needle` at or after `from`, to point at a placeholder inside a template.
+    fn find(&self, from: usize, needle: &str) -> usize {
+        self.text.get(from..).and_then(|t| t.find(needle)).map_or(from, |i| from + i)
+    }
+
+    fn toml(&mut self, e: &toml::de::Error) {
+        let offset = e.span().map_or(0, |s| s.start);
+        let key = e
+            .span()
+            .and_then(|s| self.text.get(s))
+            .map(|t| t.lines().next().unwrap_or("").chars().take(40).collect::<String>())
+            .unwrap_or_default();
+        self.at(offset, key, e.message().to_string());
+    }
+}
+
+/// Loads every partner folder under `dir`. Returns all problems found, not just the first.
+pub fn load_catalog(dir: &Path) -> Result<Catalog, Vec<CompileError>> {
+    let mut errors = Vec::new();
+    let mut partners = BTreeMap::new();
+    let entries = match sorted_entries(dir) {
+        Ok(e) => e,
+        Err(message) => return Err(vec![CompileError::File { path: dir.to_path_buf(), message }]),
+    };
+    for sub in entries.into_iter().filter(|p| p.is_dir()) {
+        let partner_file = sub.join("partner.toml");
+        if !partner_file.exists() {
+            errors.push(CompileError::File {
+                path: sub.clone(),
+                message: "a partner folder needs a partner.toml (see mappings/README.md)".into(),
+            });
+            continue;
+        }
+        if let Some(p) = load_partner(&sub, &partner_file, &mut errors) {
+            partners.insert(p.id.clone(), p);
+        }
+    }
+    if partners.is_empty() && errors.is_empty() {
+        errors.push(CompileError::File { path: dir.to_path_buf(), message: "no partner folders found".into() });
+    }
+    if errors.is_empty() { Ok(Catalog { dir: dir.to_path_buf(), partners }) } else { Err(errors) }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the mappings folder: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn read(path: &Path, errors: &mut Vec<CompileError>) -> Option<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| errors.push(CompileError::File { path: path.to_path_buf(), message: format!("cannot read: {e}") }))
+        .ok()
+}
+
+fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Option<Partner> {
+    let text = read(file, errors)?;
+    let before = errors.len();
+    let mut errs = Errors { file, text: &text, list: errors };
+    let raw: RawPartnerFile = toml::from_str(&text).map_err(|e| errs.toml(&e)).ok()?;
+    let p = raw.partner;
+    let folder = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if p.id.get_ref() != folder {
+        errs.at(p.id.span().start, "partner.id", format!("\"{}\" does not match the folder name \"{folder}\"", p.id.get_ref()));
+    }
+    if p.ods_code.is_none() && p.charity_number.is_none() {
+        errs.at(0, "partner", "set ods_code or charity_number (or both) so the Organization can be identified");
+    }
+    let id = p.id.into_inner();
+    let mut mappings = BTreeMap::new();
+    let files = sorted_entries(dir).unwrap_or_default();
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml") && f.file_name() != Some("partner.toml".as_ref())) {
+        if let Some(m) = load_mapping(f, &id, errs.list) {
+            if let Some(prev) = mappings.get(&m.kind).map(|p: &Mapping| p.file.clone()) {
+                errs.list.push(CompileError::File {
+                    path: f.clone(),
+                    message: format!("kind \"{}\" is already mapped by {}; one file per kind", m.kind, prev.display()),
+                });
+            } else {
+                mappings.insert(m.kind, m);
+            }
+        }
+    }
+    // A kind whose file failed to compile is not reported again by every reference to it.
+    let failed: Vec<RecordKind> = files
+        .iter()
+        .filter_map(|f| f.file_stem().and_then(|s| s.to_str()).and_then(RecordKind::parse))
+        .filter(|k| !mappings.contains_key(k))
+        .collect();
+    resolve_cross_refs(&mut mappings, &failed, errs.list);
+    (errors.len() == before).then(|| Partner {
+        organization_id: ids::organization_id(&id),
+        id,
+        name: p.name,
+        identifier_system: p.identifier_system.trim_end_matches('/').to_string(),
+        ods_code: p.ods_code,
+        charity_number: p.charity_number,
+        file: file.to_path_buf(),
+        mappings,
+    })
+}
+
+/// Fills in the resource types of references to other kinds, now that all of the partner's kinds are known.
+fn resolve_cross_refs(mappings: &mut BTreeMap<RecordKind, Mapping>, failed: &[RecordKind], errors: &mut Vec<CompileError>) {
+    let types: HashMap<(RecordKind, String), String> = mappings
+        .values()
+        .flat_map(|m| m.resources.iter().map(move |r| ((m.kind, r.name.clone()), r.resource_type.clone())))
+        .collect();
+    for m in mappings.values_mut() {
+        for r in m.refs.iter_mut().filter(|r| r.sibling.is_none() && !failed.contains(&r.kind)) {
+            match types.get(&(r.kind, r.resource.clone())) {
+                Some(t) => r.resource_type = t.clone(),
+                None => errors.push(CompileError::At {
+                    file: m.file.clone(),
+                    line: r.line,
+                    key: format!("refs.{}", r.name),
+                    message: format!("no resource named \"{}\" in this partner's \"{}\" mapping", r.resource, r.kind),
+                }),
+            }
+        }
+    }
+}
+
+struct Scope<'a> {
+    fields: &'a HashMap<String, usize>,
+    refs: &'a HashMap<String, usize>,
+}
+
+impl Names for Scope<'_> {
+    fn slot(&self, name: &str) -> Result<Slot, String> {
+        Ok(match name {
+            "partner.id" => Slot::PartnerId,
+            "partner.org" => Slot::PartnerOrg,
+            "partner.identifier_system" => Slot::PartnerIdentifierSystem,
+            "record.key" => Slot::RecordKey,
+            "resource.id" => Slot::ResourceId,
+            _ => {
+                if let Some(r) = name.strip_prefix("ref.") {
+                    Slot::Ref(*self.refs.get(r).ok_or_else(|| format!("{{{name}}}: no ref named \"{r}\" in [refs]"))?)
+                } else if let Some(&f) = self.fields.get(name) {
+                    Slot::Field(f)
+                } else {
+                    return Err(format!(
+                        "{{{name}}}: not a field of this mapping nor a built-in (partner.id, partner.org, partner.identifier_system, record.key, resource.id, ref.NAME)"
+                    ));
+                }
+            }
+        })
+    }
+}
+
+fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> Option<Mapping> {
+    let text = read(file, errors)?;
+    let before = errors.len();
+    let mut e = Errors { file, text: &text, list: errors };
+    let raw: RawMappingFile = toml::from_str(&text).map_err(|err| e.toml(&err)).ok()?;
+    let h = &raw.mapping;
+    if h.partner.get_ref() != partner {
+        e.at(h.partner.span().start, "mapping.partner", format!("\"{}\" but the folder is partner \"{partner}\"", h.partner.get_ref()));
+    }
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    if stem != h.kind.as_str() {
+        e.at(0, "mapping.kind", format!("kind \"{}\" in a file named {stem}.toml; name the file after its kind", h.kind));
+    }
+
+    // Value maps.
+    let mut maps: HashMap<String, (usize, ValueMap)> = HashMap::new();
+    for (name, table) in &raw.maps {
+        let offset = table.span().start;
+        let mut entries = BTreeMap::new();
+        let mut fallback = None;
+        for (k, v) in table.get_ref() {
+            let json = toml_to_json(v);
+            if k == "*" {
+                fallback = Some(json);
+            } else if entries.insert(k.trim().to_lowercase(), json).is_some() {
+                e.at(offset, format!("maps.{name}.{k}"), "the same code twice (keys ignore case)");
+            }
+        }
+        maps.insert(name.clone(), (offset, ValueMap { name: name.clone(), entries, fallback }));
+    }
+
+    // Fields: indexes first, so `sum` may name any field.
+    let index: HashMap<String, usize> = raw.fields.keys().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+    let mut fields = Vec::new();
+    for (name, spanned) in &raw.fields {
+        let offset = spanned.span().start;
+        let f = spanned.get_ref();
+        let key = format!("fields.{name}");
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            e.at(offset, &key, "field names use lower case letters, digits and _ only");
+        }
+        let sources = [f.from.is_some(), f.join.is_some(), f.sum.is_some(), f.constant.is_some()];
+        let source = match sources.iter().filter(|&&s| s).count() {
+            1 => {
+                if let Some(from) = &f.from {
+                    FieldSource::Columns(from.to_vec())
+                } else if let Some(cols) = &f.join {
+                    FieldSource::Join(cols.clone())
+                } else if let Some(parts) = &f.sum {
+                    let mut ids = Vec::new();
+                    for p in parts {
+                        match index.get(p) {
+                            Some(&i) if raw.fields.get(p).is_some_and(|pf| pf.get_ref().sum.is_none()) => ids.push(i),
+                            Some(_) => e.at(offset, &key, format!("sum of \"{p}\", itself a sum; sum the source fields")),
+                            None => e.at(offset, &key, format!("sum names \"{p}\", which is not a field")),
+                        }
+                    }
+                    FieldSource::Sum(ids)
+                } else {
+                    FieldSource::Const(f.constant.as_ref().map(toml_to_json).unwrap_or_default())
+                }
+            }
+            0 => {
+                e.at(offset, &key, "say where the value comes from: from, join, sum or const");
+                continue;
+            }
+            _ => {
+                e.at(offset, &key, "use only one of from, join, sum and const");
+                continue;
+            }
+        };
+        let mut transforms = Vec::new();
+        for t in f.transform.iter().flat_map(OneOrMany::to_vec) {
+            match Transform::from_name(&t) {
+                Some(t) => transforms.push(t),
+                None => e.at(
+                    offset,
+                    format!("{key}.transform"),
+                    format!("unknown transform \"{t}\" (known: {})", Transform::NAMES.join(", ")),
+                ),
+            }
+        }
+        let map = match &f.map {
+            Some(m) => match maps.get(m) {
+                Some((_, vm)) => Some(ValueMap { name: vm.name.clone(), entries: vm.entries.clone(), fallback: vm.fallback.clone() }),
+                None => {
+                    e.at(offset, format!("{key}.map"), format!("no [maps.{m}] in this file"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let range = f.range.map(|[a, b]| (a, b));
+        if range.is_some_and(|(a, b)| a > b) {
+            e.at(offset, format!("{key}.range"), "the minimum is above the maximum");
+        }
+        fields.push(Field {
+            name: name.clone(),
+            source,
+            transforms,
+            map,
+            default: f.default.as_ref().map(toml_to_json),
+            required: f.required,
+            range,
+        });
+    }
+    let field_ids = |names: &[String], e: &mut Errors, offset: usize, key: &str| -> Vec<usize> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let id = index.get(n).copied();
+                if id.is_none() {
+                    e.at(offset, key, format!("\"{n}\" is not a field of this mapping"));
+                }
+                id
+            })
+            .collect()
+    };
+    let key = field_ids(h.key.get_ref(), &mut e, h.key.span().start, "mapping.key");
+    if h.key.get_ref().is_empty() {
+        e.at(h.key.span().start, "mapping.key", "name at least one field that identifies the source record");
+    }
+
+    // Resources (names first, so refs can point at siblings).
+    let resource_names: Vec<&str> = raw.resources.iter().map(|r| r.get_ref().name.as_str()).collect();
+    if raw.resources.is_empty() {
+        e.at(0, "resource", "the mapping produces no [[resource]]");
+    }
+
+    let mut refs = Vec::new();
+    let mut ref_index = HashMap::new();
+    for (name, spanned) in &raw.refs {
+        let offset = spanned.span().start;
+        let r = spanned.get_ref();
+        let rkey = format!("refs.{name}");
+        let kind = r.kind.unwrap_or(h.kind);
+        let sibling = if kind == h.kind { resource_names.iter().position(|n| *n == r.resource) } else { None };
+        if kind == h.kind && sibling.is_none() {
+            e.at(offset, &rkey, format!("no [[resource]] named \"{}\" in this file", r.resource));
+        }
+        if kind > h.kind {
+            e.at(
+                offset,
+                &rkey,
+                format!("kind \"{kind}\" is mapped after \"{}\"; a reference may only point at an earlier kind (order: person, carer, referral, episode, contact, goals, reqol, consent)", h.kind),
+            );
+        }
+        let key_fields = match &r.key {
+            Some(k) => field_ids(k, &mut e, offset, &rkey),
+            None if sibling.is_some() => key.clone(),
+            None => {
+                e.at(offset, &rkey, "say which fields of this row give the target's key: key = [...]");
+                Vec::new()
+            }
+        };
+        let resource_type = sibling.map(|i| raw.resources[i].get_ref().resource_type.clone()).unwrap_or_default();
+        ref_index.insert(name.clone(), refs.len());
+        let line = e.line_of(offset);
+        refs.push(Ref { name: name.clone(), kind, resource: r.resource.clone(), resource_type, key: key_fields, sibling, line });
+    }
+
+    let scope = Scope { fields: &index, refs: &ref_index };
+    let default_category = h.category.unwrap_or(Category::GeneralHealth);
+    let mut resources = Vec::new();
+    for (i, spanned) in raw.resources.iter().enumerate() {
+        let offset = spanned.span().start;
+        let r = spanned.get_ref();
+        let rkey = format!("resource[{i}] ({})", r.name);
+        if resource_names.iter().filter(|n| **n == r.name).count() > 1 {
+            e.at(offset, &rkey, "two resources share this name; names make ids and must be unique");
+        }
+        if !RESOURCE_TYPES.contains(&r.resource_type.as_str()) {
+            e.at(offset, format!("{rkey}.type"), format!("unsupported resource type \"{}\" (supported: {})", r.resource_type, RESOURCE_TYPES.join(", ")));
+        }
+        for k in ["resourceType", "id"] {
+            if r.template.contains_key(k) {
+                e.at(offset, format!("{rkey}.template.{k}"), "set by the engine; remove it");
+            }
+        }
+        if r.template.get("meta").and_then(|m| m.get("source")).is_some() {
+            e.at(offset, format!("{rkey}.template.meta.source"), "set by the engine (mapping name and version); remove it");
+        }
+        let when = r.when.as_ref().and_then(|w| {
+            let id = index.get(w).copied();
+            if id.is_none() {
+                e.at(offset, format!("{rkey}.when"), format!("\"{w}\" is not a field of this mapping"));
+            }
+            id
+        });
+        let template = match template::compile(&toml::Value::Table(r.template.clone()), &scope) {
+            Ok(t) => t,
+            Err(msg) => {
+                let needle = msg.split(':').next().unwrap_or_default().to_string();
+                let at = e.find(offset, &needle);
+                e.at(at, format!("{rkey}.template"), msg);
+                continue;
+            }
+        };
+        resources.push(ResourceSpec {
+            name: r.name.clone(),
+            resource_type: r.resource_type.clone(),
+            when,
+            category: r.category.unwrap_or(default_category),
+            template,
+        });
+    }
+
+    let delimiter = raw.source.delimiter.as_ref().and_then(|d| match d.get_ref().as_str() {
+        "tab" | "\t" => Some(b'\t'),
+        s if s.len() == 1 && s.is_ascii() => Some(s.as_bytes()[0]),
+        _ => {
+            e.at(d.span().start, "source.delimiter", "one ASCII character, or \"tab\"");
+            None
+        }
+    });
+    if errors.len() != before {
+        return None;
+    }
+    Some(Mapping {
+        file: file.to_path_buf(),
+        partner: partner.to_string(),
+        kind: h.kind,
+        version: h.version.clone(),
+        category: default_category,
+        read: ReadOptions {
+            format: raw.source.format,
+            delimiter,
+            sheet: raw.source.sheet,
+            records: raw.source.records,
+            max_bytes: None,
+        },
+        files: raw.source.files,
+        meta_source: format!("urn:york-connector:mapping:{partner}/{}@{}", h.kind, h.version),
+        fields,
+        key,
+        refs,
+        resources,
+    })
+}
+
+pub(crate) fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+    }
+}

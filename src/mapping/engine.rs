@@ -1,0 +1,606 @@
+//! The mapping engine: streams a partner's exports through their compiled mappings, producing validated
+//! resources and quarantining whatever cannot be mapped, with every reason. Rows read always equal rows
+//! mapped plus rows quarantined.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::template::{self, Slot};
+use super::{Category, Field, FieldSource, Mapping, Partner, RecordKind, ids};
+use crate::ingest::{self, Header, Row, Values};
+use crate::validate;
+
+/// One export to map, with the kind of record it holds.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub kind: RecordKind,
+    pub path: PathBuf,
+}
+
+/// A resource the engine produced, with where it came from.
+#[derive(Debug)]
+pub struct MappedResource<'a> {
+    pub partner: &'a str,
+    pub kind: Option<RecordKind>,
+    pub name: &'a str,
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    pub source_key: &'a str,
+    pub file: &'a Path,
+    pub row: u64,
+    pub category: Category,
+    pub resource: &'a Value,
+}
+
+/// Why a row was not mapped: the column and field concerned, when there is one, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reason {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Reason {
+    fn row(message: impl Into<String>) -> Self {
+        Self { column: None, field: None, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.column, &self.field) {
+            (Some(c), Some(field)) => write!(f, "column \"{c}\" (field {field}): {}", self.message),
+            (None, Some(field)) => write!(f, "field {field}: {}", self.message),
+            (Some(c), None) => write!(f, "column \"{c}\": {}", self.message),
+            (None, None) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A row kept aside with every reason it could not be mapped, and its raw content so nothing is lost.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    pub partner: String,
+    pub kind: RecordKind,
+    pub file: PathBuf,
+    pub row: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub reasons: Vec<Reason>,
+    pub raw: Value,
+}
+
+/// Receives the engine's output as it streams.
+pub trait Sink {
+    fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()>;
+    fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()>;
+}
+
+/// Counts for one input file.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FileCounts {
+    pub path: PathBuf,
+    pub kind: Option<RecordKind>,
+    pub read: u64,
+    pub mapped: u64,
+    pub quarantined: u64,
+    /// Set when the file could not be read at all; none of its rows were mapped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunReport {
+    pub partner: String,
+    pub files: Vec<FileCounts>,
+    pub resources: std::collections::BTreeMap<String, u64>,
+}
+
+impl RunReport {
+    pub fn read(&self) -> u64 {
+        self.files.iter().map(|f| f.read).sum()
+    }
+    pub fn mapped(&self) -> u64 {
+        self.files.iter().map(|f| f.mapped).sum()
+    }
+    pub fn quarantined(&self) -> u64 {
+        self.files.iter().map(|f| f.quarantined).sum()
+    }
+    pub fn failed_files(&self) -> impl Iterator<Item = &FileCounts> {
+        self.files.iter().filter(|f| f.error.is_some())
+    }
+}
+
+/// Hashes a `Type/id` reference so the set of known resources stays small however large the run.
+fn ref_hash(reference: &str) -> u64 {
+    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    reference.hash(&mut h);
+    h.finish()
+}
+
+struct RunState {
+    /// Every resource produced so far, as hashes of `Type/id`.
+    known: std::collections::HashSet<u64>,
+    /// Resources that would have come from quarantined rows: hash -> (file, row).
+    withheld: HashMap<u64, (usize, u64)>,
+    /// Per kind: key hash -> (row, raw content hash), to spot duplicates.
+    seen: HashMap<RecordKind, HashMap<u64, (u64, [u8; 32])>>,
+}
+
+/// Maps a partner's inputs. Inputs are taken in kind order (person first) so that references resolve.
+pub fn run(partner: &Partner, inputs: &[Input], sink: &mut dyn Sink) -> std::io::Result<RunReport> {
+    let mut report = RunReport { partner: partner.id.clone(), ..Default::default() };
+    let mut state = RunState { known: Default::default(), withheld: HashMap::new(), seen: HashMap::new() };
+
+    let org = organization(partner);
+    let org_ref = format!("Organization/{}", partner.organization_id);
+    state.known.insert(ref_hash(&org_ref));
+    sink.resource(&MappedResource {
+        partner: &partner.id,
+        kind: None,
+        name: "organization",
+        resource_type: "Organization",
+        id: &partner.organization_id,
+        source_key: &partner.id,
+        file: &partner.file,
+        row: 0,
+        category: Category::GeneralHealth,
+        resource: &org,
+    })?;
+    *report.resources.entry("Organization".into()).or_default() += 1;
+
+    let mut order: Vec<&Input> = inputs.iter().collect();
+    order.sort_by_key(|i| i.kind);
+    let paths: Vec<&Path> = order.iter().map(|i| i.path.as_path()).collect();
+    for (file_index, input) in order.iter().enumerate() {
+        let mut counts = FileCounts { path: input.path.clone(), kind: Some(input.kind), ..Default::default() };
+        let Some(mapping) = partner.mappings.get(&input.kind) else {
+            counts.error = Some(format!("partner \"{}\" has no mapping for kind \"{}\"", partner.id, input.kind));
+            report.files.push(counts);
+            continue;
+        };
+        if let Err(e) = map_file(partner, mapping, input, file_index, &paths, &mut state, &mut counts, &mut report, sink) {
+            match e {
+                FileError::Io(e) => return Err(e),
+                FileError::Unreadable(msg) => counts.error = Some(msg),
+            }
+        }
+        report.files.push(counts);
+    }
+    Ok(report)
+}
+
+enum FileError {
+    Io(std::io::Error),
+    Unreadable(String),
+}
+
+impl From<std::io::Error> for FileError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Where each field's columns sit in a tabular file.
+type Binding = Vec<Vec<Option<usize>>>;
+
+fn bind(mapping: &Mapping, header: &Header, path: &Path) -> Result<Binding, String> {
+    let mut binding = Vec::with_capacity(mapping.fields.len());
+    let mut missing = Vec::new();
+    for f in &mapping.fields {
+        let cols: &[String] = match &f.source {
+            FieldSource::Columns(c) | FieldSource::Join(c) => c,
+            _ => &[],
+        };
+        let found: Vec<Option<usize>> = cols.iter().map(|c| header.position(c)).collect();
+        if f.required && !cols.is_empty() && found.iter().all(Option::is_none) {
+            missing.push(format!("\"{}\" (fields.{})", cols.join("\" or \""), f.name));
+        }
+        binding.push(found);
+    }
+    if missing.is_empty() {
+        Ok(binding)
+    } else {
+        Err(format!(
+            "{}: required column {} not in the header (mapping {}); the header has: {}",
+            path.display(),
+            missing.join(", "),
+            mapping.file.display(),
+            header.names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn map_file(
+    partner: &Partner,
+    mapping: &Mapping,
+    input: &Input,
+    file_index: usize,
+    paths: &[&Path],
+    state: &mut RunState,
+    counts: &mut FileCounts,
+    report: &mut RunReport,
+    sink: &mut dyn Sink,
+) -> Result<(), FileError> {
+    let rows = ingest::open(&input.path, &mapping.read).map_err(|e| FileError::Unreadable(e.to_string()))?;
+    let header = rows.header.clone();
+    let binding = match &header {
+        Some(h) => Some(bind(mapping, h, &input.path).map_err(FileError::Unreadable)?),
+        None => None,
+    };
+    for row in rows {
+        let row = row.map_err(|e| FileError::Unreadable(e.to_string()))?;
+        counts.read += 1;
+        match map_row(partner, mapping, &row, header.as_deref(), binding.as_ref(), state, paths) {
+            Ok(out) => {
+                for (spec_index, id, resource) in &out.resources {
+                    let spec = &mapping.resources[*spec_index];
+                    sink.resource(&MappedResource {
+                        partner: &partner.id,
+                        kind: Some(mapping.kind),
+                        name: &spec.name,
+                        resource_type: &spec.resource_type,
+                        id,
+                        source_key: &out.key,
+                        file: &input.path,
+                        row: row.number,
+                        category: spec.category,
+                        resource,
+                    })?;
+                    *report.resources.entry(spec.resource_type.clone()).or_default() += 1;
+                }
+                counts.mapped += 1;
+            }
+            Err((key, reasons)) => {
+                // Remember what this row would have produced, so rows that refer to it can say why it is missing.
+                if let Some(k) = &key {
+                    for spec in &mapping.resources {
+                        let id = ids::resource_id(&partner.id, mapping.kind.as_str(), &spec.name, k);
+                        state.withheld.insert(ref_hash(&format!("{}/{id}", spec.resource_type)), (file_index, row.number));
+                    }
+                }
+                sink.quarantined(&Quarantined {
+                    partner: partner.id.clone(),
+                    kind: mapping.kind,
+                    file: input.path.clone(),
+                    row: row.number,
+                    key,
+                    reasons,
+                    raw: row.raw_json(header.as_deref()),
+                })?;
+                counts.quarantined += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct RowOut {
+    key: String,
+    resources: Vec<(usize, String, Value)>,
+}
+
+/// The row's values, as templates see them.
+struct RowValues<'a> {
+    partner: &'a Partner,
+    fields: &'a [Option<Value>],
+    refs: &'a [Option<String>],
+    key: &'a str,
+    resource_id: &'a str,
+}
+
+impl template::Values for RowValues<'_> {
+    fn value(&self, slot: Slot) -> Option<Value> {
+        match slot {
+            Slot::Field(i) => self.fields[i].clone(),
+            Slot::Ref(i) => self.refs[i].clone().map(Value::String),
+            Slot::PartnerId => Some(Value::String(self.partner.id.clone())),
+            Slot::PartnerOrg => Some(Value::String(format!("Organization/{}", self.partner.organization_id))),
+            Slot::PartnerIdentifierSystem => Some(Value::String(self.partner.identifier_system.clone())),
+            Slot::RecordKey => Some(Value::String(self.key.to_string())),
+            Slot::ResourceId => Some(Value::String(self.resource_id.to_string())),
+        }
+    }
+}
+
+fn key_string(values: &[Option<Value>], fields: &[usize]) -> Option<String> {
+    let mut parts = Vec::with_capacity(fields.len());
+    for &f in fields {
+        parts.push(match values[f].as_ref()? {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    }
+    Some(parts.join("|"))
+}
+
+type RowFailure = (Option<String>, Vec<Reason>);
+
+fn map_row(
+    partner: &Partner,
+    mapping: &Mapping,
+    row: &Row,
+    header: Option<&Header>,
+    binding: Option<&Binding>,
+    state: &mut RunState,
+    paths: &[&Path],
+) -> Result<RowOut, RowFailure> {
+    let mut reasons = Vec::new();
+    if let Values::Unreadable { reason, .. } = &row.values {
+        return Err((None, vec![Reason::row(format!("the reader could not make a record of this row: {reason}"))]));
+    }
+    if row.extra_cells > 0 {
+        let width = header.map_or(0, |h| h.names.len());
+        reasons.push(Reason::row(format!(
+            "the row has {} more cell(s) than the header's {width} columns: probably a value with an unquoted delimiter (a comma in an address?); quote it in the export or fix the row",
+            row.extra_cells
+        )));
+    }
+
+    // Fields: source fields first, computed sums after.
+    let mut values: Vec<Option<Value>> = vec![None; mapping.fields.len()];
+    for pass_sums in [false, true] {
+        for (i, f) in mapping.fields.iter().enumerate() {
+            if matches!(f.source, FieldSource::Sum(_)) != pass_sums {
+                continue;
+            }
+            match field_value(f, i, row, binding, &values) {
+                Ok(v) => values[i] = v,
+                Err(r) => reasons.push(r),
+            }
+        }
+    }
+    let key = key_string(&values, &mapping.key);
+    if key.is_none() {
+        for &k in &mapping.key {
+            let f = &mapping.fields[k];
+            if values[k].is_none() && !f.required {
+                reasons.push(Reason {
+                    column: first_column(f),
+                    field: Some(f.name.clone()),
+                    message: "empty, but it is part of the record's key; every record needs its identifier".into(),
+                });
+            }
+        }
+    }
+    let key = match key {
+        Some(k) if reasons.is_empty() => k,
+        other => return Err((other, reasons)),
+    };
+
+    // Duplicates within this run.
+    let key_hash = ref_hash(&key);
+    let raw_hash = row.raw_hash();
+    if let Some((first_row, first_hash)) = state.seen.get(&mapping.kind).and_then(|m| m.get(&key_hash)) {
+        let message = if *first_hash == raw_hash {
+            format!("duplicate of row {first_row} (identical content); nothing to do unless the export itself is wrong")
+        } else {
+            format!("another row ({first_row}) has the same key with different content; the export holds two versions of one record: keep the right one and re-export")
+        };
+        return Err((Some(key), vec![Reason::row(message)]));
+    }
+
+    // References this row makes.
+    let ref_targets: Vec<Option<String>> = mapping
+        .refs
+        .iter()
+        .map(|r| {
+            let k = key_string(&values, &r.key)?;
+            if let Some(s) = r.sibling {
+                let spec = &mapping.resources[s];
+                if spec.when.is_some_and(|w| values[w].is_none()) {
+                    return None;
+                }
+            }
+            Some(format!("{}/{}", r.resource_type, ids::resource_id(&partner.id, r.kind.as_str(), &r.resource, &k)))
+        })
+        .collect();
+
+    let mut resources = Vec::new();
+    let mut produced = Vec::new();
+    for (si, spec) in mapping.resources.iter().enumerate() {
+        if spec.when.is_some_and(|w| values[w].is_none()) {
+            continue;
+        }
+        let id = ids::resource_id(&partner.id, mapping.kind.as_str(), &spec.name, &key);
+        let vals = RowValues { partner, fields: &values, refs: &ref_targets, key: &key, resource_id: &id };
+        let body = template::eval(&spec.template, &vals).unwrap_or(Value::Object(Map::new()));
+        let resource = finish(body, &spec.resource_type, &id, &mapping.meta_source);
+        for problem in validate::resource(&spec.resource_type, &resource) {
+            reasons.push(Reason::row(format!("{} ({}): {problem}", spec.resource_type, spec.name)));
+        }
+        produced.push(format!("{}/{id}", spec.resource_type));
+        resources.push((si, id, resource));
+    }
+
+    // Every reference must point at something this run produced (this row's own resources included).
+    let own: Vec<u64> = produced.iter().map(|p| ref_hash(p)).collect();
+    for (_, _, resource) in &resources {
+        validate::each_reference(resource, &mut |path, reference| {
+            let h = ref_hash(reference);
+            if state.known.contains(&h) || own.contains(&h) {
+                return;
+            }
+            let named = mapping.refs.iter().zip(&ref_targets).find(|(_, t)| t.as_deref() == Some(reference));
+            let target = match named {
+                Some((r, _)) => format!(
+                    "refs.{} points at the {} record with key \"{}\"",
+                    r.name,
+                    r.kind,
+                    key_string(&values, &r.key).unwrap_or_default()
+                ),
+                None => format!("{path} points at {reference}"),
+            };
+            let why = match state.withheld.get(&h) {
+                Some((file, row)) => {
+                    format!("which was quarantined ({} row {row}); fix that row first", paths[*file].display())
+                }
+                None => "which is not in this run's output; include that export, or check the key".to_string(),
+            };
+            reasons.push(Reason::row(format!("{target}, {why}")));
+        });
+    }
+    if !reasons.is_empty() {
+        return Err((Some(key), reasons));
+    }
+    state.known.extend(own);
+    state.seen.entry(mapping.kind).or_default().insert(key_hash, (row.number, raw_hash));
+    Ok(RowOut { key, resources })
+}
+
+fn first_column(f: &Field) -> Option<String> {
+    match &f.source {
+        FieldSource::Columns(c) | FieldSource::Join(c) => c.first().cloned(),
+        _ => None,
+    }
+}
+
+/// Reads, cleans and checks one field of a row.
+fn field_value(
+    f: &Field,
+    index: usize,
+    row: &Row,
+    binding: Option<&Binding>,
+    values: &[Option<Value>],
+) -> Result<Option<Value>, Reason> {
+    let fail = |column: Option<String>, message: String| Reason { column, field: Some(f.name.clone()), message };
+    let (column, raw): (Option<String>, Option<Value>) = match &f.source {
+        FieldSource::Const(v) => (None, Some(v.clone())),
+        FieldSource::Sum(parts) => {
+            let mut total = 0i64;
+            let mut all = true;
+            for &p in parts {
+                match values[p].as_ref().and_then(Value::as_i64) {
+                    Some(n) => total += n,
+                    None => all = false,
+                }
+            }
+            (None, all.then(|| Value::from(total)))
+        }
+        FieldSource::Columns(cols) => {
+            let mut found = (cols.first().cloned(), None);
+            for (ci, c) in cols.iter().enumerate() {
+                let v = cell(row, binding.map(|b| b[index][ci]), c).map_err(|m| fail(Some(c.clone()), m))?;
+                if v.is_some() {
+                    found = (Some(c.clone()), v);
+                    break;
+                }
+            }
+            found
+        }
+        FieldSource::Join(cols) => {
+            let mut parts = Vec::new();
+            for (ci, c) in cols.iter().enumerate() {
+                if let Some(v) = cell(row, binding.map(|b| b[index][ci]), c).map_err(|m| fail(Some(c.clone()), m))? {
+                    parts.push(match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    });
+                }
+            }
+            (Some(cols.join(" + ")), (!parts.is_empty()).then(|| Value::String(parts.join(" "))))
+        }
+    };
+    let Some(mut v) = raw else {
+        return match &f.default {
+            Some(d) => Ok(Some(d.clone())),
+            None if f.required => Err(fail(column, "required, but empty; fill it in at the source and re-export".into())),
+            None => Ok(None),
+        };
+    };
+    for t in &f.transforms {
+        v = t.apply(v).map_err(|m| fail(column.clone(), m))?;
+    }
+    if let Some(map) = &f.map {
+        let code = match &v {
+            Value::String(s) => s.trim().to_lowercase(),
+            other => other.to_string(),
+        };
+        v = match map.entries.get(&code).or(map.fallback.as_ref()) {
+            Some(mapped) => mapped.clone(),
+            None => {
+                let shown: String = code.chars().take(40).collect();
+                return Err(fail(
+                    column,
+                    format!("code \"{shown}\" is not in value map \"{}\"; add it to [maps.{}] or correct the source", map.name, map.name),
+                ));
+            }
+        };
+    }
+    if let Some((min, max)) = f.range {
+        match v.as_f64() {
+            Some(n) if n >= min && n <= max => {}
+            Some(_) => return Err(fail(column, format!("out of range: must be between {min} and {max}"))),
+            None => return Err(fail(column, "not a number, but the field has a range".into())),
+        }
+    }
+    Ok(Some(v))
+}
+
+/// Reads one cell (tabular) or path (JSON); an empty value is absent.
+fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Option<Value>, String> {
+    let v = match &row.values {
+        Values::Cells(cells) => match position.flatten() {
+            Some(i) => cells.get(i).map(|s| Value::String(s.clone())),
+            None => None,
+        },
+        Values::Json(record) => ingest::json_path(record, column).cloned(),
+        Values::Unreadable { .. } => None,
+    };
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let trimmed = s.trim().len();
+            Ok(match trimmed {
+                0 => None,
+                n if n == s.len() => Some(Value::String(s)),
+                _ => Some(Value::String(s.trim().to_string())),
+            })
+        }
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v)),
+        Some(Value::Array(_) | Value::Object(_)) => {
+            Err("holds a list or an object, not a value; point `from` at an element inside it".into())
+        }
+    }
+}
+
+/// Sets the parts of a resource the engine owns: type, id and the mapping that made it.
+fn finish(body: Value, resource_type: &str, id: &str, meta_source: &str) -> Value {
+    let mut obj = match body {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    obj.insert("resourceType".into(), Value::String(resource_type.to_string()));
+    obj.insert("id".into(), Value::String(id.to_string()));
+    let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(m) = meta {
+        m.insert("source".into(), Value::String(meta_source.to_string()));
+    }
+    Value::Object(obj)
+}
+
+/// The partner's Organization, from partner.toml.
+pub fn organization(partner: &Partner) -> Value {
+    let mut identifier = Vec::new();
+    if let Some(ods) = &partner.ods_code {
+        identifier.push(serde_json::json!({ "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": ods }));
+    }
+    if let Some(charity) = &partner.charity_number {
+        identifier.push(serde_json::json!({ "system": "https://register-of-charities.charitycommission.gov.uk", "value": charity }));
+    }
+    serde_json::json!({
+        "resourceType": "Organization",
+        "id": partner.organization_id,
+        "meta": { "source": format!("urn:york-connector:partner:{}", partner.id) },
+        "identifier": identifier,
+        "active": true,
+        "name": partner.name,
+    })
+}

@@ -1,0 +1,206 @@
+//! Mapping: declarative partner-record-to-FHIR mappings (`mappings/`), compiled once at load, and the engine
+//! that runs them over ingested rows. The format is documented in `mappings/README.md`.
+
+mod compile;
+mod engine;
+pub mod ids;
+mod template;
+pub mod transform;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use compile::{CompileError, load_catalog};
+pub use engine::{FileCounts, Input, MappedResource, Quarantined, Reason, RunReport, Sink, run};
+pub use template::Node;
+
+use crate::ingest::ReadOptions;
+use transform::Transform;
+
+/// The kinds of record partners export. The order is the order a run maps them in: a kind may only refer
+/// to kinds before it, so every reference can be checked as the rows stream past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Person,
+    Carer,
+    Referral,
+    Episode,
+    Contact,
+    Goals,
+    Reqol,
+    Consent,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 8] = [
+        Self::Person,
+        Self::Carer,
+        Self::Referral,
+        Self::Episode,
+        Self::Contact,
+        Self::Goals,
+        Self::Reqol,
+        Self::Consent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Person => "person",
+            Self::Carer => "carer",
+            Self::Referral => "referral",
+            Self::Episode => "episode",
+            Self::Contact => "contact",
+            Self::Goals => "goals",
+            Self::Reqol => "reqol",
+            Self::Consent => "consent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Sensitivity categories; they become PKB privacy labels and confidentiality codes when sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    GeneralHealth,
+    MentalHealth,
+    SexualHealth,
+    SocialCare,
+}
+
+/// FHIR resource types a mapping may produce: those the partnership's records need and that the validator knows.
+pub const RESOURCE_TYPES: &[&str] = &[
+    "Patient",
+    "RelatedPerson",
+    "Organization",
+    "ServiceRequest",
+    "EpisodeOfCare",
+    "Encounter",
+    "Goal",
+    "CarePlan",
+    "QuestionnaireResponse",
+    "Observation",
+    "Consent",
+];
+
+/// All partners and their compiled mappings.
+#[derive(Debug)]
+pub struct Catalog {
+    pub dir: PathBuf,
+    pub partners: BTreeMap<String, Partner>,
+}
+
+impl Catalog {
+    pub fn partner(&self, id: &str) -> Option<&Partner> {
+        self.partners.get(id)
+    }
+}
+
+/// A partner organisation and the mappings of the record kinds it exports.
+#[derive(Debug)]
+pub struct Partner {
+    pub id: String,
+    pub name: String,
+    pub identifier_system: String,
+    pub ods_code: Option<String>,
+    pub charity_number: Option<String>,
+    pub file: PathBuf,
+    pub organization_id: String,
+    pub mappings: BTreeMap<RecordKind, Mapping>,
+}
+
+/// One compiled mapping file.
+#[derive(Debug)]
+pub struct Mapping {
+    pub file: PathBuf,
+    pub partner: String,
+    pub kind: RecordKind,
+    pub version: String,
+    pub category: Category,
+    pub read: ReadOptions,
+    /// Globs on file names that this mapping reads.
+    pub files: Vec<String>,
+    pub fields: Vec<Field>,
+    pub key: Vec<usize>,
+    pub refs: Vec<Ref>,
+    pub resources: Vec<ResourceSpec>,
+    /// `meta.source` of every resource produced: names the mapping and its version.
+    pub meta_source: String,
+}
+
+impl Mapping {
+    /// The columns (or JSON paths) this mapping reads, for binding to a file's header.
+    pub fn columns(&self) -> impl Iterator<Item = (&Field, &str)> {
+        self.fields.iter().flat_map(|f| match &f.source {
+            FieldSource::Columns(cols) | FieldSource::Join(cols) => cols.iter().map(move |c| (f, c.as_str())).collect(),
+            _ => Vec::new(),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Field {
+    pub name: String,
+    pub source: FieldSource,
+    pub transforms: Vec<Transform>,
+    pub map: Option<ValueMap>,
+    pub default: Option<serde_json::Value>,
+    pub required: bool,
+    pub range: Option<(f64, f64)>,
+}
+
+#[derive(Debug)]
+pub enum FieldSource {
+    /// The first of these columns that has a value.
+    Columns(Vec<String>),
+    /// These columns' values joined with a space (a date and a time kept apart, say).
+    Join(Vec<String>),
+    /// The sum of other fields (by index); all must be present.
+    Sum(Vec<usize>),
+    Const(serde_json::Value),
+}
+
+#[derive(Debug)]
+pub struct ValueMap {
+    pub name: String,
+    /// Keys folded to lower case and trimmed.
+    pub entries: BTreeMap<String, serde_json::Value>,
+    pub fallback: Option<serde_json::Value>,
+}
+
+/// A reference to a resource of this row or of another kind of this partner.
+#[derive(Debug)]
+pub struct Ref {
+    pub name: String,
+    pub kind: RecordKind,
+    pub resource: String,
+    pub resource_type: String,
+    /// Field indexes giving the target's key; for a sibling, the row's own key.
+    pub key: Vec<usize>,
+    /// Index of the sibling resource spec when the target is in this same mapping.
+    pub sibling: Option<usize>,
+    /// Line of the declaration in the mapping file, for errors found after compiling.
+    pub line: usize,
+}
+
+#[derive(Debug)]
+pub struct ResourceSpec {
+    pub name: String,
+    pub resource_type: String,
+    pub when: Option<usize>,
+    pub category: Category,
+    pub template: Node,
+}
+
+#[cfg(test)]
+mod tests;

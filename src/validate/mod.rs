@@ -1,0 +1,144 @@
+//! Validation of produced resources: the typed FHIR R4 structure (through `fhir-model`'s generated types) and
+//! the partnership's own rules (NHS numbers, plain relative references, elements every resource needs).
+
+pub mod nhs;
+
+use serde_json::Value;
+
+const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+/// Every problem with one resource, as sentences; empty when it is good.
+pub fn resource(resource_type: &str, resource: &Value) -> Vec<String> {
+    let mut problems = structure(resource);
+    rules(resource_type, resource, &mut problems);
+    problems
+}
+
+/// Checks the resource against the typed FHIR model. The model ignores elements it does not know, so the
+/// resource is also read back: anything that did not survive the round trip is not FHIR.
+fn structure(resource: &Value) -> Vec<String> {
+    use fhir_model::r4b::resources::Resource;
+    let typed: Resource = match serde_json::from_value(resource.clone()) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("does not fit the FHIR R4 structure: {e}")],
+    };
+    let back = match serde_json::to_value(&typed) {
+        Ok(v) => v,
+        Err(e) => return vec![format!("could not be written back as FHIR: {e}")],
+    };
+    let mut problems = Vec::new();
+    unknown_elements(resource, &back, String::new(), &mut problems);
+    problems
+}
+
+fn unknown_elements(original: &Value, back: &Value, path: String, out: &mut Vec<String>) {
+    match (original, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get(k) {
+                    Some(bv) => unknown_elements(v, bv, p, out),
+                    None => out.push(format!("element {p} is not part of FHIR R4 here; check its name and place")),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                unknown_elements(x, y, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn rules(resource_type: &str, resource: &Value, problems: &mut Vec<String>) {
+    if let Some(ids) = resource.get("identifier").and_then(Value::as_array) {
+        for id in ids {
+            if id.get("system").and_then(Value::as_str) == Some(NHS_SYSTEM) {
+                let ok = id.get("value").and_then(Value::as_str).is_some_and(nhs::is_valid);
+                if !ok {
+                    problems.push("identifier: the NHS number fails the Modulus 11 check".into());
+                }
+            }
+        }
+    }
+    let needs: &[&str] = match resource_type {
+        "Patient" => &["identifier", "name", "managingOrganization"],
+        "RelatedPerson" => &["patient"],
+        "ServiceRequest" | "Goal" | "CarePlan" | "Observation" => &["subject"],
+        "Encounter" => &["subject", "class"],
+        "EpisodeOfCare" => &["patient", "managingOrganization"],
+        "QuestionnaireResponse" => &["subject", "questionnaire"],
+        "Consent" => &["patient"],
+        _ => &[],
+    };
+    for el in needs {
+        if resource.get(*el).is_none() {
+            problems.push(format!("{el} is required by the partnership's rules but is empty; check the fields it comes from"));
+        }
+    }
+    each_reference(resource, &mut |path, reference| {
+        let ok = reference.split_once('/').is_some_and(|(t, id)| {
+            t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() && !id.contains('/')
+        });
+        if !ok {
+            problems.push(format!("{path}: \"{reference}\" is not a plain relative reference (Type/id)"));
+        }
+    });
+}
+
+/// Calls `f(path, reference)` for every `reference` string in a resource.
+pub fn each_reference(value: &Value, f: &mut dyn FnMut(&str, &str)) {
+    fn walk(v: &Value, path: &mut String, f: &mut dyn FnMut(&str, &str)) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    if k == "reference" {
+                        if let Value::String(r) = child {
+                            f(path, r);
+                        }
+                    } else {
+                        walk(child, path, f);
+                    }
+                    path.truncate(len);
+                }
+            }
+            Value::Array(a) => {
+                for child in a {
+                    walk(child, path, f);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(value, &mut String::new(), f);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn typed_structure_and_unknown_elements() {
+        let good = json!({"resourceType": "Patient", "id": "a", "gender": "female",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990000018"}],
+            "name": [{"family": "Test"}], "managingOrganization": {"reference": "Organization/x"}});
+        assert!(super::resource("Patient", &good).is_empty(), "{:?}", super::resource("Patient", &good));
+        let mut bad = good.clone();
+        bad["gender"] = json!("banana");
+        assert!(super::resource("Patient", &bad)[0].contains("FHIR R4 structure"));
+        let mut bad = good.clone();
+        bad["name"][0]["surname"] = json!("x");
+        assert!(super::resource("Patient", &bad).iter().any(|p| p.contains("name[0].surname")));
+        let mut bad = good;
+        bad["identifier"][0]["value"] = json!("9990000017");
+        bad["managingOrganization"]["reference"] = json!("http://elsewhere/Organization/x");
+        let p = super::resource("Patient", &bad);
+        assert!(p.iter().any(|p| p.contains("Modulus 11")) && p.iter().any(|p| p.contains("relative")), "{p:?}");
+    }
+}
