@@ -4,7 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
+pub mod deliver;
 pub mod ingest;
 pub mod mapping;
+pub mod ops;
 pub mod quarantine;
+pub mod schedule;
+pub mod store;
+pub mod sync;
 pub mod validate;

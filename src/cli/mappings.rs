@@ -76,7 +76,10 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
 
 fn partner<'a>(catalog: &'a Catalog, id: &str) -> anyhow::Result<&'a Partner> {
     catalog.partner(id).with_context(|| {
-        format!("no partner \"{id}\" in the mappings; known: {}", catalog.partners.keys().cloned().collect::<Vec<_>>().join(", "))
+        format!(
+            "no partner \"{id}\" in the mappings; known: {}",
+            catalog.partners.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
     })
 }
 
@@ -84,18 +87,27 @@ fn partner<'a>(catalog: &'a Catalog, id: &str) -> anyhow::Result<&'a Partner> {
 fn kind_of(partner: &Partner, path: &Path, explicit: Option<&str>) -> anyhow::Result<RecordKind> {
     let known = || partner.mappings.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
     if let Some(k) = explicit {
-        return RecordKind::parse(k).with_context(|| format!("--kind {k}: not a record kind; this partner maps: {}", known()));
+        return RecordKind::parse(k)
+            .with_context(|| format!("--kind {k}: not a record kind; this partner maps: {}", known()));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_lowercase();
     let stem = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_lowercase();
     if let Some(k) = RecordKind::parse(&stem) {
         return Ok(k);
     }
-    let matching: Vec<RecordKind> =
-        partner.mappings.values().filter(|m| m.files.iter().any(|g| glob_match(&g.to_lowercase(), &name))).map(|m| m.kind).collect();
+    let matching: Vec<RecordKind> = partner
+        .mappings
+        .values()
+        .filter(|m| m.files.iter().any(|g| glob_match(&g.to_lowercase(), &name)))
+        .map(|m| m.kind)
+        .collect();
     match matching.as_slice() {
         [k] => Ok(*k),
-        [] => bail!("{}: cannot tell which record kind this file holds; pass --kind (one of: {})", path.display(), known()),
+        [] => bail!(
+            "{}: cannot tell which record kind this file holds; pass --kind (one of: {})",
+            path.display(),
+            known()
+        ),
         _ => bail!("{}: the file name matches several mappings' `files` patterns; pass --kind", path.display()),
     }
 }
@@ -162,14 +174,21 @@ impl<W: Write> Sink for PreviewSink<W> {
     }
 }
 
-fn preview(catalog: &Catalog, partner_id: &str, files: &[PathBuf], kind: Option<&str>, qdir: &Path) -> anyhow::Result<u8> {
+fn preview(
+    catalog: &Catalog,
+    partner_id: &str,
+    files: &[PathBuf],
+    kind: Option<&str>,
+    qdir: &Path,
+) -> anyhow::Result<u8> {
     let partner = partner(catalog, partner_id)?;
     let inputs = files
         .iter()
         .map(|p| Ok(Input { kind: kind_of(partner, p, kind)?, path: p.clone() }))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let stdout = std::io::stdout();
-    let mut sink = PreviewSink { out: std::io::BufWriter::new(stdout.lock()), quarantine: QuarantineFile::new(qdir, partner_id) };
+    let mut sink =
+        PreviewSink { out: std::io::BufWriter::new(stdout.lock()), quarantine: QuarantineFile::new(qdir, partner_id) };
     let report = mapping::run(partner, &inputs, &mut sink).context("writing the output")?;
     sink.out.flush()?;
     sink.quarantine.finish()?;
@@ -205,6 +224,10 @@ struct Counts {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct ExpectedResource {
     row: u64,
+    /// The mapping's resource name (`goal_2`), so a diff says which of a row's resources differs.
+    name: String,
+    /// The sensitivity category: it becomes privacy labels, so a wrong one must show in the test.
+    category: crate::mapping::Category,
     resource: Value,
 }
 
@@ -223,7 +246,12 @@ struct Collect {
 impl Sink for Collect {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         match r.kind {
-            Some(k) => self.by_kind.entry(k).or_default().0.push(ExpectedResource { row: r.row, resource: r.resource.clone() }),
+            Some(k) => self.by_kind.entry(k).or_default().0.push(ExpectedResource {
+                row: r.row,
+                name: r.name.to_string(),
+                category: r.category,
+                resource: r.resource.clone(),
+            }),
             None => self.organization = Some(r.resource.clone()),
         }
         Ok(())
@@ -262,7 +290,9 @@ fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not a valid expected file", path.display()))?)),
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("{} is not a valid expected file", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -356,7 +386,12 @@ fn compare(want: &Expected, got: &Expected) -> Vec<String> {
     if want.counts != got.counts {
         out.push(format!(
             "counts: expected {} read / {} mapped / {} quarantined, got {} / {} / {}",
-            want.counts.read, want.counts.mapped, want.counts.quarantined, got.counts.read, got.counts.mapped, got.counts.quarantined
+            want.counts.read,
+            want.counts.mapped,
+            want.counts.quarantined,
+            got.counts.read,
+            got.counts.mapped,
+            got.counts.quarantined
         ));
     }
     let label = |r: &ExpectedResource| {
@@ -367,7 +402,14 @@ fn compare(want: &Expected, got: &Expected) -> Vec<String> {
     for (id, w) in &want_by {
         let rt = w.resource["resourceType"].as_str().unwrap_or("?");
         match got_by.get(id) {
-            Some(g) => diff_json(&format!("row {} {rt}", w.row), &w.resource, &g.resource, &mut out),
+            Some(g) => {
+                let at = format!("row {} {rt}", w.row);
+                let at = if w.name.to_lowercase() == rt.to_lowercase() { at } else { format!("{at} ({})", w.name) };
+                if w.category != g.category {
+                    out.push(format!("{at}: category expected {:?}, got {:?}", w.category, g.category));
+                }
+                diff_json(&at, &w.resource, &g.resource, &mut out);
+            }
             None => out.push(format!("row {} {rt}: expected {id}, but it was not produced", w.row)),
         }
     }

@@ -4,6 +4,8 @@
 //! rows, drift, open conflicts) so that cron and monitoring can act on it.
 
 mod mappings;
+mod outbox;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +15,24 @@ use clap::{Parser, Subcommand};
 /// Ran, and found something an admin should look at.
 pub const EXIT_FOUND: u8 = 3;
 
+/// Output for people or for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
 #[derive(Debug, Parser)]
-#[command(name = "connector", version, about = "York Hub connector: partner records to UK Core FHIR R4, synced to Cito and PKB.")]
+#[command(
+    name = "connector",
+    version,
+    about = "York Hub connector: partner records to UK Core FHIR R4, synced to Cito and PKB."
+)]
 pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "CONNECTOR_CONFIG", default_value = "/etc/connector/config.toml")]
+    pub config: PathBuf,
+
     /// Folder of mapping files (one sub-folder per partner; see mappings/README.md).
     #[arg(long, global = true, env = "CONNECTOR_MAPPINGS", default_value = "mappings")]
     pub mappings: PathBuf,
@@ -29,12 +46,23 @@ pub enum Command {
     /// Check, test and try out partner mappings.
     #[command(subcommand)]
     Mappings(mappings::MappingsCommand),
+    /// Run one sync cycle: map every partner's exports, plan, deliver to each destination.
+    Sync(sync::SyncArgs),
+    /// Inspect and retry the queue of writes to destinations.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Mappings(cmd) => mappings::run(&cli.mappings, cmd),
+        Command::Sync(args) => runtime().and_then(|rt| rt.block_on(sync::run(&cli.config, args))),
+        Command::Outbox(cmd) => runtime().and_then(|rt| rt.block_on(outbox::run(&cli.config, cmd))),
     };
     match result {
         Ok(code) => ExitCode::from(code),

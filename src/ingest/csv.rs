@@ -26,7 +26,8 @@ pub(super) fn open(path: &Path, delimiter: Option<u8>) -> Result<(Option<Arc<Hea
     if !has_header || first.iter().all(|c| c.trim().is_empty()) {
         return Err(IngestError::NoHeader { path: path.to_path_buf() });
     }
-    let header = Arc::new(Header { names: first.iter().map(|s| s.trim_start_matches('\u{feff}').to_string()).collect() });
+    let header =
+        Arc::new(Header { names: first.iter().map(|s| s.trim_start_matches('\u{feff}').to_string()).collect() });
     let width = header.names.len();
     let path = path.to_path_buf();
     let mut number = 1u64;

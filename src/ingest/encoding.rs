@@ -87,11 +87,8 @@ impl<R: Read> Read for Utf8Reader<R> {
                 self.in_pos = 0;
                 self.eof = self.in_len == 0;
             }
-            let (_, read, written, _) = self.decoder.decode_to_utf8(
-                &self.in_buf[self.in_pos..self.in_len],
-                &mut self.out_buf,
-                self.eof,
-            );
+            let (_, read, written, _) =
+                self.decoder.decode_to_utf8(&self.in_buf[self.in_pos..self.in_len], &mut self.out_buf, self.eof);
             self.in_pos += read;
             self.out_pos = 0;
             self.out_len = written;

@@ -18,7 +18,9 @@ pub(super) fn open_array(path: &Path, records: Option<&str>) -> Result<(Option<A
     let doc: Value = serde_json::from_reader(reader)
         .map_err(|e| bad(format!("not valid JSON at line {}, column {}: {e}", e.line(), e.column())))?;
     let array = match records {
-        Some(p) => json_path(&doc, p).cloned().ok_or_else(|| bad(format!("no \"{p}\" in the document; check `[source] records`")))?,
+        Some(p) => json_path(&doc, p)
+            .cloned()
+            .ok_or_else(|| bad(format!("no \"{p}\" in the document; check `[source] records`")))?,
         None => doc,
     };
     let Value::Array(items) = array else {
@@ -54,7 +56,9 @@ pub(super) fn open_lines(path: &Path) -> Result<(Option<Arc<Header>>, RowIter), 
             let values = match serde_json::from_str::<Value>(&line) {
                 Ok(v @ Value::Object(_)) => Values::Json(v),
                 Ok(_) => Values::Unreadable { raw: line, reason: "the line is not a JSON object".into() },
-                Err(e) => Values::Unreadable { raw: line, reason: format!("not valid JSON at column {}: {e}", e.column()) },
+                Err(e) => {
+                    Values::Unreadable { raw: line, reason: format!("not valid JSON at column {}: {e}", e.column()) }
+                }
             };
             return Some(Ok(Row { number: i as u64 + 1, values, extra_cells: 0 }));
         }

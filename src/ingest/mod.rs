@@ -58,9 +58,13 @@ pub enum IngestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: the file is {size} bytes, over the limit of {max} bytes; split the export or raise `max_input_bytes`")]
+    #[error(
+        "{path}: the file is {size} bytes, over the limit of {max} bytes; split the export or raise `max_input_bytes`"
+    )]
     TooLarge { path: PathBuf, size: u64, max: u64 },
-    #[error("{path}: cannot tell the format from the file name; name it .csv, .xlsx, .json or .ndjson, or set `[source] format` in the mapping")]
+    #[error(
+        "{path}: cannot tell the format from the file name; name it .csv, .xlsx, .json or .ndjson, or set `[source] format` in the mapping"
+    )]
     UnknownFormat { path: PathBuf },
     #[error("{path}: the file has no header row; exports must start with the column names")]
     NoHeader { path: PathBuf },
@@ -130,10 +134,8 @@ impl Row {
             Values::Cells(cells) => {
                 let mut m = serde_json::Map::new();
                 for (i, c) in cells.iter().enumerate() {
-                    let name = header
-                        .and_then(|h| h.names.get(i))
-                        .cloned()
-                        .unwrap_or_else(|| format!("(column {})", i + 1));
+                    let name =
+                        header.and_then(|h| h.names.get(i)).cloned().unwrap_or_else(|| format!("(column {})", i + 1));
                     m.insert(name, serde_json::Value::String(c.clone()));
                 }
                 serde_json::Value::Object(m)

@@ -24,7 +24,8 @@ fn cells(rows: Rows) -> Vec<(u64, Vec<String>, usize)> {
 #[test]
 fn csv_windows_1252_crlf_quoted_newline_and_ragged_rows() {
     // "Zoë" in Windows-1252 is 0x5A 0x6F 0xEB.
-    let mut bytes = b"Name,Address,Phone\r\nZo\xeb,\"1 High St\r\nYork\",7700900123\r\nAl,,\r\nBea,x,y,surplus\r\nCy\r\n".to_vec();
+    let mut bytes =
+        b"Name,Address,Phone\r\nZo\xeb,\"1 High St\r\nYork\",7700900123\r\nAl,,\r\nBea,x,y,surplus\r\nCy\r\n".to_vec();
     bytes.extend_from_slice(b"Di,a,b,,\r\n");
     let p = write_tmp("w1252.csv", &bytes);
     let rows = open(&p, &ReadOptions::default()).unwrap();

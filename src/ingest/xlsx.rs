@@ -67,7 +67,8 @@ fn float_text(f: f64) -> String {
 /// Converts an Excel serial date (days since 1899-12-30, in the 1900 date system) to ISO 8601 text.
 pub(crate) fn excel_serial_to_iso(serial: f64, with_time: bool) -> String {
     let days = serial.floor() as i64;
-    let Some(date) = chrono::NaiveDate::from_ymd_opt(1899, 12, 30).and_then(|d| d.checked_add_signed(chrono::Duration::days(days)))
+    let Some(date) =
+        chrono::NaiveDate::from_ymd_opt(1899, 12, 30).and_then(|d| d.checked_add_signed(chrono::Duration::days(days)))
     else {
         return float_text(serial);
     };

@@ -213,7 +213,11 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
     let p = raw.partner;
     let folder = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if p.id.get_ref() != folder {
-        errs.at(p.id.span().start, "partner.id", format!("\"{}\" does not match the folder name \"{folder}\"", p.id.get_ref()));
+        errs.at(
+            p.id.span().start,
+            "partner.id",
+            format!("\"{}\" does not match the folder name \"{folder}\"", p.id.get_ref()),
+        );
     }
     if p.ods_code.is_none() && p.charity_number.is_none() {
         errs.at(0, "partner", "set ods_code or charity_number (or both) so the Organization can be identified");
@@ -221,7 +225,10 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
     let id = p.id.into_inner();
     let mut mappings = BTreeMap::new();
     let files = sorted_entries(dir).unwrap_or_default();
-    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml") && f.file_name() != Some("partner.toml".as_ref())) {
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "toml") && f.file_name() != Some("partner.toml".as_ref()))
+    {
         if let Some(m) = load_mapping(f, &id, errs.list) {
             if let Some(prev) = mappings.get(&m.kind).map(|p: &Mapping| p.file.clone()) {
                 errs.list.push(CompileError::File {
@@ -253,7 +260,11 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
 }
 
 /// Fills in the resource types of references to other kinds, now that all of the partner's kinds are known.
-fn resolve_cross_refs(mappings: &mut BTreeMap<RecordKind, Mapping>, failed: &[RecordKind], errors: &mut Vec<CompileError>) {
+fn resolve_cross_refs(
+    mappings: &mut BTreeMap<RecordKind, Mapping>,
+    failed: &[RecordKind],
+    errors: &mut Vec<CompileError>,
+) {
     let types: HashMap<(RecordKind, String), String> = mappings
         .values()
         .flat_map(|m| m.resources.iter().map(move |r| ((m.kind, r.name.clone()), r.resource_type.clone())))
@@ -308,11 +319,19 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
     let raw: RawMappingFile = toml::from_str(&text).map_err(|err| e.toml(&err)).ok()?;
     let h = &raw.mapping;
     if h.partner.get_ref() != partner {
-        e.at(h.partner.span().start, "mapping.partner", format!("\"{}\" but the folder is partner \"{partner}\"", h.partner.get_ref()));
+        e.at(
+            h.partner.span().start,
+            "mapping.partner",
+            format!("\"{}\" but the folder is partner \"{partner}\"", h.partner.get_ref()),
+        );
     }
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     if stem != h.kind.as_str() {
-        e.at(0, "mapping.kind", format!("kind \"{}\" in a file named {stem}.toml; name the file after its kind", h.kind));
+        e.at(
+            0,
+            "mapping.kind",
+            format!("kind \"{}\" in a file named {stem}.toml; name the file after its kind", h.kind),
+        );
     }
 
     // Value maps.
@@ -354,7 +373,9 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
                     for p in parts {
                         match index.get(p) {
                             Some(&i) if raw.fields.get(p).is_some_and(|pf| pf.get_ref().sum.is_none()) => ids.push(i),
-                            Some(_) => e.at(offset, &key, format!("sum of \"{p}\", itself a sum; sum the source fields")),
+                            Some(_) => {
+                                e.at(offset, &key, format!("sum of \"{p}\", itself a sum; sum the source fields"))
+                            }
                             None => e.at(offset, &key, format!("sum names \"{p}\", which is not a field")),
                         }
                     }
@@ -385,7 +406,9 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
         }
         let map = match &f.map {
             Some(m) => match maps.get(m) {
-                Some((_, vm)) => Some(ValueMap { name: vm.name.clone(), entries: vm.entries.clone(), fallback: vm.fallback.clone() }),
+                Some((_, vm)) => {
+                    Some(ValueMap { name: vm.name.clone(), entries: vm.entries.clone(), fallback: vm.fallback.clone() })
+                }
                 None => {
                     e.at(offset, format!("{key}.map"), format!("no [maps.{m}] in this file"));
                     None
@@ -459,7 +482,15 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
         let resource_type = sibling.map(|i| raw.resources[i].get_ref().resource_type.clone()).unwrap_or_default();
         ref_index.insert(name.clone(), refs.len());
         let line = e.line_of(offset);
-        refs.push(Ref { name: name.clone(), kind, resource: r.resource.clone(), resource_type, key: key_fields, sibling, line });
+        refs.push(Ref {
+            name: name.clone(),
+            kind,
+            resource: r.resource.clone(),
+            resource_type,
+            key: key_fields,
+            sibling,
+            line,
+        });
     }
 
     let scope = Scope { fields: &index, refs: &ref_index };
@@ -473,7 +504,11 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
             e.at(offset, &rkey, "two resources share this name; names make ids and must be unique");
         }
         if !RESOURCE_TYPES.contains(&r.resource_type.as_str()) {
-            e.at(offset, format!("{rkey}.type"), format!("unsupported resource type \"{}\" (supported: {})", r.resource_type, RESOURCE_TYPES.join(", ")));
+            e.at(
+                offset,
+                format!("{rkey}.type"),
+                format!("unsupported resource type \"{}\" (supported: {})", r.resource_type, RESOURCE_TYPES.join(", ")),
+            );
         }
         for k in ["resourceType", "id"] {
             if r.template.contains_key(k) {
@@ -481,7 +516,11 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
             }
         }
         if r.template.get("meta").and_then(|m| m.get("source")).is_some() {
-            e.at(offset, format!("{rkey}.template.meta.source"), "set by the engine (mapping name and version); remove it");
+            e.at(
+                offset,
+                format!("{rkey}.template.meta.source"),
+                "set by the engine (mapping name and version); remove it",
+            );
         }
         let when = r.when.as_ref().and_then(|w| {
             let id = index.get(w).copied();
@@ -545,10 +584,14 @@ pub(crate) fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     match v {
         toml::Value::String(s) => serde_json::Value::String(s.clone()),
         toml::Value::Integer(i) => serde_json::Value::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number)
+        }
         toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
         toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
         toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
+        }
     }
 }

@@ -135,6 +135,16 @@ struct RunState {
 
 /// Maps a partner's inputs. Inputs are taken in kind order (person first) so that references resolve.
 pub fn run(partner: &Partner, inputs: &[Input], sink: &mut dyn Sink) -> std::io::Result<RunReport> {
+    run_with_limit(partner, inputs, sink, None)
+}
+
+/// As `run`, refusing any input file larger than `max_bytes`.
+pub fn run_with_limit(
+    partner: &Partner,
+    inputs: &[Input],
+    sink: &mut dyn Sink,
+    max_bytes: Option<u64>,
+) -> std::io::Result<RunReport> {
     let mut report = RunReport { partner: partner.id.clone(), ..Default::default() };
     let mut state = RunState { known: Default::default(), withheld: HashMap::new(), seen: HashMap::new() };
 
@@ -165,7 +175,9 @@ pub fn run(partner: &Partner, inputs: &[Input], sink: &mut dyn Sink) -> std::io:
             report.files.push(counts);
             continue;
         };
-        if let Err(e) = map_file(partner, mapping, input, file_index, &paths, &mut state, &mut counts, &mut report, sink) {
+        if let Err(e) =
+            map_file(partner, mapping, input, max_bytes, file_index, &paths, &mut state, &mut counts, &mut report, sink)
+        {
             match e {
                 FileError::Io(e) => return Err(e),
                 FileError::Unreadable(msg) => counts.error = Some(msg),
@@ -222,6 +234,7 @@ fn map_file(
     partner: &Partner,
     mapping: &Mapping,
     input: &Input,
+    max_bytes: Option<u64>,
     file_index: usize,
     paths: &[&Path],
     state: &mut RunState,
@@ -229,7 +242,8 @@ fn map_file(
     report: &mut RunReport,
     sink: &mut dyn Sink,
 ) -> Result<(), FileError> {
-    let rows = ingest::open(&input.path, &mapping.read).map_err(|e| FileError::Unreadable(e.to_string()))?;
+    let read = ingest::ReadOptions { max_bytes, ..mapping.read.clone() };
+    let rows = ingest::open(&input.path, &read).map_err(|e| FileError::Unreadable(e.to_string()))?;
     let header = rows.header.clone();
     let binding = match &header {
         Some(h) => Some(bind(mapping, h, &input.path).map_err(FileError::Unreadable)?),
@@ -263,7 +277,9 @@ fn map_file(
                 if let Some(k) = &key {
                     for spec in &mapping.resources {
                         let id = ids::resource_id(&partner.id, mapping.kind.as_str(), &spec.name, k);
-                        state.withheld.insert(ref_hash(&format!("{}/{id}", spec.resource_type)), (file_index, row.number));
+                        state
+                            .withheld
+                            .insert(ref_hash(&format!("{}/{id}", spec.resource_type)), (file_index, row.number));
                     }
                 }
                 sink.quarantined(&Quarantined {
@@ -382,7 +398,9 @@ fn map_row(
         let message = if *first_hash == raw_hash {
             format!("duplicate of row {first_row} (identical content); nothing to do unless the export itself is wrong")
         } else {
-            format!("another row ({first_row}) has the same key with different content; the export holds two versions of one record: keep the right one and re-export")
+            format!(
+                "another row ({first_row}) has the same key with different content; the export holds two versions of one record: keep the right one and re-export"
+            )
         };
         return Err((Some(key), vec![Reason::row(message)]));
     }
@@ -440,7 +458,10 @@ fn map_row(
             };
             let why = match state.withheld.get(&h) {
                 Some((file, row)) => {
-                    format!("which was quarantined ({} row {row}); fix that row first", paths[*file].display())
+                    let name = paths[*file]
+                        .file_name()
+                        .map_or_else(|| paths[*file].display().to_string(), |n| n.to_string_lossy().into_owned());
+                    format!("which was quarantined ({name} row {row}); fix that row first")
                 }
                 None => "which is not in this run's output; include that export, or check the key".to_string(),
             };
@@ -511,7 +532,9 @@ fn field_value(
     let Some(mut v) = raw else {
         return match &f.default {
             Some(d) => Ok(Some(d.clone())),
-            None if f.required => Err(fail(column, "required, but empty; fill it in at the source and re-export".into())),
+            None if f.required => {
+                Err(fail(column, "required, but empty; fill it in at the source and re-export".into()))
+            }
             None => Ok(None),
         };
     };
@@ -529,7 +552,10 @@ fn field_value(
                 let shown: String = code.chars().take(40).collect();
                 return Err(fail(
                     column,
-                    format!("code \"{shown}\" is not in value map \"{}\"; add it to [maps.{}] or correct the source", map.name, map.name),
+                    format!(
+                        "code \"{shown}\" is not in value map \"{}\"; add it to [maps.{}] or correct the source",
+                        map.name, map.name
+                    ),
                 ));
             }
         };
@@ -564,7 +590,9 @@ fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Opti
                 _ => Some(Value::String(s.trim().to_string())),
             })
         }
-        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v)),
+        // Source values are text, as in a CSV; only transforms (integer, decimal, boolean) make them typed, so a
+        // numeric client id from a JSON API still lands in identifier.value as a string.
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(Value::String(v.to_string()))),
         Some(Value::Array(_) | Value::Object(_)) => {
             Err("holds a list or an object, not a value; point `from` at an element inside it".into())
         }
@@ -593,7 +621,9 @@ pub fn organization(partner: &Partner) -> Value {
         identifier.push(serde_json::json!({ "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": ods }));
     }
     if let Some(charity) = &partner.charity_number {
-        identifier.push(serde_json::json!({ "system": "https://register-of-charities.charitycommission.gov.uk", "value": charity }));
+        identifier.push(
+            serde_json::json!({ "system": "https://register-of-charities.charitycommission.gov.uk", "value": charity }),
+        );
     }
     serde_json::json!({
         "resourceType": "Organization",

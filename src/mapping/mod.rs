@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use compile::{CompileError, load_catalog};
-pub use engine::{FileCounts, Input, MappedResource, Quarantined, Reason, RunReport, Sink, run};
+pub use engine::{
+    FileCounts, Input, MappedResource, Quarantined, Reason, RunReport, Sink, organization, run, run_with_limit,
+};
 pub use template::Node;
 
 use crate::ingest::ReadOptions;

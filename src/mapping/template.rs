@@ -75,7 +75,9 @@ fn compile_string(s: &str, names: &dyn Names) -> Result<Node, String> {
                 text.push('}');
             }
             '{' => {
-                let end = s[i..].find('}').ok_or_else(|| format!("unclosed placeholder in \"{s}\"; write {{{{ for a literal brace"))?;
+                let end = s[i..]
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed placeholder in \"{s}\"; write {{{{ for a literal brace"))?;
                 let name = s[i + 1..i + end].trim();
                 if !text.is_empty() {
                     parts.push(Part::Text(std::mem::take(&mut text)));

@@ -166,7 +166,9 @@ fn messy_rows_are_quarantined_with_reasons_and_counts_add_up() {
     assert!(reasons(5, RecordKind::Person).contains("duplicate of row 2"));
     assert!(reasons(6, RecordKind::Person).contains("1 more cell(s)"));
     assert!(reasons(7, RecordKind::Person).contains("code \"q\" is not in value map \"gender\""));
-    assert!(reasons(3, RecordKind::Contact).contains("quarantined (") && reasons(3, RecordKind::Contact).contains("row 3"));
+    assert!(
+        reasons(3, RecordKind::Contact).contains("quarantined (") && reasons(3, RecordKind::Contact).contains("row 3")
+    );
     assert!(reasons(4, RecordKind::Contact).contains("not in this run's output"));
     assert!(reasons(5, RecordKind::Contact).contains("clocks went forward"));
 
@@ -206,9 +208,14 @@ fn mapping_errors_name_file_line_and_key() {
     let broken = PERSON.replace("transform = \"uk_date\"", "transform = \"uk-date\"").replace("{given}", "{givn}");
     let d = setup(
         "errors",
-        &[("mappings/p1/partner.toml", PARTNER), ("mappings/p1/person.toml", &broken), ("mappings/p1/contact.toml", CONTACT)],
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", &broken),
+            ("mappings/p1/contact.toml", CONTACT),
+        ],
     );
-    let errors: Vec<String> = load_catalog(&d.0.join("mappings")).unwrap_err().iter().map(ToString::to_string).collect();
+    let errors: Vec<String> =
+        load_catalog(&d.0.join("mappings")).unwrap_err().iter().map(ToString::to_string).collect();
     let all = errors.join("\n");
     assert!(all.contains("person.toml:13: fields.dob.transform: unknown transform \"uk-date\""), "{all}");
     assert!(all.contains("person.toml:28: resource[0] (patient).template: {givn}: not a field"), "{all}");

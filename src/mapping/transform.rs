@@ -27,8 +27,18 @@ pub enum Transform {
 
 impl Transform {
     pub const NAMES: &'static [&'static str] = &[
-        "trim", "upper", "lower", "nhs_number", "uk_date", "uk_datetime", "postcode", "uk_phone", "email", "integer",
-        "decimal", "boolean",
+        "trim",
+        "upper",
+        "lower",
+        "nhs_number",
+        "uk_date",
+        "uk_datetime",
+        "postcode",
+        "uk_phone",
+        "email",
+        "integer",
+        "decimal",
+        "boolean",
     ];
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -90,10 +100,7 @@ pub fn nhs_number(s: &str) -> Result<String, String> {
     // Excel drops a leading zero from a number column.
     let digits = if digits.len() == 9 { format!("0{digits}") } else { digits };
     if digits.len() != 10 {
-        return Err(format!(
-            "not a valid NHS number: it has {} digits, not 10; check the source record",
-            digits.len()
-        ));
+        return Err(format!("not a valid NHS number: it has {} digits, not 10; check the source record", digits.len()));
     }
     if !nhs::is_valid(&digits) {
         return Err(
@@ -134,6 +141,9 @@ pub fn uk_date(s: &str) -> Result<NaiveDate, String> {
     }
     // ISO (what XLSX cells and APIs give), possibly with a time.
     if s.len() >= 10 && s.as_bytes()[4] == b'-' {
+        if s.len() > 10 && !matches!(s.as_bytes()[10], b'T' | b' ') {
+            return Err("not a date: unexpected text after yyyy-mm-dd".into());
+        }
         return NaiveDate::parse_from_str(&s[..10], "%Y-%m-%d")
             .map_err(|_| "not a date: expected yyyy-mm-dd or dd/mm/yyyy".into());
     }
@@ -179,8 +189,12 @@ pub fn uk_datetime(s: &str) -> Result<String, String> {
         return Ok(date.format("%Y-%m-%d").to_string());
     };
     let t = t.trim();
-    if t.ends_with('Z') || t.contains('+') {
-        return Err("not a local time: expected HH:MM or HH:MM:SS without a zone".into());
+    // An API's timestamp with its own zone or offset is already unambiguous: keep its offset.
+    if t.ends_with('Z') || t.contains('+') || t[1..].contains('-') {
+        let full = format!("{}T{t}", date.format("%Y-%m-%d"));
+        return chrono::DateTime::parse_from_rfc3339(&full)
+            .map(|d| d.format("%Y-%m-%dT%H:%M:%S%:z").to_string())
+            .map_err(|_| "not a time: expected HH:MM, or an ISO 8601 time with its offset".into());
     }
     let time = NaiveTime::parse_from_str(t, "%H:%M:%S")
         .or_else(|_| NaiveTime::parse_from_str(t, "%H:%M"))
@@ -309,6 +323,9 @@ mod tests {
         assert_eq!(uk_datetime("01/07/2026").unwrap(), "2026-07-01");
         assert!(uk_datetime("29/03/2026 01:30").unwrap_err().contains("clocks went forward"));
         assert_eq!(uk_datetime("25/10/2026 01:30").unwrap(), "2026-10-25T01:30:00+01:00");
+        assert_eq!(uk_datetime("2026-07-01T08:00:00Z").unwrap(), "2026-07-01T08:00:00+00:00");
+        assert_eq!(uk_datetime("2026-07-01T09:00:00+01:00").unwrap(), "2026-07-01T09:00:00+01:00");
+        assert!(uk_date("1987-04-03junk").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn structure(resource: &Value) -> Vec<String> {
     use fhir_model::r4b::resources::Resource;
     let typed: Resource = match serde_json::from_value(resource.clone()) {
         Ok(r) => r,
-        Err(e) => return vec![format!("does not fit the FHIR R4 structure: {e}")],
+        Err(e) => return vec![format!("does not fit the FHIR R4 structure: {}", without_values(&e.to_string()))],
     };
     let back = match serde_json::to_value(&typed) {
         Ok(v) => v,
@@ -29,6 +29,22 @@ fn structure(resource: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     unknown_elements(resource, &back, String::new(), &mut problems);
     problems
+}
+
+/// serde's messages quote the offending value (`invalid type: integer \`50231\``); that value may be personal
+/// data, so only the kind of problem and what was expected are kept.
+fn without_values(message: &str) -> String {
+    // fhir-model's code enums say `Unknown value: <code>`.
+    if let Some(i) = message.find("Unknown value") {
+        return format!("{}a code that is not in the element's FHIR value set", &message[..i]);
+    }
+    for kind in ["invalid type", "invalid value", "unknown variant", "invalid length"] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            let expected = rest.find(", expected").map_or("", |i| &rest[i..]);
+            return format!("{kind}{expected}");
+        }
+    }
+    message.to_string()
 }
 
 fn unknown_elements(original: &Value, back: &Value, path: String, out: &mut Vec<String>) {
@@ -74,7 +90,9 @@ fn rules(resource_type: &str, resource: &Value, problems: &mut Vec<String>) {
     };
     for el in needs {
         if resource.get(*el).is_none() {
-            problems.push(format!("{el} is required by the partnership's rules but is empty; check the fields it comes from"));
+            problems.push(format!(
+                "{el} is required by the partnership's rules but is empty; check the fields it comes from"
+            ));
         }
     }
     each_reference(resource, &mut |path, reference| {
@@ -131,7 +149,9 @@ mod tests {
         assert!(super::resource("Patient", &good).is_empty(), "{:?}", super::resource("Patient", &good));
         let mut bad = good.clone();
         bad["gender"] = json!("banana");
-        assert!(super::resource("Patient", &bad)[0].contains("FHIR R4 structure"));
+        let p = super::resource("Patient", &bad);
+        assert!(p[0].contains("FHIR R4 structure") && p[0].contains("not in the element's FHIR value set"), "{p:?}");
+        assert!(!p[0].contains("banana"), "never echo the value: {p:?}");
         let mut bad = good.clone();
         bad["name"][0]["surname"] = json!("x");
         assert!(super::resource("Patient", &bad).iter().any(|p| p.contains("name[0].surname")));

@@ -1,0 +1,106 @@
+//! `connector sync --once`: one full cycle (map every partner, plan, deliver) and a summary.
+
+use std::path::Path;
+
+use clap::Args;
+
+use super::{EXIT_FOUND, Format};
+use crate::config::Config;
+use crate::sync::{CycleReport, Engine};
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Run one cycle and exit (the daemon is `connector run`).
+    #[arg(long)]
+    pub once: bool,
+    /// Only this partner's sources.
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// Only deliver to this destination.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Map and compare with what each destination holds, but queue and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+pub async fn run(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
+    if !args.once {
+        anyhow::bail!("`connector sync` runs one cycle: pass --once (the long-running service is `connector run`)");
+    }
+    let config = Config::load(config_path)?;
+    if let Some(p) = &args.partner
+        && !config.partners.iter().any(|c| &c.id == p)
+    {
+        anyhow::bail!("--partner {p}: no such [[partner]] in {}", config_path.display());
+    }
+    if let Some(d) = &args.destination
+        && !config.destinations.contains_key(d)
+    {
+        anyhow::bail!("--destination {d}: no such [destination.{d}] in {}", config_path.display());
+    }
+    let engine = Engine::start(config).await?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(true);
+        }
+    });
+    let report = engine.cycle(args.partner.as_deref(), args.destination.as_deref(), args.dry_run, &rx).await;
+    stop.abort();
+    engine.store.release(&engine.owner).await.ok();
+    let report = report?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => print_table(&report),
+    }
+    Ok(if report.failed_files() > 0 {
+        1
+    } else if report.quarantined() > 0 || report.dead_lettered() > 0 || report.deferred() > 0 {
+        EXIT_FOUND
+    } else {
+        0
+    })
+}
+
+fn print_table(r: &CycleReport) {
+    for i in &r.ingest {
+        let m = &i.mapping;
+        let queued: Vec<String> = i.queued.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let verb = if i.dry_run { "would queue" } else { "queued" };
+        println!(
+            "partner {}: {} read, {} mapped, {} quarantined; {verb}: {}",
+            i.partner,
+            m.read(),
+            m.mapped(),
+            m.quarantined(),
+            if queued.is_empty() { "nothing".into() } else { queued.join(", ") }
+        );
+        for f in m.failed_files() {
+            println!("  NOT MAPPED {}: {}", f.path.display(), f.error.as_deref().unwrap_or_default());
+        }
+        for (d, n) in &i.withheld {
+            println!("  withheld from {d}: {n} (the destination's rules do not allow them)");
+        }
+    }
+    for d in &r.delivery {
+        println!(
+            "destination {}: {} written, {} linked to existing Patients, {} dead-lettered, {} deferred, {} bundles{}",
+            d.destination,
+            d.written,
+            d.linked,
+            d.dead_lettered,
+            d.deferred,
+            d.bundles,
+            if d.breaker_open { " (circuit open: destination paused)" } else { "" }
+        );
+    }
+    if r.quarantined() > 0 {
+        println!("Quarantined rows: `connector quarantine list`.");
+    }
+    if r.dead_lettered() > 0 {
+        println!("Dead letters: `connector outbox list --dead`.");
+    }
+}

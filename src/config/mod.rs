@@ -1,0 +1,410 @@
+//! Configuration: the TOML file an IT team writes (see `config.example.toml`). Unknown keys are rejected and
+//! errors name the key and line. Everything is checked once, here, into typed values; the rest of the code
+//! never re-checks strings. Secrets are read from files (or systemd credentials), never written inline.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::mapping::RecordKind;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the connector keeps its state (ledger, outbox, quarantine, audit).
+    pub state: StateConfig,
+    /// Where the mapping files are.
+    #[serde(default)]
+    pub mappings: MappingsConfig,
+    /// Time zone and defaults for schedules.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Limits that keep memory and work bounded.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The partners whose exports the connector reads.
+    #[serde(default, rename = "partner")]
+    pub partners: Vec<PartnerConfig>,
+    /// The systems the connector writes to, by name (`cito`, `pkb`).
+    #[serde(default, rename = "destination")]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+
+    /// The folder the file was read from; relative paths in the file are taken from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `sqlite://PATH` (embedded default; a relative path is taken from the config file's folder) or
+    /// `postgres://user@host/db` when several connector instances share the work.
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingsConfig {
+    /// Folder with one sub-folder per partner (see mappings/README.md).
+    #[serde(default = "MappingsConfig::default_dir")]
+    pub dir: PathBuf,
+}
+
+impl MappingsConfig {
+    fn default_dir() -> PathBuf {
+        PathBuf::from("mappings")
+    }
+}
+
+impl Default for MappingsConfig {
+    fn default() -> Self {
+        Self { dir: Self::default_dir() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// IANA time zone that cron expressions are read in; Europe/London follows the UK clock changes.
+    #[serde(default = "ScheduleConfig::default_tz")]
+    pub timezone: String,
+}
+
+impl ScheduleConfig {
+    fn default_tz() -> String {
+        "Europe/London".into()
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { timezone: Self::default_tz() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest export file accepted, in bytes; a larger one is refused with a clear error.
+    #[serde(default = "LimitsConfig::default_max_input_bytes")]
+    pub max_input_bytes: u64,
+}
+
+impl LimitsConfig {
+    const fn default_max_input_bytes() -> u64 {
+        4 * 1024 * 1024 * 1024
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_input_bytes: Self::default_max_input_bytes() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    /// The partner's id: the name of its folder under the mappings folder.
+    pub id: String,
+    /// When to read this partner's sources (cron: `min hour day month weekday`, in `[schedule] timezone`).
+    #[serde(default = "PartnerConfig::default_schedule")]
+    pub schedule: String,
+    /// The exports this partner delivers.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+impl PartnerConfig {
+    fn default_schedule() -> String {
+        "*/15 * * * *".into()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The record kind this export holds (person, carer, referral, episode, contact, goals, reqol, consent).
+    pub kind: RecordKind,
+    /// The export file (a relative path is taken from the config file's folder).
+    pub path: PathBuf,
+}
+
+/// The destination profiles: what rules a destination's data must follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Cito, the central record: generic FHIR R4.
+    Cito,
+    /// Patients Know Best: privacy labels, OAuth2 client credentials, X-Org-Public-Id.
+    Pkb,
+}
+
+/// How a destination is reached; one variant per transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// FHIR R4 REST with transaction bundles.
+    #[default]
+    Fhir,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The rules this destination's data follows: `cito` or `pkb`.
+    pub profile: Profile,
+    /// How it is reached (only `fhir` for now).
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// The FHIR base URL, for example `https://fhir.example.nhs.uk/R4`.
+    pub base_url: String,
+    /// Plain `http://` to anything but loopback is refused unless this is true (and then warned about).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Resources per transaction bundle.
+    #[serde(default = "DestinationConfig::default_batch_size")]
+    pub batch_size: usize,
+    /// Bundles in flight at once.
+    #[serde(default = "DestinationConfig::default_concurrency")]
+    pub concurrency: usize,
+    /// Most requests per second sent to this destination.
+    #[serde(default = "DestinationConfig::default_rate")]
+    pub rate_limit_per_second: f64,
+    /// Seconds before a request is given up (and retried).
+    #[serde(default = "DestinationConfig::default_timeout")]
+    pub timeout_seconds: u64,
+    /// Attempts for one bundle before its rows wait for a later cycle.
+    #[serde(default = "DestinationConfig::default_attempts")]
+    pub max_attempts: usize,
+    /// Consecutive failed bundles that open the circuit breaker, pausing the destination.
+    #[serde(default = "DestinationConfig::default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Seconds the circuit stays open before one trial bundle.
+    #[serde(default = "DestinationConfig::default_breaker_cooldown")]
+    pub breaker_cooldown_seconds: u64,
+    /// When to deliver the outbox (cron, in `[schedule] timezone`).
+    #[serde(default = "DestinationConfig::default_schedule")]
+    pub schedule: String,
+    /// OAuth2 client credentials (PKB).
+    pub auth: Option<AuthConfig>,
+    /// PKB: the organisation's public id, sent as X-Org-Public-Id.
+    pub org_public_id: Option<String>,
+}
+
+impl DestinationConfig {
+    const fn default_batch_size() -> usize {
+        50
+    }
+    const fn default_concurrency() -> usize {
+        2
+    }
+    const fn default_rate() -> f64 {
+        20.0
+    }
+    const fn default_timeout() -> u64 {
+        30
+    }
+    const fn default_attempts() -> usize {
+        6
+    }
+    const fn default_breaker_failures() -> u32 {
+        5
+    }
+    const fn default_breaker_cooldown() -> u64 {
+        60
+    }
+    fn default_schedule() -> String {
+        "*/5 * * * *".into()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// OAuth2 token endpoint (client credentials, sent with HTTP Basic).
+    pub token_url: String,
+    pub client_id: String,
+    /// File holding the client secret: a path, or a name looked up in `$CREDENTIALS_DIRECTORY` (systemd
+    /// `LoadCredential=`) first.
+    pub client_secret_file: PathBuf,
+    /// Renew the token this many seconds before it expires.
+    #[serde(default = "AuthConfig::default_renew")]
+    pub renew_before_seconds: u64,
+}
+
+impl AuthConfig {
+    const fn default_renew() -> u64 {
+        60
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the configuration: {source}; pass --config FILE or set CONNECTOR_CONFIG", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    Parse { path: PathBuf, line: usize, message: String },
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid { path: PathBuf, key: String, message: String },
+    #[error("{}: cannot read the secret for {key}: {source}", path.display())]
+    Secret {
+        path: PathBuf,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.span().map_or(1, |s| text[..s.start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1),
+            message: e.message().to_string(),
+        })?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), key, message };
+        if self.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(invalid(
+                "schedule.timezone".into(),
+                format!("\"{}\" is not an IANA time zone such as Europe/London", self.schedule.timezone),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.partners {
+            if !seen.insert(&p.id) {
+                return Err(invalid(format!("partner {}", p.id), "listed twice".into()));
+            }
+        }
+        for (name, d) in &self.destinations {
+            let key = |k: &str| format!("destination.{name}.{k}");
+            if !(d.base_url.starts_with("http://") || d.base_url.starts_with("https://")) {
+                return Err(invalid(key("base_url"), "must start with https:// (or http:// for loopback)".into()));
+            }
+            if d.base_url.starts_with("http://") && !is_loopback_url(&d.base_url) && !d.allow_insecure_http {
+                return Err(invalid(
+                    key("base_url"),
+                    format!(
+                        "plain http:// to a non-loopback host would send personal data unencrypted; use https://, or set destination.{name}.allow_insecure_http = true if this network is protected otherwise"
+                    ),
+                ));
+            }
+            if d.batch_size == 0 || d.concurrency == 0 || d.max_attempts == 0 {
+                return Err(invalid(
+                    key("batch_size"),
+                    "batch_size, concurrency and max_attempts must be at least 1".into(),
+                ));
+            }
+            if d.rate_limit_per_second.is_nan() || d.rate_limit_per_second <= 0.0 {
+                return Err(invalid(key("rate_limit_per_second"), "must be above 0".into()));
+            }
+            if d.profile == Profile::Pkb && d.auth.is_none() {
+                tracing::warn!(destination = %name, "PKB destination without [auth]; requests go unauthenticated (test servers only).");
+            }
+        }
+        Ok(())
+    }
+
+    /// A path from the file, taken from the config file's folder when relative.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    /// The state URL with a relative SQLite path taken from the config file's folder.
+    pub fn state_url(&self) -> String {
+        match self.state.url.strip_prefix("sqlite://") {
+            Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
+                format!("sqlite://{}", self.base_dir.join(rest).display())
+            }
+            _ => self.state.url.clone(),
+        }
+    }
+
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.schedule.timezone.parse().unwrap_or(chrono_tz::Europe::London)
+    }
+}
+
+/// True when the URL's host is a loopback address or `localhost`.
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl AuthConfig {
+    /// Reads the client secret: from `$CREDENTIALS_DIRECTORY/<name>` when systemd supplies it, else the path.
+    pub fn client_secret(&self, config: &Config, destination: &str) -> Result<SecretString, ConfigError> {
+        let from_creds = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join(&self.client_secret_file))
+            .filter(|p| p.exists());
+        let path = from_creds.unwrap_or_else(|| config.resolve(&self.client_secret_file));
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Secret {
+            path,
+            key: format!("destination.{destination}.auth.client_secret_file"),
+            source,
+        })?;
+        Ok(SecretString::from(text.trim_end_matches(['\n', '\r']).to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("connector-config-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("config.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(&p)
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let err = load("[state]\nurl = \"sqlite://x.db\"\n\n[[partner]]\nid = \"hub\"\nshedule = \"* * * * *\"\n")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("config.toml:6:") && msg.contains("unknown field `shedule`"), "{msg}");
+    }
+
+    #[test]
+    fn insecure_http_to_a_remote_host_is_refused() {
+        let base = "[state]\nurl = \"sqlite://x.db\"\n[destination.cito]\nprofile = \"cito\"\n";
+        let err = load(&format!("{base}base_url = \"http://cito.example.nhs.uk/fhir\"\n")).unwrap_err().to_string();
+        assert!(err.contains("destination.cito.base_url") && err.contains("allow_insecure_http"), "{err}");
+        assert!(load(&format!("{base}base_url = \"http://127.0.0.1:8080\"\n")).is_ok());
+        assert!(load(&format!("{base}base_url = \"http://[::1]:8080\"\n")).is_ok());
+        assert!(load(&format!("{base}base_url = \"http://cito.example/fhir\"\nallow_insecure_http = true\n")).is_ok());
+    }
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback_url("http://localhost:8080/fhir"));
+        assert!(is_loopback_url("http://127.0.0.2/"));
+        assert!(!is_loopback_url("http://127.0.0.1.evil.example/"));
+        assert!(!is_loopback_url("http://10.0.0.1/"));
+    }
+}

@@ -1,0 +1,493 @@
+//! Deliver: drains a destination's outbox. Rows are leased in order (per patient), Patients are matched to
+//! ones that already exist there, references to linked Patients are rewritten, and writes go out as
+//! transaction bundles with `If-Match`. Transient failures are retried with exponential backoff and jitter
+//! (honouring `Retry-After`); a bundle the server refuses is split until the refused resource is found, and
+//! that one alone goes to the dead letter with the server's OperationOutcome. A destination that keeps failing
+//! trips its circuit breaker and is paused.
+
+pub mod auth;
+pub mod fhir;
+pub mod limit;
+pub mod profile;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use serde_json::Value;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, DestinationConfig, Profile};
+use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
+use limit::{Breaker, RateLimiter};
+use transport::{Method, Transport, TransportError, Write, Written};
+
+const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+/// A destination as the delivery loop sees it.
+pub struct Destination {
+    pub name: String,
+    pub profile: Profile,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub max_attempts: usize,
+    pub timeout: Duration,
+    pub transport: Box<dyn Transport>,
+    pub breaker: Breaker,
+}
+
+impl Destination {
+    pub fn from_config(name: &str, d: &DestinationConfig, config: &Config) -> anyhow::Result<Self> {
+        let timeout = Duration::from_secs(d.timeout_seconds.max(1));
+        let limiter = Arc::new(RateLimiter::per_second(d.rate_limit_per_second));
+        let token = match &d.auth {
+            Some(a) => Some(auth::TokenProvider::new(
+                &a.token_url,
+                &a.client_id,
+                a.client_secret(config, name)?,
+                Duration::from_secs(a.renew_before_seconds),
+                timeout,
+            )),
+            None => None,
+        };
+        let transport: Box<dyn Transport> = match d.transport {
+            crate::config::TransportKind::Fhir => {
+                Box::new(fhir::FhirTransport::new(&d.base_url, timeout, limiter, token, d.org_public_id.clone())?)
+            }
+        };
+        Ok(Self::new(name, d, transport))
+    }
+
+    pub fn new(name: &str, d: &DestinationConfig, transport: Box<dyn Transport>) -> Self {
+        Self {
+            name: name.to_string(),
+            profile: d.profile,
+            batch_size: d.batch_size.max(1),
+            concurrency: d.concurrency.max(1),
+            max_attempts: d.max_attempts.max(1),
+            timeout: Duration::from_secs(d.timeout_seconds.max(1)),
+            transport,
+            breaker: Breaker::new(d.breaker_failures, Duration::from_secs(d.breaker_cooldown_seconds)),
+        }
+    }
+
+    /// How long a lease must last to cover a bundle's retries.
+    fn lease_for(&self) -> Duration {
+        let per_try = self.timeout + Duration::from_secs(30);
+        per_try * u32::try_from(self.max_attempts).unwrap_or(10) + Duration::from_secs(60)
+    }
+}
+
+/// What one delivery pass did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DeliveryReport {
+    pub destination: String,
+    /// Resources written (created, updated or deleted).
+    pub written: u64,
+    /// Patients found already on the destination and linked instead of created.
+    pub linked: u64,
+    pub dead_lettered: u64,
+    /// Rows put back for a later attempt after transient failures.
+    pub deferred: u64,
+    pub bundles: u64,
+    pub breaker_open: bool,
+}
+
+/// Drains the destination's outbox until it is empty, the circuit opens, or shutdown is asked for.
+/// The first bundle goes alone (it carries the lowest rows, Organizations among them), then `concurrency`
+/// workers share the rest.
+pub async fn deliver(
+    store: &Store,
+    dest: &Arc<Destination>,
+    owner: &str,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<DeliveryReport, StoreError> {
+    let report = Arc::new(Mutex::new(DeliveryReport { destination: dest.name.clone(), ..Default::default() }));
+    let more =
+        worker(store.clone(), dest.clone(), owner.to_string(), shutdown.clone(), report.clone(), Some(1)).await?;
+    if more {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..dest.concurrency {
+            set.spawn(worker(
+                store.clone(),
+                dest.clone(),
+                format!("{owner}/{i}"),
+                shutdown.clone(),
+                report.clone(),
+                None,
+            ));
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(r) => {
+                    r?;
+                }
+                Err(e) => error!(destination = %dest.name, error = %e, "Delivery worker failed."),
+            }
+        }
+    }
+    let r = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(r)
+}
+
+/// Leases and sends bundles; returns whether the outbox may hold more.
+async fn worker(
+    store: Store,
+    dest: Arc<Destination>,
+    owner: String,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    report: Arc<Mutex<DeliveryReport>>,
+    max_bundles: Option<usize>,
+) -> Result<bool, StoreError> {
+    let mut bundles = 0usize;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(false);
+        }
+        if !dest.breaker.allows() {
+            report.lock().unwrap_or_else(|p| p.into_inner()).breaker_open = true;
+            return Ok(false);
+        }
+        if max_bundles.is_some_and(|m| bundles >= m) {
+            return Ok(true);
+        }
+        let rows = store.lease(&dest.name, &owner, dest.batch_size, dest.lease_for(), Utc::now()).await?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        bundles += 1;
+        let r = process(&store, &dest, rows).await?;
+        let mut total = report.lock().unwrap_or_else(|p| p.into_inner());
+        total.written += r.written;
+        total.linked += r.linked;
+        total.dead_lettered += r.dead_lettered;
+        total.deferred += r.deferred;
+        total.bundles += r.bundles;
+        if r.deferred > 0 {
+            // Transient trouble: stop this pass; the rows wait for their not-before time.
+            return Ok(false);
+        }
+    }
+}
+
+fn patient_key(reference: &str) -> Option<ResourceKey> {
+    let id = reference.strip_prefix("Patient/")?;
+    Some(ResourceKey { resource_type: "Patient".into(), id: id.to_string() })
+}
+
+/// The identifier a Patient is matched by: the NHS number, else the partner's own (first) identifier.
+fn match_identifier(patient: &Value) -> Option<String> {
+    let ids = patient["identifier"].as_array()?;
+    let pick = ids
+        .iter()
+        .find(|i| i["system"] == NHS_SYSTEM)
+        .or_else(|| ids.iter().find(|i| i["system"].is_string() && i["value"].is_string()))?;
+    Some(format!("{}|{}", pick["system"].as_str()?, pick["value"].as_str()?))
+}
+
+fn rewrite_references(v: &mut Value, links: &HashMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if k == "reference" {
+                    if let Value::String(r) = child
+                        && let Some(to) = links.get(r.as_str())
+                    {
+                        *r = to.clone();
+                    }
+                } else {
+                    rewrite_references(child, links);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite_references(c, links)),
+        _ => {}
+    }
+}
+
+/// Strips what a server adds, to tell whether a resource on the server is the one we sent.
+pub fn comparable(resource: &Value) -> Value {
+    let mut r = resource.clone();
+    if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            r.as_object_mut().map(|o| o.remove("meta"));
+        }
+    }
+    if let Some(o) = r.as_object_mut() {
+        o.remove("text");
+    }
+    r
+}
+
+fn ledger_entry(dest: &str, row: &OutboxRow, remote_id: &str, version: Option<String>, linked: bool) -> LedgerEntry {
+    LedgerEntry {
+        destination: dest.to_string(),
+        key: row.item.key.clone(),
+        remote_id: remote_id.to_string(),
+        version_id: version,
+        content_hash: row.item.content_hash.clone(),
+        linked,
+        patient: row.item.patient.clone(),
+        updated_at: Utc::now(),
+    }
+}
+
+/// Sends one leased batch.
+async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Result<DeliveryReport, StoreError> {
+    let mut report = DeliveryReport { bundles: 1, ..Default::default() };
+    let keys: Vec<ResourceKey> = rows.iter().map(|r| r.item.key.clone()).collect();
+    let ledger: HashMap<ResourceKey, LedgerEntry> =
+        store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
+
+    // Patient references of this batch that point at linked (someone else's) Patients.
+    let mut links: HashMap<String, String> = HashMap::new();
+    let referenced: Vec<ResourceKey> = {
+        let mut v: Vec<ResourceKey> =
+            rows.iter().filter_map(|r| r.item.patient.as_deref().and_then(patient_key)).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.dedup();
+        v
+    };
+    for e in store.ledger_get_many(&dest.name, &referenced).await? {
+        if e.remote_id != e.key.id {
+            links.insert(format!("Patient/{}", e.key.id), format!("Patient/{}", e.remote_id));
+        }
+    }
+
+    let mut to_send: Vec<(OutboxRow, Write)> = Vec::new();
+    for row in rows {
+        let known = ledger.get(&row.item.key);
+        if let Some(entry) = known.filter(|e| e.linked) {
+            // Someone else's record (a hospital's Patient in PKB, say): we reference it and never write it.
+            let mut updated = entry.clone();
+            updated.content_hash = row.item.content_hash.clone();
+            updated.updated_at = Utc::now();
+            store.complete(&row, Some(&updated)).await?;
+            continue;
+        }
+        let body: Option<Value> = match &row.item.body {
+            Some(b) => match serde_json::from_str(b) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    store.dead_letter(row.seq, &format!("the queued body is not JSON: {e}")).await?;
+                    report.dead_lettered += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        if row.item.op == Op::Upsert && row.item.key.resource_type == "Patient" && known.is_none() {
+            match match_patient(store, dest, &row, body.as_ref()).await {
+                Ok(Some(remote_id)) => {
+                    links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{remote_id}"));
+                    report.linked += 1;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(Outcome::Defer(msg)) => {
+                    store.retry_later(row.seq, Utc::now() + chrono::Duration::seconds(60), &msg).await?;
+                    report.deferred += 1;
+                    continue;
+                }
+                Err(Outcome::Dead(msg)) => {
+                    error!(destination = %dest.name, resource = %row.item.key.id, "Patient match is ambiguous; dead-lettered.");
+                    store.dead_letter(row.seq, &msg).await?;
+                    report.dead_lettered += 1;
+                    continue;
+                }
+            }
+        }
+        let remote_id = known.map_or(row.item.key.id.clone(), |e| e.remote_id.clone());
+        let body = body.map(|mut b| {
+            rewrite_references(&mut b, &links);
+            b["id"] = Value::String(remote_id.clone());
+            b
+        });
+        let write = Write {
+            resource_type: row.item.key.resource_type.clone(),
+            id: remote_id,
+            method: if row.item.op == Op::Delete { Method::Delete } else { Method::Put },
+            body,
+            if_match: known.and_then(|e| e.version_id.clone()),
+        };
+        to_send.push((row, write));
+    }
+    send_rows(store, dest, to_send, &mut report).await?;
+    Ok(report)
+}
+
+enum Outcome {
+    Defer(String),
+    Dead(String),
+}
+
+/// Looks the person up on the destination before creating them. Returns the id of someone else's Patient
+/// to link to (after recording the link), or `None` to create ours.
+async fn match_patient(
+    store: &Store,
+    dest: &Destination,
+    row: &OutboxRow,
+    body: Option<&Value>,
+) -> Result<Option<String>, Outcome> {
+    let Some(identifier) = body.and_then(match_identifier) else { return Ok(None) };
+    let found = send_retrying(dest, || dest.transport.find("Patient", &identifier))
+        .await
+        .map_err(|e| Outcome::Defer(format!("looking the Patient up on {}: {e}", dest.name)))?;
+    let others: Vec<_> = found.iter().filter(|f| f.id != row.item.key.id).collect();
+    if found.iter().any(|f| f.id == row.item.key.id) || others.is_empty() {
+        return Ok(None);
+    }
+    if others.len() > 1 {
+        return Err(Outcome::Dead(format!(
+            "{} Patients on {} share this person's identifier; the connector will not guess which is right: merge them there, then `connector outbox retry {}`",
+            others.len(),
+            dest.name,
+            row.seq
+        )));
+    }
+    let other = others[0];
+    let entry = ledger_entry(&dest.name, row, &other.id, other.version_id.clone(), true);
+    store.complete(row, Some(&entry)).await.map_err(|e| Outcome::Defer(e.to_string()))?;
+    info!(destination = %dest.name, resource = %row.item.key.id, remote = %other.id, "Linked to an existing Patient.");
+    Ok(Some(other.id.clone()))
+}
+
+/// Calls the destination with retries on transient failures: exponential backoff with jitter, honouring
+/// `Retry-After`.
+async fn send_retrying<T, F, Fut>(dest: &Destination, call: F) -> Result<T, TransportError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TransportError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_max_times(dest.max_attempts.saturating_sub(1))
+        .with_jitter();
+    call.retry(backoff)
+        .when(TransportError::is_transient)
+        .adjust(|e: &TransportError, next: Option<Duration>| {
+            next.map(|d| e.retry_after().map_or(d, |ra| ra.max(d.min(ra))))
+        })
+        .notify(|e: &TransportError, after: Duration| {
+            warn!(destination = %dest.name, error = %e, retry_in_ms = after.as_millis() as u64, "Retrying.");
+        })
+        .await
+}
+
+/// Sends rows as bundles, splitting a refused bundle to find the resource the server refuses.
+async fn send_rows(
+    store: &Store,
+    dest: &Destination,
+    rows: Vec<(OutboxRow, Write)>,
+    report: &mut DeliveryReport,
+) -> Result<(), StoreError> {
+    let mut stack: Vec<Vec<(OutboxRow, Write)>> = vec![rows];
+    while let Some(chunk) = stack.pop() {
+        if chunk.is_empty() {
+            continue;
+        }
+        let writes: Vec<Write> = chunk.iter().map(|(_, w)| w.clone()).collect();
+        match send_retrying(dest, || dest.transport.send(&writes)).await {
+            Ok(results) => {
+                dest.breaker.success();
+                for ((row, write), Written { version_id }) in chunk.iter().zip(results) {
+                    let entry = ledger_entry(&dest.name, row, &write.id, version_id, false);
+                    store.complete(row, (write.method == Method::Put).then_some(&entry)).await?;
+                    report.written += 1;
+                }
+            }
+            Err(TransportError::Rejected { .. } | TransportError::PreconditionFailed { .. }) if chunk.len() > 1 => {
+                let mut first = chunk;
+                let second = first.split_off(first.len() / 2);
+                stack.push(second);
+                stack.push(first);
+            }
+            Err(TransportError::Rejected { status, message, outcome }) => {
+                let (row, write) = &chunk[0];
+                error!(destination = %dest.name, resource_type = %write.resource_type, resource = %write.id, status, "Rejected; dead-lettered.");
+                let detail = serde_json::json!({ "status": status, "message": message, "outcome": outcome });
+                store.dead_letter(row.seq, &detail.to_string()).await?;
+                report.dead_lettered += 1;
+            }
+            Err(TransportError::PreconditionFailed { .. }) => {
+                let (row, write) = &chunk[0];
+                precondition_failed(store, dest, row, write, report).await?;
+            }
+            Err(e) => {
+                // Transient after every retry, or a setup problem: everything left waits for a later pass.
+                let opened = dest.breaker.failure();
+                error!(destination = %dest.name, error = %e, circuit_opened = opened, "Delivery failed; rows deferred.");
+                let later = Utc::now() + chrono::Duration::seconds(60);
+                for (row, _) in chunk.iter().chain(stack.iter().flatten()) {
+                    store.retry_later(row.seq, later, &e.to_string()).await?;
+                    report.deferred += 1;
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `If-Match` failed. Either our own earlier write landed and the ledger missed it (a crash between the write
+/// and the ledger update): adopt the server's version. Or someone else changed the resource: never overwrite.
+async fn precondition_failed(
+    store: &Store,
+    dest: &Destination,
+    row: &OutboxRow,
+    write: &Write,
+    report: &mut DeliveryReport,
+) -> Result<(), StoreError> {
+    let current = send_retrying(dest, || dest.transport.read(&write.resource_type, &write.id)).await;
+    match current {
+        Ok(Some(found)) if write.body.as_ref().is_some_and(|b| comparable(b) == comparable(&found.resource)) => {
+            let entry = ledger_entry(&dest.name, row, &write.id, found.version_id, false);
+            store.complete(row, Some(&entry)).await?;
+            report.written += 1;
+        }
+        Ok(_) => {
+            warn!(destination = %dest.name, resource_type = %write.resource_type, resource = %write.id, "Changed on the destination by someone else; not overwritten.");
+            store
+                .dead_letter(
+                    row.seq,
+                    &format!("conflict: {}/{} was changed on {} since the connector last wrote it; the remote change was kept", write.resource_type, write.id, dest.name),
+                )
+                .await?;
+            report.dead_lettered += 1;
+        }
+        Err(e) => {
+            store.retry_later(row.seq, Utc::now() + chrono::Duration::seconds(60), &e.to_string()).await?;
+            report.deferred += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patient_matching_identifier_prefers_the_nhs_number() {
+        let p = serde_json::json!({"identifier": [{"system": "https://id.example/hub/client", "value": "H1"}, {"system": NHS_SYSTEM, "value": "9990000018"}]});
+        assert_eq!(match_identifier(&p).unwrap(), format!("{NHS_SYSTEM}|9990000018"));
+        let p = serde_json::json!({"identifier": [{"system": "https://id.example/hub/client", "value": "H1"}]});
+        assert_eq!(match_identifier(&p).unwrap(), "https://id.example/hub/client|H1");
+    }
+
+    #[test]
+    fn references_to_linked_patients_are_rewritten() {
+        let mut v =
+            serde_json::json!({"subject": {"reference": "Patient/ours"}, "x": [{"reference": "Patient/other"}]});
+        let links = HashMap::from([("Patient/ours".to_string(), "Patient/theirs".to_string())]);
+        rewrite_references(&mut v, &links);
+        assert_eq!(v["subject"]["reference"], "Patient/theirs");
+        assert_eq!(v["x"][0]["reference"], "Patient/other");
+    }
+}

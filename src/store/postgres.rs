@@ -1,0 +1,277 @@
+//! PostgreSQL specifics: several connector instances share one database. Leasing uses
+//! `FOR UPDATE SKIP LOCKED`, so two instances never lease the same row; enqueue takes a per-resource advisory
+//! lock so two planners cannot both insert a row for one resource; the scheduler's leader holds a session
+//! advisory lock on a connection of its own.
+//!
+//! Advisory lock keys: leadership uses the one-`bigint` form (a hash of the leader name); the store's own
+//! transaction locks use the two-`int4` form with a class number, a separate key space in `pg_locks`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use super::error::redact_url;
+use super::plan::{self, Action, KeyState, StoredRow};
+use super::{OutboxDb, OutboxItem, Result, StoreError};
+
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Class of the transaction lock serialising `lease` per destination (see [`lease`]).
+const LOCK_LEASE: i32 = 0x4C45_4153; // "LEAS"
+/// Class of the transaction lock serialising enqueue per (destination, resource).
+const LOCK_KEY: i32 = 0x4B45_5921; // "KEY!"
+
+/// How long [`holds_lead`] waits for the leader's session to answer.
+const LEAD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn connect(url: &str) -> Result<PgPool> {
+    let shown = redact_url(url);
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::BadUrl { url: shown.clone(), reason: e.to_string() })?;
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
+    if let Err(e) = migrate(&pool, &shown).await {
+        // The migrator may have left its advisory lock on a pooled connection; closing drops it.
+        pool.close().await;
+        return Err(e);
+    }
+    Ok(pool)
+}
+
+async fn migrate(pool: &PgPool, shown: &str) -> Result<()> {
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(|source| StoreError::Connect { url: shown.to_string(), source })?;
+    if has_table {
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::query("reading the schema version"))?;
+        super::check_not_newer(&MIGRATOR, newest, shown)?;
+    }
+    MIGRATOR.run(pool).await.map_err(|e| super::migrate_error(&MIGRATOR, e, shown))
+}
+
+/// As the SQLite statement, plus `FOR UPDATE OF o SKIP LOCKED`: rows another transaction holds are passed
+/// over, so concurrent instances never lease the same row.
+const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease_seq = seq \
+     WHERE seq IN (SELECT o.seq FROM outbox o \
+         WHERE o.destination = $1 AND o.dead = FALSE AND o.not_before <= $5 \
+         AND (o.lease_until IS NULL OR o.lease_until <= $5) \
+         AND (o.patient IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e \
+             WHERE e.destination = o.destination AND e.patient = o.patient AND e.dead = FALSE \
+             AND e.seq < o.seq AND (e.not_before > $5 OR e.lease_until > $5))) \
+         ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
+     RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
+         not_before, last_error, dead, created_at";
+
+/// Leases in one transaction. Leasers of one destination take turns (a transaction advisory lock): the
+/// per-patient check reads other rows' leases, and without the turn two instances could each see the other's
+/// earlier row as free (its lease not yet committed) and send one patient's writes out of order. The lease
+/// statement is short, so the turn costs little; `SKIP LOCKED` still keeps rows that other transactions
+/// (enqueue, complete) hold from blocking the lease.
+pub(super) async fn lease(
+    pool: &PgPool,
+    destination: &str,
+    owner: &str,
+    max: i64,
+    until: i64,
+    now: i64,
+) -> Result<Vec<OutboxDb>> {
+    let op = "lease";
+    let mut tx = pool.begin().await.map_err(StoreError::query(op))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(LOCK_LEASE)
+        .bind(hash32(&[destination]))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
+    let rows = sqlx::query_as(LEASE)
+        .bind(destination)
+        .bind(owner)
+        .bind(max)
+        .bind(until)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
+    tx.commit().await.map_err(StoreError::query(op))?;
+    Ok(rows)
+}
+
+/// The writing pass of enqueue: one transaction; the advisory locks of all its keys are taken first, in key
+/// order (so two planners cannot deadlock), then each key is re-read (its outbox rows `FOR UPDATE`) and
+/// decided again.
+pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Result<usize> {
+    let op = "enqueue";
+    let mut tx = pool.begin().await.map_err(StoreError::query(op))?;
+    let mut locks: Vec<i32> =
+        items.iter().map(|i| hash32(&[&i.destination, &i.key.resource_type, &i.key.id])).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    for lock in locks {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(LOCK_KEY)
+            .bind(lock)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query(op))?;
+    }
+    let mut changed = 0;
+    for item in items {
+        let state = key_state(&mut tx, item).await?;
+        match plan::decide(&state, item, now) {
+            Action::Nothing => continue,
+            Action::Insert { superseded_dead } => {
+                for seq in superseded_dead {
+                    sqlx::query(super::OUTBOX_DELETE_DEAD)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::query(op))?;
+                }
+                sqlx::query(super::OUTBOX_INSERT)
+                    .bind(&item.destination)
+                    .bind(&item.key.resource_type)
+                    .bind(&item.key.id)
+                    .bind(&item.patient)
+                    .bind(item.op.as_str())
+                    .bind(&item.content_hash)
+                    .bind(super::body_of(item))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(op))?;
+            }
+            Action::Replace { seq } => {
+                sqlx::query(
+                    "UPDATE outbox SET seq = DEFAULT, patient = $2, op = $3, content_hash = $4, body = $5, \
+                     attempts = 0, not_before = $6, last_error = NULL WHERE seq = $1",
+                )
+                .bind(seq)
+                .bind(&item.patient)
+                .bind(item.op.as_str())
+                .bind(&item.content_hash)
+                .bind(super::body_of(item))
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query(op))?;
+            }
+            Action::Cancel { seq } => {
+                sqlx::query(super::OUTBOX_CANCEL).bind(seq).execute(&mut *tx).await.map_err(StoreError::query(op))?;
+            }
+        }
+        changed += 1;
+    }
+    tx.commit().await.map_err(StoreError::query(op))?;
+    Ok(changed)
+}
+
+async fn key_state(conn: &mut PgConnection, item: &OutboxItem) -> Result<KeyState> {
+    // Rows first, under lock: a `complete` that committed before the lock was granted is then visible in
+    // the ledger read that follows (each statement sees what was committed when it started).
+    let rows: Vec<StoredRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{} FOR UPDATE", super::KEY_ROWS)))
+        .bind(&item.destination)
+        .bind(&item.key.resource_type)
+        .bind(&item.key.id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::query("enqueue: reading the outbox"))?;
+    let mut state = KeyState {
+        ledger_hash: sqlx::query_scalar(super::KEY_LEDGER_HASH)
+            .bind(&item.destination)
+            .bind(&item.key.resource_type)
+            .bind(&item.key.id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::query("enqueue: reading the ledger"))?,
+        ..KeyState::default()
+    };
+    for row in rows {
+        state.add(row)?;
+    }
+    Ok(state)
+}
+
+/// Opens a connection of its own and tries the leader lock on it; `None` if another session holds it.
+pub(super) async fn try_lead(pool: &PgPool, name: &str) -> Result<Option<PgConnection>> {
+    let options = pool.connect_options();
+    let mut conn = options.connect().await.map_err(|source| StoreError::Connect {
+        url: "the [state] PostgreSQL server (leader session)".to_string(),
+        source,
+    })?;
+    // The server notices a vanished leader (network cut, host gone) through TCP keepalives on this
+    // session, and then drops the lock: within about a minute instead of the OS default of hours.
+    sqlx::raw_sql(
+        "SET application_name = 'connector-leader'; SET tcp_keepalives_idle = 30; \
+         SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3",
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(StoreError::query("try_lead: preparing the leader session"))?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(leader_key(name))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(StoreError::query("try_lead"))?;
+    if got {
+        Ok(Some(conn))
+    } else {
+        let _ = conn.close().await;
+        Ok(None)
+    }
+}
+
+/// Whether `conn` answers within a timeout and still holds the leader lock of `name`.
+pub(super) async fn holds_lead(conn: &mut PgConnection, name: &str) -> bool {
+    let key = leader_key(name);
+    let check = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND pid = pg_backend_pid() AND objsubid = 1 \
+         AND classid::bigint = $1 AND objid::bigint = $2)",
+    )
+    .bind((key >> 32) & 0xFFFF_FFFF)
+    .bind(key & 0xFFFF_FFFF)
+    .fetch_one(conn);
+    matches!(tokio::time::timeout(LEAD_CHECK_TIMEOUT, check).await, Ok(Ok(true)))
+}
+
+pub(super) async fn release_lead(mut conn: PgConnection, name: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(leader_key(name))
+        .execute(&mut conn)
+        .await
+        .map_err(StoreError::query("releasing the leader lock"))?;
+    conn.close().await.map_err(StoreError::query("closing the leader session"))
+}
+
+/// The advisory lock key of leader `name`: the same in every instance and every build.
+pub(crate) fn leader_key(name: &str) -> i64 {
+    let digest = Sha256::digest(format!("york-connector/leader/{name}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// A stable 32-bit hash of `parts` (NUL-separated) for transaction lock keys.
+pub(crate) fn hash32(parts: &[&str]) -> i32 {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 4];
+    bytes.copy_from_slice(&digest[..4]);
+    i32::from_be_bytes(bytes)
+}

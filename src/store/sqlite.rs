@@ -1,0 +1,195 @@
+//! SQLite specifics: opening the file (WAL, busy timeout, foreign keys), migrations, leasing and the
+//! writing pass of enqueue. A SQLite file serves one connector instance; writes are serialised by SQLite's
+//! write lock, taken up front with `BEGIN IMMEDIATE` wherever a transaction reads before it writes.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::error::redact_url;
+use super::plan::{self, Action, KeyState, StoredRow};
+use super::{OutboxDb, OutboxItem, Result, StoreError};
+
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a statement waits for another connection's write lock before failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
+    let shown = redact_url(url);
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path == ":memory:" || params.split('&').any(|p| p == "mode=memory");
+    if path.is_empty() && !in_memory {
+        return Err(StoreError::BadUrl { url: shown, reason: "it names no database file".into() });
+    }
+    let mut options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::BadUrl { url: shown.clone(), reason: e.to_string() })?
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let pool_options = if in_memory {
+        // An in-memory database lives as long as a connection to it: keep exactly one, for ever.
+        SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
+    } else {
+        let file = options.get_filename().to_path_buf();
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { dir: dir.to_path_buf(), source })?;
+        }
+        // FULL keeps the last commits across a power cut: the ledger is the record of what went where.
+        options =
+            options.create_if_missing(true).journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Full);
+        SqlitePoolOptions::new().max_connections(4)
+    };
+    let pool = pool_options
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
+    if let Err(e) = migrate(&pool, &shown).await {
+        pool.close().await;
+        return Err(e);
+    }
+    Ok(pool)
+}
+
+async fn migrate(pool: &SqlitePool, shown: &str) -> Result<()> {
+    let has_table: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+            .fetch_one(pool)
+            .await
+            .map_err(|source| StoreError::Connect { url: shown.to_string(), source })?;
+    if has_table > 0 {
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::query("reading the schema version"))?;
+        super::check_not_newer(&MIGRATOR, newest, shown)?;
+    }
+    MIGRATOR.run(pool).await.map_err(|e| super::migrate_error(&MIGRATOR, e, shown))
+}
+
+/// Rows of `destination` that may go out now, oldest first; see [`super::Store::lease`].
+const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease_seq = seq \
+     WHERE seq IN (SELECT o.seq FROM outbox o \
+         WHERE o.destination = $1 AND o.dead = FALSE AND o.not_before <= $5 \
+         AND (o.lease_until IS NULL OR o.lease_until <= $5) \
+         AND (o.patient IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e \
+             WHERE e.destination = o.destination AND e.patient = o.patient AND e.dead = FALSE \
+             AND e.seq < o.seq AND (e.not_before > $5 OR e.lease_until > $5))) \
+         ORDER BY o.seq LIMIT $3) \
+     RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
+         not_before, last_error, dead, created_at";
+
+pub(super) async fn lease(
+    pool: &SqlitePool,
+    destination: &str,
+    owner: &str,
+    max: i64,
+    until: i64,
+    now: i64,
+) -> Result<Vec<OutboxDb>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query("lease"))?;
+    let rows = sqlx::query_as(LEASE)
+        .bind(destination)
+        .bind(owner)
+        .bind(max)
+        .bind(until)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::query("lease"))?;
+    tx.commit().await.map_err(StoreError::query("lease"))?;
+    Ok(rows)
+}
+
+/// The writing pass of enqueue: one `IMMEDIATE` transaction, each key re-read and decided again.
+pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) -> Result<usize> {
+    let op = "enqueue";
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query(op))?;
+    let mut changed = 0;
+    for item in items {
+        let state = key_state(&mut tx, item).await?;
+        match plan::decide(&state, item, now) {
+            Action::Nothing => continue,
+            Action::Insert { superseded_dead } => {
+                for seq in superseded_dead {
+                    sqlx::query(super::OUTBOX_DELETE_DEAD)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::query(op))?;
+                }
+                sqlx::query(super::OUTBOX_INSERT)
+                    .bind(&item.destination)
+                    .bind(&item.key.resource_type)
+                    .bind(&item.key.id)
+                    .bind(&item.patient)
+                    .bind(item.op.as_str())
+                    .bind(&item.content_hash)
+                    .bind(super::body_of(item))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(op))?;
+            }
+            Action::Replace { seq } => {
+                // A fresh number from AUTOINCREMENT's counter, so it is never handed out again.
+                let new_seq: i64 = sqlx::query_scalar(
+                    "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(seq), 0) FROM outbox)) + 1 \
+                     WHERE name = 'outbox' RETURNING seq",
+                )
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::query(op))?;
+                sqlx::query(
+                    "UPDATE outbox SET seq = $7, patient = $2, op = $3, content_hash = $4, body = $5, \
+                     attempts = 0, not_before = $6, last_error = NULL WHERE seq = $1",
+                )
+                .bind(seq)
+                .bind(&item.patient)
+                .bind(item.op.as_str())
+                .bind(&item.content_hash)
+                .bind(super::body_of(item))
+                .bind(now)
+                .bind(new_seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query(op))?;
+            }
+            Action::Cancel { seq } => {
+                sqlx::query(super::OUTBOX_CANCEL).bind(seq).execute(&mut *tx).await.map_err(StoreError::query(op))?;
+            }
+        }
+        changed += 1;
+    }
+    tx.commit().await.map_err(StoreError::query(op))?;
+    Ok(changed)
+}
+
+async fn key_state(conn: &mut SqliteConnection, item: &OutboxItem) -> Result<KeyState> {
+    let mut state = KeyState {
+        ledger_hash: sqlx::query_scalar(super::KEY_LEDGER_HASH)
+            .bind(&item.destination)
+            .bind(&item.key.resource_type)
+            .bind(&item.key.id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::query("enqueue: reading the ledger"))?,
+        ..KeyState::default()
+    };
+    let rows: Vec<StoredRow> = sqlx::query_as(super::KEY_ROWS)
+        .bind(&item.destination)
+        .bind(&item.key.resource_type)
+        .bind(&item.key.id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::query("enqueue: reading the outbox"))?;
+    for row in rows {
+        state.add(row)?;
+    }
+    Ok(state)
+}
