@@ -42,6 +42,7 @@ hfs_ok() {
     # Installed by hand (same command) without our marker: trust cargo's own
     # install record plus the binary's version, then write the marker.
     if grep -q "\"helios-hfs $HFS_VERSION " "$HFS_ROOT/.crates2.json" 2>/dev/null &&
+        grep -q '"features":\["R4","sqlite"\]' "$HFS_ROOT/.crates2.json" &&
         "$HFS_BIN" --version 2>/dev/null | grep -q "$HFS_VERSION"; then
         printf '%s\n' "$HFS_WANT" >"$HFS_MARKER"
         return 0

@@ -33,12 +33,9 @@ async fn run_jobs(start: DateTime<Utc>, end: DateTime<Utc>) -> Fires {
     let clock = Clock::starting_at(start);
     let log: RunLog = Arc::default();
     let mut scheduler = Scheduler::new();
-    for (name, expr) in [
-        (DAILY_0130, "30 1 * * *"),
-        (DAILY_0900, "0 9 * * *"),
-        (HOURLY, "0 * * * *"),
-        (QUARTER, "*/15 * * * *"),
-    ] {
+    for (name, expr) in
+        [(DAILY_0130, "30 1 * * *"), (DAILY_0900, "0 9 * * *"), (HOURLY, "0 * * * *"), (QUARTER, "*/15 * * * *")]
+    {
         let log = log.clone();
         let schedule = Schedule::parse(expr, London).unwrap();
         scheduler
@@ -66,11 +63,7 @@ async fn run_jobs(start: DateTime<Utc>, end: DateTime<Utc>) -> Fires {
         let seen = fires.get(status.name.as_str()).map_or(0, Vec::len);
         assert_eq!(status.runs, seen as u64, "{}", status.name);
         assert_eq!(status.skipped, 0, "{}", status.name);
-        assert!(
-            status.next_run.is_some_and(|next| next >= end),
-            "{}",
-            status.name
-        );
+        assert!(status.next_run.is_some_and(|next| next >= end), "{}", status.name);
     }
     fires
 }
@@ -79,9 +72,7 @@ async fn run_jobs(start: DateTime<Utc>, end: DateTime<Utc>) -> Fires {
 fn per_local_day(fires: &[DateTime<Utc>]) -> BTreeMap<NaiveDate, usize> {
     let mut days = BTreeMap::new();
     for at in fires {
-        *days
-            .entry(at.with_timezone(&London).date_naive())
-            .or_insert(0) += 1;
+        *days.entry(at.with_timezone(&London).date_naive()).or_insert(0) += 1;
     }
     days
 }
@@ -92,13 +83,7 @@ fn day(mo: u32, d: u32) -> NaiveDate {
 
 fn assert_evenly_spaced(fires: &[DateTime<Utc>], step: Duration, name: &str) {
     for pair in fires.windows(2) {
-        assert_eq!(
-            pair[1] - pair[0],
-            step,
-            "{name}: gap between {} and {}",
-            pair[0],
-            pair[1]
-        );
+        assert_eq!(pair[1] - pair[0], step, "{name}: gap between {} and {}", pair[0], pair[1]);
     }
 }
 
@@ -110,46 +95,26 @@ async fn spring_forward_weekend() {
 
     // 01:30 GMT on Saturday; on Sunday 01:30 never happens, so the job runs when the clocks jump (02:00 BST
     // = 01:00 UTC); on Monday 01:30 BST = 00:30 UTC.
-    assert_eq!(
-        fires[DAILY_0130],
-        [utc(3, 28, 1, 30), utc(3, 29, 1, 0), utc(3, 30, 0, 30)]
-    );
+    assert_eq!(fires[DAILY_0130], [utc(3, 28, 1, 30), utc(3, 29, 1, 0), utc(3, 30, 0, 30)]);
     // 09:00 GMT, then 09:00 BST = 08:00 UTC.
-    assert_eq!(
-        fires[DAILY_0900],
-        [utc(3, 28, 9, 0), utc(3, 29, 8, 0), utc(3, 30, 8, 0)]
-    );
+    assert_eq!(fires[DAILY_0900], [utc(3, 28, 9, 0), utc(3, 29, 8, 0), utc(3, 30, 8, 0)]);
 
     let hourly = &fires[HOURLY];
     assert_evenly_spaced(hourly, Duration::hours(1), HOURLY);
     assert_eq!(hourly.first(), Some(&utc(3, 27, 23, 0)));
     assert_eq!(hourly.last(), Some(&utc(3, 30, 22, 0)));
     // Sunday's local hours 00, 02, 03, ... 23: 01:00 GMT and 02:00 BST are one and the same instant.
-    let expected_days = BTreeMap::from([
-        (day(3, 27), 1),
-        (day(3, 28), 24),
-        (day(3, 29), 23),
-        (day(3, 30), 24),
-    ]);
+    let expected_days = BTreeMap::from([(day(3, 27), 1), (day(3, 28), 24), (day(3, 29), 23), (day(3, 30), 24)]);
     assert_eq!(per_local_day(hourly), expected_days);
 
     let quarter = &fires[QUARTER];
     assert_evenly_spaced(quarter, Duration::minutes(15), QUARTER);
     assert_eq!(quarter.first(), Some(&utc(3, 27, 22, 15)));
-    let expected_days = BTreeMap::from([
-        (day(3, 27), 7),
-        (day(3, 28), 96),
-        (day(3, 29), 92),
-        (day(3, 30), 96),
-    ]);
+    let expected_days = BTreeMap::from([(day(3, 27), 7), (day(3, 28), 96), (day(3, 29), 92), (day(3, 30), 96)]);
     assert_eq!(per_local_day(quarter), expected_days);
 
     // Days of schedule on a paused clock take a fraction of a second (about 0.1 s); real sleeping would take days.
-    assert!(
-        wall.elapsed() < std::time::Duration::from_secs(5),
-        "took {:?}",
-        wall.elapsed()
-    );
+    assert!(wall.elapsed() < std::time::Duration::from_secs(5), "took {:?}", wall.elapsed());
 }
 
 #[tokio::test(start_paused = true)]
@@ -160,15 +125,9 @@ async fn fall_back_weekend() {
 
     // 01:30 BST on Saturday and (first occurrence) Sunday; 01:30 GMT on Monday. Sunday's 01:30 GMT, an hour
     // after the 01:30 BST run, is the same local time again and does not run.
-    assert_eq!(
-        fires[DAILY_0130],
-        [utc(10, 24, 0, 30), utc(10, 25, 0, 30), utc(10, 26, 1, 30)]
-    );
+    assert_eq!(fires[DAILY_0130], [utc(10, 24, 0, 30), utc(10, 25, 0, 30), utc(10, 26, 1, 30)]);
     // 09:00 BST = 08:00 UTC on Saturday, 09:00 GMT = 09:00 UTC after the change.
-    assert_eq!(
-        fires[DAILY_0900],
-        [utc(10, 24, 8, 0), utc(10, 25, 9, 0), utc(10, 26, 9, 0)]
-    );
+    assert_eq!(fires[DAILY_0900], [utc(10, 24, 8, 0), utc(10, 25, 9, 0), utc(10, 26, 9, 0)]);
 
     let hourly = &fires[HOURLY];
     assert_evenly_spaced(hourly, Duration::hours(1), HOURLY);
@@ -184,11 +143,7 @@ async fn fall_back_weekend() {
     assert_eq!(per_local_day(quarter), expected_days);
 
     // Days of schedule on a paused clock take a fraction of a second (about 0.1 s); real sleeping would take days.
-    assert!(
-        wall.elapsed() < std::time::Duration::from_secs(5),
-        "took {:?}",
-        wall.elapsed()
-    );
+    assert!(wall.elapsed() < std::time::Duration::from_secs(5), "took {:?}", wall.elapsed());
 }
 
 /// `next_after` alone, step by step across both changes, for the four schedules.
@@ -197,61 +152,22 @@ fn next_after_across_both_changes() {
     let next = |expr: &str, t: DateTime<Utc>| Schedule::parse(expr, London).unwrap().next_after(t);
 
     // Spring: clocks jump at 01:00 UTC on 29 March.
-    assert_eq!(
-        next("30 1 * * *", utc(3, 28, 1, 30)),
-        Some(utc(3, 29, 1, 0))
-    );
-    assert_eq!(
-        next("30 1 * * *", utc(3, 29, 0, 59)),
-        Some(utc(3, 29, 1, 0))
-    );
-    assert_eq!(
-        next("30 1 * * *", utc(3, 29, 1, 0)),
-        Some(utc(3, 30, 0, 30))
-    );
+    assert_eq!(next("30 1 * * *", utc(3, 28, 1, 30)), Some(utc(3, 29, 1, 0)));
+    assert_eq!(next("30 1 * * *", utc(3, 29, 0, 59)), Some(utc(3, 29, 1, 0)));
+    assert_eq!(next("30 1 * * *", utc(3, 29, 1, 0)), Some(utc(3, 30, 0, 30)));
     assert_eq!(next("0 9 * * *", utc(3, 28, 9, 0)), Some(utc(3, 29, 8, 0)));
     assert_eq!(next("0 * * * *", utc(3, 29, 0, 0)), Some(utc(3, 29, 1, 0)));
     assert_eq!(next("0 * * * *", utc(3, 29, 1, 0)), Some(utc(3, 29, 2, 0)));
-    assert_eq!(
-        next("*/15 * * * *", utc(3, 29, 0, 45)),
-        Some(utc(3, 29, 1, 0))
-    );
-    assert_eq!(
-        next("*/15 * * * *", utc(3, 29, 1, 0)),
-        Some(utc(3, 29, 1, 15))
-    );
+    assert_eq!(next("*/15 * * * *", utc(3, 29, 0, 45)), Some(utc(3, 29, 1, 0)));
+    assert_eq!(next("*/15 * * * *", utc(3, 29, 1, 0)), Some(utc(3, 29, 1, 15)));
 
     // Autumn: clocks go back at 01:00 UTC on 25 October; local 01:00-01:59 happens twice.
-    assert_eq!(
-        next("30 1 * * *", utc(10, 24, 0, 30)),
-        Some(utc(10, 25, 0, 30))
-    );
-    assert_eq!(
-        next("30 1 * * *", utc(10, 25, 0, 30)),
-        Some(utc(10, 26, 1, 30))
-    );
-    assert_eq!(
-        next("30 1 * * *", utc(10, 25, 1, 15)),
-        Some(utc(10, 26, 1, 30))
-    );
-    assert_eq!(
-        next("0 9 * * *", utc(10, 24, 8, 0)),
-        Some(utc(10, 25, 9, 0))
-    );
-    assert_eq!(
-        next("0 * * * *", utc(10, 25, 0, 0)),
-        Some(utc(10, 25, 1, 0))
-    );
-    assert_eq!(
-        next("0 * * * *", utc(10, 25, 1, 0)),
-        Some(utc(10, 25, 2, 0))
-    );
-    assert_eq!(
-        next("*/15 * * * *", utc(10, 25, 0, 45)),
-        Some(utc(10, 25, 1, 0))
-    );
-    assert_eq!(
-        next("*/15 * * * *", utc(10, 25, 1, 45)),
-        Some(utc(10, 25, 2, 0))
-    );
+    assert_eq!(next("30 1 * * *", utc(10, 24, 0, 30)), Some(utc(10, 25, 0, 30)));
+    assert_eq!(next("30 1 * * *", utc(10, 25, 0, 30)), Some(utc(10, 26, 1, 30)));
+    assert_eq!(next("30 1 * * *", utc(10, 25, 1, 15)), Some(utc(10, 26, 1, 30)));
+    assert_eq!(next("0 9 * * *", utc(10, 24, 8, 0)), Some(utc(10, 25, 9, 0)));
+    assert_eq!(next("0 * * * *", utc(10, 25, 0, 0)), Some(utc(10, 25, 1, 0)));
+    assert_eq!(next("0 * * * *", utc(10, 25, 1, 0)), Some(utc(10, 25, 2, 0)));
+    assert_eq!(next("*/15 * * * *", utc(10, 25, 0, 45)), Some(utc(10, 25, 1, 0)));
+    assert_eq!(next("*/15 * * * *", utc(10, 25, 1, 45)), Some(utc(10, 25, 2, 0)));
 }

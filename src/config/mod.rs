@@ -180,6 +180,9 @@ pub struct DestinationConfig {
     /// Attempts for one bundle before its rows wait for a later cycle.
     #[serde(default = "DestinationConfig::default_attempts")]
     pub max_attempts: usize,
+    /// Seconds a bundle waits before it is tried again, once every attempt has failed.
+    #[serde(default = "DestinationConfig::default_defer")]
+    pub defer_seconds: u64,
     /// Consecutive failed bundles that open the circuit breaker, pausing the destination.
     #[serde(default = "DestinationConfig::default_breaker_failures")]
     pub breaker_failures: u32,
@@ -210,6 +213,9 @@ impl DestinationConfig {
     }
     const fn default_attempts() -> usize {
         6
+    }
+    const fn default_defer() -> u64 {
+        60
     }
     const fn default_breaker_failures() -> u32 {
         5

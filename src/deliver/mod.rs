@@ -35,6 +35,8 @@ pub struct Destination {
     pub concurrency: usize,
     pub max_attempts: usize,
     pub timeout: Duration,
+    /// How long rows wait after every attempt failed.
+    pub defer: chrono::Duration,
     pub transport: Box<dyn Transport>,
     pub breaker: Breaker,
 }
@@ -69,6 +71,7 @@ impl Destination {
             concurrency: d.concurrency.max(1),
             max_attempts: d.max_attempts.max(1),
             timeout: Duration::from_secs(d.timeout_seconds.max(1)),
+            defer: chrono::Duration::seconds(i64::try_from(d.defer_seconds).unwrap_or(60)),
             transport,
             breaker: Breaker::new(d.breaker_failures, Duration::from_secs(d.breaker_cooldown_seconds)),
         }
@@ -290,7 +293,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
                 }
                 Ok(None) => {}
                 Err(Outcome::Defer(msg)) => {
-                    store.retry_later(row.seq, Utc::now() + chrono::Duration::seconds(60), &msg).await?;
+                    store.retry_later(row.seq, Utc::now() + dest.defer, &msg).await?;
                     report.deferred += 1;
                     continue;
                 }
@@ -423,7 +426,7 @@ async fn send_rows(
                 // Transient after every retry, or a setup problem: everything left waits for a later pass.
                 let opened = dest.breaker.failure();
                 error!(destination = %dest.name, error = %e, circuit_opened = opened, "Delivery failed; rows deferred.");
-                let later = Utc::now() + chrono::Duration::seconds(60);
+                let later = Utc::now() + dest.defer;
                 for (row, _) in chunk.iter().chain(stack.iter().flatten()) {
                     store.retry_later(row.seq, later, &e.to_string()).await?;
                     report.deferred += 1;
@@ -462,7 +465,7 @@ async fn precondition_failed(
             report.dead_lettered += 1;
         }
         Err(e) => {
-            store.retry_later(row.seq, Utc::now() + chrono::Duration::seconds(60), &e.to_string()).await?;
+            store.retry_later(row.seq, Utc::now() + dest.defer, &e.to_string()).await?;
             report.deferred += 1;
         }
     }

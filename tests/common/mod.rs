@@ -1,7 +1,8 @@
 //! Shared harness for the integration tests (each `tests/*.rs` says `mod common;`).
 //!
 //! [`Hfs::start`] runs a real Helios FHIR Server (`hfs` 0.2.7, SQLite, R4,
-//! `HFS_VALIDATION_MODE=enforce`) on a free loopback port with its own
+//! `HFS_VALIDATION_MODE=enforce`, `HFS_SEED_CONFORMANCE=false`; see
+//! docs/hfs-notes.md for how it behaves) on a free loopback port with its own
 //! database in a fresh temporary directory; dropping the [`Hfs`] (also while a
 //! test panics) kills the server and removes the directory.
 //!
@@ -239,6 +240,12 @@ impl Hfs {
                 .arg("--data-dir")
                 .arg(&data_dir)
                 .env("HFS_VALIDATION_MODE", "enforce")
+                // Seeding copies the 1375 spec SearchParameters into the
+                // database: ~3 s and a ~200 MB WAL per server, and they show up
+                // in `/_history`. Search works the same without it (the
+                // registry is read from the data dir). Override with
+                // `start_with_env(&[("HFS_SEED_CONFORMANCE", "true")])`.
+                .env("HFS_SEED_CONFORMANCE", "false")
                 // No outbound calls from the test server.
                 .env("HFS_NL_SEARCH_ENABLED", "false")
                 .envs(extra_env.iter().copied())

@@ -98,14 +98,15 @@ fn start_throwaway() -> PgServer {
 }
 
 /// Starts a detached shell that waits until this process has ended, then stops the server in `dir` and
-/// removes `dir` (unless `CONNECTOR_TEST_KEEP_TMP` is set). It ignores the terminal's interrupt, so a
-/// Ctrl-C that ends the tests still gets the server stopped.
+/// removes `dir` (unless `CONNECTOR_TEST_KEEP_TMP` is set). It runs in a session of its own and ignores
+/// interrupts, so a Ctrl-C that ends the tests still gets the server stopped. The shell we start only puts
+/// the guard in the background and exits, so it is waited for and the guard is adopted by init.
 fn spawn_stop_guard(script: &Path, dir: &Path) {
     let keep = std::env::var_os("CONNECTOR_TEST_KEEP_TMP").is_some();
     let cleanup = if keep { "" } else { "rm -rf \"$2\";" };
     let program = format!(
-        "trap '' INT HUP TERM; while kill -0 \"$0\" 2>/dev/null; do sleep 0.2; done; \
-         bash \"$1\" stop \"$2\" >/dev/null 2>&1; {cleanup}"
+        "( trap '' INT HUP TERM; while kill -0 \"$0\" 2>/dev/null; do sleep 0.2; done; \
+         bash \"$1\" stop \"$2\"; {cleanup} ) </dev/null >/dev/null 2>&1 &"
     );
     let mut cmd = if Path::new("/usr/bin/setsid").exists() {
         let mut c = Command::new("/usr/bin/setsid");
@@ -114,16 +115,18 @@ fn spawn_stop_guard(script: &Path, dir: &Path) {
     } else {
         Command::new("sh")
     };
-    cmd.arg("-c")
+    let status = cmd
+        .arg("-c")
         .arg(program)
         .arg(std::process::id().to_string())
         .arg(script)
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // Not waited for: it must outlive us. (Its zombie, if any, is reaped by init once we are gone.)
-    let _guard = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the PostgreSQL stop guard: {e}"));
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot start the PostgreSQL stop guard: {e}"));
+    assert!(status.success(), "the PostgreSQL stop guard did not start: {status}");
 }
 
 /// `url` with its database (path) replaced by `db`; the query string is kept.

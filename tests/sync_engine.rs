@@ -1,0 +1,292 @@
+//! Issue 3: the sync engine against real Helios FHIR Server instances (Cito and PKB stand-ins), with a
+//! fault-injecting proxy in front where the test needs to count or disturb requests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::proxy::{Fault, FaultPlan, FaultProxy};
+use common::{Hfs, TempDir};
+use serde_json::{Value, json};
+use york_connector::config::Config;
+use york_connector::store::{Op, OutboxItem, ResourceKey};
+use york_connector::sync::{Engine, content_hash};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A destination block for the generated config.
+struct Dest<'a> {
+    name: &'a str,
+    profile: &'a str,
+    url: &'a str,
+    extra: &'a str,
+}
+
+/// Writes a config with the three partners' fixtures (the Hub's copied into `dir`, so a test can edit them).
+fn write_config(dir: &Path, dests: &[Dest<'_>], partners: &[&str]) -> PathBuf {
+    let hub = dir.join("hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    for f in std::fs::read_dir(root().join("tests/fixtures/hub")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, hub.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut text = format!(
+        "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n",
+        dir.display(),
+        root().display()
+    );
+    for p in partners {
+        let folder = if *p == "hub" { hub.clone() } else { root().join("tests/fixtures").join(p) };
+        text.push_str(&format!("[[partner]]\nid = \"{p}\"\nsource = [\n"));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().filter(|f| f.is_file() && f.extension().is_some_and(|e| e != "md")) {
+            let kind = f.file_stem().unwrap().to_string_lossy();
+            text.push_str(&format!("  {{ kind = \"{kind}\", path = \"{}\" }},\n", f.display()));
+        }
+        text.push_str("]\n");
+    }
+    for d in dests {
+        text.push_str(&format!(
+            "[destination.{}]\nprofile = \"{}\"\nbase_url = \"{}\"\nbatch_size = 25\nconcurrency = 2\nrate_limit_per_second = 500\n{}\n",
+            d.name, d.profile, d.url, d.extra
+        ));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn engine(config: &Path) -> Engine {
+    Engine::start(Config::load(config).unwrap()).await.unwrap()
+}
+
+fn no_shutdown() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(tx);
+    rx
+}
+
+/// Every resource the mapping produces for these partners, as (type, id).
+fn mapped_keys(engine: &Engine) -> Vec<(String, String)> {
+    struct Keys(Vec<(String, String)>);
+    impl york_connector::mapping::Sink for Keys {
+        fn resource(&mut self, r: &york_connector::mapping::MappedResource<'_>) -> std::io::Result<()> {
+            self.0.push((r.resource_type.to_string(), r.id.to_string()));
+            Ok(())
+        }
+        fn quarantined(&mut self, _: &york_connector::mapping::Quarantined) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut keys = Keys(Vec::new());
+    for p in &engine.config.partners {
+        let inputs: Vec<_> = p
+            .sources
+            .iter()
+            .map(|s| york_connector::mapping::Input { kind: s.kind, path: engine.config.resolve(&s.path) })
+            .collect();
+        york_connector::mapping::run(&engine.catalog.partners[&p.id], &inputs, &mut keys).unwrap();
+    }
+    keys.0
+}
+
+/// The transaction entries of a proxied write.
+fn entries(record: &common::proxy::ProxyRecord) -> Vec<Value> {
+    let bundle: Value = serde_json::from_slice(&record.body).unwrap_or(Value::Null);
+    bundle["entry"].as_array().cloned().unwrap_or_default()
+}
+
+async fn assert_all_delivered(engine: &Engine, dest: &str, hfs: &Hfs) {
+    let mut missing = Vec::new();
+    for (t, id) in mapped_keys(engine) {
+        let key = ResourceKey { resource_type: t.clone(), id: id.clone() };
+        let entry = engine.store.ledger_get(dest, &key).await.unwrap();
+        let remote = entry.as_ref().map_or(id.clone(), |e| e.remote_id.clone());
+        let (status, _) = hfs.get(&format!("{t}/{remote}")).await;
+        if status != 200 {
+            missing.push(format!("{t}/{id} (remote {remote}): {status}"));
+        }
+    }
+    assert!(missing.is_empty(), "{dest} lacks {} resources: {missing:?}", missing.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_delivers_everything_then_nothing_then_exactly_the_change() {
+    let (cito, pkb) = (Hfs::start().await, Hfs::start().await);
+    let (pc, pp) =
+        (FaultProxy::start(&cito.base_url, FaultPlan::none()), FaultProxy::start(&pkb.base_url, FaultPlan::none()));
+    let dir = TempDir::new("sync-cycle");
+    let config = write_config(
+        dir.path(),
+        &[
+            Dest { name: "cito", profile: "cito", url: pc.base_url(), extra: "" },
+            Dest { name: "pkb", profile: "pkb", url: pp.base_url(), extra: "" },
+        ],
+        &["hub", "york-mind", "carers-centre"],
+    );
+    let engine = engine(&config).await;
+
+    let first = engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    assert_eq!(first.dead_lettered() + first.deferred(), 0, "{first:?}");
+    assert_all_delivered(&engine, "cito", &cito).await;
+    assert_all_delivered(&engine, "pkb", &pkb).await;
+    assert!(!pc.writes().is_empty() && !pp.writes().is_empty());
+
+    // Same input: not one request that writes.
+    pc.clear_log();
+    pp.clear_log();
+    let second = engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    assert!(second.ingest.iter().all(|i| i.queued.values().all(|n| *n == 0)), "{second:?}");
+    assert_eq!(pc.writes().len() + pp.writes().len(), 0, "the second cycle wrote");
+
+    // One changed source row: exactly one update on each destination.
+    let person = dir.path().join("hub/person.csv");
+    let bytes = std::fs::read(&person).unwrap();
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert!(text.contains("Connor"), "fixture changed? Connor Walsh (HUB-1006) expected");
+    let changed: Vec<u8> = {
+        let needle = b"Connor";
+        let at = bytes.windows(needle.len()).position(|w| w == needle).unwrap();
+        let mut v = bytes[..at].to_vec();
+        v.extend_from_slice(b"Conor");
+        v.extend_from_slice(&bytes[at + needle.len()..]);
+        v
+    };
+    std::fs::write(&person, changed).unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    for (proxy, hfs) in [(&pc, &cito), (&pp, &pkb)] {
+        let writes = proxy.writes();
+        assert_eq!(writes.len(), 1, "one bundle: {:?}", writes.iter().map(|w| &w.target).collect::<Vec<_>>());
+        let e = entries(&writes[0]);
+        assert_eq!(e.len(), 1, "one resource in it");
+        assert_eq!(e[0]["request"]["method"], "PUT");
+        assert!(e[0]["request"]["ifMatch"].is_string(), "updates carry If-Match");
+        let url = e[0]["request"]["url"].as_str().unwrap().to_string();
+        assert!(url.starts_with("Patient/"));
+        let (_, now) = hfs.get(&url).await;
+        assert_eq!(now["name"][0]["given"][0], "Conor");
+        assert_eq!(now["meta"]["versionId"], "2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_already_on_the_destination_is_linked_not_duplicated() {
+    let cito = Hfs::start().await;
+    // A hospital created Zoë first, with its own id.
+    let hospital = json!({"resourceType": "Patient", "id": "hospital-zoe", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990123403"}],
+        "name": [{"family": "Bronte", "given": ["Zoe"]}]});
+    let (status, _) = cito.put("Patient/hospital-zoe", &hospital).await;
+    assert!(status == 200 || status == 201);
+    let dir = TempDir::new("sync-link");
+    let config =
+        write_config(dir.path(), &[Dest { name: "cito", profile: "cito", url: &cito.base_url, extra: "" }], &["hub"]);
+    let engine = engine(&config).await;
+    let report = engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    assert_eq!(report.delivery[0].linked, 1, "{report:?}");
+
+    let same_person = cito.search_all("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9990123403").await;
+    assert_eq!(same_person.len(), 1, "one Patient for the person");
+    assert_eq!(same_person[0]["id"], "hospital-zoe");
+    assert_eq!(same_person[0]["name"][0]["given"][0], "Zoe", "someone else's Patient is not overwritten");
+    let theirs = cito.search_all("Encounter?subject=Patient/hospital-zoe").await;
+    assert!(!theirs.is_empty(), "the Hub's contacts with Zoë reference the hospital's Patient");
+    // And nothing anywhere references the Patient the Hub would have created.
+    let ours = york_connector::mapping::ids::resource_id("hub", "person", "patient", "HUB-1001");
+    assert_eq!(cito.get(&format!("Patient/{ours}")).await.0, 404);
+    assert!(cito.search_all(&format!("Encounter?subject=Patient/{ours}")).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_survived_and_a_refused_resource_is_dead_lettered_alone() {
+    let cito = Hfs::start().await;
+    let plan = FaultPlan::none()
+        .with(Fault::Unavailable, 0.12)
+        .with(Fault::TooManyRequests, 0.08)
+        .with(Fault::Timeout, 0.05)
+        .with(Fault::Reset, 0.08)
+        .with(Fault::AfterForwardReset, 0.08)
+        .retry_after(1)
+        .hang_for(Duration::from_millis(2500))
+        .seed(7);
+    let proxy = FaultProxy::start(&cito.base_url, plan);
+    let dir = TempDir::new("sync-faults");
+    let rate = 15.0;
+    let extra = format!(
+        "timeout_seconds = 1\nmax_attempts = 8\ndefer_seconds = 1\nbreaker_failures = 1000\nrate_limit_per_second = {rate}\n"
+    );
+    let config = write_config(
+        dir.path(),
+        &[Dest { name: "cito", profile: "cito", url: proxy.base_url(), extra: &extra }],
+        &["hub", "york-mind"],
+    );
+    // The generated config sets a rate of 500 before `extra`; TOML takes the first, so drop it.
+    let text = std::fs::read_to_string(&config).unwrap().replace("rate_limit_per_second = 500\n", "");
+    std::fs::write(&config, text).unwrap();
+    let engine = engine(&config).await;
+
+    // A resource the server refuses (a code outside the value set), queued among good ones.
+    let bad_id = "00000000-0000-4000-8000-00000000bad1";
+    let bad = json!({"resourceType": "Encounter", "id": bad_id, "status": "not-a-status",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+    .to_string();
+    engine
+        .store
+        .enqueue(
+            &[OutboxItem {
+                destination: "cito".into(),
+                key: ResourceKey { resource_type: "Encounter".into(), id: bad_id.into() },
+                patient: None,
+                op: Op::Upsert,
+                content_hash: content_hash(&bad),
+                body: Some(bad),
+            }],
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let r = engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+        let pending =
+            engine.store.outbox_list(Some("cito"), false, 10_000).await.unwrap().iter().filter(|r| !r.dead).count();
+        if pending == 0 {
+            break;
+        }
+        assert!(rounds < 30, "outbox not drained after {rounds} rounds: {r:?}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(proxy.count_faults(Fault::Unavailable) > 0 && proxy.count_faults(Fault::AfterForwardReset) > 0);
+
+    // Everything arrived, nothing twice, and the rate stayed within the limit.
+    proxy.set_plan(FaultPlan::none());
+    assert_all_delivered(&engine, "cito", &cito).await;
+    let patients = cito.search_all("Patient?_count=200").await;
+    let mut ids: Vec<String> = patients
+        .iter()
+        .flat_map(|p| p["identifier"].as_array().cloned().unwrap_or_default())
+        .filter(|i| i["system"] == "https://fhir.nhs.uk/Id/nhs-number")
+        .map(|i| i["value"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "a person was created twice");
+    let busiest = proxy.max_in_window(Duration::from_secs(1));
+    assert!(busiest as f64 <= rate + 1.0, "{busiest} requests in one second; the limit is {rate}/s");
+
+    // The refused resource alone is in the dead letter, with the server's reason.
+    let dead = engine.store.outbox_list(Some("cito"), true, 100).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].item.key.id, bad_id);
+    let reason = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(reason.contains("\"status\":4"), "the dead letter keeps the server's answer: {reason}");
+    assert_eq!(cito.get(&format!("Encounter/{bad_id}")).await.0, 404);
+}
