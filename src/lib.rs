@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod ingest;
 pub mod mapping;

@@ -5,6 +5,7 @@
 
 mod mappings;
 mod outbox;
+mod status;
 mod sync;
 
 use std::path::PathBuf;
@@ -46,6 +47,13 @@ pub enum Command {
     /// Check, test and try out partner mappings.
     #[command(subcommand)]
     Mappings(mappings::MappingsCommand),
+    /// Run as a service: ingest and deliver on the configured schedules until SIGTERM (SIGHUP reloads).
+    Run,
+    /// Show each job's last and next run, queue depths and dead letters.
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Run one sync cycle: map every partner's exports, plan, deliver to each destination.
     Sync(sync::SyncArgs),
     /// Inspect and retry the queue of writes to destinations.
@@ -61,6 +69,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Mappings(cmd) => mappings::run(&cli.mappings, cmd),
+        Command::Run => runtime().and_then(|rt| rt.block_on(crate::daemon::run(&cli.config))),
+        Command::Status { format } => runtime().and_then(|rt| rt.block_on(status::run(&cli.config, format))),
         Command::Sync(args) => runtime().and_then(|rt| rt.block_on(sync::run(&cli.config, args))),
         Command::Outbox(cmd) => runtime().and_then(|rt| rt.block_on(outbox::run(&cli.config, cmd))),
     };

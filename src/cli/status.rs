@@ -1,0 +1,84 @@
+//! `connector status`: for each job its last and next run, each destination's queue and dead letters.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use super::{EXIT_FOUND, Format};
+use crate::config::Config;
+use crate::schedule::Schedule;
+use crate::store::Store;
+
+fn when(t: Option<DateTime<Utc>>, tz: chrono_tz::Tz) -> String {
+    t.map_or_else(|| "-".into(), |t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+}
+
+pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let tz = config.timezone();
+    let store = Store::connect(&config.state_url()).await?;
+    let runs = store.last_runs().await?;
+    let depths = store.queue_depths().await?;
+    let now = Utc::now();
+    let mut jobs = Vec::new();
+    let schedules = config
+        .partners
+        .iter()
+        .map(|p| (format!("ingest:{}", p.id), p.schedule.clone()))
+        .chain(config.destinations.iter().map(|(n, d)| (format!("deliver:{n}"), d.schedule.clone())));
+    for (job, expr) in schedules {
+        let next = Schedule::parse(&expr, tz).ok().and_then(|s| s.next_after(now));
+        let last = runs.iter().find(|r| r.job == job);
+        jobs.push(serde_json::json!({
+            "job": job,
+            "schedule": expr,
+            "last_started": last.map(|r| r.started_at.to_rfc3339()),
+            "last_finished": last.and_then(|r| r.finished_at.map(|t| t.to_rfc3339())),
+            "last_ok": last.and_then(|r| r.ok),
+            "last_detail": last.and_then(|r| r.detail.clone()),
+            "next_run": next.map(|t| t.to_rfc3339()),
+        }));
+        if format == Format::Table {
+            let outcome = match last.and_then(|r| r.ok) {
+                Some(true) => "ok",
+                Some(false) => "FAILED",
+                None if last.is_some() => "running or interrupted",
+                None => "never run",
+            };
+            println!(
+                "{job:<24} last {} ({outcome}{})  next {}",
+                when(last.map(|r| r.started_at), tz),
+                last.and_then(|r| r.detail.as_ref()).map(|d| format!(": {d}")).unwrap_or_default(),
+                when(next, tz)
+            );
+        }
+    }
+    let dead: u64 = depths.iter().map(|d| d.dead).sum();
+    if format == Format::Table {
+        for d in &depths {
+            println!(
+                "queue {:<18} {} pending (oldest {}), {} dead letter(s)",
+                d.destination,
+                d.pending,
+                when(d.oldest_pending, tz),
+                d.dead
+            );
+        }
+        if depths.is_empty() {
+            println!("queues empty");
+        }
+        if dead > 0 {
+            println!("Dead letters need an admin: `connector outbox list --dead`.");
+        }
+    } else {
+        let queues: Vec<serde_json::Value> = depths
+            .iter()
+            .map(|d| {
+                serde_json::json!({"destination": d.destination, "pending": d.pending, "dead": d.dead,
+                "oldest_pending": d.oldest_pending.map(|t| t.to_rfc3339())})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"jobs": jobs, "queues": queues}))?);
+    }
+    Ok(if dead > 0 { EXIT_FOUND } else { 0 })
+}
