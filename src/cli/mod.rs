@@ -5,6 +5,7 @@
 
 mod mappings;
 mod outbox;
+mod quarantine;
 mod status;
 mod sync;
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Check, test and try out partner mappings.
     #[command(subcommand)]
     Mappings(mappings::MappingsCommand),
+    /// Rows that could not be mapped: list, show, replay after fixing the source.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
     /// Run as a service: ingest and deliver on the configured schedules until SIGTERM (SIGHUP reloads).
     Run,
     /// Show each job's last and next run, queue depths and dead letters.
@@ -69,6 +73,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Mappings(cmd) => mappings::run(&cli.mappings, cmd),
+        Command::Quarantine(cmd) => runtime().and_then(|rt| rt.block_on(quarantine::run(&cli.config, cmd))),
         Command::Run => runtime().and_then(|rt| rt.block_on(crate::daemon::run(&cli.config))),
         Command::Status { format } => runtime().and_then(|rt| rt.block_on(status::run(&cli.config, format))),
         Command::Sync(args) => runtime().and_then(|rt| rt.block_on(sync::run(&cli.config, args))),

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::Utc;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, watch};
 use tracing::{error, info, warn};
@@ -40,26 +39,8 @@ fn scheduler(
                 if !lead(&engine, &leader).await {
                     return;
                 }
-                let job = format!("ingest:{id}");
-                let run = engine.store.job_started(&job, Utc::now()).await.ok();
-                let result = engine.ingest(&id, false).await;
-                let (ok, detail) = match &result {
-                    Ok(r) => (
-                        r.mapping.failed_files().count() == 0,
-                        format!(
-                            "{} read, {} mapped, {} quarantined",
-                            r.mapping.read(),
-                            r.mapping.mapped(),
-                            r.mapping.quarantined()
-                        ),
-                    ),
-                    Err(e) => {
-                        error!(partner = %id, error = %e, "Ingest failed.");
-                        (false, e.to_string())
-                    }
-                };
-                if let Some(run) = run {
-                    let _ = engine.store.job_finished(run, ok, &detail, Utc::now()).await;
+                if let Err(e) = engine.ingest(&id, false).await {
+                    error!(partner = %id, error = %e, "Ingest failed.");
                 }
             }
         })?;
@@ -70,23 +51,8 @@ fn scheduler(
         s.add(format!("deliver:{name}"), schedule, move || {
             let (engine, name, stop) = (engine.clone(), name.clone(), stop.clone());
             async move {
-                let job = format!("deliver:{name}");
-                let run = engine.store.job_started(&job, Utc::now()).await.ok();
-                let (ok, detail) = match engine.deliver(&name, &stop).await {
-                    Ok(r) => (
-                        !r.breaker_open,
-                        format!(
-                            "{} written, {} linked, {} dead-lettered, {} deferred",
-                            r.written, r.linked, r.dead_lettered, r.deferred
-                        ),
-                    ),
-                    Err(e) => {
-                        error!(destination = %name, error = %e, "Delivery failed.");
-                        (false, e.to_string())
-                    }
-                };
-                if let Some(run) = run {
-                    let _ = engine.store.job_finished(run, ok, &detail, Utc::now()).await;
+                if let Err(e) = engine.deliver(&name, &stop).await {
+                    error!(destination = %name, error = %e, "Delivery failed.");
                 }
             }
         })?;

@@ -40,6 +40,9 @@ pub struct IngestReport {
     /// Per destination: resources that the destination's rules do not allow, with the count.
     pub withheld: BTreeMap<String, u64>,
     pub dry_run: bool,
+    /// The rows quarantined in this run: kind, file name, row and key (never their content).
+    #[serde(skip)]
+    pub quarantined_rows: Vec<(String, String, u64, Option<String>)>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -165,6 +168,29 @@ impl Engine {
     /// Maps one partner's sources and plans every destination's outbox. With `dry_run`, compares with the ledger
     /// and reports what would be queued, writing nothing.
     pub async fn ingest(&self, partner_id: &str, dry_run: bool) -> anyhow::Result<IngestReport> {
+        if dry_run {
+            return self.ingest_inner(partner_id, true).await;
+        }
+        let job = format!("ingest:{partner_id}");
+        let run = self.store.job_started(&job, Utc::now()).await?;
+        let result = self.ingest_inner(partner_id, false).await;
+        let (ok, detail) = match &result {
+            Ok(r) => (
+                r.mapping.failed_files().count() == 0,
+                format!(
+                    "{} read, {} mapped, {} quarantined",
+                    r.mapping.read(),
+                    r.mapping.mapped(),
+                    r.mapping.quarantined()
+                ),
+            ),
+            Err(e) => (false, e.to_string()),
+        };
+        self.store.job_finished(run, ok, &detail, Utc::now()).await?;
+        result
+    }
+
+    async fn ingest_inner(&self, partner_id: &str, dry_run: bool) -> anyhow::Result<IngestReport> {
         let pc = self
             .config
             .partners
@@ -194,6 +220,8 @@ impl Engine {
                     }
                 }
                 Msg::Quarantined(q) => {
+                    let file = q.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    report.quarantined_rows.push((q.kind.to_string(), file, q.row, q.key.clone()));
                     if !dry_run {
                         self.keep_quarantined(&q).await?;
                     }
@@ -277,7 +305,20 @@ impl Engine {
     /// Delivers one destination's outbox.
     pub async fn deliver(&self, name: &str, shutdown: &watch::Receiver<bool>) -> anyhow::Result<DeliveryReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
-        let r = deliver::deliver(&self.store, dest, &self.owner, shutdown).await?;
+        let run = self.store.job_started(&format!("deliver:{name}"), Utc::now()).await?;
+        let result = deliver::deliver(&self.store, dest, &self.owner, shutdown).await;
+        let (ok, detail) = match &result {
+            Ok(r) => (
+                !r.breaker_open,
+                format!(
+                    "{} written, {} linked, {} dead-lettered, {} deferred",
+                    r.written, r.linked, r.dead_lettered, r.deferred
+                ),
+            ),
+            Err(e) => (false, e.to_string()),
+        };
+        self.store.job_finished(run, ok, &detail, Utc::now()).await?;
+        let r = result?;
         info!(destination = %name, written = r.written, linked = r.linked, dead = r.dead_lettered, deferred = r.deferred, "Delivered.");
         Ok(r)
     }
