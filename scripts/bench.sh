@@ -3,13 +3,21 @@
 #
 #   scripts/bench.sh mapping [ROWS]   map a generated Hub export of ROWS people (default 100000) plus about two
 #                                     contacts each, with the release binary: wall time, rows/s, peak memory.
+#   scripts/bench.sh sync [PATIENTS]  initial load of a generated Hub export of PATIENTS people (default 10000)
+#                                     and their contacts into a fresh local Helios FHIR Server with
+#                                     `connector sync --once` (wall time, peak memory), then the no-change cycle;
+#                                     compared with a plain client (scripts/bench/post_bundles.py) posting the same
+#                                     resources, precomputed, as transaction bundles of the same size and
+#                                     concurrency to a second fresh server (only the posting is timed).
+#                                     Settings: BENCH_BATCH_SIZE (50), BENCH_CONCURRENCY (2), BENCH_RATE (10000
+#                                     requests/s, i.e. no limit), HFS_BIN, HFS_DATA_DIR (default: the test cache).
 #
-# Needs python3 (the generator is in scripts/gen-fixtures/) and GNU time (/usr/bin/time, Debian package `time`).
+# Needs python3 (the generator is in scripts/gen-fixtures/) and GNU time (/usr/bin/time, Debian package `time`);
+# `sync` also needs hfs and the SearchParameter bundle (scripts/setup-test-env.sh installs them if missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 what="${1:-mapping}"
-rows="${2:-100000}"
 work="${BENCH_DIR:-${TMPDIR:-/tmp}/connector-bench}"
 
 if [ ! -x /usr/bin/time ]; then
@@ -22,6 +30,7 @@ machine() {
 
 case "$what" in
 mapping)
+    rows="${2:-100000}"
     echo "Building the release binary..." >&2
     cargo build --release --quiet --bin connector
     data="$work/export-$rows"
@@ -46,8 +55,158 @@ mapping)
     echo "wall: ${secs}s; rows read: $read_total; throughput: $(python3 -c "print(round($read_total/$secs))") rows/s; peak RSS: $((rss_kb / 1024)) MiB"
     echo "output: $(wc -l <"$work/out.ndjson") resources, $(du -h "$work/out.ndjson" | cut -f1)"
     ;;
+sync)
+    patients="${2:-10000}"
+    batch="${BENCH_BATCH_SIZE:-50}"
+    concurrency="${BENCH_CONCURRENCY:-2}"
+    rate="${BENCH_RATE:-10000}"
+    cache="${CONNECTOR_TEST_CACHE:-$HOME/.cache/connector-test}"
+    hfs_bin="${HFS_BIN:-$cache/hfs/bin/hfs}"
+    hfs_data="${HFS_DATA_DIR:-$cache/hfs-data}"
+    if [ ! -x "$hfs_bin" ] || [ ! -s "$hfs_data/search-parameters-r4.json" ]; then
+        echo "Installing hfs and the SearchParameter bundle (scripts/setup-test-env.sh; ~30 min the first time)..." >&2
+        bash scripts/setup-test-env.sh
+    fi
+    echo "Building the release binary..." >&2
+    cargo build --release --quiet --bin connector
+    connector="$PWD/target/release/connector"
+    data="$work/export-$patients"
+    if [ ! -s "$data/person.csv" ] || [ ! -s "$data/contact.csv" ]; then
+        mkdir -p "$data"
+        echo "Generating a Hub export of $patients people in $data..." >&2
+        python3 scripts/gen-fixtures/bench_export.py --rows "$patients" --out "$data"
+    fi
+    run="$work/sync-$patients"
+    rm -rf "$run"
+    mkdir -p "$run"
+
+    pids=()
+    stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done; pids=(); }
+    trap stop_all EXIT
+    # start_hfs NAME: a fresh server (own database under $run/NAME) on a free port, as tests/common starts it;
+    # sets $port and $hfs_pid.
+    start_hfs() {
+        local name="$1"
+        mkdir -p "$run/$name"
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        (
+            for v in $(compgen -e | grep '^HFS_' || true); do unset "$v"; done
+            export HFS_VALIDATION_MODE=enforce HFS_SEED_CONFORMANCE=false HFS_NL_SEARCH_ENABLED=false
+            cd "$run/$name"
+            exec "$hfs_bin" --port "$port" --base-url "http://127.0.0.1:$port" --database-url "$run/$name/hfs.db" \
+                --data-dir "$hfs_data" >"$run/$name/hfs.log" 2>&1
+        ) &
+        hfs_pid=$!
+        pids+=("$hfs_pid")
+        for _ in $(seq 600); do
+            curl -sf -o /dev/null "http://127.0.0.1:$port/metadata" && return 0
+            kill -0 "$hfs_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        echo "bench: hfs ($name) did not come up; see $run/$name/hfs.log" >&2
+        tail -20 "$run/$name/hfs.log" >&2
+        exit 1
+    }
+    stop_hfs() {
+        kill "$1" 2>/dev/null || true
+        wait "$1" 2>/dev/null || true
+        local keep=()
+        for p in "${pids[@]}"; do [ "$p" != "$1" ] && keep+=("$p"); done
+        pids=("${keep[@]}")
+    }
+    # count PORT TYPE: how many TYPE resources the server holds.
+    count() {
+        curl -sf "http://127.0.0.1:$1/$2?_summary=count" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total"])'
+    }
+    seconds() { # the wall time from a GNU time -v report, in seconds
+        python3 -c "import sys; p = sys.argv[1].split(':'); print(round(sum(float(x) * 60 ** i for i, x in enumerate(reversed(p))), 2))" \
+            "$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$1")"
+    }
+    rss_mib() { echo $(($(awk -F': ' '/Maximum resident set size/ {print $2}' "$1") / 1024)); }
+    ok_exit() { [ "$1" -eq 0 ] || [ "$1" -eq 3 ]; }
+
+    echo "Precomputing the resources (connector mappings preview)..." >&2
+    "$connector" --mappings mappings mappings preview --partner hub --input "$data/person.csv" \
+        --input "$data/contact.csv" --quarantine-dir "$run/quarantine" >"$run/resources.ndjson" 2>"$run/preview.txt" ||
+        ok_exit $? || { tail -5 "$run/preview.txt" >&2; exit 1; }
+    read -r n_resources n_patients n_encounters n_orgs < <(python3 -c '
+import collections, json, sys
+c = collections.Counter(json.loads(l)["resourceType"] for l in open(sys.argv[1]))
+print(sum(c.values()), c["Patient"], c["Encounter"], c["Organization"])' "$run/resources.ndjson")
+    contact_rows=$(($(python3 -c "import sys; print(sum(1 for _ in open(sys.argv[1], 'rb')))" "$data/contact.csv") - 1))
+
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    start_hfs connector
+    cat >"$run/config.toml" <<EOF
+[state]
+url = "sqlite://$run/state.db"
+[mappings]
+dir = "$PWD/mappings"
+[[partner]]
+id = "hub"
+source = [
+  { kind = "person", path = "$data/person.csv" },
+  { kind = "contact", path = "$data/contact.csv" },
+]
+[destination.cito]
+profile = "cito"
+base_url = "http://127.0.0.1:$port"
+batch_size = $batch
+concurrency = $concurrency
+rate_limit_per_second = $rate
+EOF
+    echo "Initial load with the connector ($n_resources resources)..." >&2
+    code=0
+    /usr/bin/time -v -o "$run/time-initial.txt" "$connector" sync --once --config "$run/config.toml" \
+        >"$run/initial.txt" 2>"$run/initial.log" || code=$?
+    ok_exit "$code" || { echo "bench: the initial sync failed ($code):" >&2; tail -20 "$run/initial.log" >&2; exit 1; }
+    cat "$run/initial.txt" >&2
+    echo "No-change cycle..." >&2
+    code2=0
+    /usr/bin/time -v -o "$run/time-nochange.txt" "$connector" sync --once --config "$run/config.toml" \
+        >"$run/nochange.txt" 2>"$run/nochange.log" || code2=$?
+    ok_exit "$code2" || { echo "bench: the second sync failed ($code2):" >&2; tail -20 "$run/nochange.log" >&2; exit 1; }
+    cat "$run/nochange.txt" >&2
+    held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
+    if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
+        echo "bench: the server holds Patient/Encounter/Organization $held, expected $n_patients $n_encounters $n_orgs" >&2
+        exit 1
+    fi
+    if ! grep -q "queued: cito 0" "$run/nochange.txt"; then
+        echo "bench: the no-change cycle queued something:" >&2
+        cat "$run/nochange.txt" >&2
+        exit 1
+    fi
+    stop_hfs "$hfs_pid"
+
+    start_hfs plain
+    echo "Plain client: the same resources as $batch-entry transaction bundles, $concurrency at a time..." >&2
+    python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" --ndjson "$run/resources.ndjson" \
+        --batch-size "$batch" --concurrency "$concurrency" >"$run/plain.json"
+    held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
+    if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
+        echo "bench: the plain client's server holds $held, expected $n_patients $n_encounters $n_orgs" >&2
+        exit 1
+    fi
+    stop_hfs "$hfs_pid"
+
+    initial=$(seconds "$run/time-initial.txt")
+    nochange=$(seconds "$run/time-nochange.txt")
+    plain=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain.json")
+    bundles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundles"])' "$run/plain.json")
+    rate_of() { python3 -c "print(round($n_resources / $1))"; }
+    echo
+    machine
+    echo "load average before: $load_before"
+    echo "patients: $patients people, $contact_rows contacts -> $n_resources resources (Patient $n_patients, Encounter $n_encounters, Organization $n_orgs); batch $batch, concurrency $concurrency"
+    echo "connector initial load: ${initial}s ($(rate_of "$initial") resources/s), exit $code, peak RSS $(rss_mib "$run/time-initial.txt") MiB"
+    echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
+    echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x"
+    echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
+    echo "files: $run (config, logs, GNU time reports)"
+    ;;
 *)
-    echo "usage: scripts/bench.sh mapping [ROWS]" >&2
+    echo "usage: scripts/bench.sh mapping [ROWS] | scripts/bench.sh sync [PATIENTS]" >&2
     exit 2
     ;;
 esac

@@ -97,16 +97,16 @@ fn phase(log: &str) -> &'static str {
 /// The kill schedule: (trigger, shortest delay ms, longest delay ms). The Start kills come first, so they hit
 /// the first run's mapping and planning; the later ones alternate between phases of restarted runs.
 const SCHEDULE: &[(Trigger, u64, u64)] = &[
-    (Trigger::Start, 50, 150),         // start-up: opening and migrating the state database
-    (Trigger::Start, 400, 1500),       // mapping, first chunks planned
-    (Trigger::Start, 1500, 4000),      // mapping and planning
-    (Trigger::Ingested, 0, 300),       // the first bundles (Organization alone, then the workers)
-    (Trigger::Ingested, 500, 3000),    // delivering to Cito
-    (Trigger::Start, 300, 2500),       // re-mapping and re-planning with part of Cito delivered
-    (Trigger::Ingested, 1000, 4000),   // delivering to Cito
-    (Trigger::CitoDelivered, 0, 300),  // the first bundles to PKB
-    (Trigger::CitoDelivered, 500, 3000), // delivering to PKB
-    (Trigger::Start, 300, 2500),       // re-planning with Cito done and part of PKB
+    (Trigger::Start, 50, 150),            // start-up: opening and migrating the state database
+    (Trigger::Start, 400, 1500),          // mapping, first chunks planned
+    (Trigger::Start, 1500, 4000),         // mapping and planning
+    (Trigger::Ingested, 0, 300),          // the first bundles (Organization alone, then the workers)
+    (Trigger::Ingested, 500, 3000),       // delivering to Cito
+    (Trigger::Start, 300, 2500),          // re-mapping and re-planning with part of Cito delivered
+    (Trigger::Ingested, 1000, 4000),      // delivering to Cito
+    (Trigger::CitoDelivered, 0, 300),     // the first bundles to PKB
+    (Trigger::CitoDelivered, 500, 3000),  // delivering to PKB
+    (Trigger::Start, 300, 2500),          // re-planning with Cito done and part of PKB
     (Trigger::CitoDelivered, 1000, 4000), // delivering to PKB
 ];
 
@@ -299,7 +299,8 @@ async fn check_type(
     }
     let counted = hfs.count(resource_type).await;
     if counted != held.len() {
-        problems.push(format!("{dest}: {resource_type}?_summary=count says {counted}, the search paged {}", held.len()));
+        problems
+            .push(format!("{dest}: {resource_type}?_summary=count says {counted}, the search paged {}", held.len()));
     }
     if let Some(system) = system {
         let have = identifiers(&held, system);
@@ -310,7 +311,8 @@ async fn check_type(
         let unknown: Vec<_> = have.keys().filter(|v| !wanted.contains_key(*v)).take(10).collect();
         let n_missing = wanted.keys().filter(|v| !have.contains_key(*v)).count();
         if n_missing > 0 {
-            problems.push(format!("{dest}: {n_missing} {resource_type} identifiers missing ({system}), e.g. {missing:?}"));
+            problems
+                .push(format!("{dest}: {n_missing} {resource_type} identifiers missing ({system}), e.g. {missing:?}"));
         }
         if !twice.is_empty() {
             problems.push(format!("{dest}: {resource_type} identifiers held more than once: {twice:?}"));
@@ -363,7 +365,11 @@ async fn sigkill_at_any_point_then_restart_loses_and_duplicates_nothing() {
     let config = Config::load(&config_path).unwrap();
     let expected = expected(&config);
     assert_eq!(expected["cito"].per_type["Patient"], PEOPLE);
-    assert!(expected["cito"].per_type["Encounter"] > PEOPLE, "about two contacts each: {:?}", expected["cito"].per_type);
+    assert!(
+        expected["cito"].per_type["Encounter"] > PEOPLE,
+        "about two contacts each: {:?}",
+        expected["cito"].per_type
+    );
     eprintln!(
         "export: {PEOPLE} people; expected per destination: {}",
         expected.iter().map(|(d, e)| format!("{d} {:?}", e.per_type)).collect::<Vec<_>>().join(", ")
@@ -393,22 +399,23 @@ async fn sigkill_at_any_point_then_restart_loses_and_duplicates_nothing() {
                 child.wait().unwrap();
                 break None;
             }
-            assert!(spawned.elapsed() < RUN_TIMEOUT, "run {run} never reached {trigger:?}:\n{}", common::tail(&log, 40));
+            assert!(
+                spawned.elapsed() < RUN_TIMEOUT,
+                "run {run} never reached {trigger:?}:\n{}",
+                common::tail(&log, 40)
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         let text = read(&log);
         let at = phase(&text);
-        { // EXPERIMENT: emulate lease recovery at start-up
-            if let Ok(pool) = sqlx::SqlitePool::connect(&config.state_url()).await {
-                let _ = sqlx::query("UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_seq = NULL").execute(&pool).await;
-                pool.close().await;
-            }
-        }
         let after = state(&config).await;
         match finished {
             Some(status) => {
                 assert_ok(status, &log);
-                eprintln!("run {run:2}: finished ({status}) before the kill ({trigger:?} + {delay:?}); {}", show_state(&after));
+                eprintln!(
+                    "run {run:2}: finished ({status}) before the kill ({trigger:?} + {delay:?}); {}",
+                    show_state(&after)
+                );
             }
             None => {
                 *phases_hit.entry(at).or_default() += 1;

@@ -290,3 +290,63 @@ async fn faults_are_survived_and_a_refused_resource_is_dead_lettered_alone() {
     assert!(reason.contains("\"status\":4"), "the dead letter keeps the server's answer: {reason}");
     assert_eq!(cito.get(&format!("Encounter/{bad_id}")).await.0, 404);
 }
+
+/// Issue 3, item 6: two connector instances sharing one PostgreSQL deliver a cycle; no resource is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_never_send_a_resource_twice() {
+    let db = common::pg::TestDb::create().await;
+    let cito = Hfs::start().await;
+    let proxy = FaultProxy::start(&cito.base_url, FaultPlan::none());
+    let dir = TempDir::new("sync-two");
+    let config = write_config(
+        dir.path(),
+        &[Dest { name: "cito", profile: "cito", url: proxy.base_url(), extra: "" }],
+        &["hub", "york-mind", "carers-centre"],
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(&format!("sqlite://{}/state.db", dir.path().display()), &db.url);
+    std::fs::write(&config, text).unwrap();
+
+    let a = engine(&config).await;
+    let mut b = engine(&config).await;
+    b.owner = format!("{}-second", b.owner);
+    assert_eq!(a.store.backend(), york_connector::store::Backend::Postgres);
+
+    // Only the scheduler's leader ingests and plans; both deliver at once.
+    let lead_a = a.store.try_lead("scheduler").await.unwrap();
+    assert!(lead_a.is_some());
+    assert!(b.store.try_lead("scheduler").await.unwrap().is_none(), "one leader at a time");
+    for p in ["hub", "york-mind", "carers-centre"] {
+        a.ingest(p, false).await.unwrap();
+    }
+    let (sa, sb) = (no_shutdown(), no_shutdown());
+    let (ra, rb) = tokio::join!(a.deliver("cito", &sa), b.deliver("cito", &sb));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.dead_lettered + rb.dead_lettered + ra.deferred + rb.deferred, 0, "{ra:?} {rb:?}");
+
+    let mut sent: Vec<String> = proxy
+        .writes()
+        .iter()
+        .flat_map(entries)
+        .map(|e| e["request"]["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let total = sent.len();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), total, "a resource was sent twice");
+    assert_eq!(total as u64, ra.written + rb.written);
+    assert_all_delivered(&a, "cito", &cito).await;
+    // People known to several partners exist once.
+    let patients = cito.search_all("Patient?_count=500").await;
+    let mut nhs: Vec<&str> = patients
+        .iter()
+        .flat_map(|p| p["identifier"].as_array().into_iter().flatten())
+        .filter(|i| i["system"] == "https://fhir.nhs.uk/Id/nhs-number")
+        .filter_map(|i| i["value"].as_str())
+        .collect();
+    let n = nhs.len();
+    nhs.sort();
+    nhs.dedup();
+    assert_eq!(nhs.len(), n, "a person was created twice");
+    eprintln!("instance a wrote {}, instance b wrote {}", ra.written, rb.written);
+}

@@ -249,9 +249,14 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
 
     // Patient references of this batch that point at linked (someone else's) Patients.
     let mut links: HashMap<String, String> = HashMap::new();
+    // (The rows' ordering group is the person, not a Patient: read the references from the bodies.)
     let referenced: Vec<ResourceKey> = {
-        let mut v: Vec<ResourceKey> =
-            rows.iter().filter_map(|r| r.item.patient.as_deref().and_then(patient_key)).collect();
+        let mut v: Vec<ResourceKey> = Vec::new();
+        for r in &rows {
+            if let Some(body) = r.item.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
+                crate::validate::each_reference(&body, &mut |_, reference| v.extend(patient_key(reference)));
+            }
+        }
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v.dedup();
         v

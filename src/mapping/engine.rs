@@ -3,7 +3,7 @@
 //! mapped plus rows quarantined.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -119,9 +119,7 @@ impl RunReport {
 
 /// Hashes a `Type/id` reference so the set of known resources stays small however large the run.
 fn ref_hash(reference: &str) -> u64 {
-    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
-    reference.hash(&mut h);
-    h.finish()
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(reference)
 }
 
 struct RunState {

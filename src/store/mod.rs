@@ -386,8 +386,10 @@ fn duration_ms(d: Duration) -> i64 {
 pub(crate) const KEY_CHUNK: usize = 500;
 
 /// Starts a query with `WITH k(t, i) AS (VALUES ($1, $2), ...)` holding `keys`, to be joined on
-/// (resource_type, resource_id). A join lets SQLite look each key up in the primary key; a row-value
-/// `IN (VALUES ...)` list would be checked against every row of the destination instead.
+/// (resource_type, resource_id) as `FROM k CROSS JOIN <table>`: SQLite then loops over the keys and looks
+/// each one up in the index (`CROSS JOIN` fixes that order in SQLite; PostgreSQL plans it freely). A
+/// row-value `IN (VALUES ...)` list, or letting SQLite choose, checks every row of the destination instead:
+/// 100 times slower at 10 000 rows.
 fn with_keys<'k, DB: sqlx::Database>(keys: impl IntoIterator<Item = &'k ResourceKey>) -> sqlx::QueryBuilder<DB>
 where
     DB::Arguments: Default,
@@ -508,10 +510,7 @@ impl Store {
             for chunk in keys.chunks(KEY_CHUNK) {
                 let hashes: Vec<(String, String, String)> = with_pool!(self, |pool| {
                     let mut qb = with_keys(chunk.iter().copied());
-                    qb.push(
-                        "SELECT l.resource_type, l.resource_id, l.content_hash FROM k JOIN ledger l \
-                         ON l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ",
-                    );
+                    qb.push(KEYS_LEDGER_HASHES);
                     qb.push_bind(dest.to_string());
                     qb.build_query_as().fetch_all(pool).await
                 })
@@ -521,11 +520,7 @@ impl Store {
                 }
                 let rows: Vec<StoredRow> = with_pool!(self, |pool| {
                     let mut qb = with_keys(chunk.iter().copied());
-                    qb.push(
-                        "SELECT o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, \
-                         o.lease_until FROM k JOIN outbox o \
-                         ON o.resource_type = k.t AND o.resource_id = k.i AND o.destination = ",
-                    );
+                    qb.push(KEYS_OUTBOX_ROWS);
                     qb.push_bind(dest.to_string());
                     qb.build_query_as().fetch_all(pool).await
                 })
@@ -822,10 +817,7 @@ impl Store {
         for chunk in keys.chunks(KEY_CHUNK) {
             let rows: Vec<LedgerDb> = with_pool!(self, |pool| {
                 let mut qb = with_keys(chunk);
-                qb.push(
-                    "SELECT l.* FROM k JOIN ledger l \
-                     ON l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ",
-                );
+                qb.push(KEYS_LEDGER_ENTRIES);
                 qb.push_bind(destination.to_string());
                 qb.build_query_as().fetch_all(pool).await
             })
@@ -1012,6 +1004,15 @@ const LEDGER_UPSERT: &str = "INSERT INTO ledger (destination, resource_type, res
      version_id = excluded.version_id, content_hash = excluded.content_hash, linked = excluded.linked, \
      patient = excluded.patient, updated_at = excluded.updated_at";
 
+/// Lookups of many keys: each follows [`with_keys`] and is followed by the bound destination.
+const KEYS_LEDGER_HASHES: &str = "SELECT l.resource_type, l.resource_id, l.content_hash FROM k CROSS JOIN ledger l \
+     WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
+const KEYS_OUTBOX_ROWS: &str = "SELECT o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, \
+     o.lease_until FROM k CROSS JOIN outbox o \
+     WHERE o.resource_type = k.t AND o.resource_id = k.i AND o.destination = ";
+const KEYS_LEDGER_ENTRIES: &str = "SELECT l.* FROM k CROSS JOIN ledger l \
+     WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
+
 /// Enqueue's statements shared by both backends (replacing a row differs: see the backend modules).
 pub(crate) const KEY_LEDGER_HASH: &str =
     "SELECT content_hash FROM ledger WHERE destination = $1 AND resource_type = $2 AND resource_id = $3";
@@ -1043,6 +1044,14 @@ pub(crate) fn check_not_newer(migrator: &sqlx::migrate::Migrator, newest: Option
         Some(found) if found > known => Err(StoreError::SchemaTooNew { url: url.to_string(), found, known }),
         _ => Ok(()),
     }
+}
+
+pub(crate) fn log_ready(backend: Backend, url: &str, migrator: &sqlx::migrate::Migrator, before: Option<i64>) {
+    let schema = known_version(migrator);
+    if before != Some(schema) {
+        tracing::info!(%backend, url, from = before.unwrap_or(0), to = schema, "Migrated the state database.");
+    }
+    tracing::debug!(%backend, url, schema, "State database ready.");
 }
 
 pub(crate) fn migrate_error(

@@ -51,14 +51,17 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<()> {
         .fetch_one(pool)
         .await
         .map_err(|source| StoreError::Connect { url: shown.to_string(), source })?;
+    let mut newest = None;
     if has_table {
-        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        newest = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
             .fetch_one(pool)
             .await
             .map_err(StoreError::query("reading the schema version"))?;
         super::check_not_newer(&MIGRATOR, newest, shown)?;
     }
-    MIGRATOR.run(pool).await.map_err(|e| super::migrate_error(&MIGRATOR, e, shown))
+    MIGRATOR.run(pool).await.map_err(|e| super::migrate_error(&MIGRATOR, e, shown))?;
+    super::log_ready(super::Backend::Postgres, shown, &MIGRATOR, newest);
+    Ok(())
 }
 
 /// As the SQLite statement, plus `FOR UPDATE OF o SKIP LOCKED`: rows another transaction holds are passed

@@ -62,18 +62,21 @@ async fn migrate(pool: &SqlitePool, shown: &str) -> Result<()> {
             .fetch_one(pool)
             .await
             .map_err(|source| StoreError::Connect { url: shown.to_string(), source })?;
+    let mut newest = None;
     if has_table > 0 {
-        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        newest = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
             .fetch_one(pool)
             .await
             .map_err(StoreError::query("reading the schema version"))?;
         super::check_not_newer(&MIGRATOR, newest, shown)?;
     }
-    MIGRATOR.run(pool).await.map_err(|e| super::migrate_error(&MIGRATOR, e, shown))
+    MIGRATOR.run(pool).await.map_err(|e| super::migrate_error(&MIGRATOR, e, shown))?;
+    super::log_ready(super::Backend::Sqlite, shown, &MIGRATOR, newest);
+    Ok(())
 }
 
 /// Rows of `destination` that may go out now, oldest first; see [`super::Store::lease`].
-const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease_seq = seq \
+pub(super) const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease_seq = seq \
      WHERE seq IN (SELECT o.seq FROM outbox o \
          WHERE o.destination = $1 AND o.dead = FALSE AND o.not_before <= $5 \
          AND (o.lease_until IS NULL OR o.lease_until <= $5) \

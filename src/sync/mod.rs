@@ -95,6 +95,19 @@ impl Sink for ChannelSink {
     }
 }
 
+/// The ordering group of a Patient: the person. With an NHS number, every partner's Patient for that person
+/// shares one group, so their writes (and the look-up before creating) go one after another and two
+/// partners can never both create the same person. The NHS number itself is not kept: the group is a UUID v5.
+pub fn person_group(patient_ref: &str, patient: &Value) -> String {
+    let nhs = patient["identifier"].as_array().and_then(|ids| {
+        ids.iter().find(|i| i["system"] == "https://fhir.nhs.uk/Id/nhs-number").and_then(|i| i["value"].as_str())
+    });
+    match nhs {
+        Some(n) => format!("Person/{}", crate::mapping::ids::resource_id("person", "nhs-number", "group", n)),
+        None => patient_ref.to_string(),
+    }
+}
+
 /// The Patient a resource belongs to: itself, or the first Patient it refers to.
 pub fn patient_of(resource_type: &str, id: &str, resource: &Value) -> Option<String> {
     if resource_type == "Patient" {
@@ -211,9 +224,21 @@ impl Engine {
 
         let mut report = IngestReport { partner: partner_id.to_string(), dry_run, ..Default::default() };
         let mut pending: Vec<Mapped> = Vec::with_capacity(PLAN_CHUNK);
+        // Patient reference -> person group, for the resources that follow their Patient in this run.
+        let mut groups: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         while let Some(msg) = rx.recv().await {
             match msg {
-                Msg::Resource(m) => {
+                Msg::Resource(mut m) => {
+                    if let Some(p) = m.patient.take() {
+                        let group = if m.key.resource_type == "Patient" {
+                            let g = person_group(&p, &m.body);
+                            groups.insert(p, g.clone());
+                            g
+                        } else {
+                            groups.get(&p).cloned().unwrap_or(p)
+                        };
+                        m.patient = Some(group);
+                    }
                     pending.push(m);
                     if pending.len() >= PLAN_CHUNK {
                         self.plan(&mut pending, &mut report).await?;
