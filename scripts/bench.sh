@@ -42,9 +42,9 @@ mapping)
     person_rows=$(($(python3 -c "import sys; print(sum(1 for _ in open(sys.argv[1], 'rb')))" "$data/person.csv") - 1))
     contact_rows=$(($(python3 -c "import sys; print(sum(1 for _ in open(sys.argv[1], 'rb')))" "$data/contact.csv") - 1))
     machine
-    echo "input: $person_rows person rows ($(du -h "$data/person.csv" | cut -f1)), about $contact_rows contact lines ($(du -h "$data/contact.csv" | cut -f1))"
+    echo "input: $person_rows person lines ($(du -h "$data/person.csv" | cut -f1)), about $contact_rows contact lines ($(du -h "$data/contact.csv" | cut -f1))"
     stats="$work/time-$rows.txt"
-    /usr/bin/time -v -o "$stats" target/release/connector --mappings mappings mappings preview --partner hub \
+    /usr/bin/time -v -o "$stats" "${CARGO_TARGET_DIR:-target}/release/connector" --mappings mappings mappings preview --partner hub \
         --input "$data/person.csv" --input "$data/contact.csv" --quarantine-dir "$work/quarantine" \
         >"$work/out.ndjson" 2>"$work/stderr.txt" || true
     grep -E "^Total:" "$work/stderr.txt" || { tail -5 "$work/stderr.txt"; exit 1; }
@@ -69,7 +69,7 @@ sync)
     fi
     echo "Building the release binary..." >&2
     cargo build --release --quiet --bin connector
-    connector="$PWD/target/release/connector"
+    connector="$PWD/"${CARGO_TARGET_DIR:-target}/release/connector""
     data="$work/export-$patients"
     if [ ! -s "$data/person.csv" ] || [ ! -s "$data/contact.csv" ]; then
         mkdir -p "$data"
