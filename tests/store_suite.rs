@@ -1240,7 +1240,7 @@ async fn quarantine_round_trip(db: &Db) {
         row,
         key: Some(format!("P{row}")),
         reasons_json: r#"[{"field":"nhs_number","problem":"checksum"}]"#.into(),
-        raw_json: r#"{"NHS No":"943 476 5918","Surname":"Example"}"#.into(),
+        raw_json: r#"{"NHS No":"999 000 0018","Surname":"Example"}"#.into(),
         created_at: at(row),
     };
     let a = store.quarantine_put(&record("york-mind", 2)).await.unwrap();
@@ -1269,4 +1269,15 @@ async fn quarantine_round_trip(db: &Db) {
     assert!(store.quarantine_delete(b).await.unwrap());
     assert!(!store.quarantine_delete(b).await.unwrap());
     assert_eq!(store.quarantine_get(b).await.unwrap(), None);
+
+    // The same row rejected again in a later cycle is kept once, with the latest reasons.
+    let again = QuarantineRecord { reasons_json: r#"[{"message":"still wrong"}]"#.into(), created_at: at(99), ..record("york-mind", 2) };
+    assert_eq!(store.quarantine_put(&again).await.unwrap(), a);
+    assert_eq!(store.quarantine_list(Some("york-mind"), 100).await.unwrap().len(), 2);
+    let kept = store.quarantine_get(a).await.unwrap().unwrap();
+    assert_eq!(kept.reasons_json, again.reasons_json);
+    assert_eq!(kept.created_at, at(2), "kept under the date it was first quarantined");
+    // A different content in the same row is a different rejected row.
+    let changed = QuarantineRecord { raw_json: r#"{"NHS No":"999 000 0026"}"#.into(), ..record("york-mind", 2) };
+    assert_ne!(store.quarantine_put(&changed).await.unwrap(), a);
 }

@@ -936,11 +936,15 @@ impl Store {
     // -----------------------------------------------------------------------------------------------------
     // Quarantine
 
+    /// Keeps a rejected row. The same row rejected again (same partner, kind, file, row and content) is kept
+    /// once, with the latest reasons; it keeps the id and date it was first quarantined under.
     pub async fn quarantine_put(&self, q: &QuarantineRecord) -> Result<i64> {
         with_pool!(self, |pool| {
             sqlx::query_scalar(
                 "INSERT INTO quarantine (partner, kind, file, source_row, record_key, reasons_json, raw_json, \
-                 created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                 created_at, raw_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (partner, kind, file, source_row, raw_hash) \
+                 DO UPDATE SET reasons_json = excluded.reasons_json, record_key = excluded.record_key RETURNING id",
             )
             .bind(&q.partner)
             .bind(&q.kind)
@@ -950,6 +954,7 @@ impl Store {
             .bind(&q.reasons_json)
             .bind(&q.raw_json)
             .bind(ms(q.created_at))
+            .bind(raw_hash(&q.raw_json))
             .fetch_one(pool)
             .await
         })
@@ -1109,4 +1114,10 @@ impl LeaderGuard {
             Some(conn) => postgres::release_lead(conn, &self.name).await,
         }
     }
+}
+
+/// Hex sha256 of a quarantined row's content, to keep each rejected row once.
+fn raw_hash(raw_json: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(raw_json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
