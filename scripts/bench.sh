@@ -69,7 +69,9 @@ sync)
     fi
     echo "Building the release binary..." >&2
     cargo build --release --quiet --bin connector
-    connector="$PWD/"${CARGO_TARGET_DIR:-target}/release/connector""
+    target_dir="${CARGO_TARGET_DIR:-target}"
+    case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+    connector="$target_dir/release/connector"
     data="$work/export-$patients"
     if [ ! -s "$data/person.csv" ] || [ ! -s "$data/contact.csv" ]; then
         mkdir -p "$data"
@@ -133,7 +135,8 @@ sync)
 import collections, json, sys
 c = collections.Counter(json.loads(l)["resourceType"] for l in open(sys.argv[1]))
 print(sum(c.values()), c["Patient"], c["Encounter"], c["Organization"])' "$run/resources.ndjson")
-    contact_rows=$(($(python3 -c "import sys; print(sum(1 for _ in open(sys.argv[1], 'rb')))" "$data/contact.csv") - 1))
+    # Records, not lines: some contact notes hold a newline.
+    contact_rows=$(python3 -c 'import csv, sys; print(sum(1 for _ in csv.reader(open(sys.argv[1], encoding="utf-8-sig", newline=""))) - 1)' "$data/contact.csv")
 
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     start_hfs connector

@@ -690,11 +690,22 @@ impl Store {
     }
 
     /// Clears every lease held by `owner` (clean shutdown), so other instances can take the rows at once.
+    /// The owners holding leases now (an instance, or one of its workers as `owner/N`).
+    pub async fn lease_owners(&self) -> Result<Vec<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner IS NOT NULL ORDER BY lease_owner")
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(StoreError::query("lease_owners"))
+    }
+
+    /// Clears the leases of `owner` and of its workers (`owner/N`).
     pub async fn release(&self, owner: &str) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_seq = NULL \
-                 WHERE lease_owner = $1",
+                 WHERE lease_owner = $1 OR substr(lease_owner, 1, length($1) + 1) = $1 || '/'",
             )
             .bind(owner)
             .execute(pool)

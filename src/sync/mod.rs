@@ -127,6 +127,28 @@ pub fn patient_of(resource_type: &str, id: &str, resource: &Value) -> Option<Str
     found
 }
 
+/// Releases outbox leases held by connector processes on this host that no longer exist (killed, crashed).
+/// Without this their rows, and every later write for the same people, would wait for the leases to expire.
+/// Owners on other hosts are left to their lease expiry.
+pub async fn reclaim_dead_leases(store: &Store, host: &str) -> anyhow::Result<usize> {
+    let prefix = format!("{host}-");
+    let mut released = 0;
+    let mut seen = std::collections::HashSet::new();
+    for owner in store.lease_owners().await? {
+        let base = owner.split('/').next().unwrap_or_default().to_string();
+        let Some(pid) = base.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || !seen.insert(base.clone()) {
+            continue;
+        }
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            store.release(&base).await?;
+            warn!(owner = %base, "Released outbox leases of a connector process that is gone; its rows will be sent again.");
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
 pub fn content_hash(body: &str) -> String {
     let d = Sha256::digest(body.as_bytes());
     d.iter().map(|b| format!("{b:02x}")).collect()
@@ -171,6 +193,7 @@ impl Engine {
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let owner = format!("{}-{}", host.trim(), std::process::id());
+        reclaim_dead_leases(&store, host.trim()).await?;
         Ok(Engine { config: Arc::new(config), catalog: Arc::new(catalog), store, destinations, owner })
     }
 
