@@ -224,7 +224,10 @@ fn assert_ok(status: ExitStatus, log: &Path) {
 
 /// Per destination: (pending outbox rows, dead letters, ledger entries, pending rows still leased), read
 /// straight from the state database without migrating it (a run killed during start-up may have left none).
-async fn state(config: &Config) -> Result<BTreeMap<String, (u64, u64, u64, u64)>, String> {
+/// Per destination: pending, dead, ledger entries, leased rows; or why the state could not be read.
+type StateByDestination = Result<BTreeMap<String, (u64, u64, u64, u64)>, String>;
+
+async fn state(config: &Config) -> StateByDestination {
     let url = config.state_url();
     let pool = sqlx::SqlitePool::connect(&url).await.map_err(|e| format!("no state database yet ({e})"))?;
     let mut out: BTreeMap<String, (u64, u64, u64, u64)> =
@@ -252,7 +255,7 @@ async fn state(config: &Config) -> Result<BTreeMap<String, (u64, u64, u64, u64)>
     Ok(out)
 }
 
-fn show_state(s: &Result<BTreeMap<String, (u64, u64, u64, u64)>, String>) -> String {
+fn show_state(s: &StateByDestination) -> String {
     match s {
         Err(why) => why.clone(),
         Ok(s) => s

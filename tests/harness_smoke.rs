@@ -14,11 +14,7 @@ const NHS_NUMBER: &str = "9990000018";
 fn statuses(bundle: &Value) -> Vec<String> {
     bundle["entry"]
         .as_array()
-        .map(|es| {
-            es.iter()
-                .map(|e| e["response"]["status"].as_str().unwrap_or("?").to_string())
-                .collect()
-        })
+        .map(|es| es.iter().map(|e| e["response"]["status"].as_str().unwrap_or("?").to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -68,24 +64,14 @@ async fn hfs_transaction_identifier_search_and_enforced_validation() {
     assert!(st.iter().all(|s| s.starts_with("201")), "{st:?}");
 
     // Identifier search works only with the SearchParameter bundle loaded.
-    let found = hfs
-        .search(&format!("Patient?identifier={NHS}|{NHS_NUMBER}"))
-        .await;
+    let found = hfs.search(&format!("Patient?identifier={NHS}|{NHS_NUMBER}")).await;
     let entries = found["entry"].as_array().cloned().unwrap_or_default();
     assert_eq!(entries.len(), 1, "{found:#}");
     assert_eq!(entries[0]["resource"]["id"], "smoke-patient");
-    assert_eq!(
-        entries[0]["resource"]["managingOrganization"]["reference"],
-        "Organization/smoke-org"
-    );
+    assert_eq!(entries[0]["resource"]["managingOrganization"]["reference"], "Organization/smoke-org");
     // ...and is a real filter, not an ignored parameter.
-    let none = hfs
-        .search(&format!("Patient?identifier={NHS}|9990000026"))
-        .await;
-    assert!(
-        none["entry"].as_array().is_none_or(|e| e.is_empty()),
-        "{none:#}"
-    );
+    let none = hfs.search(&format!("Patient?identifier={NHS}|9990000026")).await;
+    assert!(none["entry"].as_array().is_none_or(|e| e.is_empty()), "{none:#}");
     assert_eq!(hfs.count("Patient").await, 1);
     assert_eq!(hfs.count("Organization").await, 1);
 
@@ -95,18 +81,12 @@ async fn hfs_transaction_identifier_search_and_enforced_validation() {
 
     // Enforce mode: a bad code and an unknown element are refused, not stored.
     let (status, outcome) = hfs
-        .put(
-            "Patient/smoke-bad",
-            &json!({ "resourceType": "Patient", "id": "smoke-bad", "gender": "banana" }),
-        )
+        .put("Patient/smoke-bad", &json!({ "resourceType": "Patient", "id": "smoke-bad", "gender": "banana" }))
         .await;
     assert!((400..500).contains(&status), "gender=banana accepted: {status} {outcome:#}");
     assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome:#}");
     let (status, outcome) = hfs
-        .put(
-            "Patient/smoke-bad",
-            &json!({ "resourceType": "Patient", "id": "smoke-bad", "favouriteColour": "blue" }),
-        )
+        .put("Patient/smoke-bad", &json!({ "resourceType": "Patient", "id": "smoke-bad", "favouriteColour": "blue" }))
         .await;
     assert!((400..500).contains(&status), "unknown element accepted: {status} {outcome:#}");
     let (status, _) = hfs.get("Patient/smoke-bad").await;

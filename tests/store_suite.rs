@@ -14,8 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use york_connector::store::{
-    Backend, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord, ResourceKey, Store,
-    StoreError,
+    Backend, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord, ResourceKey, Store, StoreError,
 };
 
 use common::TempDir;
@@ -56,21 +55,15 @@ impl Db {
     }
 
     async fn connect(&self) -> Store {
-        let store = Store::connect(self.url())
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let store = Store::connect(self.url()).await.unwrap_or_else(|e| panic!("connect: {e}"));
         assert_eq!(store.backend(), self.backend());
         store
     }
 
     async fn raw(&self) -> Raw {
         match self {
-            Db::Sqlite { url, .. } => {
-                Raw::Sqlite(SqliteConnection::connect(url).await.expect("raw sqlite"))
-            }
-            Db::Postgres(db) => {
-                Raw::Postgres(PgConnection::connect(&db.url).await.expect("raw postgres"))
-            }
+            Db::Sqlite { url, .. } => Raw::Sqlite(SqliteConnection::connect(url).await.expect("raw sqlite")),
+            Db::Postgres(db) => Raw::Postgres(PgConnection::connect(&db.url).await.expect("raw postgres")),
         }
     }
 }
@@ -106,29 +99,18 @@ impl Raw {
     async fn write_mark(&mut self) -> String {
         match self {
             Raw::Sqlite(c) => {
-                let v: i64 = sqlx::query_scalar("PRAGMA data_version")
-                    .fetch_one(c)
-                    .await
-                    .expect("data_version");
+                let v: i64 = sqlx::query_scalar("PRAGMA data_version").fetch_one(c).await.expect("data_version");
                 v.to_string()
             }
             Raw::Postgres(c) => {
                 let mut mark = String::new();
-                for table in [
-                    "ledger",
-                    "outbox",
-                    "job_runs",
-                    "quarantine",
-                    "_sqlx_migrations",
-                ] {
+                for table in ["ledger", "outbox", "job_runs", "quarantine", "_sqlx_migrations"] {
                     let sql = format!(
                         "SELECT COALESCE(string_agg(ctid::text || ':' || xmin::text, ',' ORDER BY ctid), '') \
                          FROM {table}"
                     );
-                    let part: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                        .fetch_one(&mut *c)
-                        .await
-                        .expect("row versions");
+                    let part: String =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *c).await.expect("row versions");
                     mark.push_str(table);
                     mark.push('=');
                     mark.push_str(&part);
@@ -198,23 +180,14 @@ fn at(secs: i64) -> DateTime<Utc> {
 }
 
 fn sha(body: &str) -> String {
-    Sha256::digest(body.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn key(resource_type: &str, id: &str) -> ResourceKey {
     ResourceKey::new(resource_type, id)
 }
 
-fn upsert(
-    dest: &str,
-    resource_type: &str,
-    id: &str,
-    patient: Option<&str>,
-    body: &str,
-) -> OutboxItem {
+fn upsert(dest: &str, resource_type: &str, id: &str, patient: Option<&str>, body: &str) -> OutboxItem {
     OutboxItem {
         destination: dest.to_string(),
         key: key(resource_type, id),
@@ -258,10 +231,7 @@ fn ids(rows: &[OutboxRow]) -> Vec<&str> {
 async fn deliver_all(store: &Store, dest: &str, now: DateTime<Utc>) -> Vec<OutboxRow> {
     let mut all = Vec::new();
     loop {
-        let rows = store
-            .lease(dest, "deliver-all", 100, LONG, now)
-            .await
-            .expect("lease");
+        let rows = store.lease(dest, "deliver-all", 100, LONG, now).await.expect("lease");
         if rows.is_empty() {
             return all;
         }
@@ -270,20 +240,14 @@ async fn deliver_all(store: &Store, dest: &str, now: DateTime<Utc>) -> Vec<Outbo
                 Op::Upsert => Some(sent(&row, now)),
                 Op::Delete => None,
             };
-            store
-                .complete(&row, entry.as_ref())
-                .await
-                .expect("complete");
+            store.complete(&row, entry.as_ref()).await.expect("complete");
             all.push(row);
         }
     }
 }
 
 async fn pending(store: &Store, dest: &str) -> Vec<OutboxRow> {
-    store
-        .outbox_list(Some(dest), false, 10_000)
-        .await
-        .expect("outbox_list")
+    store.outbox_list(Some(dest), false, 10_000).await.expect("outbox_list")
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -306,10 +270,7 @@ async fn migrations_are_idempotent(db: &Db) {
 
     // Again, twice at once: nothing to apply, nothing lost.
     let (a, b) = tokio::join!(db.connect(), db.connect());
-    assert_eq!(
-        a.ledger_get(CITO, &entry.key).await.unwrap(),
-        Some(entry.clone())
-    );
+    assert_eq!(a.ledger_get(CITO, &entry.key).await.unwrap(), Some(entry.clone()));
     assert_eq!(b.ledger_count(CITO).await.unwrap(), 1);
 
     let dir = match db.backend() {
@@ -318,15 +279,10 @@ async fn migrations_are_idempotent(db: &Db) {
     };
     let files = std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".sql"))
-        })
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".sql")))
         .count();
     let mut raw = db.raw().await;
-    let applied = raw
-        .scalar_i64("SELECT COUNT(*) FROM _sqlx_migrations")
-        .await;
+    let applied = raw.scalar_i64("SELECT COUNT(*) FROM _sqlx_migrations").await;
     assert_eq!(applied, files as i64, "each migration applied exactly once");
 }
 
@@ -344,9 +300,7 @@ async fn refuses_a_newer_schema(db: &Db) {
     .await;
     let before = raw.write_mark().await;
 
-    let err = Store::connect(db.url())
-        .await
-        .expect_err("a newer schema must be refused");
+    let err = Store::connect(db.url()).await.expect_err("a newer schema must be refused");
     match &err {
         StoreError::SchemaTooNew { found, known, .. } => {
             assert_eq!(*found, 99990101000000);
@@ -355,53 +309,19 @@ async fn refuses_a_newer_schema(db: &Db) {
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(
-        message.contains("newer connector"),
-        "message says why: {message}"
-    );
-    assert!(
-        message.contains("restore"),
-        "message says what to do: {message}"
-    );
-    assert_eq!(
-        raw.write_mark().await,
-        before,
-        "a refused start changes nothing"
-    );
+    assert!(message.contains("newer connector"), "message says why: {message}");
+    assert!(message.contains("restore"), "message says what to do: {message}");
+    assert_eq!(raw.write_mark().await, before, "a refused start changes nothing");
 }
 
 async fn unchanged_input_writes_nothing(db: &Db) {
     let store = db.connect().await;
     let mut raw = db.raw().await;
     let items = vec![
-        upsert(
-            CITO,
-            "Patient",
-            "p1",
-            Some("Patient/p1"),
-            r#"{"resourceType":"Patient","id":"p1"}"#,
-        ),
-        upsert(
-            CITO,
-            "Observation",
-            "o1",
-            Some("Patient/p1"),
-            r#"{"resourceType":"Observation","id":"o1"}"#,
-        ),
-        upsert(
-            CITO,
-            "Organization",
-            "org",
-            None,
-            r#"{"resourceType":"Organization","id":"org"}"#,
-        ),
-        upsert(
-            PKB,
-            "Patient",
-            "p1",
-            Some("Patient/p1"),
-            r#"{"resourceType":"Patient","id":"p1"}"#,
-        ),
+        upsert(CITO, "Patient", "p1", Some("Patient/p1"), r#"{"resourceType":"Patient","id":"p1"}"#),
+        upsert(CITO, "Observation", "o1", Some("Patient/p1"), r#"{"resourceType":"Observation","id":"o1"}"#),
+        upsert(CITO, "Organization", "org", None, r#"{"resourceType":"Organization","id":"org"}"#),
+        upsert(PKB, "Patient", "p1", Some("Patient/p1"), r#"{"resourceType":"Patient","id":"p1"}"#),
     ];
     assert_eq!(store.enqueue(&items, t0()).await.unwrap(), 4);
 
@@ -409,39 +329,19 @@ async fn unchanged_input_writes_nothing(db: &Db) {
     let mark = raw.write_mark().await;
     assert_eq!(store.enqueue(&items, at(60)).await.unwrap(), 0);
     assert_eq!(store.enqueue(&[], at(60)).await.unwrap(), 0);
-    assert_eq!(
-        raw.write_mark().await,
-        mark,
-        "re-planning the pending outbox wrote something"
-    );
+    assert_eq!(raw.write_mark().await, mark, "re-planning the pending outbox wrote something");
 
     // Sent: the ledger holds the hashes; the same plan, and deletes of unknown resources, change nothing.
     assert_eq!(deliver_all(&store, CITO, at(1)).await.len(), 3);
     assert_eq!(deliver_all(&store, PKB, at(1)).await.len(), 1);
     let mark = raw.write_mark().await;
     assert_eq!(store.enqueue(&items, at(120)).await.unwrap(), 0);
-    assert_eq!(
-        store
-            .enqueue(&[delete(CITO, "Observation", "gone", None)], at(120))
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        raw.write_mark().await,
-        mark,
-        "an unchanged cycle wrote something"
-    );
+    assert_eq!(store.enqueue(&[delete(CITO, "Observation", "gone", None)], at(120)).await.unwrap(), 0);
+    assert_eq!(raw.write_mark().await, mark, "an unchanged cycle wrote something");
 
     // The probe does see writes: one changed resource is one change.
     let mut changed = items.clone();
-    changed[1] = upsert(
-        CITO,
-        "Observation",
-        "o1",
-        Some("Patient/p1"),
-        r#"{"resourceType":"Observation"}"#,
-    );
+    changed[1] = upsert(CITO, "Observation", "o1", Some("Patient/p1"), r#"{"resourceType":"Observation"}"#);
     assert_eq!(store.enqueue(&changed, at(180)).await.unwrap(), 1);
     assert_ne!(raw.write_mark().await, mark);
     assert_eq!(ids(&pending(&store, CITO).await), ["o1"]);
@@ -452,74 +352,33 @@ async fn enqueue_replaces_a_pending_row(db: &Db) {
     let store = db.connect().await;
     let a1 = upsert(CITO, "Observation", "a", Some("Patient/p"), "a-1");
     let b = upsert(CITO, "Observation", "b", Some("Patient/p"), "b-1");
-    assert_eq!(
-        store.enqueue(&[a1.clone(), b.clone()], t0()).await.unwrap(),
-        2
-    );
+    assert_eq!(store.enqueue(&[a1.clone(), b.clone()], t0()).await.unwrap(), 2);
     let before = pending(&store, CITO).await;
     assert_eq!(ids(&before), ["a", "b"]);
 
     // A failed attempt, then a new plan for `a`.
     let leased = store.lease(CITO, "w", 1, LONG, at(1)).await.unwrap();
     assert_eq!(ids(&leased), ["a"]);
-    store
-        .retry_later(leased[0].seq, at(30), "503 Service Unavailable")
-        .await
-        .unwrap();
+    store.retry_later(leased[0].seq, at(30), "503 Service Unavailable").await.unwrap();
     let a2 = upsert(CITO, "Observation", "a", Some("Patient/p2"), "a-2");
-    assert_eq!(
-        store
-            .enqueue(std::slice::from_ref(&a2), at(10))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.enqueue(std::slice::from_ref(&a2), at(10)).await.unwrap(), 1);
 
     let after = pending(&store, CITO).await;
-    assert_eq!(
-        ids(&after),
-        ["b", "a"],
-        "the replaced row goes after everything planned before it"
-    );
+    assert_eq!(ids(&after), ["b", "a"], "the replaced row goes after everything planned before it");
     let (old_a, new_a) = (&before[0], &after[1]);
     assert!(new_a.seq > before[1].seq);
     assert_eq!(new_a.item, a2, "op, hash, body and patient replaced");
     assert_eq!(new_a.attempts, 0);
-    assert_eq!(
-        new_a.not_before,
-        at(10),
-        "due at once, not at the old back-off time"
-    );
+    assert_eq!(new_a.not_before, at(10), "due at once, not at the old back-off time");
     assert_eq!(new_a.last_error, None);
-    assert_eq!(
-        new_a.created_at, old_a.created_at,
-        "the change has waited since the first plan"
-    );
+    assert_eq!(new_a.created_at, old_a.created_at, "the change has waited since the first plan");
     assert_eq!(after[0], before[1], "the other row is untouched");
 
     // The same plan once more is no change; the last of duplicates counts.
-    assert_eq!(
-        store
-            .enqueue(std::slice::from_ref(&a2), at(11))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(store.enqueue(std::slice::from_ref(&a2), at(11)).await.unwrap(), 0);
     let a3 = upsert(CITO, "Observation", "a", Some("Patient/p2"), "a-3");
-    assert_eq!(
-        store
-            .enqueue(&[a3.clone(), a2.clone()], at(12))
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        store
-            .enqueue(&[a2.clone(), a3.clone()], at(12))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.enqueue(&[a3.clone(), a2.clone()], at(12)).await.unwrap(), 0);
+    assert_eq!(store.enqueue(&[a2.clone(), a3.clone()], at(12)).await.unwrap(), 1);
     assert_eq!(pending(&store, CITO).await[1].item, a3);
     assert_eq!(pending(&store, CITO).await.len(), 2);
 
@@ -533,69 +392,27 @@ async fn enqueue_replaces_a_pending_row(db: &Db) {
 async fn enqueue_cancels_what_the_destination_already_holds(db: &Db) {
     let store = db.connect().await;
     let v1 = upsert(CITO, "Condition", "c", Some("Patient/p"), "c-1");
-    store
-        .enqueue(std::slice::from_ref(&v1), t0())
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&v1), t0()).await.unwrap();
     deliver_all(&store, CITO, t0()).await;
 
     // Changed, then changed back before it went out: nothing left to send.
     let v2 = upsert(CITO, "Condition", "c", Some("Patient/p"), "c-2");
-    assert_eq!(
-        store
-            .enqueue(std::slice::from_ref(&v2), at(1))
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        store
-            .enqueue(std::slice::from_ref(&v1), at(2))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.enqueue(std::slice::from_ref(&v2), at(1)).await.unwrap(), 1);
+    assert_eq!(store.enqueue(std::slice::from_ref(&v1), at(2)).await.unwrap(), 1);
     assert!(pending(&store, CITO).await.is_empty());
 
     // A delete of something never sent cancels the planned create.
     let n = upsert(CITO, "Condition", "new", Some("Patient/p"), "n-1");
-    store
-        .enqueue(std::slice::from_ref(&n), at(3))
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .enqueue(
-                &[delete(CITO, "Condition", "new", Some("Patient/p"))],
-                at(4)
-            )
-            .await
-            .unwrap(),
-        1
-    );
+    store.enqueue(std::slice::from_ref(&n), at(3)).await.unwrap();
+    assert_eq!(store.enqueue(&[delete(CITO, "Condition", "new", Some("Patient/p"))], at(4)).await.unwrap(), 1);
     assert!(pending(&store, CITO).await.is_empty());
 
     // But while the create is being sent, the delete is queued behind it instead.
-    store
-        .enqueue(std::slice::from_ref(&n), at(5))
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&n), at(5)).await.unwrap();
     let in_flight = store.lease(CITO, "w", 10, LONG, at(5)).await.unwrap();
     assert_eq!(ids(&in_flight), ["new"]);
-    assert_eq!(
-        store
-            .enqueue(
-                &[delete(CITO, "Condition", "new", Some("Patient/p"))],
-                at(6)
-            )
-            .await
-            .unwrap(),
-        1
-    );
-    store
-        .complete(&in_flight[0], Some(&sent(&in_flight[0], at(7))))
-        .await
-        .unwrap();
+    assert_eq!(store.enqueue(&[delete(CITO, "Condition", "new", Some("Patient/p"))], at(6)).await.unwrap(), 1);
+    store.complete(&in_flight[0], Some(&sent(&in_flight[0], at(7)))).await.unwrap();
     let next = store.lease(CITO, "w", 10, LONG, at(8)).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].item.op, Op::Delete);
@@ -614,55 +431,22 @@ async fn lease_keeps_seq_order_per_patient(db: &Db) {
     ];
     store.enqueue(&items, t0()).await.unwrap();
     let seqs: Vec<i64> = pending(&store, CITO).await.iter().map(|r| r.seq).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "seq follows the order of planning"
-    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq follows the order of planning");
 
     // x takes A's first write; A's later writes wait for it, even for x itself, other groups do not.
-    assert_eq!(
-        ids(&store.lease(CITO, "x", 1, LONG, t0()).await.unwrap()),
-        ["1"]
-    );
-    assert_eq!(
-        ids(&store.lease(CITO, "y", 10, LONG, t0()).await.unwrap()),
-        ["3", "4", "6"]
-    );
-    assert!(
-        store
-            .lease(CITO, "x", 10, LONG, t0())
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(ids(&store.lease(CITO, "x", 1, LONG, t0()).await.unwrap()), ["1"]);
+    assert_eq!(ids(&store.lease(CITO, "y", 10, LONG, t0()).await.unwrap()), ["3", "4", "6"]);
+    assert!(store.lease(CITO, "x", 10, LONG, t0()).await.unwrap().is_empty());
     // Another destination is another queue.
-    assert_eq!(
-        ids(&store.lease(PKB, "y", 10, LONG, t0()).await.unwrap()),
-        ["7"]
-    );
+    assert_eq!(ids(&store.lease(PKB, "y", 10, LONG, t0()).await.unwrap()), ["7"]);
 
     // A's first write fails and backs off: A's later writes still wait.
     let first = pending(&store, CITO).await[0].seq;
     store.retry_later(first, at(60), "timeout").await.unwrap();
-    assert!(
-        store
-            .lease(CITO, "z", 10, LONG, at(59))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.lease(CITO, "z", 10, LONG, at(59)).await.unwrap().is_empty());
     // Once it is due, A's writes go out together, in order, `max` respected.
-    assert_eq!(
-        ids(&store.lease(CITO, "z", 2, LONG, at(60)).await.unwrap()),
-        ["1", "2"]
-    );
-    assert!(
-        store
-            .lease(CITO, "z", 10, LONG, at(60))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(ids(&store.lease(CITO, "z", 2, LONG, at(60)).await.unwrap()), ["1", "2"]);
+    assert!(store.lease(CITO, "z", 10, LONG, at(60)).await.unwrap().is_empty());
 
     // A clean shutdown hands the leases back at once.
     store.release("z").await.unwrap();
@@ -670,206 +454,94 @@ async fn lease_keeps_seq_order_per_patient(db: &Db) {
     assert_eq!(ids(&again), ["1", "2", "5"]);
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[0].last_error.as_deref(), Some("timeout"));
-    assert!(
-        store
-            .lease(CITO, "w", 0, LONG, at(61))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.lease(CITO, "w", 0, LONG, at(61)).await.unwrap().is_empty());
 }
 
 async fn expired_lease_is_taken_over(db: &Db) {
     let store = db.connect().await;
     store
         .enqueue(
-            &[
-                upsert(CITO, "Patient", "p", Some("Patient/p"), "p"),
-                upsert(CITO, "Flag", "f", Some("Patient/p"), "f"),
-            ],
+            &[upsert(CITO, "Patient", "p", Some("Patient/p"), "p"), upsert(CITO, "Flag", "f", Some("Patient/p"), "f")],
             t0(),
         )
         .await
         .unwrap();
-    let first = store
-        .lease(CITO, "crashed", 1, Duration::from_secs(30), t0())
-        .await
-        .unwrap();
+    let first = store.lease(CITO, "crashed", 1, Duration::from_secs(30), t0()).await.unwrap();
     assert_eq!(ids(&first), ["p"]);
-    assert!(
-        store
-            .lease(CITO, "other", 10, LONG, at(29))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.lease(CITO, "other", 10, LONG, at(29)).await.unwrap().is_empty());
     let taken = store.lease(CITO, "other", 10, LONG, at(30)).await.unwrap();
     assert_eq!(ids(&taken), ["p", "f"]);
     assert_eq!(taken[0].seq, first[0].seq);
-    assert_eq!(
-        taken[0].attempts, 0,
-        "an expired lease is not a failed attempt"
-    );
+    assert_eq!(taken[0].attempts, 0, "an expired lease is not a failed attempt");
 }
 
 async fn complete_when_a_newer_plan_replaced_the_row(db: &Db) {
     let store = db.connect().await;
     let v1 = upsert(CITO, "Observation", "o", Some("Patient/p"), "v1");
-    store
-        .enqueue(std::slice::from_ref(&v1), t0())
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&v1), t0()).await.unwrap();
     let leased = store.lease(CITO, "x", 10, LONG, t0()).await.unwrap();
 
     // While v1 is on the wire, v2 is planned: it replaces the row but must not go out in parallel.
     let v2 = upsert(CITO, "Observation", "o", Some("Patient/p"), "v2");
-    assert_eq!(
-        store
-            .enqueue(std::slice::from_ref(&v2), at(1))
-            .await
-            .unwrap(),
-        1
-    );
-    assert!(
-        store
-            .lease(CITO, "y", 10, LONG, at(2))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(store.enqueue(std::slice::from_ref(&v2), at(1)).await.unwrap(), 1);
+    assert!(store.lease(CITO, "y", 10, LONG, at(2)).await.unwrap().is_empty());
 
     // v1 lands: the ledger says v1, v2 stays queued and is free again.
-    store
-        .complete(&leased[0], Some(&sent(&leased[0], at(3))))
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .ledger_get(CITO, &v1.key)
-            .await
-            .unwrap()
-            .unwrap()
-            .content_hash,
-        v1.content_hash
-    );
+    store.complete(&leased[0], Some(&sent(&leased[0], at(3)))).await.unwrap();
+    assert_eq!(store.ledger_get(CITO, &v1.key).await.unwrap().unwrap().content_hash, v1.content_hash);
     let next = store.lease(CITO, "y", 10, LONG, at(4)).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].item, v2);
     assert!(next[0].seq > leased[0].seq);
-    store
-        .complete(&next[0], Some(&sent(&next[0], at(5))))
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .ledger_get(CITO, &v1.key)
-            .await
-            .unwrap()
-            .unwrap()
-            .content_hash,
-        v2.content_hash
-    );
+    store.complete(&next[0], Some(&sent(&next[0], at(5)))).await.unwrap();
+    assert_eq!(store.ledger_get(CITO, &v1.key).await.unwrap().unwrap().content_hash, v2.content_hash);
     assert!(pending(&store, CITO).await.is_empty());
 
     // Replaced and replaced back while on the wire: what landed is what is planned, nothing more to do.
     let v3 = upsert(CITO, "Observation", "o", Some("Patient/p"), "v3");
-    store
-        .enqueue(std::slice::from_ref(&v3), at(6))
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&v3), at(6)).await.unwrap();
     let leased = store.lease(CITO, "x", 10, LONG, at(6)).await.unwrap();
-    store
-        .enqueue(std::slice::from_ref(&v1), at(7))
-        .await
-        .unwrap();
-    store
-        .enqueue(std::slice::from_ref(&v3), at(8))
-        .await
-        .unwrap();
-    store
-        .complete(&leased[0], Some(&sent(&leased[0], at(9))))
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&v1), at(7)).await.unwrap();
+    store.enqueue(std::slice::from_ref(&v3), at(8)).await.unwrap();
+    store.complete(&leased[0], Some(&sent(&leased[0], at(9)))).await.unwrap();
     assert!(pending(&store, CITO).await.is_empty());
-    assert_eq!(
-        store
-            .ledger_get(CITO, &v1.key)
-            .await
-            .unwrap()
-            .unwrap()
-            .content_hash,
-        v3.content_hash
-    );
+    assert_eq!(store.ledger_get(CITO, &v1.key).await.unwrap().unwrap().content_hash, v3.content_hash);
 
     // A failure report for the replaced row leaves the new plan due, without a back-off or an attempt.
     let v4 = upsert(CITO, "Observation", "o", Some("Patient/p"), "v4");
-    store
-        .enqueue(std::slice::from_ref(&v4), at(10))
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&v4), at(10)).await.unwrap();
     let leased = store.lease(CITO, "x", 10, LONG, at(10)).await.unwrap();
     let v5 = upsert(CITO, "Observation", "o", Some("Patient/p"), "v5");
-    store
-        .enqueue(std::slice::from_ref(&v5), at(11))
-        .await
-        .unwrap();
-    store
-        .dead_letter(leased[0].seq, r#"{"resourceType":"OperationOutcome"}"#)
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&v5), at(11)).await.unwrap();
+    store.dead_letter(leased[0].seq, r#"{"resourceType":"OperationOutcome"}"#).await.unwrap();
     let next = store.lease(CITO, "y", 10, LONG, at(12)).await.unwrap();
     assert_eq!(next.len(), 1);
-    assert_eq!(
-        (next[0].item.clone(), next[0].attempts, next[0].dead),
-        (v5, 0, false)
-    );
+    assert_eq!((next[0].item.clone(), next[0].attempts, next[0].dead), (v5, 0, false));
 }
 
 async fn complete_delete_removes_the_ledger_entry(db: &Db) {
     let store = db.connect().await;
     let item = upsert(PKB, "DocumentReference", "d", Some("Patient/p"), "doc");
-    store
-        .enqueue(std::slice::from_ref(&item), t0())
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&item), t0()).await.unwrap();
     deliver_all(&store, PKB, t0()).await;
     assert_eq!(store.ledger_count(PKB).await.unwrap(), 1);
 
     let del = delete(PKB, "DocumentReference", "d", Some("Patient/p"));
-    assert_eq!(
-        store
-            .enqueue(std::slice::from_ref(&del), at(1))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.enqueue(std::slice::from_ref(&del), at(1)).await.unwrap(), 1);
     let rows = store.lease(PKB, "w", 10, LONG, at(1)).await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        (rows[0].item.op, rows[0].item.body.as_deref()),
-        (Op::Delete, None)
-    );
+    assert_eq!((rows[0].item.op, rows[0].item.body.as_deref()), (Op::Delete, None));
     store.complete(&rows[0], None).await.unwrap();
     assert_eq!(store.ledger_get(PKB, &item.key).await.unwrap(), None);
     assert!(pending(&store, PKB).await.is_empty());
-    assert_eq!(
-        store.enqueue(&[del], at(2)).await.unwrap(),
-        0,
-        "already deleted"
-    );
+    assert_eq!(store.enqueue(&[del], at(2)).await.unwrap(), 0, "already deleted");
 
     // A ledger entry for another resource than the row is a caller bug.
-    store
-        .enqueue(std::slice::from_ref(&item), at(3))
-        .await
-        .unwrap();
+    store.enqueue(std::slice::from_ref(&item), at(3)).await.unwrap();
     let rows = store.lease(PKB, "w", 10, LONG, at(3)).await.unwrap();
     let mut wrong = sent(&rows[0], at(4));
     wrong.key.id = "other".into();
-    assert!(matches!(
-        store.complete(&rows[0], Some(&wrong)).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.complete(&rows[0], Some(&wrong)).await, Err(StoreError::Invalid(_))));
 }
 
 async fn dead_letter_and_retry(db: &Db) {
@@ -877,13 +549,9 @@ async fn dead_letter_and_retry(db: &Db) {
     let bad = upsert(CITO, "Observation", "bad", Some("Patient/p"), "bad");
     let worse = upsert(CITO, "Observation", "worse", None, "worse");
     let later = upsert(CITO, "Observation", "later", Some("Patient/p"), "later");
-    store
-        .enqueue(&[bad.clone(), worse.clone(), later.clone()], t0())
-        .await
-        .unwrap();
+    store.enqueue(&[bad.clone(), worse.clone(), later.clone()], t0()).await.unwrap();
     let rows = store.lease(CITO, "w", 2, LONG, t0()).await.unwrap();
-    let outcome =
-        r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid"}]}"#;
+    let outcome = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid"}]}"#;
     store.dead_letter(rows[0].seq, outcome).await.unwrap();
     store.dead_letter(rows[1].seq, "422").await.unwrap();
 
@@ -891,67 +559,30 @@ async fn dead_letter_and_retry(db: &Db) {
     assert_eq!(ids(&dead), ["bad", "worse"]);
     assert!(dead.iter().all(|r| r.dead && r.attempts == 1));
     assert_eq!(dead[0].last_error.as_deref(), Some(outcome));
-    assert_eq!(
-        dead[0].item.body, bad.body,
-        "the body is kept for the admin"
-    );
+    assert_eq!(dead[0].item.body, bad.body, "the body is kept for the admin");
     assert_eq!(store.outbox_list(None, false, 100).await.unwrap().len(), 3);
     assert_eq!(store.outbox_list(None, false, 1).await.unwrap().len(), 1);
 
     // A dead letter does not hold the patient's later writes.
-    assert_eq!(
-        ids(&store.lease(CITO, "w", 10, LONG, at(1)).await.unwrap()),
-        ["later"]
-    );
+    assert_eq!(ids(&store.lease(CITO, "w", 10, LONG, at(1)).await.unwrap()), ["later"]);
     let depths = store.queue_depths().await.unwrap();
     assert_eq!(depths.len(), 1);
-    assert_eq!(
-        (
-            depths[0].destination.as_str(),
-            depths[0].pending,
-            depths[0].dead
-        ),
-        (CITO, 1, 2)
-    );
+    assert_eq!((depths[0].destination.as_str(), depths[0].pending, depths[0].dead), (CITO, 1, 2));
     assert_eq!(depths[0].oldest_pending, Some(t0()));
 
     // The same plan again does not resurrect it: it waits for an admin.
-    assert_eq!(
-        store
-            .enqueue(&[bad.clone(), worse.clone()], at(2))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(store.enqueue(&[bad.clone(), worse.clone()], at(2)).await.unwrap(), 0);
     assert!(store.outbox_retry(rows[0].seq, at(3)).await.unwrap());
-    assert!(
-        !store.outbox_retry(rows[0].seq, at(3)).await.unwrap(),
-        "no longer dead"
-    );
-    assert!(
-        !store.outbox_retry(999_999, at(3)).await.unwrap(),
-        "no such row"
-    );
+    assert!(!store.outbox_retry(rows[0].seq, at(3)).await.unwrap(), "no longer dead");
+    assert!(!store.outbox_retry(999_999, at(3)).await.unwrap(), "no such row");
     let retried = store.lease(CITO, "w", 10, LONG, at(3)).await.unwrap();
     assert_eq!(ids(&retried), ["bad"]);
     assert_eq!(retried[0].attempts, 0);
 
     // New content supersedes a dead letter.
     let worse2 = upsert(CITO, "Observation", "worse", None, "worse-fixed");
-    assert_eq!(
-        store
-            .enqueue(std::slice::from_ref(&worse2), at(4))
-            .await
-            .unwrap(),
-        1
-    );
-    assert!(
-        store
-            .outbox_list(Some(CITO), true, 100)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(store.enqueue(std::slice::from_ref(&worse2), at(4)).await.unwrap(), 1);
+    assert!(store.outbox_list(Some(CITO), true, 100).await.unwrap().is_empty());
 
     // Retry all.
     store.dead_letter(retried[0].seq, "400").await.unwrap();
@@ -972,13 +603,7 @@ async fn two_instances_never_lease_the_same_row(db: &Db) {
     let items: Vec<OutboxItem> = (0..ROWS)
         .map(|i| {
             let patient = (i < 400).then(|| format!("Patient/{}", i % PATIENTS));
-            upsert(
-                CITO,
-                "Observation",
-                &format!("o{i:04}"),
-                patient.as_deref(),
-                &format!("body {i}"),
-            )
+            upsert(CITO, "Observation", &format!("o{i:04}"), patient.as_deref(), &format!("body {i}"))
         })
         .collect();
     assert_eq!(setup.enqueue(&items, t0()).await.unwrap(), ROWS);
@@ -1004,18 +629,9 @@ async fn two_instances_never_lease_the_same_row(db: &Db) {
             let mut got = Vec::new();
             let mut idle_rounds = 0;
             loop {
-                let rows = store
-                    .lease(CITO, &owner, 7, LONG, t0())
-                    .await
-                    .expect("lease");
+                let rows = store.lease(CITO, &owner, 7, LONG, t0()).await.expect("lease");
                 if rows.is_empty() {
-                    if store
-                        .queue_depths()
-                        .await
-                        .expect("depths")
-                        .iter()
-                        .all(|d| d.pending == 0)
-                    {
+                    if store.queue_depths().await.expect("depths").iter().all(|d| d.pending == 0) {
                         break;
                     }
                     idle_rounds += 1;
@@ -1038,10 +654,7 @@ async fn two_instances_never_lease_the_same_row(db: &Db) {
                 }
                 for row in rows {
                     done.lock().unwrap().insert(row.seq);
-                    store
-                        .complete(&row, Some(&sent(&row, t0())))
-                        .await
-                        .expect("complete");
+                    store.complete(&row, Some(&sent(&row, t0()))).await.expect("complete");
                     got.push(row.seq);
                 }
             }
@@ -1061,15 +674,8 @@ async fn two_instances_never_lease_the_same_row(db: &Db) {
         }
     }
     let expected: Vec<i64> = all.iter().map(|r| r.seq).collect();
-    assert_eq!(
-        seen.keys().copied().collect::<Vec<_>>(),
-        expected,
-        "every row delivered exactly once"
-    );
-    assert!(
-        counts.iter().all(|&c| c > 0),
-        "both instances took part: {counts:?}"
-    );
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), expected, "every row delivered exactly once");
+    assert!(counts.iter().all(|&c| c > 0), "both instances took part: {counts:?}");
     assert_eq!(setup.ledger_count(CITO).await.unwrap(), ROWS as u64);
     assert!(pending(&setup, CITO).await.is_empty());
 }
@@ -1077,11 +683,7 @@ async fn two_instances_never_lease_the_same_row(db: &Db) {
 async fn leader_election(db: &Db) {
     let one = db.connect().await;
     let two = db.connect().await;
-    let mut first = one
-        .try_lead("scheduler")
-        .await
-        .unwrap()
-        .expect("nobody leads yet");
+    let mut first = one.try_lead("scheduler").await.unwrap().expect("nobody leads yet");
     assert_eq!(first.name(), "scheduler");
     assert!(first.still_leading().await);
     match db.backend() {
@@ -1090,19 +692,9 @@ async fn leader_election(db: &Db) {
             assert!(two.try_lead("scheduler").await.unwrap().is_some());
         }
         Backend::Postgres => {
-            assert!(
-                two.try_lead("scheduler").await.unwrap().is_none(),
-                "another instance leads"
-            );
-            assert!(
-                one.try_lead("scheduler").await.unwrap().is_none(),
-                "even the same store: one session"
-            );
-            let other = two
-                .try_lead("reconcile")
-                .await
-                .unwrap()
-                .expect("another name is another lock");
+            assert!(two.try_lead("scheduler").await.unwrap().is_none(), "another instance leads");
+            assert!(one.try_lead("scheduler").await.unwrap().is_none(), "even the same store: one session");
+            let other = two.try_lead("reconcile").await.unwrap().expect("another name is another lock");
 
             // Dropping the guard closes its session; the server then drops the lock.
             drop(first);
@@ -1117,11 +709,7 @@ async fn leader_election(db: &Db) {
             let second = second.expect("leadership free again within 5 s of dropping the guard");
             // An explicit release is confirmed by the server before it returns.
             second.release().await.unwrap();
-            let third = one
-                .try_lead("scheduler")
-                .await
-                .unwrap()
-                .expect("free right after release");
+            let third = one.try_lead("scheduler").await.unwrap().expect("free right after release");
             assert!(two.try_lead("scheduler").await.unwrap().is_none());
             drop(third);
             other.release().await.unwrap();
@@ -1142,20 +730,14 @@ async fn ledger_round_trip(db: &Db) {
         updated_at: t0(),
     };
     store.ledger_put(&linked).await.unwrap();
-    assert_eq!(
-        store.ledger_get(CITO, &linked.key).await.unwrap(),
-        Some(linked.clone())
-    );
+    assert_eq!(store.ledger_get(CITO, &linked.key).await.unwrap(), Some(linked.clone()));
     assert_eq!(store.ledger_get(PKB, &linked.key).await.unwrap(), None);
 
     let mut updated = linked.clone();
     updated.version_id = Some("7".into());
     updated.updated_at = at(1);
     store.ledger_put(&updated).await.unwrap();
-    assert_eq!(
-        store.ledger_get(CITO, &linked.key).await.unwrap(),
-        Some(updated.clone())
-    );
+    assert_eq!(store.ledger_get(CITO, &linked.key).await.unwrap(), Some(updated.clone()));
 
     // More keys than one statement takes.
     let mut keys = Vec::new();
@@ -1182,11 +764,7 @@ async fn ledger_round_trip(db: &Db) {
     let found_keys: HashSet<&ResourceKey> = found.iter().map(|e| &e.key).collect();
     assert!(found_keys.contains(&linked.key));
     assert!(!found_keys.contains(&key("Observation", "o0")));
-    assert!(
-        found
-            .iter()
-            .all(|e| e.key.resource_type != "Observation" || e.content_hash == sha(&e.key.id))
-    );
+    assert!(found.iter().all(|e| e.key.resource_type != "Observation" || e.content_hash == sha(&e.key.id)));
     assert!(store.ledger_get_many(PKB, &keys).await.unwrap().is_empty());
     assert!(store.ledger_get_many(CITO, &[]).await.unwrap().is_empty());
     assert_eq!(store.ledger_count(CITO).await.unwrap(), 1_101);
@@ -1197,38 +775,18 @@ async fn job_runs(db: &Db) {
     let store = db.connect().await;
     assert!(store.last_runs().await.unwrap().is_empty());
     let a = store.job_started("sync", t0()).await.unwrap();
-    store
-        .job_finished(a, false, "cito: 3 dead letters", at(5))
-        .await
-        .unwrap();
+    store.job_finished(a, false, "cito: 3 dead letters", at(5)).await.unwrap();
     let b = store.job_started("sync", at(60)).await.unwrap();
-    store
-        .job_finished(b, true, "cito: 120 sent", at(70))
-        .await
-        .unwrap();
+    store.job_finished(b, true, "cito: 120 sent", at(70)).await.unwrap();
     let c = store.job_started("reconcile", at(80)).await.unwrap();
 
     let runs = store.last_runs().await.unwrap();
     assert_eq!(runs.len(), 2);
-    assert_eq!(
-        (
-            runs[0].job.as_str(),
-            runs[0].run_id,
-            runs[0].finished_at,
-            runs[0].ok
-        ),
-        ("reconcile", c, None, None)
-    );
+    assert_eq!((runs[0].job.as_str(), runs[0].run_id, runs[0].finished_at, runs[0].ok), ("reconcile", c, None, None));
     assert_eq!(runs[1].job, "sync");
     assert_eq!(runs[1].run_id, b);
-    assert_eq!(
-        (runs[1].started_at, runs[1].finished_at),
-        (at(60), Some(at(70)))
-    );
-    assert_eq!(
-        (runs[1].ok, runs[1].detail.as_deref()),
-        (Some(true), Some("cito: 120 sent"))
-    );
+    assert_eq!((runs[1].started_at, runs[1].finished_at), (at(60), Some(at(70))));
+    assert_eq!((runs[1].ok, runs[1].detail.as_deref()), (Some(true), Some("cito: 120 sent")));
 }
 
 async fn quarantine_round_trip(db: &Db) {
@@ -1244,17 +802,8 @@ async fn quarantine_round_trip(db: &Db) {
         created_at: at(row),
     };
     let a = store.quarantine_put(&record("york-mind", 2)).await.unwrap();
-    let b = store
-        .quarantine_put(&record("carers-centre", 3))
-        .await
-        .unwrap();
-    let c = store
-        .quarantine_put(&QuarantineRecord {
-            key: None,
-            ..record("york-mind", 4)
-        })
-        .await
-        .unwrap();
+    let b = store.quarantine_put(&record("carers-centre", 3)).await.unwrap();
+    let c = store.quarantine_put(&QuarantineRecord { key: None, ..record("york-mind", 4) }).await.unwrap();
 
     let all = store.quarantine_list(None, 100).await.unwrap();
     assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [a, b, c]);
@@ -1262,16 +811,17 @@ async fn quarantine_round_trip(db: &Db) {
     assert_eq!(mind.len(), 2);
     assert_eq!(mind[1].1.key, None);
     assert_eq!(store.quarantine_list(None, 1).await.unwrap().len(), 1);
-    assert_eq!(
-        store.quarantine_get(b).await.unwrap(),
-        Some(record("carers-centre", 3))
-    );
+    assert_eq!(store.quarantine_get(b).await.unwrap(), Some(record("carers-centre", 3)));
     assert!(store.quarantine_delete(b).await.unwrap());
     assert!(!store.quarantine_delete(b).await.unwrap());
     assert_eq!(store.quarantine_get(b).await.unwrap(), None);
 
     // The same row rejected again in a later cycle is kept once, with the latest reasons.
-    let again = QuarantineRecord { reasons_json: r#"[{"message":"still wrong"}]"#.into(), created_at: at(99), ..record("york-mind", 2) };
+    let again = QuarantineRecord {
+        reasons_json: r#"[{"message":"still wrong"}]"#.into(),
+        created_at: at(99),
+        ..record("york-mind", 2)
+    };
     assert_eq!(store.quarantine_put(&again).await.unwrap(), a);
     assert_eq!(store.quarantine_list(Some("york-mind"), 100).await.unwrap().len(), 2);
     let kept = store.quarantine_get(a).await.unwrap().unwrap();

@@ -34,7 +34,8 @@ fn the_unit_verifies_without_errors() {
     let text = std::fs::read_to_string(unit()).unwrap().replace("/usr/bin/connector", env!("CARGO_BIN_EXE_connector"));
     let copy = dir.join("connector.service");
     std::fs::write(&copy, text).unwrap();
-    let out = Command::new("systemd-analyze").args(["verify", "--no-pager"]).arg(&copy).output().expect("systemd-analyze");
+    let out =
+        Command::new("systemd-analyze").args(["verify", "--no-pager"]).arg(&copy).output().expect("systemd-analyze");
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
     // Lines about other units on this machine are not ours; anything naming connector.service is.

@@ -693,9 +693,11 @@ impl Store {
     /// The owners holding leases now (an instance, or one of its workers as `owner/N`).
     pub async fn lease_owners(&self) -> Result<Vec<String>> {
         with_pool!(self, |pool| {
-            sqlx::query_scalar("SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner IS NOT NULL ORDER BY lease_owner")
-                .fetch_all(pool)
-                .await
+            sqlx::query_scalar(
+                "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner IS NOT NULL ORDER BY lease_owner",
+            )
+            .fetch_all(pool)
+            .await
         })
         .map_err(StoreError::query("lease_owners"))
     }
