@@ -160,8 +160,8 @@ rate_limit_per_second = $rate
 EOF
     echo "Initial load with the connector ($n_resources resources)..." >&2
     code=0
-    /usr/bin/time -v -o "$run/time-initial.txt" "$connector" sync --once --config "$run/config.toml" \
-        >"$run/initial.txt" 2>"$run/initial.log" || code=$?
+    CONNECTOR_LOG=york_connector=info /usr/bin/time -v -o "$run/time-initial.txt" "$connector" sync --once \
+        --config "$run/config.toml" >"$run/initial.txt" 2>"$run/initial.log" || code=$?
     ok_exit "$code" || { echo "bench: the initial sync failed ($code):" >&2; tail -20 "$run/initial.log" >&2; exit 1; }
     cat "$run/initial.txt" >&2
     echo "No-change cycle..." >&2
@@ -198,11 +198,21 @@ EOF
     plain=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain.json")
     bundles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundles"])' "$run/plain.json")
     rate_of() { python3 -c "print(round($n_resources / $1))"; }
+    # Delivery: from the end of ingest (mapping and planning into the outbox) to the end of delivery, per the log.
+    delivery=$(python3 -c '
+import datetime, re, sys
+t = {}
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    for key, marker in (("ingested", "Partner ingested."), ("delivered", "Delivered. destination=cito")):
+        if marker in line:
+            t[key] = datetime.datetime.fromisoformat(re.match(r"\S+", line).group(0).replace("Z", "+00:00"))
+print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 else "?")' "$run/initial.log")
     echo
     machine
     echo "load average before: $load_before"
     echo "patients: $patients people, $contact_rows contacts -> $n_resources resources (Patient $n_patients, Encounter $n_encounters, Organization $n_orgs); batch $batch, concurrency $concurrency"
     echo "connector initial load: ${initial}s ($(rate_of "$initial") resources/s), exit $code, peak RSS $(rss_mib "$run/time-initial.txt") MiB"
+    echo "  of which delivery:    ${delivery}s (the rest: start-up, mapping, planning into the outbox)"
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
     echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x"
     echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
