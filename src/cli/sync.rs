@@ -52,13 +52,31 @@ pub async fn run(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
     stop.abort();
     engine.store.release(&engine.owner).await.ok();
     let report = report?;
+    // Rows still waiting after the cycle (deferred, or behind a lease of another instance) are worth a look.
+    let waiting: u64 = if args.dry_run {
+        0
+    } else {
+        engine
+            .store
+            .queue_depths()
+            .await?
+            .iter()
+            .filter(|d| args.destination.as_deref().is_none_or(|only| only == d.destination))
+            .map(|d| d.pending)
+            .sum()
+    };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Table => print_table(&report),
+        Format::Table => {
+            print_table(&report);
+            if waiting > 0 {
+                println!("{waiting} write(s) still queued after this cycle: `connector outbox list`.");
+            }
+        }
     }
     Ok(if report.failed_files() > 0 {
         1
-    } else if report.quarantined() > 0 || report.dead_lettered() > 0 || report.deferred() > 0 {
+    } else if report.quarantined() > 0 || report.dead_lettered() > 0 || report.deferred() > 0 || waiting > 0 {
         EXIT_FOUND
     } else {
         0
