@@ -249,13 +249,16 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
 
     // Patient references of this batch that point at linked (someone else's) Patients.
     let mut links: HashMap<String, String> = HashMap::new();
+    // Each queued body, parsed once: `None` for a delete, `Err` for a body that is not JSON.
+    let bodies: Vec<Result<Option<Value>, String>> = rows
+        .iter()
+        .map(|r| r.item.body.as_deref().map(serde_json::from_str::<Value>).transpose().map_err(|e| e.to_string()))
+        .collect();
     // (The rows' ordering group is the person, not a Patient: read the references from the bodies.)
     let referenced: Vec<ResourceKey> = {
         let mut v: Vec<ResourceKey> = Vec::new();
-        for r in &rows {
-            if let Some(body) = r.item.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
-                crate::validate::each_reference(&body, &mut |_, reference| v.extend(patient_key(reference)));
-            }
+        for body in bodies.iter().filter_map(|b| b.as_ref().ok().and_then(Option::as_ref)) {
+            crate::validate::each_reference(body, &mut |_, reference| v.extend(patient_key(reference)));
         }
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v.dedup();
@@ -268,7 +271,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
     }
 
     let mut to_send: Vec<(OutboxRow, Write)> = Vec::new();
-    for row in rows {
+    for (row, body) in rows.into_iter().zip(bodies) {
         let known = ledger.get(&row.item.key);
         if let Some(entry) = known.filter(|e| e.linked) {
             // Someone else's record (a hospital's Patient in PKB, say): we reference it and never write it.
@@ -278,16 +281,13 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
             store.complete(&row, Some(&updated)).await?;
             continue;
         }
-        let body: Option<Value> = match &row.item.body {
-            Some(b) => match serde_json::from_str(b) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    store.dead_letter(row.seq, &format!("the queued body is not JSON: {e}")).await?;
-                    report.dead_lettered += 1;
-                    continue;
-                }
-            },
-            None => None,
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                store.dead_letter(row.seq, &format!("the queued body is not JSON: {e}")).await?;
+                report.dead_lettered += 1;
+                continue;
+            }
         };
         if row.item.op == Op::Upsert && row.item.key.resource_type == "Patient" && known.is_none() {
             match match_patient(store, dest, &row, body.as_ref()).await {

@@ -689,7 +689,6 @@ impl Store {
         Ok(())
     }
 
-    /// Clears every lease held by `owner` (clean shutdown), so other instances can take the rows at once.
     /// The owners holding leases now (an instance, or one of its workers as `owner/N`).
     pub async fn lease_owners(&self) -> Result<Vec<String>> {
         with_pool!(self, |pool| {
@@ -702,7 +701,8 @@ impl Store {
         .map_err(StoreError::query("lease_owners"))
     }
 
-    /// Clears the leases of `owner` and of its workers (`owner/N`).
+    /// Clears every lease held by `owner` and its workers (`owner/N`) on a clean shutdown, so other
+    /// instances can take the rows at once.
     pub async fn release(&self, owner: &str) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
@@ -967,7 +967,7 @@ impl Store {
             .bind(&q.reasons_json)
             .bind(&q.raw_json)
             .bind(ms(q.created_at))
-            .bind(raw_hash(&q.raw_json))
+            .bind(sha256_hex(&q.raw_json))
             .fetch_one(pool)
             .await
         })
@@ -1129,8 +1129,8 @@ impl LeaderGuard {
     }
 }
 
-/// Hex sha256 of a quarantined row's content, to keep each rejected row once.
-fn raw_hash(raw_json: &str) -> String {
+/// Hex sha256: content hashes in the ledger and outbox, and the identity of a quarantined row.
+pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(raw_json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }

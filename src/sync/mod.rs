@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::Utc;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -149,9 +148,9 @@ pub async fn reclaim_dead_leases(store: &Store, host: &str) -> anyhow::Result<us
     Ok(released)
 }
 
+/// The hash planning compares with the ledger: of exactly the text that is sent.
 pub fn content_hash(body: &str) -> String {
-    let d = Sha256::digest(body.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    crate::store::sha256_hex(body)
 }
 
 impl Engine {
