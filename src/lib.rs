@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod ingest;
 pub mod mapping;
 pub mod ops;
+pub mod policy;
 pub mod quarantine;
 pub mod schedule;
 pub mod store;

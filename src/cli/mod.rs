@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 "ran fine but found something" (quarantined
 //! rows, drift, open conflicts) so that cron and monitoring can act on it.
 
+mod consent;
 mod mappings;
 mod outbox;
 mod quarantine;
@@ -63,6 +64,11 @@ pub enum Command {
     /// Inspect and retry the queue of writes to destinations.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// A person's consent to share: in force, history, and what each destination holds.
+    #[command(subcommand)]
+    Consent(consent::ConsentCommand),
+    /// The audit trail: every disclosure, withholding, cancellation and retraction.
+    Audit(consent::AuditArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -78,6 +84,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status { format } => runtime().and_then(|rt| rt.block_on(status::run(&cli.config, format))),
         Command::Sync(args) => runtime().and_then(|rt| rt.block_on(sync::run(&cli.config, args))),
         Command::Outbox(cmd) => runtime().and_then(|rt| rt.block_on(outbox::run(&cli.config, cmd))),
+        Command::Consent(cmd) => {
+            runtime().and_then(|rt| rt.block_on(consent::run_consent(&cli.config, &cli.mappings, cmd)))
+        }
+        Command::Audit(args) => {
+            runtime().and_then(|rt| rt.block_on(consent::run_audit(&cli.config, &cli.mappings, args)))
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -22,6 +22,9 @@ pub struct SyncArgs {
     /// Map and compare with what each destination holds, but queue and send nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// List, per resource and destination, whether it would be sent or withheld and why.
+    #[arg(long)]
+    pub explain: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -41,7 +44,8 @@ pub async fn run(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
     {
         anyhow::bail!("--destination {d}: no such [destination.{d}] in {}", config_path.display());
     }
-    let engine = Engine::start(config).await?;
+    let mut engine = Engine::start(config).await?;
+    engine.explain = args.explain;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -100,15 +104,50 @@ fn print_table(r: &CycleReport) {
             println!("  NOT MAPPED {}: {}", f.path.display(), f.error.as_deref().unwrap_or_default());
         }
         for (d, n) in &i.withheld {
-            println!("  withheld from {d}: {n} (the destination's rules do not allow them)");
+            println!(
+                "  withheld from {d}: {n} (no agreement or consent allows them; `connector audit --destination {d}`)"
+            );
+        }
+        for (d, n) in &i.no_longer_allowed {
+            println!("  {d} holds {n} resource(s) it may no longer hold (deleted there only with retract = true)");
+        }
+        if i.consent_statements > 0 {
+            println!("  {} new consent statement(s)", i.consent_statements);
+        }
+        for w in &i.withdrawals {
+            println!("  WITHDRAWAL {} ({}): {} pending send(s) cancelled", w.person, w.statement, w.cancelled);
+            if w.holdings.is_empty() {
+                println!("    no destination holds anything for this person");
+            }
+            for (d, list) in &w.holdings {
+                let action = if w.retracting.contains(d) {
+                    "being deleted (retract = true)"
+                } else {
+                    "left in place: ask its administrator, or set retract = true"
+                };
+                println!("    {d} holds {} resource(s), {action}: {}", list.len(), list.join(", "));
+            }
+        }
+        for e in &i.explained {
+            let state = match (e.decision, e.unchanged) {
+                ("send", true) => "send (already there)",
+                ("send", false) => "send",
+                (_, true) => "withhold",
+                _ => "withhold (it holds an older copy)",
+            };
+            println!(
+                "  {} {}/{} [{} {}]: {state}: {}",
+                e.destination, e.resource_type, e.id, e.partner, e.category, e.why
+            );
         }
     }
     for d in &r.delivery {
         println!(
-            "destination {}: {} written, {} linked to existing Patients, {} dead-lettered, {} deferred, {} bundles{}",
+            "destination {}: {} written, {} linked to existing Patients, {} withheld at sending, {} dead-lettered, {} deferred, {} bundles{}",
             d.destination,
             d.written,
             d.linked,
+            d.withheld,
             d.dead_lettered,
             d.deferred,
             d.bundles,

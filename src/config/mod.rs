@@ -31,6 +31,12 @@ pub struct Config {
     /// The systems the connector writes to, by name (`cito`, `pkb`).
     #[serde(default, rename = "destination")]
     pub destinations: BTreeMap<String, DestinationConfig>,
+    /// Information sharing agreements: what may flow where, and on which lawful basis. None: nothing flows.
+    #[serde(default)]
+    pub sharing: Vec<SharingConfig>,
+    /// Where the audit trail is copied as FHIR, besides the state store.
+    #[serde(default)]
+    pub audit: AuditConfig,
 
     /// The folder the file was read from; relative paths in the file are taken from here.
     #[serde(skip)]
@@ -196,6 +202,43 @@ pub struct DestinationConfig {
     pub auth: Option<AuthConfig>,
     /// PKB: the organisation's public id, sent as X-Org-Public-Id.
     pub org_public_id: Option<String>,
+    /// Delete from this destination what it holds but may no longer hold (consent withdrawn or narrowed,
+    /// agreement ended). Off: such records are listed in the withdrawal report for an admin to act on.
+    #[serde(default)]
+    pub retract: bool,
+}
+
+/// One information sharing agreement: `partner`'s data of `categories` may go to `destination`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharingConfig {
+    /// The agreement's name or reference, as the audit trail will cite it (e.g. "ISA-2024-03 Hub to Cito").
+    pub name: String,
+    /// The partner whose data it covers.
+    pub partner: String,
+    /// The destination it may go to.
+    pub destination: String,
+    /// general_health, mental_health, sexual_health, social_care.
+    pub categories: Vec<crate::mapping::Category>,
+    /// The lawful basis, as the agreement states it (UK GDPR articles 6 and 9).
+    pub lawful_basis: String,
+    /// True (the default): the person's explicit consent to share with this destination is needed.
+    /// False: it flows unless the person has objected (declined, withdrawn, said no to this destination or
+    /// restricted the category).
+    #[serde(default = "yes")]
+    pub consent_required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[audit]`: the audit trail is always kept in the state store; this copies it to a FHIR destination too.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A destination name: each disclosure and retraction is also written there as a FHIR AuditEvent.
+    pub fhir_destination: Option<String>,
 }
 
 impl DestinationConfig {
@@ -320,9 +363,43 @@ impl Config {
             if d.rate_limit_per_second.is_nan() || d.rate_limit_per_second <= 0.0 {
                 return Err(invalid(key("rate_limit_per_second"), "must be above 0".into()));
             }
+            if d.retract && d.profile == Profile::Pkb {
+                tracing::info!(destination = %name, "retract = true: records this destination may no longer hold will be deleted from it.");
+            }
             if d.profile == Profile::Pkb && d.auth.is_none() {
                 tracing::warn!(destination = %name, "PKB destination without [auth]; requests go unauthenticated (test servers only).");
             }
+        }
+        let partners: std::collections::HashSet<&str> = self.partners.iter().map(|p| p.id.as_str()).collect();
+        let mut names = std::collections::HashSet::new();
+        for (i, a) in self.sharing.iter().enumerate() {
+            let key = |k: &str| format!("sharing[{i}] ({}).{k}", a.name);
+            if !names.insert(a.name.as_str()) {
+                return Err(invalid(key("name"), "two agreements share this name; the audit trail cites it".into()));
+            }
+            if !partners.contains(a.partner.as_str()) {
+                return Err(invalid(key("partner"), format!("\"{}\" is not a [[partner]] of this config", a.partner)));
+            }
+            if !self.destinations.contains_key(&a.destination) {
+                return Err(invalid(
+                    key("destination"),
+                    format!("\"{}\" is not a [destination.*] of this config", a.destination),
+                ));
+            }
+            if a.categories.is_empty() {
+                return Err(invalid(key("categories"), "lists no category, so it allows nothing; remove it".into()));
+            }
+            if a.lawful_basis.trim().is_empty() {
+                return Err(invalid(key("lawful_basis"), "every agreement must state its lawful basis".into()));
+            }
+        }
+        if let Some(d) = &self.audit.fhir_destination
+            && !self.destinations.contains_key(d)
+        {
+            return Err(invalid("audit.fhir_destination".into(), format!("\"{d}\" is not a [destination.*]")));
+        }
+        if self.sharing.is_empty() && !self.destinations.is_empty() {
+            tracing::warn!("No [[sharing]] agreements in the config: nothing will be sent to any destination.");
         }
         Ok(())
     }

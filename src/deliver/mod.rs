@@ -21,7 +21,8 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, DestinationConfig, Profile};
-use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
+use crate::policy::{Origin, Permit, Policy, Verdict};
+use crate::store::{AuditEntry, LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
 use limit::{Breaker, RateLimiter};
 use transport::{Method, Transport, TransportError, Write, Written};
 
@@ -39,6 +40,10 @@ pub struct Destination {
     pub defer: chrono::Duration,
     pub transport: Box<dyn Transport>,
     pub breaker: Breaker,
+    /// The sharing rules, checked again for every row just before it is sent.
+    pub policy: Arc<Policy>,
+    /// Delete what it holds but may no longer hold.
+    pub retract: bool,
 }
 
 impl Destination {
@@ -74,6 +79,8 @@ impl Destination {
             defer: chrono::Duration::seconds(i64::try_from(d.defer_seconds).unwrap_or(60)),
             transport,
             breaker: Breaker::new(d.breaker_failures, Duration::from_secs(d.breaker_cooldown_seconds)),
+            policy: Arc::new(Policy::default()),
+            retract: d.retract,
         }
     }
 
@@ -93,6 +100,8 @@ pub struct DeliveryReport {
     /// Patients found already on the destination and linked instead of created.
     pub linked: u64,
     pub dead_lettered: u64,
+    /// Rows the sharing rules stopped just before sending (consent changed after they were planned).
+    pub withheld: u64,
     /// Rows put back for a later attempt after transient failures.
     pub deferred: u64,
     pub bundles: u64,
@@ -167,6 +176,7 @@ async fn worker(
         total.written += r.written;
         total.linked += r.linked;
         total.dead_lettered += r.dead_lettered;
+        total.withheld += r.withheld;
         total.deferred += r.deferred;
         total.bundles += r.bundles;
         if r.deferred > 0 {
@@ -240,9 +250,92 @@ fn ledger_entry(dest: &str, row: &OutboxRow, remote_id: &str, version: Option<St
     }
 }
 
+/// The audit entry for a write that landed (or a Patient linked): what went where, and what allowed it.
+fn audit_entry(
+    dest: &str,
+    row: &OutboxRow,
+    action: &str,
+    version: Option<&str>,
+    permit: Option<&Permit>,
+) -> AuditEntry {
+    let origin = row.item.origin.as_deref().and_then(Origin::decode);
+    AuditEntry {
+        at: Utc::now(),
+        action: action.to_string(),
+        destination: Some(dest.to_string()),
+        person: row.item.patient.clone(),
+        resource_type: Some(row.item.key.resource_type.clone()),
+        resource_id: Some(row.item.key.id.clone()),
+        version_id: version.map(String::from),
+        content_hash: (row.item.op == Op::Upsert).then(|| row.item.content_hash.clone()),
+        partner: origin.as_ref().map(|o| o.partner.clone()),
+        category: origin.as_ref().map(|o| o.category.as_str().to_string()),
+        agreement: permit.map(|p| p.agreement.clone()),
+        lawful_basis: permit.map(|p| p.lawful_basis.clone()),
+        consent: permit.and_then(|p| p.consent.clone()),
+        reason: (row.item.op == Op::Delete)
+            .then(|| "no longer allowed there (consent or agreement changed); retract = true".to_string()),
+        ..AuditEntry::default()
+    }
+}
+
+/// The rules again, for rows about to go out: the person's consent may have changed since they were
+/// planned. Rows the rules now refuse are withheld (removed from the outbox, audited); returns the
+/// permits of the rest. Deletes (retractions) always go.
+async fn check_policy(
+    store: &Store,
+    dest: &Destination,
+    rows: Vec<OutboxRow>,
+    report: &mut DeliveryReport,
+) -> Result<(Vec<OutboxRow>, HashMap<i64, Permit>), StoreError> {
+    let persons: Vec<String> = {
+        let mut v: Vec<String> = rows.iter().filter_map(|r| r.item.patient.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let consents = store.consent_current(&persons).await?;
+    let mut permits = HashMap::new();
+    let mut keep = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.item.op == Op::Delete {
+            keep.push(row);
+            continue;
+        }
+        let verdict = match row.item.origin.as_deref().and_then(Origin::decode) {
+            Some(origin) => {
+                let consent = row.item.patient.as_ref().and_then(|p| consents.get(p));
+                dest.policy.decide(&dest.name, dest.profile, &origin, row.item.patient.is_some(), consent)
+            }
+            None => {
+                Verdict::Withhold("planned without its origin (by an older connector); it will be planned again".into())
+            }
+        };
+        match verdict {
+            Verdict::Send(permit) => {
+                permits.insert(row.seq, permit);
+                keep.push(row);
+            }
+            Verdict::Withhold(reason) => {
+                let mut audit = audit_entry(&dest.name, &row, "withheld", None, None);
+                audit.reason = Some(reason.clone());
+                audit.content_hash = None;
+                store.withhold_row(&row, &reason, &audit).await?;
+                info!(destination = %dest.name, resource_type = %row.item.key.resource_type, resource = %row.item.key.id, reason = %reason, "Withheld before sending.");
+                report.withheld += 1;
+            }
+        }
+    }
+    Ok((keep, permits))
+}
+
 /// Sends one leased batch.
 async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Result<DeliveryReport, StoreError> {
     let mut report = DeliveryReport { bundles: 1, ..Default::default() };
+    let (rows, permits) = check_policy(store, dest, rows, &mut report).await?;
+    if rows.is_empty() {
+        return Ok(report);
+    }
     let keys: Vec<ResourceKey> = rows.iter().map(|r| r.item.key.clone()).collect();
     let ledger: HashMap<ResourceKey, LedgerEntry> =
         store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
@@ -278,7 +371,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
             let mut updated = entry.clone();
             updated.content_hash = row.item.content_hash.clone();
             updated.updated_at = Utc::now();
-            store.complete(&row, Some(&updated)).await?;
+            store.complete(&row, Some(&updated), None).await?;
             continue;
         }
         let body = match body {
@@ -290,7 +383,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
             }
         };
         if row.item.op == Op::Upsert && row.item.key.resource_type == "Patient" && known.is_none() {
-            match match_patient(store, dest, &row, body.as_ref()).await {
+            match match_patient(store, dest, &row, body.as_ref(), permits.get(&row.seq)).await {
                 Ok(Some(remote_id)) => {
                     links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{remote_id}"));
                     report.linked += 1;
@@ -325,7 +418,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
         };
         to_send.push((row, write));
     }
-    send_rows(store, dest, to_send, &mut report).await?;
+    send_rows(store, dest, to_send, &permits, &mut report).await?;
     Ok(report)
 }
 
@@ -341,6 +434,7 @@ async fn match_patient(
     dest: &Destination,
     row: &OutboxRow,
     body: Option<&Value>,
+    permit: Option<&Permit>,
 ) -> Result<Option<String>, Outcome> {
     let Some(identifier) = body.and_then(match_identifier) else { return Ok(None) };
     let found = send_retrying(dest, || dest.transport.find("Patient", &identifier))
@@ -360,7 +454,8 @@ async fn match_patient(
     }
     let other = others[0];
     let entry = ledger_entry(&dest.name, row, &other.id, other.version_id.clone(), true);
-    store.complete(row, Some(&entry)).await.map_err(|e| Outcome::Defer(e.to_string()))?;
+    let audit = audit_entry(&dest.name, row, "linked", other.version_id.as_deref(), permit);
+    store.complete(row, Some(&entry), Some(&audit)).await.map_err(|e| Outcome::Defer(e.to_string()))?;
     info!(destination = %dest.name, resource = %row.item.key.id, remote = %other.id, "Linked to an existing Patient.");
     Ok(Some(other.id.clone()))
 }
@@ -393,6 +488,7 @@ async fn send_rows(
     store: &Store,
     dest: &Destination,
     rows: Vec<(OutboxRow, Write)>,
+    permits: &HashMap<i64, Permit>,
     report: &mut DeliveryReport,
 ) -> Result<(), StoreError> {
     let mut stack: Vec<Vec<(OutboxRow, Write)>> = vec![rows];
@@ -405,8 +501,10 @@ async fn send_rows(
             Ok(results) => {
                 dest.breaker.success();
                 for ((row, write), Written { version_id }) in chunk.iter().zip(results) {
+                    let action = if write.method == Method::Put { "disclosed" } else { "retracted" };
+                    let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
                     let entry = ledger_entry(&dest.name, row, &write.id, version_id, false);
-                    store.complete(row, (write.method == Method::Put).then_some(&entry)).await?;
+                    store.complete(row, (write.method == Method::Put).then_some(&entry), Some(&audit)).await?;
                     report.written += 1;
                 }
             }
@@ -425,7 +523,7 @@ async fn send_rows(
             }
             Err(TransportError::PreconditionFailed { .. }) => {
                 let (row, write) = &chunk[0];
-                precondition_failed(store, dest, row, write, report).await?;
+                precondition_failed(store, dest, row, write, permits.get(&row.seq), report).await?;
             }
             Err(e) => {
                 // Transient after every retry, or a setup problem: everything left waits for a later pass.
@@ -450,13 +548,15 @@ async fn precondition_failed(
     dest: &Destination,
     row: &OutboxRow,
     write: &Write,
+    permit: Option<&Permit>,
     report: &mut DeliveryReport,
 ) -> Result<(), StoreError> {
     let current = send_retrying(dest, || dest.transport.read(&write.resource_type, &write.id)).await;
     match current {
         Ok(Some(found)) if write.body.as_ref().is_some_and(|b| comparable(b) == comparable(&found.resource)) => {
+            let audit = audit_entry(&dest.name, row, "disclosed", found.version_id.as_deref(), permit);
             let entry = ledger_entry(&dest.name, row, &write.id, found.version_id, false);
-            store.complete(row, Some(&entry)).await?;
+            store.complete(row, Some(&entry), Some(&audit)).await?;
             report.written += 1;
         }
         Ok(_) => {

@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::template::{self, Names, Slot};
 use super::{
-    Catalog, Category, Field, FieldSource, Mapping, Partner, RESOURCE_TYPES, RecordKind, Ref, ResourceSpec, ValueMap,
-    ids,
+    Catalog, Category, ConsentSpec, Field, FieldSource, Mapping, Partner, RESOURCE_TYPES, RecordKind, Ref,
+    ResourceSpec, ValueMap, ids,
 };
 use crate::ingest::{Format, ReadOptions};
 use crate::mapping::transform::Transform;
@@ -52,6 +52,23 @@ struct RawMappingFile {
     refs: BTreeMap<String, Spanned<RawRef>>,
     #[serde(default, rename = "resource")]
     resources: Vec<Spanned<RawResource>>,
+    consent: Option<Spanned<RawConsent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsent {
+    person: Option<String>,
+    decision: String,
+    date: String,
+    withdrawn: Option<String>,
+    cito: Option<String>,
+    pkb: Option<String>,
+    #[serde(default)]
+    partners: Vec<String>,
+    restrictions: Option<String>,
+    #[serde(default)]
+    restriction_codes: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +79,7 @@ struct RawHeader {
     version: String,
     key: Spanned<Vec<String>>,
     category: Option<Category>,
+    patient_visible: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -547,6 +565,73 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
         });
     }
 
+    let patient_visible = h.patient_visible.as_ref().and_then(|f| {
+        let id = index.get(f).copied();
+        if id.is_none() {
+            e.at(0, "mapping.patient_visible", format!("\"{f}\" is not a field of this mapping"));
+        }
+        id
+    });
+    let consent = raw.consent.as_ref().and_then(|c| {
+        let offset = c.span().start;
+        let c = c.get_ref();
+        let mut field = |key: &str, name: &str| {
+            let id = index.get(name).copied();
+            if id.is_none() {
+                e.at(offset, format!("consent.{key}"), format!("\"{name}\" is not a field of this mapping"));
+            }
+            id
+        };
+        let decision = field("decision", &c.decision);
+        let date = field("date", &c.date);
+        let withdrawn = c.withdrawn.as_ref().map(|f| field("withdrawn", f));
+        let cito = c.cito.as_ref().map(|f| field("cito", f));
+        let pkb = c.pkb.as_ref().map(|f| field("pkb", f));
+        let partners: Vec<Option<usize>> = c.partners.iter().map(|f| field("partners", f)).collect();
+        let restrictions = c.restrictions.as_ref().map(|f| field("restrictions", f));
+        let mut restriction_codes = BTreeMap::new();
+        for (text, code) in &c.restriction_codes {
+            match crate::mapping::Restriction::parse(code) {
+                Some(r) => {
+                    restriction_codes.insert(text.trim().to_lowercase(), r);
+                }
+                None => e.at(
+                    offset,
+                    format!("consent.restriction_codes.\"{text}\""),
+                    format!(
+                        "\"{code}\" is not a restriction (general_health, mental_health, sexual_health, social_care, third_party)"
+                    ),
+                ),
+            }
+        }
+        let person_name = c.person.clone().unwrap_or_else(|| "patient".into());
+        let person_ref = ref_index.get(&person_name).copied();
+        if person_ref.is_none() {
+            e.at(offset, "consent.person", format!("\"{person_name}\" is not a ref of this mapping (see [refs])"));
+        }
+        if h.kind != RecordKind::Consent {
+            e.at(offset, "consent", "only a consent mapping can state consent");
+        }
+        Some(ConsentSpec {
+            decision: decision?,
+            date: date?,
+            withdrawn: withdrawn.flatten(),
+            cito: cito.flatten(),
+            pkb: pkb.flatten(),
+            partners: partners.into_iter().flatten().collect(),
+            restrictions: restrictions.flatten(),
+            restriction_codes,
+            person_ref: person_ref?,
+        })
+    });
+    if h.kind == RecordKind::Consent && raw.consent.is_none() {
+        e.at(
+            0,
+            "consent",
+            "a consent mapping needs a [consent] section saying which fields state the decision; without it no one's consent is known and nothing is shared",
+        );
+    }
+
     let delimiter = raw.source.delimiter.as_ref().and_then(|d| match d.get_ref().as_str() {
         "tab" | "\t" => Some(b'\t'),
         s if s.len() == 1 && s.is_ascii() => Some(s.as_bytes()[0]),
@@ -577,6 +662,8 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
         key,
         refs,
         resources,
+        patient_visible,
+        consent,
     })
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::template::{self, Slot};
-use super::{Category, Field, FieldSource, Mapping, Partner, RecordKind, ids};
+use super::{Category, ConsentFacts, ConsentSpec, Decision, Field, FieldSource, Mapping, Partner, RecordKind, ids};
 use crate::ingest::{self, Header, Row, Values};
 use crate::validate;
 
@@ -33,6 +33,10 @@ pub struct MappedResource<'a> {
     pub row: u64,
     pub category: Category,
     pub resource: &'a Value,
+    /// Marked not-for-the-patient by the partner (safeguarding notes, third-party information).
+    pub not_for_patient: bool,
+    /// The consent statement the row makes (on the first resource of a consent mapping's row).
+    pub consent: Option<&'a ConsentFacts>,
 }
 
 /// Why a row was not mapped: the column and field concerned, when there is one, and what to do.
@@ -159,6 +163,8 @@ pub fn run_with_limit(
         file: &partner.file,
         row: 0,
         category: Category::GeneralHealth,
+        not_for_patient: false,
+        consent: None,
         resource: &org,
     })?;
     *report.resources.entry("Organization".into()).or_default() += 1;
@@ -252,7 +258,7 @@ fn map_file(
         counts.read += 1;
         match map_row(partner, mapping, &row, header.as_deref(), binding.as_ref(), state, paths) {
             Ok(out) => {
-                for (spec_index, id, resource) in &out.resources {
+                for (n, (spec_index, id, resource)) in out.resources.iter().enumerate() {
                     let spec = &mapping.resources[*spec_index];
                     sink.resource(&MappedResource {
                         partner: &partner.id,
@@ -265,6 +271,8 @@ fn map_file(
                         row: row.number,
                         category: spec.category,
                         resource,
+                        not_for_patient: out.not_for_patient,
+                        consent: if n == 0 { out.consent.as_ref() } else { None },
                     })?;
                     *report.resources.entry(spec.resource_type.clone()).or_default() += 1;
                 }
@@ -299,6 +307,8 @@ fn map_file(
 struct RowOut {
     key: String,
     resources: Vec<(usize, String, Value)>,
+    not_for_patient: bool,
+    consent: Option<ConsentFacts>,
 }
 
 /// The row's values, as templates see them.
@@ -388,6 +398,8 @@ fn map_row(
         Some(k) if reasons.is_empty() => k,
         other => return Err((other, reasons)),
     };
+    // Not for the patient unless the partner said it is: a missing answer keeps it from the patient-held record.
+    let not_for_patient = mapping.patient_visible.is_some_and(|f| values[f] != Some(Value::Bool(true)));
 
     // Duplicates within this run.
     let key_hash = ref_hash(&key);
@@ -466,12 +478,114 @@ fn map_row(
             reasons.push(Reason::row(format!("{target}, {why}")));
         });
     }
+    let consent = match &mapping.consent {
+        Some(spec) => match consent_facts(spec, mapping, &values, &ref_targets) {
+            Ok(f) => Some(f),
+            Err(r) => {
+                reasons.extend(r);
+                None
+            }
+        },
+        None => None,
+    };
     if !reasons.is_empty() {
         return Err((Some(key), reasons));
     }
     state.known.extend(own);
     state.seen.entry(mapping.kind).or_default().insert(key_hash, (row.number, raw_hash));
-    Ok(RowOut { key, resources })
+    Ok(RowOut { key, resources, not_for_patient, consent })
+}
+
+/// The consent statement a row makes, from the fields the mapping's `[consent]` section names.
+fn consent_facts(
+    spec: &ConsentSpec,
+    mapping: &Mapping,
+    values: &[Option<Value>],
+    refs: &[Option<String>],
+) -> Result<ConsentFacts, Vec<Reason>> {
+    let mut reasons = Vec::new();
+    let field_reason = |i: usize, message: String| Reason {
+        column: first_column(&mapping.fields[i]),
+        field: Some(mapping.fields[i].name.clone()),
+        message,
+    };
+    let text = |i: usize| match &values[i] {
+        Some(Value::String(s)) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+        Some(other) => Some(other.to_string()),
+        None => None,
+    };
+    let decision = match text(spec.decision) {
+        Some(d) => match Decision::parse(&d) {
+            Some(d) => Some(d),
+            None => {
+                reasons.push(field_reason(
+                    spec.decision,
+                    "not a consent decision; map the partner's wording to given, declined or withdrawn".into(),
+                ));
+                None
+            }
+        },
+        None => {
+            reasons.push(field_reason(spec.decision, "empty; a consent record must say what was decided".into()));
+            None
+        }
+    };
+    let given = text(spec.date);
+    if given.is_none() {
+        reasons.push(field_reason(spec.date, "empty; a consent record must say when it was decided".into()));
+    }
+    let withdrawn = spec.withdrawn.and_then(text);
+    let flag = |f: Option<usize>| f.is_some_and(|i| values[i] == Some(Value::Bool(true)));
+    let mut partners = Vec::new();
+    for &f in &spec.partners {
+        if let Some(t) = text(f) {
+            partners.extend(t.split([';', ',']).map(str::trim).filter(|p| !p.is_empty()).map(String::from));
+        }
+    }
+    let mut restrictions = Vec::new();
+    if let Some(f) = spec.restrictions
+        && let Some(t) = text(f)
+    {
+        for part in t.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            match spec.restriction_codes.get(&part.to_lowercase()) {
+                Some(r) => restrictions.push(*r),
+                None => reasons.push(field_reason(
+                    f,
+                    format!(
+                        "restriction text not recognised (part {} of the cell); add it to [consent.restriction_codes] in {} so it is honoured",
+                        restrictions.len() + 1,
+                        mapping.file.display()
+                    ),
+                )),
+            }
+        }
+    }
+    restrictions.sort();
+    restrictions.dedup();
+    let patient = refs[spec.person_ref].clone();
+    if patient.is_none() {
+        reasons.push(Reason::row("the consent record does not name its person"));
+    }
+    if !reasons.is_empty() {
+        return Err(reasons);
+    }
+    let (decision, given, patient) =
+        (decision.unwrap_or(Decision::Declined), given.unwrap_or_default(), patient.unwrap_or_default());
+    let effective = match (decision, &withdrawn) {
+        (Decision::Withdrawn, Some(w)) => w.clone(),
+        _ => given.clone(),
+    };
+    Ok(ConsentFacts {
+        patient,
+        decision,
+        effective,
+        given,
+        withdrawn,
+        cito: flag(spec.cito),
+        pkb: flag(spec.pkb),
+        partners,
+        restrictions,
+    })
 }
 
 fn first_column(f: &Field) -> Option<String> {

@@ -64,6 +64,29 @@ impl RecordKind {
     }
 }
 
+impl std::fmt::Display for Category {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Category {
+    pub const ALL: [Category; 4] = [Self::GeneralHealth, Self::MentalHealth, Self::SexualHealth, Self::SocialCare];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GeneralHealth => "general_health",
+            Self::MentalHealth => "mental_health",
+            Self::SexualHealth => "sexual_health",
+            Self::SocialCare => "social_care",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
 impl std::fmt::Display for RecordKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -138,6 +161,114 @@ pub struct Mapping {
     pub resources: Vec<ResourceSpec>,
     /// `meta.source` of every resource produced: names the mapping and its version.
     pub meta_source: String,
+    /// The boolean field saying whether the person may see this record; false (or empty) marks every
+    /// resource of the row not-for-the-patient (safeguarding notes, third-party information).
+    pub patient_visible: Option<usize>,
+    /// How rows of this mapping state a person's consent to share (consent mappings only).
+    pub consent: Option<ConsentSpec>,
+}
+
+/// The `[consent]` section of a consent mapping: which fields make a consent statement.
+#[derive(Debug)]
+pub struct ConsentSpec {
+    /// Field whose value is `given`, `declined` or `withdrawn`.
+    pub decision: usize,
+    /// Field with the date the decision was made (ISO date).
+    pub date: usize,
+    /// Field with the date consent was withdrawn, when the record has one.
+    pub withdrawn: Option<usize>,
+    /// Boolean fields: sharing with the central record (Cito) and with the patient-held record (PKB).
+    pub cito: Option<usize>,
+    pub pkb: Option<usize>,
+    /// Fields naming partners the person agrees to share with (several names split on `;` or `,`).
+    pub partners: Vec<usize>,
+    /// Field with restrictions in the partner's words, split on `;`; each looked up in `restriction_codes`.
+    pub restrictions: Option<usize>,
+    /// Folded (lower case, trimmed) restriction text -> restriction code.
+    pub restriction_codes: BTreeMap<String, Restriction>,
+    /// The ref naming the person the statement is about.
+    pub person_ref: usize,
+}
+
+/// What a person may ask to be left out of sharing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restriction {
+    GeneralHealth,
+    MentalHealth,
+    SexualHealth,
+    SocialCare,
+    /// Nothing marked not-for-the-patient (third-party information) is shared anywhere.
+    ThirdParty,
+}
+
+impl Restriction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GeneralHealth => "general_health",
+            Self::MentalHealth => "mental_health",
+            Self::SexualHealth => "sexual_health",
+            Self::SocialCare => "social_care",
+            Self::ThirdParty => "third_party",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::GeneralHealth, Self::MentalHealth, Self::SexualHealth, Self::SocialCare, Self::ThirdParty]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+
+    /// The category this restriction keeps back, if it is one.
+    pub fn category(self) -> Option<Category> {
+        match self {
+            Self::GeneralHealth => Some(Category::GeneralHealth),
+            Self::MentalHealth => Some(Category::MentalHealth),
+            Self::SexualHealth => Some(Category::SexualHealth),
+            Self::SocialCare => Some(Category::SocialCare),
+            Self::ThirdParty => None,
+        }
+    }
+}
+
+/// A person's decision about sharing, as one consent record states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Given,
+    Declined,
+    Withdrawn,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Given => "given",
+            Self::Declined => "declined",
+            Self::Withdrawn => "withdrawn",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Given, Self::Declined, Self::Withdrawn].into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// A consent statement read from one partner record (no names or free text: flags, dates and codes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentFacts {
+    /// `Patient/<id>` of the partner's person record.
+    pub patient: String,
+    pub decision: Decision,
+    /// The date the statement takes effect: the withdrawal date for a withdrawal, else the decision date.
+    pub effective: String,
+    pub given: String,
+    pub withdrawn: Option<String>,
+    pub cito: bool,
+    pub pkb: bool,
+    /// Partner names as the record gives them.
+    pub partners: Vec<String>,
+    pub restrictions: Vec<Restriction>,
 }
 
 impl Mapping {

@@ -35,6 +35,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, SqlitePool};
 
+pub use consent::{AuditEntry, AuditFilter, StatementRecord};
 pub use error::StoreError;
 use error::redact_url;
 use plan::{KeyState, StoredRow};
@@ -136,6 +137,8 @@ pub struct OutboxItem {
     pub content_hash: String,
     /// The FHIR JSON to send; required for [`Op::Upsert`], ignored (stored as NULL) for [`Op::Delete`].
     pub body: Option<String>,
+    /// Where it came from, for the policy check before sending (`partner|category|nfp`); opaque to the store.
+    pub origin: Option<String>,
 }
 
 /// A row of the outbox.
@@ -237,11 +240,14 @@ macro_rules! in_tx {
     };
 }
 
+// Declared after the macros above, which it uses.
+mod consent;
+
 // ---------------------------------------------------------------------------------------------------------
 // Row shapes as stored; converted to the public types (validating what came from disk).
 
 pub(crate) const OUTBOX_COLUMNS: &str = "seq, destination, resource_type, resource_id, patient, op, content_hash, \
-     body, attempts, not_before, last_error, dead, created_at";
+     body, attempts, not_before, last_error, dead, created_at, origin";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct OutboxDb {
@@ -258,6 +264,7 @@ pub(crate) struct OutboxDb {
     last_error: Option<String>,
     dead: bool,
     created_at: i64,
+    origin: Option<String>,
 }
 
 impl OutboxDb {
@@ -271,6 +278,7 @@ impl OutboxDb {
                 op: Op::parse(&self.op)?,
                 content_hash: self.content_hash,
                 body: self.body,
+                origin: self.origin,
             },
             attempts: self.attempts,
             not_before: from_ms("outbox.not_before", self.not_before)?,
@@ -571,7 +579,15 @@ impl Store {
     /// Records a successful send: in one transaction, writes `ledger` (or, when `None`, removes the ledger
     /// entry: the resource was deleted) and removes the outbox row if it still holds what was leased. If a
     /// newer plan replaced the row meanwhile, only its lease is cleared, so the new content goes out next.
-    pub async fn complete(&self, row: &OutboxRow, ledger: Option<&LedgerEntry>) -> Result<()> {
+    ///
+    /// `audit`, when given, is appended in the same transaction (a disclosure is never recorded without its
+    /// audit entry, nor audited without being recorded), and the key stops counting as withheld.
+    pub async fn complete(
+        &self,
+        row: &OutboxRow,
+        ledger: Option<&LedgerEntry>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
         if let Some(entry) = ledger
             && (entry.destination != row.item.destination || entry.key != row.item.key)
         {
@@ -607,6 +623,16 @@ impl Store {
                 }
             }
             .map_err(StoreError::query("complete: writing the ledger"))?;
+            if let Some(entry) = audit {
+                consent::append_audit(&mut *tx, entry).await?;
+                sqlx::query("DELETE FROM withheld WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
+                    .bind(&item.destination)
+                    .bind(&item.key.resource_type)
+                    .bind(&item.key.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("complete: clearing the withholding"))?;
+            }
             // The row as leased (same seq), or replaced meanwhile by a plan that came back to the same content.
             let mut done = 0;
             for sql in [
@@ -1037,8 +1063,8 @@ pub(crate) const KEY_LEDGER_HASH: &str =
 pub(crate) const KEY_ROWS: &str = "SELECT seq, resource_type, resource_id, op, content_hash, dead, lease_until \
      FROM outbox WHERE destination = $1 AND resource_type = $2 AND resource_id = $3";
 pub(crate) const OUTBOX_INSERT: &str = "INSERT INTO outbox (destination, resource_type, resource_id, patient, op, \
-     content_hash, body, attempts, not_before, dead, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, FALSE, $8)";
+     content_hash, body, attempts, not_before, dead, created_at, origin) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, FALSE, $8, $9)";
 pub(crate) const OUTBOX_CANCEL: &str = "DELETE FROM outbox WHERE seq = $1 AND dead = FALSE";
 pub(crate) const OUTBOX_DELETE_DEAD: &str = "DELETE FROM outbox WHERE seq = $1 AND dead = TRUE";
 

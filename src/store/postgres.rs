@@ -75,7 +75,7 @@ const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease
              AND e.seq < o.seq AND (e.not_before > $5 OR e.lease_until > $5))) \
          ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
      RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
-         not_before, last_error, dead, created_at";
+         not_before, last_error, dead, created_at, origin";
 
 /// Leases in one transaction. Leasers of one destination take turns (a transaction advisory lock): the
 /// per-patient check reads other rows' leases, and without the turn two instances could each see the other's
@@ -151,6 +151,7 @@ pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Res
                     .bind(&item.content_hash)
                     .bind(super::body_of(item))
                     .bind(now)
+                    .bind(&item.origin)
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(op))?;
@@ -158,7 +159,7 @@ pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Res
             Action::Replace { seq } => {
                 sqlx::query(
                     "UPDATE outbox SET seq = DEFAULT, patient = $2, op = $3, content_hash = $4, body = $5, \
-                     attempts = 0, not_before = $6, last_error = NULL WHERE seq = $1",
+                     attempts = 0, not_before = $6, last_error = NULL, origin = $7 WHERE seq = $1",
                 )
                 .bind(seq)
                 .bind(&item.patient)
@@ -166,6 +167,7 @@ pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Res
                 .bind(&item.content_hash)
                 .bind(super::body_of(item))
                 .bind(now)
+                .bind(&item.origin)
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query(op))?;

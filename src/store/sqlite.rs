@@ -85,7 +85,7 @@ pub(super) const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until 
              AND e.seq < o.seq AND (e.not_before > $5 OR e.lease_until > $5))) \
          ORDER BY o.seq LIMIT $3) \
      RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
-         not_before, last_error, dead, created_at";
+         not_before, last_error, dead, created_at, origin";
 
 pub(super) async fn lease(
     pool: &SqlitePool,
@@ -135,6 +135,7 @@ pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) ->
                     .bind(&item.content_hash)
                     .bind(super::body_of(item))
                     .bind(now)
+                    .bind(&item.origin)
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(op))?;
@@ -150,7 +151,7 @@ pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) ->
                 .map_err(StoreError::query(op))?;
                 sqlx::query(
                     "UPDATE outbox SET seq = $7, patient = $2, op = $3, content_hash = $4, body = $5, \
-                     attempts = 0, not_before = $6, last_error = NULL WHERE seq = $1",
+                     attempts = 0, not_before = $6, last_error = NULL, origin = $8 WHERE seq = $1",
                 )
                 .bind(seq)
                 .bind(&item.patient)
@@ -159,6 +160,7 @@ pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) ->
                 .bind(super::body_of(item))
                 .bind(now)
                 .bind(new_seq)
+                .bind(&item.origin)
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query(op))?;

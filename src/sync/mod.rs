@@ -13,8 +13,11 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::deliver::{self, DeliveryReport, Destination, profile};
-use crate::mapping::{self, Catalog, Category, Input, MappedResource, Quarantined, RunReport, Sink};
-use crate::store::{Op, OutboxItem, QuarantineRecord, ResourceKey, Store};
+use crate::mapping::{
+    self, Catalog, Category, ConsentFacts, Decision, Input, MappedResource, Quarantined, RecordKind, RunReport, Sink,
+};
+use crate::policy::{self, Origin, Policy, Verdict};
+use crate::store::{AuditEntry, Op, OutboxItem, QuarantineRecord, ResourceKey, StatementRecord, Store};
 
 /// Resources planned per call to the store.
 const PLAN_CHUNK: usize = 500;
@@ -27,6 +30,39 @@ pub struct Engine {
     pub destinations: Vec<Arc<Destination>>,
     /// This instance's name in leases: host and process id.
     pub owner: String,
+    /// The sharing rules (agreements from the config).
+    pub policy: Arc<Policy>,
+    /// Print every send/withhold decision while planning (`sync --dry-run --explain`).
+    pub explain: bool,
+}
+
+/// One decision, for `sync --dry-run --explain`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Explained {
+    pub destination: String,
+    pub resource_type: String,
+    pub id: String,
+    pub partner: String,
+    pub category: Category,
+    /// send | withhold
+    pub decision: &'static str,
+    /// Whether the destination already holds exactly this (nothing would be written).
+    pub unchanged: bool,
+    /// For a send: the agreement, lawful basis and consent; for a withholding: why.
+    pub why: String,
+}
+
+/// What a destination held for a person when their consent was withdrawn (or declined).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WithdrawalReport {
+    pub person: String,
+    pub statement: String,
+    /// Pending sends cancelled.
+    pub cancelled: usize,
+    /// Destination -> the resources it holds for the person (type/id).
+    pub holdings: BTreeMap<String, Vec<String>>,
+    /// Destinations where those are being deleted (`retract = true`).
+    pub retracting: Vec<String>,
 }
 
 /// What mapping and planning one partner did.
@@ -36,8 +72,17 @@ pub struct IngestReport {
     pub mapping: RunReport,
     /// Per destination: resources queued because they are new or changed.
     pub queued: BTreeMap<String, u64>,
-    /// Per destination: resources that the destination's rules do not allow, with the count.
+    /// Per destination: resources that the sharing rules or the destination's profile do not allow.
     pub withheld: BTreeMap<String, u64>,
+    /// Per destination: resources it holds that it may no longer hold (deleted there when `retract = true`).
+    pub no_longer_allowed: BTreeMap<String, u64>,
+    /// Consent statements newly read.
+    pub consent_statements: u64,
+    /// People whose consent is now withdrawn or declined, with what each destination holds of them.
+    pub withdrawals: Vec<WithdrawalReport>,
+    /// Every decision, when explaining.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub explained: Vec<Explained>,
     pub dry_run: bool,
     /// The rows quarantined in this run: kind, file name, row and key (never their content).
     #[serde(skip)]
@@ -70,6 +115,7 @@ struct Mapped {
     key: ResourceKey,
     patient: Option<String>,
     category: Category,
+    not_for_patient: bool,
     body: Value,
 }
 
@@ -84,13 +130,42 @@ impl Sink for ChannelSink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         let key = ResourceKey { resource_type: r.resource_type.to_string(), id: r.id.to_string() };
         let patient = patient_of(r.resource_type, r.id, r.resource);
-        let m = Mapped { key, patient, category: r.category, body: r.resource.clone() };
+        let m =
+            Mapped { key, patient, category: r.category, not_for_patient: r.not_for_patient, body: r.resource.clone() };
         self.0.blocking_send(Msg::Resource(m)).map_err(|_| std::io::Error::other("planner stopped"))
     }
     fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
         self.0
             .blocking_send(Msg::Quarantined(Box::new(q.clone())))
             .map_err(|_| std::io::Error::other("planner stopped"))
+    }
+}
+
+/// Collects, from a partner's person and consent records, who each Patient is and the consent statements.
+#[derive(Default)]
+struct ConsentSink {
+    /// (patient, person, partner)
+    links: Vec<(String, String, String)>,
+    groups: std::collections::HashMap<String, String>,
+    /// (facts, record key, Consent resource id)
+    statements: Vec<(ConsentFacts, String, String)>,
+}
+
+impl Sink for ConsentSink {
+    fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
+        if r.resource_type == "Patient" {
+            let patient = format!("Patient/{}", r.id);
+            let group = person_group(&patient, r.resource);
+            self.groups.insert(patient.clone(), group.clone());
+            self.links.push((patient, group, r.partner.to_string()));
+        }
+        if let Some(f) = r.consent {
+            self.statements.push((f.clone(), r.source_key.to_string(), format!("{}/{}", r.resource_type, r.id)));
+        }
+        Ok(())
+    }
+    fn quarantined(&mut self, _: &Quarantined) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -193,7 +268,21 @@ impl Engine {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let owner = format!("{}-{}", host.trim(), std::process::id());
         reclaim_dead_leases(&store, host.trim()).await?;
-        Ok(Engine { config: Arc::new(config), catalog: Arc::new(catalog), store, destinations, owner })
+        let policy = Arc::new(Policy::new(&config, &catalog));
+        for d in &mut destinations {
+            if let Some(d) = Arc::get_mut(d) {
+                d.policy = policy.clone();
+            }
+        }
+        Ok(Engine {
+            config: Arc::new(config),
+            catalog: Arc::new(catalog),
+            store,
+            destinations,
+            owner,
+            policy,
+            explain: false,
+        })
     }
 
     pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
@@ -234,6 +323,9 @@ impl Engine {
             .with_context(|| format!("no [[partner]] \"{partner_id}\" in the config"))?;
         let inputs: Vec<Input> =
             pc.sources.iter().map(|s| Input { kind: s.kind, path: self.config.resolve(&s.path) }).collect();
+        let mut report = IngestReport { partner: partner_id.to_string(), dry_run, ..Default::default() };
+        // First who is who and what they consented to, so the plan below decides on today's consent.
+        let overlay = self.read_consent(partner_id, &inputs, &mut report).await?;
         let catalog = self.catalog.clone();
         let id = partner_id.to_string();
         let max_bytes = self.config.limits.max_input_bytes;
@@ -244,8 +336,8 @@ impl Engine {
             mapping::run_with_limit(partner, &inputs, &mut sink, Some(max_bytes))
         });
 
-        let mut report = IngestReport { partner: partner_id.to_string(), dry_run, ..Default::default() };
         let mut pending: Vec<Mapped> = Vec::with_capacity(PLAN_CHUNK);
+        let mut retractions: Vec<OutboxItem> = Vec::new();
         // Patient reference -> person group, for the resources that follow their Patient in this run.
         let mut groups: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         while let Some(msg) = rx.recv().await {
@@ -263,7 +355,7 @@ impl Engine {
                     }
                     pending.push(m);
                     if pending.len() >= PLAN_CHUNK {
-                        self.plan(&mut pending, &mut report).await?;
+                        self.plan(&mut pending, &overlay, &mut retractions, &mut report).await?;
                     }
                 }
                 Msg::Quarantined(q) => {
@@ -275,7 +367,10 @@ impl Engine {
                 }
             }
         }
-        self.plan(&mut pending, &mut report).await?;
+        self.plan(&mut pending, &overlay, &mut retractions, &mut report).await?;
+        if !dry_run {
+            self.retract(retractions).await?;
+        }
         report.mapping = mapper.await.context("the mapper stopped")?.context("mapping")?;
         for f in report.mapping.failed_files() {
             tracing::error!(partner = %partner_id, file = %f.path.display(), error = f.error.as_deref().unwrap_or_default(), "Export not mapped.");
@@ -305,14 +400,192 @@ impl Engine {
         Ok(())
     }
 
-    async fn plan(&self, pending: &mut Vec<Mapped>, report: &mut IngestReport) -> anyhow::Result<()> {
+    /// Reads the partner's person and consent records: records who each Patient is and every new consent
+    /// statement. A new statement that withdraws (or declines) consent cancels the person's pending sends,
+    /// reports what each destination holds of them, and queues its deletion where `retract = true`.
+    /// Returns, for a dry run, the statements that would be recorded (nothing is written then).
+    async fn read_consent(
+        &self,
+        partner_id: &str,
+        inputs: &[Input],
+        report: &mut IngestReport,
+    ) -> anyhow::Result<std::collections::HashMap<String, StatementRecord>> {
+        let mut overlay = std::collections::HashMap::new();
+        let inputs: Vec<Input> = inputs
+            .iter()
+            .filter(|i| matches!(i.kind, RecordKind::Person | RecordKind::Consent))
+            .map(|i| Input { kind: i.kind, path: i.path.clone() })
+            .collect();
+        if inputs.is_empty() {
+            return Ok(overlay);
+        }
+        let catalog = self.catalog.clone();
+        let id = partner_id.to_string();
+        let max_bytes = self.config.limits.max_input_bytes;
+        let sink = tokio::task::spawn_blocking(move || -> std::io::Result<ConsentSink> {
+            let mut sink = ConsentSink::default();
+            mapping::run_with_limit(&catalog.partners[&id], &inputs, &mut sink, Some(max_bytes))?;
+            Ok(sink)
+        })
+        .await
+        .context("the consent reader stopped")?
+        .context("reading consent")?;
+        let now = Utc::now();
+        if !report.dry_run {
+            self.store.persons_put(&sink.links, now).await?;
+        }
+        let mut changed: Vec<(String, i64)> = Vec::new();
+        for (facts, record_key, resource_id) in &sink.statements {
+            let person = sink.groups.get(&facts.patient).cloned().unwrap_or_else(|| facts.patient.clone());
+            let mut record = StatementRecord {
+                id: 0,
+                person: person.clone(),
+                patient: facts.patient.clone(),
+                partner: partner_id.to_string(),
+                record_key: record_key.clone(),
+                resource_id: resource_id.clone(),
+                decision: facts.decision.as_str().to_string(),
+                effective: facts.effective.clone(),
+                given_on: facts.given.clone(),
+                withdrawn_on: facts.withdrawn.clone(),
+                share_cito: facts.cito,
+                share_pkb: facts.pkb,
+                share_partners: serde_json::to_string(&facts.partners)?,
+                restrictions: serde_json::to_string(
+                    &facts.restrictions.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                )?,
+                statement_hash: crate::store::sha256_hex(&serde_json::to_string(&(&person, facts))?),
+                recorded_at: now,
+            };
+            if report.dry_run {
+                // Would it be new? Then it counts as the latest of its day.
+                let known = self.store.consent_history(&person).await?;
+                if !known.iter().any(|k| k.statement_hash == record.statement_hash && k.record_key == record.record_key)
+                {
+                    record.id = i64::MAX;
+                    let later = overlay.get(&person).is_none_or(|o: &StatementRecord| o.effective <= record.effective);
+                    if later {
+                        overlay.insert(person.clone(), record);
+                    }
+                    report.consent_statements += 1;
+                }
+                continue;
+            }
+            if let Some(new_id) = self.store.consent_record(&record).await? {
+                report.consent_statements += 1;
+                record.id = new_id;
+                self.store
+                    .audit_append(&AuditEntry {
+                        at: now,
+                        action: "consent".into(),
+                        person: Some(person.clone()),
+                        resource_type: Some("Consent".into()),
+                        resource_id: resource_id.strip_prefix("Consent/").map(String::from),
+                        partner: Some(partner_id.to_string()),
+                        consent: Some(policy::cite(&record)),
+                        reason: Some("consent statement recorded".into()),
+                        ..AuditEntry::default()
+                    })
+                    .await?;
+                changed.push((person, new_id));
+            }
+        }
+        // Withdrawals and refusals now in force.
+        let persons: Vec<String> = changed.iter().map(|(p, _)| p.clone()).collect();
+        let current = self.store.consent_current(&persons).await?;
+        for (person, new_id) in changed {
+            let Some(s) = current.get(&person).filter(|s| s.id == new_id) else { continue };
+            if Decision::parse(&s.decision) == Some(Decision::Given) {
+                continue;
+            }
+            let cite = policy::cite(s);
+            let cancelled =
+                self.store.outbox_cancel_person(&person, &format!("consent {} ({cite})", s.decision), now).await?;
+            let mut holdings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut retract = Vec::new();
+            for e in self.store.ledger_for_person(&person).await? {
+                holdings.entry(e.destination.clone()).or_default().push(e.key.to_string());
+                let dest = self.destination(&e.destination);
+                if !e.linked && dest.is_some_and(|d| d.retract) {
+                    retract.push(OutboxItem {
+                        destination: e.destination.clone(),
+                        key: e.key.clone(),
+                        patient: Some(person.clone()),
+                        op: Op::Delete,
+                        content_hash: String::new(),
+                        body: None,
+                        origin: None,
+                    });
+                }
+            }
+            let retracting: Vec<String> = {
+                let mut d: Vec<String> = retract.iter().map(|i| i.destination.clone()).collect();
+                d.dedup();
+                d
+            };
+            warn!(person = %person, statement = %cite, cancelled, held = holdings.values().map(Vec::len).sum::<usize>(), retracting = ?retracting, "Consent withdrawn or declined: sends stopped.");
+            self.retract(retract).await?;
+            report.withdrawals.push(WithdrawalReport { person, statement: cite, cancelled, holdings, retracting });
+        }
+        Ok(overlay)
+    }
+
+    /// Queues deletions, the person's Patient last (nothing is left pointing at a deleted Patient).
+    async fn retract(&self, mut items: Vec<OutboxItem>) -> anyhow::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        items.sort_by_key(|i| i.key.resource_type == "Patient");
+        self.store.enqueue(&items, Utc::now()).await?;
+        Ok(())
+    }
+
+    async fn plan(
+        &self,
+        pending: &mut Vec<Mapped>,
+        overlay: &std::collections::HashMap<String, StatementRecord>,
+        retractions: &mut Vec<OutboxItem>,
+        report: &mut IngestReport,
+    ) -> anyhow::Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
+        let persons: Vec<String> = {
+            let mut v: Vec<String> = pending.iter().filter_map(|m| m.patient.clone()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut consents = self.store.consent_current(&persons).await?;
+        for (person, s) in overlay {
+            if consents.get(person).is_none_or(|c| c.effective <= s.effective) {
+                consents.insert(person.clone(), s.clone());
+            }
+        }
+        let partner = report.partner.clone();
+        let now = Utc::now();
         for dest in &self.destinations {
             let mut items = Vec::with_capacity(pending.len());
-            for m in pending.iter() {
-                match profile::apply(dest.profile, m.category, m.body.clone()) {
+            let mut sends: Vec<(usize, String)> = Vec::new();
+            let mut withheld: Vec<(usize, String)> = Vec::new();
+            for (n, m) in pending.iter().enumerate() {
+                let origin = Origin {
+                    partner: partner.clone(),
+                    category: m.category,
+                    not_for_patient: m.not_for_patient,
+                    is_patient: m.key.resource_type == "Patient",
+                };
+                let consent = m.patient.as_ref().and_then(|p| consents.get(p));
+                let permit = match self.policy.decide(&dest.name, dest.profile, &origin, m.patient.is_some(), consent) {
+                    Verdict::Send(p) => p,
+                    Verdict::Withhold(reason) => {
+                        withheld.push((n, reason));
+                        continue;
+                    }
+                };
+                let mut body = m.body.clone();
+                policy::label(&mut body, m.category, m.not_for_patient);
+                match profile::apply(dest.profile, m.category, body) {
                     Ok(body) => {
                         let text = body.to_string();
                         items.push(OutboxItem {
@@ -322,26 +595,102 @@ impl Engine {
                             op: Op::Upsert,
                             content_hash: content_hash(&text),
                             body: Some(text),
+                            origin: Some(origin.encode()),
                         });
+                        if self.explain {
+                            let consent = permit.consent.as_deref().unwrap_or("no consent needed");
+                            sends.push((
+                                n,
+                                format!(
+                                    "agreement \"{}\" ({}); consent {consent}",
+                                    permit.agreement, permit.lawful_basis
+                                ),
+                            ));
+                        }
                     }
-                    Err(why) => {
-                        warn!(destination = %dest.name, resource_type = %m.key.resource_type, resource = %m.key.id, reason = %why, "Withheld by the destination's rules.");
-                        *report.withheld.entry(dest.name.clone()).or_default() += 1;
+                    Err(why) => withheld.push((n, format!("{} rules: {why}", dest.name))),
+                }
+            }
+            *report.withheld.entry(dest.name.clone()).or_default() += withheld.len() as u64;
+            let need_ledger = report.dry_run || self.explain;
+            let held: std::collections::HashMap<ResourceKey, crate::store::LedgerEntry> = {
+                let mut keys: Vec<ResourceKey> = withheld.iter().map(|(n, _)| pending[*n].key.clone()).collect();
+                if need_ledger {
+                    keys.extend(items.iter().map(|i| i.key.clone()));
+                }
+                self.store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect()
+            };
+            if self.explain {
+                for (n, why) in sends {
+                    let m = &pending[n];
+                    let hash = items.iter().find(|i| i.key == m.key).map(|i| i.content_hash.clone());
+                    report.explained.push(Explained {
+                        destination: dest.name.clone(),
+                        resource_type: m.key.resource_type.clone(),
+                        id: m.key.id.clone(),
+                        partner: partner.clone(),
+                        category: m.category,
+                        decision: "send",
+                        unchanged: held.get(&m.key).map(|e| Some(e.content_hash.clone())) == Some(hash),
+                        why,
+                    });
+                }
+                for (n, why) in &withheld {
+                    let m = &pending[*n];
+                    report.explained.push(Explained {
+                        destination: dest.name.clone(),
+                        resource_type: m.key.resource_type.clone(),
+                        id: m.key.id.clone(),
+                        partner: partner.clone(),
+                        category: m.category,
+                        decision: "withhold",
+                        unchanged: !held.contains_key(&m.key),
+                        why: why.clone(),
+                    });
+                }
+            }
+            // What the destination holds but may no longer: deleted there with `retract`, else reported.
+            for (n, _) in &withheld {
+                let m = &pending[*n];
+                if let Some(e) = held.get(&m.key).filter(|e| !e.linked) {
+                    *report.no_longer_allowed.entry(dest.name.clone()).or_default() += 1;
+                    if dest.retract {
+                        retractions.push(OutboxItem {
+                            destination: dest.name.clone(),
+                            key: e.key.clone(),
+                            patient: m.patient.clone(),
+                            op: Op::Delete,
+                            content_hash: String::new(),
+                            body: None,
+                            origin: None,
+                        });
                     }
                 }
             }
             let queued = if report.dry_run {
-                let keys: Vec<ResourceKey> = items.iter().map(|i| i.key.clone()).collect();
-                let held: std::collections::HashMap<ResourceKey, String> = self
-                    .store
-                    .ledger_get_many(&dest.name, &keys)
-                    .await?
-                    .into_iter()
-                    .map(|e| (e.key, e.content_hash))
-                    .collect();
-                items.iter().filter(|i| held.get(&i.key) != Some(&i.content_hash)).count()
+                items.iter().filter(|i| held.get(&i.key).map(|e| &e.content_hash) != Some(&i.content_hash)).count()
             } else {
-                self.store.enqueue(&items, Utc::now()).await?
+                let notes: Vec<(ResourceKey, String, AuditEntry)> = withheld
+                    .iter()
+                    .map(|(n, reason)| {
+                        let m = &pending[*n];
+                        let audit = AuditEntry {
+                            at: now,
+                            action: "withheld".into(),
+                            destination: Some(dest.name.clone()),
+                            person: m.patient.clone(),
+                            resource_type: Some(m.key.resource_type.clone()),
+                            resource_id: Some(m.key.id.clone()),
+                            partner: Some(partner.clone()),
+                            category: Some(m.category.as_str().to_string()),
+                            reason: Some(reason.clone()),
+                            ..AuditEntry::default()
+                        };
+                        (m.key.clone(), reason.clone(), audit)
+                    })
+                    .collect();
+                self.store.withheld_note_many(&dest.name, &notes).await?;
+                self.store.enqueue(&items, now).await?
             };
             *report.queued.entry(dest.name.clone()).or_default() += queued as u64;
         }

@@ -1,0 +1,224 @@
+//! Policy: decides, per resource and destination, whether it may be sent (and on which agreement and
+//! consent) or must be withheld (and why). The rules, in order:
+//!
+//! 1. An information sharing agreement (`[[sharing]]`) must let the partner's data of the resource's
+//!    category go to the destination, and also the person's own record (their Patient's category): nothing
+//!    about a person goes where their record may not.
+//! 2. Nothing marked not-for-the-patient goes to the patient-held record (PKB), whatever else says.
+//! 3. The person's consent: the statement in force is the one that takes effect last, from any partner
+//!    (so a withdrawal anywhere applies everywhere). Declined or withdrawn: nothing is sent. Given: the
+//!    destination must be one they agreed to (central record, PKB), the category must not be one they
+//!    restricted (their Patient record itself is exempt: without it nothing else can be placed), and with
+//!    a third-party restriction nothing marked not-for-the-patient is sent anywhere. No statement at all:
+//!    nothing is sent when the agreement requires explicit consent (the default), else it flows.
+//!
+//! The same rules run when the outbox is planned and again just before a row is sent, so a consent change
+//! between the two is honoured.
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, Profile, SharingConfig};
+use crate::mapping::{Catalog, Category, Decision, RecordKind, Restriction};
+use crate::store::StatementRecord;
+
+pub const V3_CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+pub const V3_ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+/// Where a planned write came from: what the rules need to decide again before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub partner: String,
+    pub category: Category,
+    pub not_for_patient: bool,
+    /// True for the person's own Patient resource.
+    pub is_patient: bool,
+}
+
+impl Origin {
+    /// `partner|category|nfp|patient`, as kept in the outbox.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.partner,
+            self.category.as_str(),
+            u8::from(self.not_for_patient),
+            u8::from(self.is_patient)
+        )
+    }
+
+    pub fn decode(s: &str) -> Option<Origin> {
+        let mut parts = s.split('|');
+        let partner = parts.next().filter(|p| !p.is_empty())?.to_string();
+        let category = Category::parse(parts.next()?)?;
+        let not_for_patient = parts.next()? == "1";
+        let is_patient = parts.next().is_some_and(|p| p == "1");
+        Some(Origin { partner, category, not_for_patient, is_patient })
+    }
+}
+
+/// What allowed a disclosure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    pub agreement: String,
+    pub lawful_basis: String,
+    /// The consent statement relied on (`partner/record#id decision effective`); `None` when the agreement
+    /// does not require consent and none is recorded.
+    pub consent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Send(Permit),
+    Withhold(String),
+}
+
+impl Verdict {
+    pub fn is_send(&self) -> bool {
+        matches!(self, Verdict::Send(_))
+    }
+}
+
+/// The agreements and what the rules need to know of the mappings.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub agreements: Vec<SharingConfig>,
+    /// Partner -> the category of its person records (their Patient).
+    pub person_category: std::collections::BTreeMap<String, Category>,
+}
+
+impl Policy {
+    pub fn new(config: &Config, catalog: &Catalog) -> Policy {
+        let person_category = catalog
+            .partners
+            .iter()
+            .map(|(id, p)| {
+                let c = p.mappings.get(&RecordKind::Person).map_or(Category::GeneralHealth, |m| m.category);
+                (id.clone(), c)
+            })
+            .collect();
+        Policy { agreements: config.sharing.clone(), person_category }
+    }
+
+    fn agreement(&self, partner: &str, category: Category, destination: &str) -> Option<&SharingConfig> {
+        self.agreements
+            .iter()
+            .find(|a| a.partner == partner && a.destination == destination && a.categories.contains(&category))
+    }
+
+    /// The decision for one resource. `about_person`: whether it belongs to a person (everything but
+    /// Organizations); `consent`: the statement in force for that person, if any.
+    pub fn decide(
+        &self,
+        destination: &str,
+        profile: Profile,
+        origin: &Origin,
+        about_person: bool,
+        consent: Option<&StatementRecord>,
+    ) -> Verdict {
+        let Some(agreement) = self.agreement(&origin.partner, origin.category, destination) else {
+            return Verdict::Withhold(format!(
+                "no information sharing agreement lets {} {} data go to {destination}",
+                origin.partner, origin.category
+            ));
+        };
+        if about_person && !origin.is_patient {
+            let pc = self.person_category.get(&origin.partner).copied().unwrap_or(Category::GeneralHealth);
+            if self.agreement(&origin.partner, pc, destination).is_none() {
+                return Verdict::Withhold(format!(
+                    "the person's own record ({pc}) from {} may not go to {destination}, so nothing about them may",
+                    origin.partner
+                ));
+            }
+        }
+        if origin.not_for_patient && profile == Profile::Pkb {
+            return Verdict::Withhold("marked not for the patient: never sent to the patient-held record".into());
+        }
+        let permit = |consent: Option<String>| {
+            Verdict::Send(Permit {
+                agreement: agreement.name.clone(),
+                lawful_basis: agreement.lawful_basis.clone(),
+                consent,
+            })
+        };
+        if !about_person {
+            return permit(None);
+        }
+        let Some(s) = consent else {
+            return if agreement.consent_required {
+                Verdict::Withhold(format!(
+                    "no consent recorded for this person; agreement \"{}\" needs explicit consent",
+                    agreement.name
+                ))
+            } else {
+                permit(None)
+            };
+        };
+        let cite = cite(s);
+        match Decision::parse(&s.decision) {
+            Some(Decision::Given) => {}
+            Some(Decision::Declined) => return Verdict::Withhold(format!("consent declined ({cite})")),
+            Some(Decision::Withdrawn) | None => return Verdict::Withhold(format!("consent withdrawn ({cite})")),
+        }
+        let agreed = match profile {
+            Profile::Cito => s.share_cito,
+            Profile::Pkb => s.share_pkb,
+        };
+        if !agreed {
+            return Verdict::Withhold(format!("the person has not agreed to share with {destination} ({cite})"));
+        }
+        let restrictions = restrictions(s);
+        if !origin.is_patient && restrictions.iter().any(|r| r.category() == Some(origin.category)) {
+            return Verdict::Withhold(format!(
+                "the person asked that {} information is not shared ({cite})",
+                origin.category
+            ));
+        }
+        if origin.not_for_patient && restrictions.contains(&Restriction::ThirdParty) {
+            return Verdict::Withhold(format!(
+                "marked not for the patient, and the person asked that third-party information is not shared ({cite})"
+            ));
+        }
+        permit(Some(cite))
+    }
+}
+
+/// How the audit trail and reasons cite a statement: `hub/CN-701#12 given 2023-03-24`.
+pub fn cite(s: &StatementRecord) -> String {
+    format!("{}/{}#{} {} {}", s.partner, s.record_key, s.id, s.decision, s.effective)
+}
+
+pub fn restrictions(s: &StatementRecord) -> Vec<Restriction> {
+    serde_json::from_str::<Vec<String>>(&s.restrictions)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| Restriction::parse(r))
+        .collect()
+}
+
+/// Security labels for a resource of `category`: v3 confidentiality (N normal, R restricted for sensitive
+/// categories), a v3 sensitivity code where one exists (PSY mental health, SEX sexual health) and NOPAT for
+/// data not to be disclosed to the patient. Replaces any v3 labels the resource had.
+pub fn label(resource: &mut Value, category: Category, not_for_patient: bool) {
+    let Some(obj) = resource.as_object_mut() else { return };
+    let meta = obj.entry("meta").or_insert_with(|| json!({}));
+    let Some(meta) = meta.as_object_mut() else { return };
+    let security = meta.entry("security").or_insert_with(|| json!([]));
+    let Some(list) = security.as_array_mut() else { return };
+    list.retain(|c| c["system"] != V3_CONFIDENTIALITY && c["system"] != V3_ACT_CODE);
+    let confidentiality = if category == Category::GeneralHealth { "N" } else { "R" };
+    list.push(json!({ "system": V3_CONFIDENTIALITY, "code": confidentiality }));
+    let sensitivity = match category {
+        Category::MentalHealth => Some("PSY"),
+        Category::SexualHealth => Some("SEX"),
+        Category::GeneralHealth | Category::SocialCare => None,
+    };
+    if let Some(code) = sensitivity {
+        list.push(json!({ "system": V3_ACT_CODE, "code": code }));
+    }
+    if not_for_patient {
+        list.push(json!({ "system": V3_ACT_CODE, "code": "NOPAT" }));
+    }
+}
+
+#[cfg(test)]
+mod tests;

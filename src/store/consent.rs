@@ -1,0 +1,520 @@
+//! Consent statements, the person each Patient belongs to, current withholdings and the append-only audit
+//! trail. People are known by ids only: a person is `Person/<uuid5 of NHS number>` (or their Patient
+//! reference when no NHS number is known); nothing here names anyone.
+
+use chrono::{DateTime, Utc};
+
+use super::{Inner, LedgerEntry, OUTBOX_CANCEL, OutboxRow, ResourceKey, Result, Store, StoreError, from_ms, limit, ms};
+
+/// One consent statement as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatementRecord {
+    /// Store id (0 before it is stored).
+    pub id: i64,
+    pub person: String,
+    pub patient: String,
+    pub partner: String,
+    pub record_key: String,
+    pub resource_id: String,
+    /// given | declined | withdrawn
+    pub decision: String,
+    pub effective: String,
+    pub given_on: String,
+    pub withdrawn_on: Option<String>,
+    pub share_cito: bool,
+    pub share_pkb: bool,
+    /// JSON list of partner names.
+    pub share_partners: String,
+    /// JSON list of restriction codes.
+    pub restrictions: String,
+    pub statement_hash: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StatementDb {
+    id: i64,
+    person: String,
+    patient: String,
+    partner: String,
+    record_key: String,
+    resource_id: String,
+    decision: String,
+    effective: String,
+    given_on: String,
+    withdrawn_on: Option<String>,
+    share_cito: bool,
+    share_pkb: bool,
+    share_partners: String,
+    restrictions: String,
+    statement_hash: String,
+    recorded_at: i64,
+}
+
+impl StatementDb {
+    fn into_record(self) -> Result<StatementRecord> {
+        Ok(StatementRecord {
+            id: self.id,
+            person: self.person,
+            patient: self.patient,
+            partner: self.partner,
+            record_key: self.record_key,
+            resource_id: self.resource_id,
+            decision: self.decision,
+            effective: self.effective,
+            given_on: self.given_on,
+            withdrawn_on: self.withdrawn_on,
+            share_cito: self.share_cito,
+            share_pkb: self.share_pkb,
+            share_partners: self.share_partners,
+            restrictions: self.restrictions,
+            statement_hash: self.statement_hash,
+            recorded_at: from_ms("consent_statements.recorded_at", self.recorded_at)?,
+        })
+    }
+}
+
+const STATEMENT_COLUMNS: &str = "id, person, patient, partner, record_key, resource_id, decision, effective, \
+     given_on, withdrawn_on, share_cito, share_pkb, share_partners, restrictions, statement_hash, recorded_at";
+
+/// One entry of the audit trail. `action`: disclosed, linked, withheld, cancelled, retracted or consent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// Store id (0 before it is stored).
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub destination: Option<String>,
+    pub person: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub version_id: Option<String>,
+    pub content_hash: Option<String>,
+    pub partner: Option<String>,
+    pub category: Option<String>,
+    pub agreement: Option<String>,
+    pub lawful_basis: Option<String>,
+    pub consent: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditDb {
+    id: i64,
+    at: i64,
+    action: String,
+    destination: Option<String>,
+    person: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    version_id: Option<String>,
+    content_hash: Option<String>,
+    partner: Option<String>,
+    category: Option<String>,
+    agreement: Option<String>,
+    lawful_basis: Option<String>,
+    consent: Option<String>,
+    reason: Option<String>,
+}
+
+const AUDIT_INSERT: &str = "INSERT INTO audit (at, action, destination, person, resource_type, resource_id, \
+     version_id, content_hash, partner, category, agreement, lawful_basis, consent, reason) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Person ids (`Person/...` or `Patient/...`); empty: everyone.
+    pub persons: Vec<String>,
+    pub destination: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Only these actions; empty: all.
+    pub actions: Vec<String>,
+    pub after_id: i64,
+    pub limit: usize,
+}
+
+/// Appends `entry` inside an open transaction.
+pub(crate) async fn append_audit<'c, E, DB>(conn: E, entry: &AuditEntry) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(AUDIT_INSERT)
+        .bind(ms(entry.at))
+        .bind(entry.action.clone())
+        .bind(entry.destination.clone())
+        .bind(entry.person.clone())
+        .bind(entry.resource_type.clone())
+        .bind(entry.resource_id.clone())
+        .bind(entry.version_id.clone())
+        .bind(entry.content_hash.clone())
+        .bind(entry.partner.clone())
+        .bind(entry.category.clone())
+        .bind(entry.agreement.clone())
+        .bind(entry.lawful_basis.clone())
+        .bind(entry.consent.clone())
+        .bind(entry.reason.clone())
+        .execute(conn)
+        .await
+        .map_err(StoreError::query("writing the audit trail"))?;
+    Ok(())
+}
+
+impl Store {
+    /// Records which person each Patient is (upsert).
+    pub async fn persons_put(&self, links: &[(String, String, String)], now: DateTime<Utc>) -> Result<()> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, "persons_put", |tx| {
+            for (patient, person, partner) in links {
+                sqlx::query(
+                    "INSERT INTO persons (patient, person, partner, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (patient) DO UPDATE SET person = excluded.person, updated_at = excluded.updated_at \
+                     WHERE persons.person <> excluded.person",
+                )
+                .bind(patient)
+                .bind(person)
+                .bind(partner)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("persons_put"))?;
+            }
+        });
+        Ok(())
+    }
+
+    /// The person a Patient belongs to, if known.
+    pub async fn person_of(&self, patient: &str) -> Result<Option<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT person FROM persons WHERE patient = $1").bind(patient).fetch_optional(pool).await
+        })
+        .map_err(StoreError::query("person_of"))
+    }
+
+    /// A person's Patients: (patient, partner).
+    pub async fn patients_of(&self, person: &str) -> Result<Vec<(String, String)>> {
+        with_pool!(self, |pool| {
+            sqlx::query_as("SELECT patient, partner FROM persons WHERE person = $1 ORDER BY partner, patient")
+                .bind(person)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(StoreError::query("patients_of"))
+    }
+
+    /// Stores a statement unless the same one (partner, record, content) is already stored. Returns the new
+    /// statement's id, or `None` when it was known.
+    pub async fn consent_record(&self, s: &StatementRecord) -> Result<Option<i64>> {
+        let id: Option<i64> = with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "INSERT INTO consent_statements (person, patient, partner, record_key, resource_id, decision, \
+                 effective, given_on, withdrawn_on, share_cito, share_pkb, share_partners, restrictions, \
+                 statement_hash, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT (partner, record_key, statement_hash) DO NOTHING RETURNING id",
+            )
+            .bind(&s.person)
+            .bind(&s.patient)
+            .bind(&s.partner)
+            .bind(&s.record_key)
+            .bind(&s.resource_id)
+            .bind(&s.decision)
+            .bind(&s.effective)
+            .bind(&s.given_on)
+            .bind(&s.withdrawn_on)
+            .bind(s.share_cito)
+            .bind(s.share_pkb)
+            .bind(&s.share_partners)
+            .bind(&s.restrictions)
+            .bind(&s.statement_hash)
+            .bind(ms(s.recorded_at))
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(StoreError::query("consent_record"))?;
+        Ok(id)
+    }
+
+    /// Every statement about `person`, in the order they take effect (the last one is in force).
+    pub async fn consent_history(&self, person: &str) -> Result<Vec<StatementRecord>> {
+        let rows: Vec<StatementDb> = with_pool!(self, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {STATEMENT_COLUMNS} FROM consent_statements WHERE person = $1 ORDER BY effective, id"
+            )))
+            .bind(person)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("consent_history"))?;
+        rows.into_iter().map(StatementDb::into_record).collect()
+    }
+
+    /// The statement in force for each of `persons` (those with none are left out): the one that takes
+    /// effect last; of two on the same day, the one recorded last.
+    pub async fn consent_current(
+        &self,
+        persons: &[String],
+    ) -> Result<std::collections::HashMap<String, StatementRecord>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in persons.chunks(super::KEY_CHUNK) {
+            let rows: Vec<StatementDb> = with_pool!(self, |pool| {
+                let mut qb = sqlx::QueryBuilder::new(format!(
+                    "SELECT {STATEMENT_COLUMNS} FROM consent_statements WHERE person IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for p in chunk {
+                    sep.push_bind(p.clone());
+                }
+                qb.push(") ORDER BY person, effective, id");
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("consent_current"))?;
+            for row in rows {
+                let r = row.into_record()?;
+                out.insert(r.person.clone(), r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Notes many withholdings at once (see [`Store::withheld_note`]): reads the current reasons in chunks
+    /// and writes only what changed, in one transaction. Returns how many were new or changed.
+    pub async fn withheld_note_many(
+        &self,
+        destination: &str,
+        items: &[(ResourceKey, String, AuditEntry)],
+    ) -> Result<usize> {
+        let mut known: std::collections::HashMap<ResourceKey, String> = std::collections::HashMap::new();
+        for chunk in items.chunks(super::KEY_CHUNK) {
+            let rows: Vec<(String, String, String)> = with_pool!(self, |pool| {
+                let mut qb = super::with_keys(chunk.iter().map(|(k, _, _)| k));
+                qb.push(
+                    "SELECT w.resource_type, w.resource_id, w.reason FROM k CROSS JOIN withheld w \
+                     WHERE w.resource_type = k.t AND w.resource_id = k.i AND w.destination = ",
+                );
+                qb.push_bind(destination.to_string());
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("withheld_note_many"))?;
+            for (t, i, reason) in rows {
+                known.insert(ResourceKey::new(t, i), reason);
+            }
+        }
+        let todo: Vec<&(ResourceKey, String, AuditEntry)> =
+            items.iter().filter(|(k, reason, _)| known.get(k) != Some(reason)).collect();
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        in_tx!(self, "withheld_note_many", |tx| {
+            for (key, reason, audit) in &todo {
+                sqlx::query(
+                    "INSERT INTO withheld (destination, resource_type, resource_id, reason, since) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, resource_type, resource_id) \
+                     DO UPDATE SET reason = excluded.reason, since = excluded.since",
+                )
+                .bind(destination)
+                .bind(&key.resource_type)
+                .bind(&key.id)
+                .bind(reason)
+                .bind(ms(audit.at))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("withheld_note_many"))?;
+                append_audit(&mut *tx, audit).await?;
+            }
+        });
+        Ok(todo.len())
+    }
+
+    /// Notes that the rules keep `key` from `destination` for `reason`. Returns true (and appends `audit`)
+    /// when this is new or the reason changed; false when it was already withheld for that reason.
+    pub async fn withheld_note(
+        &self,
+        destination: &str,
+        key: &ResourceKey,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let current: Option<String> = with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT reason FROM withheld WHERE destination = $1 AND resource_type = $2 AND resource_id = $3",
+            )
+            .bind(destination)
+            .bind(&key.resource_type)
+            .bind(&key.id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(StoreError::query("withheld_note"))?;
+        if current.as_deref() == Some(reason) {
+            return Ok(false);
+        }
+        in_tx!(self, "withheld_note", |tx| {
+            sqlx::query(
+                "INSERT INTO withheld (destination, resource_type, resource_id, reason, since) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, resource_type, resource_id) \
+                 DO UPDATE SET reason = excluded.reason, since = excluded.since",
+            )
+            .bind(destination)
+            .bind(&key.resource_type)
+            .bind(&key.id)
+            .bind(reason)
+            .bind(ms(audit.at))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("withheld_note"))?;
+            append_audit(&mut *tx, audit).await?;
+        });
+        Ok(true)
+    }
+
+    /// Withholds a leased outbox row at the last moment (the rules changed after it was planned): the row
+    /// is removed, the withholding noted and audited.
+    pub async fn withhold_row(&self, row: &OutboxRow, reason: &str, audit: &AuditEntry) -> Result<()> {
+        in_tx!(self, "withhold_row", |tx| {
+            sqlx::query(OUTBOX_CANCEL)
+                .bind(row.seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("withhold_row"))?;
+            sqlx::query(
+                "INSERT INTO withheld (destination, resource_type, resource_id, reason, since) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, resource_type, resource_id) \
+                 DO UPDATE SET reason = excluded.reason, since = excluded.since",
+            )
+            .bind(&row.item.destination)
+            .bind(&row.item.key.resource_type)
+            .bind(&row.item.key.id)
+            .bind(reason)
+            .bind(ms(audit.at))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("withhold_row"))?;
+            append_audit(&mut *tx, audit).await?;
+        });
+        Ok(())
+    }
+
+    /// Cancels every pending upsert for `person` (all destinations), auditing each as cancelled with
+    /// `reason`. Rows being sent right now finish; dead letters are left for an admin. Returns the count.
+    pub async fn outbox_cancel_person(&self, person: &str, reason: &str, now: DateTime<Utc>) -> Result<usize> {
+        let n = in_tx!(self, "outbox_cancel_person", |tx| {
+            let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT seq, destination, resource_type, resource_id, origin FROM outbox \
+                 WHERE patient = $1 AND dead = FALSE AND op = 'upsert' \
+                 AND (lease_until IS NULL OR lease_until <= $2)",
+            )
+            .bind(person)
+            .bind(ms(now))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query("outbox_cancel_person"))?;
+            for (seq, destination, resource_type, resource_id, origin) in &rows {
+                sqlx::query(OUTBOX_CANCEL)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("outbox_cancel_person"))?;
+                let mut parts = origin.as_deref().unwrap_or_default().split('|');
+                let entry = AuditEntry {
+                    at: now,
+                    action: "cancelled".into(),
+                    destination: Some(destination.clone()),
+                    person: Some(person.to_string()),
+                    resource_type: Some(resource_type.clone()),
+                    resource_id: Some(resource_id.clone()),
+                    partner: parts.next().filter(|p| !p.is_empty()).map(String::from),
+                    category: parts.next().map(String::from),
+                    reason: Some(reason.to_string()),
+                    ..AuditEntry::default()
+                };
+                append_audit(&mut *tx, &entry).await?;
+            }
+            rows.len()
+        });
+        Ok(n)
+    }
+
+    /// What every destination holds for `person`, by destination.
+    pub async fn ledger_for_person(&self, person: &str) -> Result<Vec<LedgerEntry>> {
+        let rows: Vec<super::LedgerDb> = with_pool!(self, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM ledger WHERE patient = $1 ORDER BY destination, resource_type, resource_id",
+                super::LEDGER_COLUMNS
+            )))
+            .bind(person)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("ledger_for_person"))?;
+        rows.into_iter().map(super::LedgerDb::into_entry).collect()
+    }
+
+    /// Appends one entry to the audit trail.
+    pub async fn audit_append(&self, entry: &AuditEntry) -> Result<()> {
+        with_pool!(self, |pool| append_audit(pool, entry).await)
+    }
+
+    /// Audit entries matching `filter`, oldest first.
+    pub async fn audit_list(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let rows: Vec<AuditDb> = with_pool!(self, |pool| {
+            let mut qb = sqlx::QueryBuilder::new("SELECT * FROM audit WHERE id > ");
+            qb.push_bind(filter.after_id);
+            if !filter.persons.is_empty() {
+                qb.push(" AND person IN (");
+                let mut sep = qb.separated(", ");
+                for p in &filter.persons {
+                    sep.push_bind(p.clone());
+                }
+                qb.push(")");
+            }
+            if let Some(d) = &filter.destination {
+                qb.push(" AND destination = ");
+                qb.push_bind(d.clone());
+            }
+            if let Some(since) = filter.since {
+                qb.push(" AND at >= ");
+                qb.push_bind(ms(since));
+            }
+            if !filter.actions.is_empty() {
+                qb.push(" AND action IN (");
+                let mut sep = qb.separated(", ");
+                for a in &filter.actions {
+                    sep.push_bind(a.clone());
+                }
+                qb.push(")");
+            }
+            qb.push(" ORDER BY id LIMIT ");
+            qb.push_bind(limit(if filter.limit == 0 { usize::MAX } else { filter.limit }));
+            qb.build_query_as().fetch_all(pool).await
+        })
+        .map_err(StoreError::query("audit_list"))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.id,
+                    at: from_ms("audit.at", r.at)?,
+                    action: r.action,
+                    destination: r.destination,
+                    person: r.person,
+                    resource_type: r.resource_type,
+                    resource_id: r.resource_id,
+                    version_id: r.version_id,
+                    content_hash: r.content_hash,
+                    partner: r.partner,
+                    category: r.category,
+                    agreement: r.agreement,
+                    lawful_basis: r.lawful_basis,
+                    consent: r.consent,
+                    reason: r.reason,
+                })
+            })
+            .collect()
+    }
+}
