@@ -126,7 +126,13 @@ struct Collect<'a> {
 impl Sink for Collect<'_> {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         for (dest, p) in self.profiles {
-            if let Ok(body) = profile::apply(*p, r.category, r.resource.clone()) {
+            // The sharing rules (open agreements, no consent records): all but not-for-the-patient to PKB.
+            if *p == york_connector::config::Profile::Pkb && r.not_for_patient {
+                continue;
+            }
+            let mut body = r.resource.clone();
+            york_connector::policy::label(&mut body, r.category, r.not_for_patient);
+            if let Ok(body) = profile::apply(*p, r.category, body) {
                 let e = self.out.entry(dest.clone()).or_default();
                 let prev = e.resources.insert((r.resource_type.to_string(), r.id.to_string()), comparable(&body));
                 assert!(prev.is_none(), "the mapping produced {}/{} twice", r.resource_type, r.id);
@@ -169,6 +175,7 @@ fn write_config(dir: &Path, export: &Path, cito: &str, pkb: &str) -> PathBuf {
              rate_limit_per_second = 1000\n"
         ));
     }
+    text.push_str(&common::open_sharing(&["hub"], &["cito", "pkb"]));
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path

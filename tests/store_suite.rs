@@ -195,6 +195,7 @@ fn upsert(dest: &str, resource_type: &str, id: &str, patient: Option<&str>, body
         op: Op::Upsert,
         content_hash: sha(body),
         body: Some(body.to_string()),
+        origin: None,
     }
 }
 
@@ -206,6 +207,7 @@ fn delete(dest: &str, resource_type: &str, id: &str, patient: Option<&str>) -> O
         op: Op::Delete,
         content_hash: String::new(),
         body: None,
+        origin: None,
     }
 }
 
@@ -240,7 +242,7 @@ async fn deliver_all(store: &Store, dest: &str, now: DateTime<Utc>) -> Vec<Outbo
                 Op::Upsert => Some(sent(&row, now)),
                 Op::Delete => None,
             };
-            store.complete(&row, entry.as_ref()).await.expect("complete");
+            store.complete(&row, entry.as_ref(), None).await.expect("complete");
             all.push(row);
         }
     }
@@ -412,7 +414,7 @@ async fn enqueue_cancels_what_the_destination_already_holds(db: &Db) {
     let in_flight = store.lease(CITO, "w", 10, LONG, at(5)).await.unwrap();
     assert_eq!(ids(&in_flight), ["new"]);
     assert_eq!(store.enqueue(&[delete(CITO, "Condition", "new", Some("Patient/p"))], at(6)).await.unwrap(), 1);
-    store.complete(&in_flight[0], Some(&sent(&in_flight[0], at(7)))).await.unwrap();
+    store.complete(&in_flight[0], Some(&sent(&in_flight[0], at(7))), None).await.unwrap();
     let next = store.lease(CITO, "w", 10, LONG, at(8)).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].item.op, Op::Delete);
@@ -487,13 +489,13 @@ async fn complete_when_a_newer_plan_replaced_the_row(db: &Db) {
     assert!(store.lease(CITO, "y", 10, LONG, at(2)).await.unwrap().is_empty());
 
     // v1 lands: the ledger says v1, v2 stays queued and is free again.
-    store.complete(&leased[0], Some(&sent(&leased[0], at(3)))).await.unwrap();
+    store.complete(&leased[0], Some(&sent(&leased[0], at(3))), None).await.unwrap();
     assert_eq!(store.ledger_get(CITO, &v1.key).await.unwrap().unwrap().content_hash, v1.content_hash);
     let next = store.lease(CITO, "y", 10, LONG, at(4)).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].item, v2);
     assert!(next[0].seq > leased[0].seq);
-    store.complete(&next[0], Some(&sent(&next[0], at(5)))).await.unwrap();
+    store.complete(&next[0], Some(&sent(&next[0], at(5))), None).await.unwrap();
     assert_eq!(store.ledger_get(CITO, &v1.key).await.unwrap().unwrap().content_hash, v2.content_hash);
     assert!(pending(&store, CITO).await.is_empty());
 
@@ -503,7 +505,7 @@ async fn complete_when_a_newer_plan_replaced_the_row(db: &Db) {
     let leased = store.lease(CITO, "x", 10, LONG, at(6)).await.unwrap();
     store.enqueue(std::slice::from_ref(&v1), at(7)).await.unwrap();
     store.enqueue(std::slice::from_ref(&v3), at(8)).await.unwrap();
-    store.complete(&leased[0], Some(&sent(&leased[0], at(9)))).await.unwrap();
+    store.complete(&leased[0], Some(&sent(&leased[0], at(9))), None).await.unwrap();
     assert!(pending(&store, CITO).await.is_empty());
     assert_eq!(store.ledger_get(CITO, &v1.key).await.unwrap().unwrap().content_hash, v3.content_hash);
 
@@ -531,7 +533,7 @@ async fn complete_delete_removes_the_ledger_entry(db: &Db) {
     let rows = store.lease(PKB, "w", 10, LONG, at(1)).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].item.op, rows[0].item.body.as_deref()), (Op::Delete, None));
-    store.complete(&rows[0], None).await.unwrap();
+    store.complete(&rows[0], None, None).await.unwrap();
     assert_eq!(store.ledger_get(PKB, &item.key).await.unwrap(), None);
     assert!(pending(&store, PKB).await.is_empty());
     assert_eq!(store.enqueue(&[del], at(2)).await.unwrap(), 0, "already deleted");
@@ -541,7 +543,7 @@ async fn complete_delete_removes_the_ledger_entry(db: &Db) {
     let rows = store.lease(PKB, "w", 10, LONG, at(3)).await.unwrap();
     let mut wrong = sent(&rows[0], at(4));
     wrong.key.id = "other".into();
-    assert!(matches!(store.complete(&rows[0], Some(&wrong)).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.complete(&rows[0], Some(&wrong), None).await, Err(StoreError::Invalid(_))));
 }
 
 async fn dead_letter_and_retry(db: &Db) {
@@ -654,7 +656,7 @@ async fn two_instances_never_lease_the_same_row(db: &Db) {
                 }
                 for row in rows {
                     done.lock().unwrap().insert(row.seq);
-                    store.complete(&row, Some(&sent(&row, t0()))).await.expect("complete");
+                    store.complete(&row, Some(&sent(&row, t0())), None).await.expect("complete");
                     got.push(row.seq);
                 }
             }

@@ -57,6 +57,8 @@ fn write_config(dir: &Path, dests: &[Dest<'_>], partners: &[&str]) -> PathBuf {
             d.name, d.profile, d.url, d.extra
         ));
     }
+    let names: Vec<&str> = dests.iter().map(|d| d.name).collect();
+    text.push_str(&common::open_sharing(partners, &names));
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -102,9 +104,26 @@ fn entries(record: &common::proxy::ProxyRecord) -> Vec<Value> {
     bundle["entry"].as_array().cloned().unwrap_or_default()
 }
 
+/// Every mapped resource is on the server, unless the sharing rules withheld it (people who declined or
+/// withdrew consent, not-for-the-patient items and PKB).
 async fn assert_all_delivered(engine: &Engine, dest: &str, hfs: &Hfs) {
+    let withheld: std::collections::HashSet<(String, String)> = engine
+        .store
+        .audit_list(&york_connector::store::AuditFilter {
+            destination: Some(dest.to_string()),
+            actions: vec!["withheld".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.resource_type.unwrap_or_default(), a.resource_id.unwrap_or_default()))
+        .collect();
     let mut missing = Vec::new();
     for (t, id) in mapped_keys(engine) {
+        if withheld.contains(&(t.clone(), id.clone())) {
+            continue;
+        }
         let key = ResourceKey { resource_type: t.clone(), id: id.clone() };
         let entry = engine.store.ledger_get(dest, &key).await.unwrap();
         let remote = entry.as_ref().map_or(id.clone(), |e| e.remote_id.clone());
@@ -160,7 +179,9 @@ async fn a_cycle_delivers_everything_then_nothing_then_exactly_the_change() {
     };
     std::fs::write(&person, changed).unwrap();
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
-    for (proxy, hfs) in [(&pc, &cito), (&pp, &pkb)] {
+    // Connor (HUB-1006, consent CN-706) agreed to the central record but not to PKB: PKB gets nothing.
+    assert!(pp.writes().is_empty(), "PKB was written for someone who did not agree to it");
+    for (proxy, hfs) in [(&pc, &cito)] {
         let writes = proxy.writes();
         assert_eq!(writes.len(), 1, "one bundle: {:?}", writes.iter().map(|w| &w.target).collect::<Vec<_>>());
         let e = entries(&writes[0]);
@@ -245,6 +266,7 @@ async fn faults_are_survived_and_a_refused_resource_is_dead_lettered_alone() {
                 op: Op::Upsert,
                 content_hash: content_hash(&bad),
                 body: Some(bad),
+                origin: Some("hub|mental_health|0|0".into()),
             }],
             chrono::Utc::now(),
         )

@@ -23,6 +23,7 @@ fn item(id: &str, op: Op, hash: &str) -> OutboxItem {
         op,
         content_hash: hash.into(),
         body: (op == Op::Upsert).then(|| format!("{{\"id\":\"{id}\"}}")),
+        origin: None,
     }
 }
 
@@ -148,7 +149,20 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
     .fetch_all(&mut raw)
     .await
     .unwrap();
-    assert_eq!(tables, ["_sqlx_migrations", "job_runs", "ledger", "outbox", "quarantine"]);
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations",
+            "audit",
+            "consent_statements",
+            "job_runs",
+            "ledger",
+            "outbox",
+            "persons",
+            "quarantine",
+            "withheld"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -190,7 +204,7 @@ async fn a_replaced_row_takes_a_number_never_used_before() {
     let rows = store.outbox_list(None, false, 10).await.unwrap();
     // The newest row is gone before the replacement: AUTOINCREMENT's counter still moves past it.
     let b = rows[1].clone();
-    store.complete(&b, Some(&ledger_for(&b))).await.unwrap();
+    store.complete(&b, Some(&ledger_for(&b)), None).await.unwrap();
     store.enqueue(&[item("a", Op::Upsert, "2")], t0()).await.unwrap();
     let a = store.outbox_list(None, false, 10).await.unwrap();
     assert_eq!(a.len(), 1);
@@ -288,7 +302,7 @@ fn store_is_shareable_and_its_futures_are_send(store: &Store, items: &[OutboxIte
     shareable::<Store>();
     send(store.enqueue(items, t0()));
     send(store.lease("cito", "w", 1, Duration::ZERO, t0()));
-    send(store.complete(row, None));
+    send(store.complete(row, None, None));
     send(store.try_lead("scheduler"));
     send(store.queue_depths());
 }

@@ -419,3 +419,20 @@ impl Drop for Hfs {
         }
     }
 }
+
+/// `[[sharing]]` agreements letting every category of `partners` go to every one of `destinations`, without
+/// requiring explicit consent (objections are still honoured): for tests about delivery, not consent.
+#[allow(dead_code)]
+pub fn open_sharing(partners: &[&str], destinations: &[&str]) -> String {
+    let mut text = String::new();
+    for p in partners {
+        for d in destinations {
+            text.push_str(&format!(
+                "[[sharing]]\nname = \"test {p} to {d}\"\npartner = \"{p}\"\ndestination = \"{d}\"\n\
+                 categories = [\"general_health\", \"mental_health\", \"sexual_health\", \"social_care\"]\n\
+                 lawful_basis = \"test\"\nconsent_required = false\n"
+            ));
+        }
+    }
+    text
+}
