@@ -364,6 +364,9 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
     }
 
     let mut to_send: Vec<(OutboxRow, Write)> = Vec::new();
+    // Patients this batch creates or links, by matching identifier: a second partner's Patient for the same
+    // person in the same batch links to the first instead of searching before it exists (and duplicating).
+    let mut batch_patients: HashMap<String, String> = HashMap::new();
     for (row, body) in rows.into_iter().zip(bodies) {
         let known = ledger.get(&row.item.key);
         if let Some(entry) = known.filter(|e| e.linked) {
@@ -383,7 +386,20 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
             }
         };
         if row.item.op == Op::Upsert && row.item.key.resource_type == "Patient" && known.is_none() {
-            match match_patient(store, dest, &row, body.as_ref(), permits.get(&row.seq)).await {
+            let identifier = body.as_ref().and_then(match_identifier);
+            if let Some(first) = identifier.as_ref().and_then(|i| batch_patients.get(i)).cloned() {
+                let entry = ledger_entry(&dest.name, &row, &first, None, true);
+                let audit = audit_entry(&dest.name, &row, "linked", None, permits.get(&row.seq));
+                store.complete(&row, Some(&entry), Some(&audit)).await?;
+                links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{first}"));
+                report.linked += 1;
+                continue;
+            }
+            let matched = match_patient(store, dest, &row, body.as_ref(), permits.get(&row.seq)).await;
+            if let (Some(i), Ok(found)) = (&identifier, &matched) {
+                batch_patients.insert(i.clone(), found.clone().unwrap_or_else(|| row.item.key.id.clone()));
+            }
+            match matched {
                 Ok(Some(remote_id)) => {
                     links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{remote_id}"));
                     report.linked += 1;
