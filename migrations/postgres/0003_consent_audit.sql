@@ -28,7 +28,8 @@ CREATE TABLE consent_statements (
     statement_hash TEXT    NOT NULL,
     recorded_at    BIGINT  NOT NULL
 );
-CREATE UNIQUE INDEX consent_once ON consent_statements (partner, record_key, statement_hash);
+-- A record's versions, newest last: a changed record adds a statement; only its newest version counts.
+CREATE INDEX consent_by_record ON consent_statements (partner, record_key, id);
 CREATE INDEX consent_by_person ON consent_statements (person, effective, id);
 
 CREATE TABLE withheld (

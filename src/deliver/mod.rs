@@ -102,6 +102,9 @@ pub struct DeliveryReport {
     pub dead_lettered: u64,
     /// Rows the sharing rules stopped just before sending (consent changed after they were planned).
     pub withheld: u64,
+    /// Ledger entries forgotten because a retracted Patient had others linked to it: those records must be
+    /// planned and sent again (the sync cycle does that at once).
+    pub relink: u64,
     /// Rows put back for a later attempt after transient failures.
     pub deferred: u64,
     pub bundles: u64,
@@ -177,6 +180,7 @@ async fn worker(
         total.linked += r.linked;
         total.dead_lettered += r.dead_lettered;
         total.withheld += r.withheld;
+        total.relink += r.relink;
         total.deferred += r.deferred;
         total.bundles += r.bundles;
         if r.deferred > 0 {
@@ -521,6 +525,16 @@ async fn send_rows(
                     let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
                     let entry = ledger_entry(&dest.name, row, &write.id, version_id, false);
                     store.complete(row, (write.method == Method::Put).then_some(&entry), Some(&audit)).await?;
+                    if write.method == Method::Delete
+                        && write.resource_type == "Patient"
+                        && let Some(person) = &row.item.patient
+                    {
+                        let n = store.forget_links_to(&dest.name, &write.id, person).await?;
+                        report.relink += n;
+                        if n > 0 {
+                            info!(destination = %dest.name, person = %person, forgotten = n, "A retracted Patient had others linked to it; the person's records will be sent again.");
+                        }
+                    }
                     report.written += 1;
                 }
             }

@@ -209,35 +209,50 @@ impl Store {
         .map_err(StoreError::query("patients_of"))
     }
 
-    /// Stores a statement unless the same one (partner, record, content) is already stored. Returns the new
-    /// statement's id, or `None` when it was known.
+    /// Stores a statement unless it is what the same consent record (partner, record key) said last time.
+    /// Returns the new statement's id, or `None` when nothing changed. (A record that goes back to what it
+    /// said before is a new statement: its newest version is the one that counts.)
     pub async fn consent_record(&self, s: &StatementRecord) -> Result<Option<i64>> {
-        let id: Option<i64> = with_pool!(self, |pool| {
-            sqlx::query_scalar(
-                "INSERT INTO consent_statements (person, patient, partner, record_key, resource_id, decision, \
-                 effective, given_on, withdrawn_on, share_cito, share_pkb, share_partners, restrictions, \
-                 statement_hash, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT (partner, record_key, statement_hash) DO NOTHING RETURNING id",
+        let id = in_tx!(self, "consent_record", |tx| {
+            let last: Option<String> = sqlx::query_scalar(
+                "SELECT statement_hash FROM consent_statements WHERE partner = $1 AND record_key = $2 \
+                 ORDER BY id DESC LIMIT 1",
             )
-            .bind(&s.person)
-            .bind(&s.patient)
             .bind(&s.partner)
             .bind(&s.record_key)
-            .bind(&s.resource_id)
-            .bind(&s.decision)
-            .bind(&s.effective)
-            .bind(&s.given_on)
-            .bind(&s.withdrawn_on)
-            .bind(s.share_cito)
-            .bind(s.share_pkb)
-            .bind(&s.share_partners)
-            .bind(&s.restrictions)
-            .bind(&s.statement_hash)
-            .bind(ms(s.recorded_at))
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await
-        })
-        .map_err(StoreError::query("consent_record"))?;
+            .map_err(StoreError::query("consent_record"))?;
+            if last.as_deref() == Some(s.statement_hash.as_str()) {
+                None
+            } else {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO consent_statements (person, patient, partner, record_key, resource_id, decision, \
+                     effective, given_on, withdrawn_on, share_cito, share_pkb, share_partners, restrictions, \
+                     statement_hash, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                     RETURNING id",
+                )
+                .bind(&s.person)
+                .bind(&s.patient)
+                .bind(&s.partner)
+                .bind(&s.record_key)
+                .bind(&s.resource_id)
+                .bind(&s.decision)
+                .bind(&s.effective)
+                .bind(&s.given_on)
+                .bind(&s.withdrawn_on)
+                .bind(s.share_cito)
+                .bind(s.share_pkb)
+                .bind(&s.share_partners)
+                .bind(&s.restrictions)
+                .bind(&s.statement_hash)
+                .bind(ms(s.recorded_at))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::query("consent_record"))?;
+                Some(id)
+            }
+        });
         Ok(id)
     }
 
@@ -255,8 +270,9 @@ impl Store {
         rows.into_iter().map(StatementDb::into_record).collect()
     }
 
-    /// The statement in force for each of `persons` (those with none are left out): the one that takes
-    /// effect last; of two on the same day, the one recorded last.
+    /// The statement in force for each of `persons` (those with none are left out): of each consent
+    /// record's latest version (a corrected record replaces what it said before), the one that takes effect
+    /// last; of two on the same day, the one recorded last.
     pub async fn consent_current(
         &self,
         persons: &[String],
@@ -265,13 +281,14 @@ impl Store {
         for chunk in persons.chunks(super::KEY_CHUNK) {
             let rows: Vec<StatementDb> = with_pool!(self, |pool| {
                 let mut qb = sqlx::QueryBuilder::new(format!(
-                    "SELECT {STATEMENT_COLUMNS} FROM consent_statements WHERE person IN ("
+                    "SELECT {STATEMENT_COLUMNS} FROM consent_statements WHERE id IN \
+                     (SELECT MAX(id) FROM consent_statements WHERE person IN ("
                 ));
                 let mut sep = qb.separated(", ");
                 for p in chunk {
                     sep.push_bind(p.clone());
                 }
-                qb.push(") ORDER BY person, effective, id");
+                qb.push(") GROUP BY person, partner, record_key) ORDER BY person, effective, id");
                 qb.build_query_as().fetch_all(pool).await
             })
             .map_err(StoreError::query("consent_current"))?;
@@ -437,6 +454,36 @@ impl Store {
                 append_audit(&mut *tx, &entry).await?;
             }
             rows.len()
+        });
+        Ok(n)
+    }
+
+    /// After our Patient `remote_id` was deleted from `destination`: other partners' Patients linked to it
+    /// there would point at nothing. Forgets what the destination holds for `person` (apart from what was
+    /// just deleted) when any was linked, so the next cycle sends the person's records again and they find
+    /// (or create) a Patient that exists. Returns how many ledger entries were forgotten.
+    pub async fn forget_links_to(&self, destination: &str, remote_id: &str, person: &str) -> Result<u64> {
+        let n = in_tx!(self, "forget_links_to", |tx| {
+            let linked: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM ledger WHERE destination = $1 AND resource_type = 'Patient' \
+                 AND remote_id = $2 AND linked = TRUE",
+            )
+            .bind(destination)
+            .bind(remote_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::query("forget_links_to"))?;
+            if linked == 0 {
+                0
+            } else {
+                sqlx::query("DELETE FROM ledger WHERE destination = $1 AND patient = $2")
+                    .bind(destination)
+                    .bind(person)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("forget_links_to"))?
+                    .rows_affected()
+            }
         });
         Ok(n)
     }

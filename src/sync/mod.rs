@@ -314,15 +314,19 @@ impl Engine {
         result
     }
 
-    async fn ingest_inner(&self, partner_id: &str, dry_run: bool) -> anyhow::Result<IngestReport> {
+    /// The partner's sources as mapping inputs.
+    fn inputs(&self, partner_id: &str) -> anyhow::Result<Vec<Input>> {
         let pc = self
             .config
             .partners
             .iter()
             .find(|p| p.id == partner_id)
             .with_context(|| format!("no [[partner]] \"{partner_id}\" in the config"))?;
-        let inputs: Vec<Input> =
-            pc.sources.iter().map(|s| Input { kind: s.kind, path: self.config.resolve(&s.path) }).collect();
+        Ok(pc.sources.iter().map(|s| Input { kind: s.kind, path: self.config.resolve(&s.path) }).collect())
+    }
+
+    async fn ingest_inner(&self, partner_id: &str, dry_run: bool) -> anyhow::Result<IngestReport> {
+        let inputs = self.inputs(partner_id)?;
         let mut report = IngestReport { partner: partner_id.to_string(), dry_run, ..Default::default() };
         // First who is who and what they consented to, so the plan below decides on today's consent.
         let overlay = self.read_consent(partner_id, &inputs, &mut report).await?;
@@ -460,8 +464,11 @@ impl Engine {
             if report.dry_run {
                 // Would it be new? Then it counts as the latest of its day.
                 let known = self.store.consent_history(&person).await?;
-                if !known.iter().any(|k| k.statement_hash == record.statement_hash && k.record_key == record.record_key)
-                {
+                let last = known
+                    .iter()
+                    .filter(|k| k.partner == record.partner && k.record_key == record.record_key)
+                    .max_by_key(|k| k.id);
+                if last.is_none_or(|k| k.statement_hash != record.statement_hash) {
                     record.id = i64::MAX;
                     let later = overlay.get(&person).is_none_or(|o: &StatementRecord| o.effective <= record.effective);
                     if later {
@@ -728,11 +735,35 @@ impl Engine {
         shutdown: &watch::Receiver<bool>,
     ) -> anyhow::Result<CycleReport> {
         let mut report = CycleReport::default();
-        for p in self.config.partners.iter().filter(|p| partner.is_none_or(|only| only == p.id)) {
+        let chosen: Vec<&str> = self
+            .config
+            .partners
+            .iter()
+            .filter(|p| partner.is_none_or(|only| only == p.id))
+            .map(|p| p.id.as_str())
+            .collect();
+        // Every partner's consent first, so each partner's plan sees every statement of this cycle (a
+        // withdrawal at one partner stops, and retracts, the others' data in the same cycle).
+        let mut consent_reports = BTreeMap::new();
+        if !dry_run {
+            for p in &chosen {
+                let mut r = IngestReport { partner: p.to_string(), ..Default::default() };
+                self.read_consent(p, &self.inputs(p)?, &mut r).await?;
+                consent_reports.insert(p.to_string(), r);
+            }
+        }
+        for p in chosen {
             if *shutdown.borrow() {
                 break;
             }
-            report.ingest.push(self.ingest(&p.id, dry_run).await?);
+            let mut r = self.ingest(p, dry_run).await?;
+            if let Some(pre) = consent_reports.remove(p) {
+                r.consent_statements += pre.consent_statements;
+                let mut w = pre.withdrawals;
+                w.append(&mut r.withdrawals);
+                r.withdrawals = w;
+            }
+            report.ingest.push(r);
         }
         if dry_run {
             return Ok(report);
@@ -742,6 +773,16 @@ impl Engine {
                 break;
             }
             report.delivery.push(self.deliver(&d.name, shutdown).await?);
+        }
+        // A retracted Patient that other partners' Patients were linked to: their records were forgotten
+        // there and go again now, so the destination is not left without the person's Patient.
+        if report.delivery.iter().any(|d| d.relink > 0) && !*shutdown.borrow() {
+            for p in self.config.partners.iter().filter(|p| partner.is_none_or(|only| only == p.id)) {
+                report.ingest.push(self.ingest(&p.id, false).await?);
+            }
+            for d in self.destinations.iter().filter(|d| destination.is_none_or(|only| only == d.name)) {
+                report.delivery.push(self.deliver(&d.name, shutdown).await?);
+            }
         }
         Ok(report)
     }
