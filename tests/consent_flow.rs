@@ -63,7 +63,8 @@ fn write_config(dir: &Path, cito: &str, pkb: &str, retract_pkb: bool) -> PathBuf
     }
     text.push_str(&format!(
         "[destination.cito]\nprofile = \"cito\"\nbase_url = \"{cito}\"\nrate_limit_per_second = 500\n\
-         [destination.pkb]\nprofile = \"pkb\"\nbase_url = \"{pkb}\"\nrate_limit_per_second = 500\nretract = {retract_pkb}\n"
+         [destination.pkb]\nprofile = \"pkb\"\nbase_url = \"{pkb}\"\nrate_limit_per_second = 500\nretract = {retract_pkb}\n\
+         [audit]\nfhir_destination = \"cito\"\n"
     ));
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
@@ -359,6 +360,22 @@ async fn audit_for_a_person_lists_exactly_the_versions_the_servers_received() {
             )
         })
         .collect();
+    // The audit trail is copied to the central record as Provenance: one per disclosure or retraction.
+    let all = engine
+        .store
+        .audit_list(&york_connector::store::AuditFilter {
+            actions: vec!["disclosed".into(), "retracted".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let events = cito.search_all("Provenance?_count=500").await;
+    assert_eq!(events.len(), all.len(), "one Provenance per disclosure on the central record");
+    let targets: BTreeSet<String> =
+        events.iter().filter_map(|e| e["target"][0]["reference"].as_str().map(String::from)).collect();
+    for (dest, t, id, v) in &disclosed {
+        assert!(targets.contains(&format!("{t}/{id}/_history/{v}")), "no Provenance for {dest} {t}/{id} v{v}");
+    }
     let missing: Vec<_> = on_servers.difference(&disclosed).collect();
     let extra: Vec<_> = disclosed.difference(&on_servers).collect();
     assert!(missing.is_empty() && extra.is_empty(), "not audited: {missing:?}\naudited but not on a server: {extra:?}");

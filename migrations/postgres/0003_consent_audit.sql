@@ -70,3 +70,9 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 
 ALTER TABLE outbox ADD COLUMN origin TEXT;
+
+-- Positions in streams the connector reads or copies, e.g. how far the audit trail has been copied to FHIR.
+CREATE TABLE cursors (
+    name  TEXT   NOT NULL PRIMARY KEY,
+    value BIGINT NOT NULL
+);

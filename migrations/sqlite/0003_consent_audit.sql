@@ -73,3 +73,9 @@ CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
 -- Where an outbox row came from, for the policy check made again just before sending:
 -- 'partner|category|nfp' (nfp: 1 when marked not-for-the-patient). NULL for rows planned before this migration.
 ALTER TABLE outbox ADD COLUMN origin TEXT;
+
+-- Positions in streams the connector reads or copies, e.g. how far the audit trail has been copied to FHIR.
+CREATE TABLE cursors (
+    name  TEXT   NOT NULL PRIMARY KEY,
+    value INTEGER NOT NULL
+);

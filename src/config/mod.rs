@@ -237,7 +237,7 @@ fn yes() -> bool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// A destination name: each disclosure and retraction is also written there as a FHIR AuditEvent.
+    /// A destination name: each disclosure and retraction is also written there as a FHIR Provenance.
     pub fhir_destination: Option<String>,
 }
 

@@ -302,7 +302,7 @@ async fn check_policy(
     let mut permits = HashMap::new();
     let mut keep = Vec::with_capacity(rows.len());
     for row in rows {
-        if row.item.op == Op::Delete {
+        if row.item.op == Op::Delete || row.item.origin.as_deref() == Some(crate::policy::AUDIT_ORIGIN) {
             keep.push(row);
             continue;
         }
@@ -523,8 +523,10 @@ async fn send_rows(
                 for ((row, write), Written { version_id }) in chunk.iter().zip(results) {
                     let action = if write.method == Method::Put { "disclosed" } else { "retracted" };
                     let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
+                    let audited = row.item.origin.as_deref() != Some(crate::policy::AUDIT_ORIGIN);
                     let entry = ledger_entry(&dest.name, row, &write.id, version_id, false);
-                    store.complete(row, (write.method == Method::Put).then_some(&entry), Some(&audit)).await?;
+                    let ledger = (write.method == Method::Put).then_some(&entry);
+                    store.complete(row, ledger, audited.then_some(&audit)).await?;
                     if write.method == Method::Delete
                         && write.resource_type == "Patient"
                         && let Some(person) = &row.item.patient

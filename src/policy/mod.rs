@@ -222,3 +222,57 @@ pub fn label(resource: &mut Value, category: Category, not_for_patient: bool) {
 
 #[cfg(test)]
 mod tests;
+
+/// The origin marking an outbox row that copies the audit trail (a Provenance): it is not personal data
+/// flowing under an agreement, so the sharing rules let it through and it is not audited again.
+pub const AUDIT_ORIGIN: &str = "audit";
+
+/// An audit entry (a disclosure or retraction) as a FHIR R4 Provenance of the version sent, with a
+/// deterministic id so copying it twice writes it once. (AuditEvent would be the natural resource, but it
+/// is create-only, so a retried copy would duplicate it; Helios FHIR Server accepts no writes of it at all.)
+/// The agreement is `policy` (a URN of its name), the lawful basis, destination and content hash are
+/// `reason` texts, and the consent relied on is the `source` entity.
+pub fn provenance(e: &crate::store::AuditEntry) -> Value {
+    let id = crate::mapping::ids::resource_id("connector", "audit", "provenance", &e.id.to_string());
+    let operation = if e.action == "retracted" { "DELETE" } else { "UPDATE" };
+    let target = match (&e.resource_type, &e.resource_id, &e.version_id) {
+        (Some(t), Some(i), Some(v)) if e.action != "retracted" => format!("{t}/{i}/_history/{v}"),
+        (Some(t), Some(i), _) => format!("{t}/{i}"),
+        _ => String::new(),
+    };
+    let mut reason = Vec::new();
+    for (label, v) in [
+        ("destination", e.destination.as_ref()),
+        ("lawful basis", e.lawful_basis.as_ref()),
+        ("category", e.category.as_ref()),
+        ("content sha256", e.content_hash.as_ref()),
+        ("why", e.reason.as_ref()),
+    ] {
+        if let Some(v) = v {
+            reason.push(json!({ "text": format!("{label}: {v}") }));
+        }
+    }
+    let mut out = json!({
+        "resourceType": "Provenance",
+        "id": id,
+        "target": [{ "reference": target }],
+        "recorded": e.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "activity": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": operation }] },
+        "agent": [{
+            "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "performer" }] },
+            "who": { "display": "York Hub connector" },
+        }],
+    });
+    if !reason.is_empty() {
+        out["reason"] = Value::Array(reason);
+    }
+    if let Some(a) = &e.agreement {
+        let urn: String =
+            a.chars().map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '-' }).collect();
+        out["policy"] = json!([format!("urn:york-connector:agreement:{urn}")]);
+    }
+    if let Some(c) = &e.consent {
+        out["entity"] = json!([{ "role": "source", "what": { "display": format!("consent {c}") } }]);
+    }
+    out
+}

@@ -705,9 +705,53 @@ impl Engine {
         Ok(())
     }
 
+    /// Copies new disclosures and retractions from the audit trail to `[audit] fhir_destination` as FHIR
+    /// Provenance resources, through that destination's outbox. Returns how many were queued.
+    pub async fn export_audit(&self) -> anyhow::Result<usize> {
+        let Some(dest) = self.config.audit.fhir_destination.clone() else { return Ok(0) };
+        let cursor = format!("audit-fhir:{dest}");
+        let mut after = self.store.cursor_get(&cursor).await?;
+        let mut queued = 0;
+        loop {
+            let page = self
+                .store
+                .audit_list(&crate::store::AuditFilter {
+                    after_id: after,
+                    actions: vec!["disclosed".into(), "retracted".into()],
+                    limit: 500,
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.last().map(|e| e.id) else { break };
+            let items: Vec<OutboxItem> = page
+                .iter()
+                .map(|e| {
+                    let body = policy::provenance(e);
+                    let text = body.to_string();
+                    OutboxItem {
+                        destination: dest.clone(),
+                        key: ResourceKey::new("Provenance", body["id"].as_str().unwrap_or_default()),
+                        patient: None,
+                        op: Op::Upsert,
+                        content_hash: content_hash(&text),
+                        body: Some(text),
+                        origin: Some(policy::AUDIT_ORIGIN.to_string()),
+                    }
+                })
+                .collect();
+            queued += self.store.enqueue(&items, Utc::now()).await?;
+            self.store.cursor_set(&cursor, last).await?;
+            after = last;
+        }
+        Ok(queued)
+    }
+
     /// Delivers one destination's outbox.
     pub async fn deliver(&self, name: &str, shutdown: &watch::Receiver<bool>) -> anyhow::Result<DeliveryReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
+        if self.config.audit.fhir_destination.as_deref() == Some(name) {
+            self.export_audit().await?;
+        }
         let run = self.store.job_started(&format!("deliver:{name}"), Utc::now()).await?;
         let result = deliver::deliver(&self.store, dest, &self.owner, shutdown).await;
         let (ok, detail) = match &result {
@@ -773,6 +817,14 @@ impl Engine {
                 break;
             }
             report.delivery.push(self.deliver(&d.name, shutdown).await?);
+        }
+        // The audit trail's copy: what this cycle disclosed, on the central record now.
+        if let Some(d) = self.config.audit.fhir_destination.clone()
+            && destination.is_none_or(|only| only == d)
+            && !*shutdown.borrow()
+            && self.export_audit().await? > 0
+        {
+            report.delivery.push(self.deliver(&d, shutdown).await?);
         }
         // A retracted Patient that other partners' Patients were linked to: their records were forgotten
         // there and go again now, so the destination is not left without the person's Patient.
