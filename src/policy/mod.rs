@@ -184,7 +184,9 @@ impl Policy {
 
 /// How the audit trail and reasons cite a statement: `hub/CN-701#12 given 2023-03-24`.
 pub fn cite(s: &StatementRecord) -> String {
-    format!("{}/{}#{} {} {}", s.partner, s.record_key, s.id, s.decision, s.effective)
+    // A statement a dry run would record has no id yet.
+    let id = if s.id == i64::MAX { "new".to_string() } else { s.id.to_string() };
+    format!("{}/{}#{id} {} {}", s.partner, s.record_key, s.decision, s.effective)
 }
 
 pub fn restrictions(s: &StatementRecord) -> Vec<Restriction> {
