@@ -155,6 +155,7 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
             "_sqlx_migrations",
             "audit",
             "consent_statements",
+            "cursors",
             "job_runs",
             "ledger",
             "outbox",
