@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 "ran fine but found something" (quarantined
 //! rows, drift, open conflicts) so that cron and monitoring can act on it.
 
+mod config_check;
 mod consent;
 mod mappings;
 mod outbox;
@@ -69,6 +70,15 @@ pub enum Command {
     Consent(consent::ConsentCommand),
     /// The audit trail: every disclosure, withholding, cancellation and retraction.
     Audit(consent::AuditArgs),
+    /// Check the installation: config, mappings, secrets, state store, destinations (sends no data).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate everything and reach each destination's metadata and token endpoints; exit 0 only when all pass.
+    Check,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -87,6 +97,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Consent(cmd) => {
             runtime().and_then(|rt| rt.block_on(consent::run_consent(&cli.config, &cli.mappings, cmd)))
         }
+        Command::Config(ConfigCommand::Check) => runtime().and_then(|rt| rt.block_on(config_check::run(&cli.config))),
         Command::Audit(args) => {
             runtime().and_then(|rt| rt.block_on(consent::run_audit(&cli.config, &cli.mappings, args)))
         }

@@ -438,12 +438,18 @@ pub fn is_loopback_url(url: &str) -> bool {
 }
 
 impl AuthConfig {
+    /// Where the client secret is read from: `$CREDENTIALS_DIRECTORY/<name>` when systemd supplies it, else
+    /// the configured path (taken from the config's folder); `None` when neither exists.
+    pub fn secret_path(&self, config: &Config) -> Option<PathBuf> {
+        std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join(&self.client_secret_file))
+            .filter(|p| p.exists())
+            .or_else(|| Some(config.resolve(&self.client_secret_file)).filter(|p| p.exists()))
+    }
+
     /// Reads the client secret: from `$CREDENTIALS_DIRECTORY/<name>` when systemd supplies it, else the path.
     pub fn client_secret(&self, config: &Config, destination: &str) -> Result<SecretString, ConfigError> {
-        let from_creds = std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| PathBuf::from(d).join(&self.client_secret_file))
-            .filter(|p| p.exists());
-        let path = from_creds.unwrap_or_else(|| config.resolve(&self.client_secret_file));
+        let path = self.secret_path(config).unwrap_or_else(|| config.resolve(&self.client_secret_file));
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Secret {
             path,
             key: format!("destination.{destination}.auth.client_secret_file"),

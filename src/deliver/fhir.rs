@@ -72,6 +72,28 @@ impl FhirTransport {
     }
 }
 
+impl FhirTransport {
+    /// Reads the server's CapabilityStatement (`GET metadata`, with the token when one is configured) and
+    /// returns its `fhirVersion`. Sends no data: used by `connector config check`.
+    pub async fn capability(&self) -> Result<String, TransportError> {
+        let resp = self.request(HttpMethod::GET, "metadata", None).await?;
+        if !resp.status().is_success() {
+            return Err(failure(resp).await);
+        }
+        let body: Value = resp.json().await.map_err(|e| TransportError::Transient {
+            message: format!("the metadata answer is not JSON: {e}"),
+            retry_after: None,
+        })?;
+        if body["resourceType"] != "CapabilityStatement" {
+            return Err(TransportError::Setup(format!(
+                "metadata answered with {} instead of a CapabilityStatement",
+                body["resourceType"]
+            )));
+        }
+        Ok(body["fhirVersion"].as_str().unwrap_or("unknown").to_string())
+    }
+}
+
 fn network_error(e: reqwest::Error) -> TransportError {
     let kind = if e.is_timeout() {
         "timed out"
