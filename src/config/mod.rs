@@ -37,6 +37,9 @@ pub struct Config {
     /// Where the audit trail is copied as FHIR, besides the state store.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Health and metrics endpoints.
+    #[serde(default)]
+    pub ops: OpsConfig,
 
     /// The folder the file was read from; relative paths in the file are taken from here.
     #[serde(skip)]
@@ -233,6 +236,29 @@ fn yes() -> bool {
     true
 }
 
+/// `[ops]`: `/healthz`, `/readyz` and `/metrics` for the service's watchers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// A loopback address and port to serve them on, e.g. "127.0.0.1:9464"; none: not served.
+    pub listen: Option<String>,
+    /// `/readyz` reports unready once a destination's circuit has stayed open this long.
+    #[serde(default = "OpsConfig::default_unready_after")]
+    pub unready_after_seconds: u64,
+}
+
+impl OpsConfig {
+    const fn default_unready_after() -> u64 {
+        300
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self { listen: None, unready_after_seconds: Self::default_unready_after() }
+    }
+}
+
 /// `[audit]`: the audit trail is always kept in the state store; this copies it to a FHIR destination too.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -397,6 +423,18 @@ impl Config {
             && !self.destinations.contains_key(d)
         {
             return Err(invalid("audit.fhir_destination".into(), format!("\"{d}\" is not a [destination.*]")));
+        }
+        if let Some(listen) = &self.ops.listen {
+            match listen.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                Ok(_) => {
+                    return Err(invalid(
+                        "ops.listen".into(),
+                        "must be a loopback address (127.0.0.1:PORT or [::1]:PORT); put a proxy in front to reach it from elsewhere".into(),
+                    ));
+                }
+                Err(_) => return Err(invalid("ops.listen".into(), format!("\"{listen}\" is not an address:port"))),
+            }
         }
         if self.sharing.is_empty() && !self.destinations.is_empty() {
             tracing::warn!("No [[sharing]] agreements in the config: nothing will be sent to any destination.");

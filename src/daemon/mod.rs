@@ -101,6 +101,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     });
     let result = loop {
         let engine = Arc::new(Engine::start(config).await?);
+        let ops = match &engine.config.ops.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("ops.listen: cannot listen on {addr}"))?;
+                info!(address = %addr, "Serving /healthz, /readyz and /metrics.");
+                let unready = std::time::Duration::from_secs(engine.config.ops.unready_after_seconds);
+                Some(tokio::spawn(crate::ops::http::serve(listener, engine.clone(), unready)))
+            }
+            None => None,
+        };
         let leader = Arc::new(Mutex::new(None));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sched = scheduler(&engine, &leader, &stop_rx)?;
@@ -126,6 +137,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         notify(if next.is_some() { "RELOADING=1" } else { "STOPPING=1" });
         info!(reload = next.is_some(), "Finishing running jobs.");
         let _ = stop_tx.send(true);
+        if let Some(o) = ops {
+            // Let go of the port, so a reloaded configuration can listen on it again.
+            o.abort();
+            let _ = o.await;
+        }
         if let Err(e) = task.await {
             error!(error = %e, "The scheduler stopped abnormally.");
         }

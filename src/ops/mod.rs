@@ -1,4 +1,5 @@
 //! Operations: what lets an IT team run and watch the connector (systemd integration; health and metrics
 //! endpoints arrive with the operations issue).
 
+pub mod http;
 pub mod notify;

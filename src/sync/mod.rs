@@ -34,6 +34,8 @@ pub struct Engine {
     pub policy: Arc<Policy>,
     /// Print every send/withhold decision while planning (`sync --dry-run --explain`).
     pub explain: bool,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::ops::http::Metrics>,
 }
 
 /// One decision, for `sync --dry-run --explain`.
@@ -282,6 +284,7 @@ impl Engine {
             owner,
             policy,
             explain: false,
+            metrics: Arc::new(crate::ops::http::Metrics::default()),
         })
     }
 
@@ -311,6 +314,9 @@ impl Engine {
             Err(e) => (false, e.to_string()),
         };
         self.store.job_finished(run, ok, &detail, Utc::now()).await?;
+        if let Ok(r) = &result {
+            self.metrics.ingest(r);
+        }
         result
     }
 
@@ -766,6 +772,10 @@ impl Engine {
         };
         self.store.job_finished(run, ok, &detail, Utc::now()).await?;
         let r = result?;
+        self.metrics.delivery(&r);
+        if ok {
+            self.metrics.mark_cycle_ok();
+        }
         info!(destination = %name, written = r.written, linked = r.linked, dead = r.dead_lettered, deferred = r.deferred, "Delivered.");
         Ok(r)
     }

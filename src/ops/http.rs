@@ -1,0 +1,177 @@
+//! Health and metrics on a loopback listener (`[ops] listen`): `/healthz` (the process answers), `/readyz`
+//! (the state store answers and no destination's circuit has been open longer than `[ops]
+//! unready_after_seconds`) and `/metrics` (Prometheus text format). A tiny HTTP/1.1 responder on tokio: GET
+//! only, one request per connection, no request bodies; it never serves personal data.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::sync::{CycleReport, Engine};
+
+/// Counters the engine adds to as it works, by metric name and label set.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+    last_cycle_ok: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+/// Counter names and their help text.
+const COUNTERS: &[(&str, &str)] = &[
+    ("connector_records_ingested_total", "Source rows read, per partner."),
+    ("connector_records_quarantined_total", "Source rows quarantined, per partner."),
+    ("connector_resources_withheld_total", "Resources the sharing rules kept from a destination while planning."),
+    ("connector_resources_sent_total", "Resources written to a destination (created, updated or deleted)."),
+    ("connector_resources_withheld_at_send_total", "Resources the sharing rules stopped just before sending."),
+    ("connector_resources_retried_total", "Resources put back for a later attempt after transient failures."),
+    ("connector_resources_dead_lettered_total", "Resources a destination refused (dead letters)."),
+];
+
+impl Metrics {
+    pub fn add(&self, name: &'static str, labels: String, n: u64) {
+        if n == 0 {
+            // Still create the series, so a scrape shows it at 0.
+            self.counters.lock().unwrap_or_else(|p| p.into_inner()).entry((name, labels)).or_insert(0);
+            return;
+        }
+        *self.counters.lock().unwrap_or_else(|p| p.into_inner()).entry((name, labels)).or_insert(0) += n;
+    }
+
+    pub fn get(&self, name: &str, labels: &str) -> u64 {
+        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        c.iter().find(|((n, l), _)| *n == name && l == labels).map_or(0, |(_, v)| *v)
+    }
+
+    /// Adds what one ingest did.
+    pub fn ingest(&self, r: &crate::sync::IngestReport) {
+        let p = format!("partner=\"{}\"", r.partner);
+        self.add("connector_records_ingested_total", p.clone(), r.mapping.read());
+        self.add("connector_records_quarantined_total", p.clone(), r.mapping.quarantined());
+        for (d, n) in &r.withheld {
+            self.add("connector_resources_withheld_total", format!("{p},destination=\"{d}\""), *n);
+        }
+    }
+
+    /// Adds what one delivery pass did.
+    pub fn delivery(&self, r: &crate::deliver::DeliveryReport) {
+        let d = format!("destination=\"{}\"", r.destination);
+        self.add("connector_resources_sent_total", d.clone(), r.written);
+        self.add("connector_resources_withheld_at_send_total", d.clone(), r.withheld);
+        self.add("connector_resources_retried_total", d.clone(), r.deferred);
+        self.add("connector_resources_dead_lettered_total", d, r.dead_lettered);
+    }
+
+    /// A cycle that finished without failures.
+    pub fn cycle_ok(&self, report: &CycleReport) {
+        if report.failed_files() == 0 && report.delivery.iter().all(|d| !d.breaker_open) {
+            *self.last_cycle_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(chrono::Utc::now());
+        }
+    }
+
+    pub fn mark_cycle_ok(&self) {
+        *self.last_cycle_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(chrono::Utc::now());
+    }
+}
+
+/// The text of `/metrics`.
+pub async fn render(engine: &Engine) -> String {
+    let mut out = String::new();
+    let counters = engine.metrics.counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (name, help) in COUNTERS {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((n, labels), v) in counters.iter().filter(|((n, _), _)| n == name) {
+            let _ = writeln!(out, "{n}{{{labels}}} {v}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP connector_outbox_pending Writes waiting to be sent, per destination.\n# TYPE connector_outbox_pending gauge"
+    );
+    let depths = engine.store.queue_depths().await.unwrap_or_default();
+    let mut dead = String::new();
+    for d in &engine.destinations {
+        let q = depths.iter().find(|q| q.destination == d.name);
+        let _ = writeln!(out, "connector_outbox_pending{{destination=\"{}\"}} {}", d.name, q.map_or(0, |q| q.pending));
+        let _ = writeln!(dead, "connector_outbox_dead{{destination=\"{}\"}} {}", d.name, q.map_or(0, |q| q.dead));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP connector_outbox_dead Dead letters waiting for an admin, per destination.\n# TYPE connector_outbox_dead gauge\n{dead}\
+         # HELP connector_circuit_open 1 when a destination's circuit breaker is open.\n# TYPE connector_circuit_open gauge"
+    );
+    for d in &engine.destinations {
+        let _ = writeln!(
+            out,
+            "connector_circuit_open{{destination=\"{}\"}} {}",
+            d.name,
+            u8::from(d.breaker.open_since().is_some())
+        );
+    }
+    let last = *engine.metrics.last_cycle_ok.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(
+        out,
+        "# HELP connector_last_successful_cycle_timestamp_seconds Unix time of the last cycle that finished without failures.\n\
+         # TYPE connector_last_successful_cycle_timestamp_seconds gauge\n\
+         connector_last_successful_cycle_timestamp_seconds {}",
+        last.map_or(0, |t| t.timestamp())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP connector_conflicts_open Conflicts waiting for an admin (none are kept yet).\n# TYPE connector_conflicts_open gauge\nconnector_conflicts_open 0"
+    );
+    out
+}
+
+/// Whether the connector is ready: `Err(why)` when not.
+pub async fn ready(engine: &Engine, unready_after: Duration) -> Result<(), String> {
+    engine.store.queue_depths().await.map_err(|e| format!("state store: {e}"))?;
+    for d in &engine.destinations {
+        if let Some(since) = d.breaker.open_since()
+            && since.elapsed() >= unready_after
+        {
+            return Err(format!("destination {}: circuit open for {} s", d.name, since.elapsed().as_secs()));
+        }
+    }
+    Ok(())
+}
+
+/// Serves the endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, unready_after: Duration) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let mut parts = request.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            let (status, content_type, body) = match (method, path) {
+                ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+                ("GET", "/readyz") => match ready(&engine, unready_after).await {
+                    Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+                },
+                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(&engine).await),
+                ("GET", _) => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".to_string()),
+                _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+            };
+            debug!(path, status, "ops request");
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body.as_bytes()).await.is_err() {
+                warn!("ops endpoint: the client went away");
+            }
+        });
+    }
+}
