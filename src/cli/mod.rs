@@ -41,6 +41,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "CONNECTOR_MAPPINGS", default_value = "mappings")]
     pub mappings: PathBuf,
 
+    /// Log lines as text, JSON lines, or journald (priority-prefixed); `auto` picks journald under systemd.
+    #[arg(long, global = true, env = "CONNECTOR_LOG_FORMAT", value_enum, default_value_t = crate::ops::logging::LogFormat::Auto)]
+    pub log_format: crate::ops::logging::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }

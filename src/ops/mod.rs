@@ -2,4 +2,5 @@
 //! endpoints arrive with the operations issue).
 
 pub mod http;
+pub mod logging;
 pub mod notify;
