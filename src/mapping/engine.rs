@@ -131,8 +131,9 @@ struct RunState {
     known: std::collections::HashSet<u64>,
     /// Resources that would have come from quarantined rows: hash -> (file, row).
     withheld: HashMap<u64, (usize, u64)>,
-    /// Per kind: key hash -> (row, raw content hash), to spot duplicates.
-    seen: HashMap<RecordKind, HashMap<u64, (u64, [u8; 32])>>,
+    /// Per kind: key hash -> (row, first 64 bits of the raw content's sha256), to spot duplicates. Kept
+    /// small: this is most of what a run holds in memory (about 50 bytes a row).
+    seen: HashMap<RecordKind, HashMap<u64, (u64, u64)>>,
 }
 
 /// Maps a partner's inputs. Inputs are taken in kind order (person first) so that references resolve.
@@ -403,7 +404,8 @@ fn map_row(
 
     // Duplicates within this run.
     let key_hash = ref_hash(&key);
-    let raw_hash = row.raw_hash();
+    let full = row.raw_hash();
+    let raw_hash = u64::from_le_bytes([full[0], full[1], full[2], full[3], full[4], full[5], full[6], full[7]]);
     if let Some((first_row, first_hash)) = state.seen.get(&mapping.kind).and_then(|m| m.get(&key_hash)) {
         let message = if *first_hash == raw_hash {
             format!("duplicate of row {first_row} (identical content); nothing to do unless the export itself is wrong")
