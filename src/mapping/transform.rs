@@ -144,8 +144,10 @@ pub fn uk_date(s: &str) -> Result<NaiveDate, String> {
         if s.len() > 10 && !matches!(s.as_bytes()[10], b'T' | b' ') {
             return Err("not a date: unexpected text after yyyy-mm-dd".into());
         }
-        return NaiveDate::parse_from_str(&s[..10], "%Y-%m-%d")
-            .map_err(|_| "not a date: expected yyyy-mm-dd or dd/mm/yyyy".into());
+        return s
+            .get(..10)
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .ok_or_else(|| "not a date: expected yyyy-mm-dd or dd/mm/yyyy".into());
     }
     let parts: Vec<&str> = s.split(['/', '-', '.', ' ']).filter(|p| !p.is_empty()).collect();
     if parts.len() != 3 {
@@ -190,7 +192,7 @@ pub fn uk_datetime(s: &str) -> Result<String, String> {
     };
     let t = t.trim();
     // An API's timestamp with its own zone or offset is already unambiguous: keep its offset.
-    if t.ends_with('Z') || t.contains('+') || t[1..].contains('-') {
+    if t.ends_with('Z') || t.contains('+') || t.chars().skip(1).any(|c| c == '-') {
         let full = format!("{}T{t}", date.format("%Y-%m-%d"));
         return chrono::DateTime::parse_from_rfc3339(&full)
             .map(|d| d.format("%Y-%m-%dT%H:%M:%S%:z").to_string())
@@ -215,7 +217,8 @@ pub fn uk_datetime(s: &str) -> Result<String, String> {
 pub fn postcode(s: &str) -> Result<String, String> {
     let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_uppercase();
     let b = compact.as_bytes();
-    let valid = (5..=7).contains(&b.len()) && {
+    // ASCII first: the split below is by bytes (the fuzzer found "YO1 Ñ7HH" splitting a character).
+    let valid = compact.is_ascii() && (5..=7).contains(&b.len()) && {
         let (outward, inward) = compact.split_at(b.len() - 3);
         let i = inward.as_bytes();
         let o = outward.as_bytes();
@@ -333,6 +336,9 @@ mod tests {
         assert_eq!(postcode("yo17hh").unwrap(), "YO1 7HH");
         assert_eq!(postcode(" YO10  5DD ").unwrap(), "YO10 5DD");
         assert!(postcode("York").is_err());
+        assert!(postcode("YOÑ7HH").is_err() && postcode("ÑÑÑ").is_err(), "non-ASCII is refused, not a panic");
+        assert!(uk_date("2024-01-0é").is_err() && uk_date("2024-é1-01").is_err());
+        assert!(uk_datetime("03/04/1987 é:00").is_err());
         assert_eq!(uk_phone("7700900123").unwrap(), "07700900123");
         assert_eq!(uk_phone("+44 (0)7700 900123").unwrap(), "07700900123");
         assert_eq!(uk_phone("0113 496 0000").unwrap(), "01134960000");
