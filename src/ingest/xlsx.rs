@@ -1,8 +1,13 @@
 //! XLSX exports: the first sheet (or a named one), the first row as header, cells as text the way a person
 //! reads them (whole numbers without ".0", dates as ISO dates).
+//!
+//! Streams: a reader thread walks the sheet's cells in order (calamine's cell reader) and hands over one row
+//! at a time through a small bounded channel, so memory does not grow with the number of rows (only the
+//! workbook's shared-strings table, which calamine loads whole, grows with the number of distinct texts).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use calamine::{Data, Reader, Xlsx, open_workbook};
 
@@ -10,9 +15,15 @@ use super::{Header, IngestError, Row, Values};
 
 type RowIter = Box<dyn Iterator<Item = Result<Row, IngestError>> + Send>;
 
+/// Rows read ahead of the mapper.
+const READ_AHEAD: usize = 256;
+
+/// A sheet row: its Excel row number (1-based), and its cells from column A.
+type SheetRow = (u64, Vec<String>);
+
 pub(super) fn open(path: &Path, sheet: Option<&str>) -> Result<(Option<Arc<Header>>, RowIter), IngestError> {
     let bad = |message: String| IngestError::Malformed { path: path.to_path_buf(), message };
-    let mut book: Xlsx<_> = open_workbook(path).map_err(|e| bad(format!("not a readable XLSX workbook: {e}")))?;
+    let book: Xlsx<_> = open_workbook(path).map_err(|e| bad(format!("not a readable XLSX workbook: {e}")))?;
     let names = book.sheet_names();
     let name = match sheet {
         Some(wanted) => names
@@ -22,29 +33,102 @@ pub(super) fn open(path: &Path, sheet: Option<&str>) -> Result<(Option<Arc<Heade
             .ok_or_else(|| bad(format!("no sheet named \"{wanted}\"; the workbook has: {}", names.join(", "))))?,
         None => names.first().cloned().ok_or_else(|| bad("the workbook has no sheets".into()))?,
     };
-    let range = book.worksheet_range(&name).map_err(|e| bad(format!("sheet \"{name}\": {e}")))?;
-    // Row numbers as Excel shows them: the range may start below row 1.
-    let first_row = range.start().map_or(0, |(r, _)| u64::from(r)) + 1;
-    let mut rows = range.rows();
-    let header_cells = rows.next().ok_or_else(|| IngestError::NoHeader { path: path.to_path_buf() })?;
-    let names: Vec<String> = header_cells.iter().map(|c| cell_text(c).trim().to_string()).collect();
-    if names.iter().all(String::is_empty) {
-        return Err(IngestError::NoHeader { path: path.to_path_buf() });
-    }
+    let (tx, rx) = sync_channel::<Result<SheetRow, String>>(READ_AHEAD);
+    std::thread::Builder::new()
+        .name("xlsx-reader".into())
+        .spawn(move || read_sheet(book, &name, &tx))
+        .map_err(|e| bad(format!("cannot start the reader: {e}")))?;
+    // The header: the first row with anything in it. Its first cell fixes the first column.
+    let (_, mut header_cells) = loop {
+        match rx.recv() {
+            Ok(Ok((n, cells))) if cells.iter().any(|c| !c.trim().is_empty()) => break (n, cells),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(bad(e)),
+            Err(_) => return Err(IngestError::NoHeader { path: path.to_path_buf() }),
+        }
+    };
+    let offset = header_cells.iter().position(|c| !c.trim().is_empty()).unwrap_or(0);
+    header_cells.drain(..offset);
+    let names: Vec<String> = header_cells.iter().map(|c| c.trim().to_string()).collect();
     let width = names.len();
-    let mut out = Vec::new();
-    for (i, cells) in rows.enumerate() {
-        let mut values: Vec<String> = cells.iter().map(cell_text).collect();
-        if values.iter().all(|v| v.trim().is_empty()) {
-            continue;
+    let rows = Rows { rx, path: path.to_path_buf(), offset, width };
+    Ok((Some(Arc::new(Header { names })), Box::new(rows)))
+}
+
+/// Reads the sheet's cells in order and sends each row when the next one starts.
+fn read_sheet(
+    mut book: Xlsx<std::io::BufReader<std::fs::File>>,
+    name: &str,
+    tx: &SyncSender<Result<SheetRow, String>>,
+) {
+    let mut reader = match book.worksheet_cells_reader(name) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(format!("sheet \"{name}\": {e}")));
+            return;
         }
-        let extra_cells = values.iter().skip(width).filter(|c| !c.trim().is_empty()).count();
-        if extra_cells == 0 {
-            values.truncate(width);
+    };
+    let mut current: Option<SheetRow> = None;
+    loop {
+        match reader.next_cell() {
+            Ok(Some(cell)) => {
+                let (r, c) = cell.get_position();
+                let number = u64::from(r) + 1;
+                if current.as_ref().is_some_and(|(n, _)| *n != number)
+                    && let Some(done) = current.take()
+                    && tx.send(Ok(done)).is_err()
+                {
+                    return; // the mapper stopped reading
+                }
+                let row = current.get_or_insert_with(|| (number, Vec::new()));
+                let c = c as usize;
+                if row.1.len() <= c {
+                    row.1.resize(c + 1, String::new());
+                }
+                row.1[c] = cell_text(&Data::from(cell.get_value().clone()));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx.send(Err(format!("sheet \"{name}\": {e}")));
+                return;
+            }
         }
-        out.push(Ok(Row { number: first_row + 1 + i as u64, values: Values::Cells(values), extra_cells }));
     }
-    Ok((Some(Arc::new(Header { names })), Box::new(out.into_iter())))
+    if let Some(done) = current {
+        let _ = tx.send(Ok(done));
+    }
+}
+
+struct Rows {
+    rx: Receiver<Result<SheetRow, String>>,
+    path: PathBuf,
+    offset: usize,
+    width: usize,
+}
+
+impl Iterator for Rows {
+    type Item = Result<Row, IngestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (number, mut values) = match self.rx.recv().ok()? {
+                Ok(row) => row,
+                Err(message) => return Some(Err(IngestError::Malformed { path: self.path.clone(), message })),
+            };
+            if values.iter().all(|v| v.trim().is_empty()) {
+                continue;
+            }
+            // Cells left of the header's first column have no column name: count them as surplus.
+            let before = values.iter().take(self.offset).filter(|c| !c.trim().is_empty()).count();
+            values.drain(..self.offset.min(values.len()));
+            values.resize(values.len().max(self.width), String::new());
+            let extra_cells = before + values.iter().skip(self.width).filter(|c| !c.trim().is_empty()).count();
+            if extra_cells == 0 {
+                values.truncate(self.width);
+            }
+            return Some(Ok(Row { number, values: Values::Cells(values), extra_cells }));
+        }
+    }
 }
 
 /// The text of a cell as a person reads it in Excel.
