@@ -620,18 +620,30 @@ async fn two_instances_never_lease_the_same_row(db: &Db) {
     }
     let by_patient = Arc::new(by_patient);
     let done: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    // Both instances hold their first batch before either completes anything, so that each
+    // takes part however the scheduler orders them (on a busy machine one instance could
+    // otherwise drain the queue before the other has started).
+    let first_batch = Arc::new(tokio::sync::Barrier::new(2));
 
     let mut workers = Vec::new();
     for n in 0..2 {
         let store = db.connect().await; // an instance of its own: own pool, own connections
         let by_patient = by_patient.clone();
         let done = done.clone();
+        let first_batch = first_batch.clone();
         workers.push(tokio::spawn(async move {
             let owner = format!("instance-{n}");
             let mut got = Vec::new();
             let mut idle_rounds = 0;
+            let mut waited = false;
             loop {
                 let rows = store.lease(CITO, &owner, 7, LONG, t0()).await.expect("lease");
+                if !rows.is_empty() && !waited {
+                    waited = true;
+                    tokio::time::timeout(Duration::from_secs(30), first_batch.wait())
+                        .await
+                        .unwrap_or_else(|_| panic!("{owner}: the other instance never leased a row"));
+                }
                 if rows.is_empty() {
                     if store.queue_depths().await.expect("depths").iter().all(|d| d.pending == 0) {
                         break;
