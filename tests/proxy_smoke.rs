@@ -252,7 +252,8 @@ async fn timeout_leaves_the_client_waiting_past_its_timeout() {
     let started = Instant::now();
     let err = post_patient(&client, proxy.base_url()).await.unwrap_err();
     assert!(err.is_timeout(), "expected a timeout, got {}", chain(&err));
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // The client gave up on its own timeout, not when the proxy's 30 s hang ended.
+    assert!(started.elapsed() < Duration::from_secs(25));
     assert!(upstream.received().is_empty());
     assert_eq!(proxy.log()[0].fault, Some(Fault::Timeout));
 }

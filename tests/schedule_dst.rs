@@ -87,9 +87,9 @@ fn assert_evenly_spaced(fires: &[DateTime<Utc>], step: Duration, name: &str) {
     }
 }
 
+// Days of schedule on a paused clock take a fraction of a second; real sleeping would take days.
 #[tokio::test(start_paused = true)]
 async fn spring_forward_weekend() {
-    let wall = std::time::Instant::now();
     // Friday 27 March 22:00 GMT to Monday 30 March 23:50 BST (22:50 UTC), stopping between fires.
     let fires = run_jobs(utc(3, 27, 22, 0), utc(3, 30, 22, 50)).await;
 
@@ -113,13 +113,10 @@ async fn spring_forward_weekend() {
     let expected_days = BTreeMap::from([(day(3, 27), 7), (day(3, 28), 96), (day(3, 29), 92), (day(3, 30), 96)]);
     assert_eq!(per_local_day(quarter), expected_days);
 
-    // Days of schedule on a paused clock take a fraction of a second (about 0.1 s); real sleeping would take days.
-    assert!(wall.elapsed() < std::time::Duration::from_secs(5), "took {:?}", wall.elapsed());
 }
 
 #[tokio::test(start_paused = true)]
 async fn fall_back_weekend() {
-    let wall = std::time::Instant::now();
     // Saturday 24 October 00:00 BST (Friday 23:00 UTC) to Monday 26 October 23:50 GMT, stopping between fires.
     let fires = run_jobs(utc(10, 23, 23, 0), utc(10, 26, 23, 50)).await;
 
@@ -142,8 +139,6 @@ async fn fall_back_weekend() {
     let expected_days = BTreeMap::from([(day(10, 24), 95), (day(10, 25), 100), (day(10, 26), 96)]);
     assert_eq!(per_local_day(quarter), expected_days);
 
-    // Days of schedule on a paused clock take a fraction of a second (about 0.1 s); real sleeping would take days.
-    assert!(wall.elapsed() < std::time::Duration::from_secs(5), "took {:?}", wall.elapsed());
 }
 
 /// `next_after` alone, step by step across both changes, for the four schedules.
