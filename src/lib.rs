@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod conflict;
 pub mod daemon;
 pub mod deliver;
 pub mod ingest;
@@ -12,6 +13,7 @@ pub mod mapping;
 pub mod ops;
 pub mod policy;
 pub mod quarantine;
+pub mod reconcile;
 pub mod schedule;
 pub mod store;
 pub mod sync;

@@ -112,7 +112,6 @@ async fn spring_forward_weekend() {
     assert_eq!(quarter.first(), Some(&utc(3, 27, 22, 15)));
     let expected_days = BTreeMap::from([(day(3, 27), 7), (day(3, 28), 96), (day(3, 29), 92), (day(3, 30), 96)]);
     assert_eq!(per_local_day(quarter), expected_days);
-
 }
 
 #[tokio::test(start_paused = true)]
@@ -138,7 +137,6 @@ async fn fall_back_weekend() {
     assert_evenly_spaced(quarter, Duration::minutes(15), QUARTER);
     let expected_days = BTreeMap::from([(day(10, 24), 95), (day(10, 25), 100), (day(10, 26), 96)]);
     assert_eq!(per_local_day(quarter), expected_days);
-
 }
 
 /// `next_after` alone, step by step across both changes, for the four schedules.

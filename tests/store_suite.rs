@@ -222,6 +222,7 @@ fn sent(row: &OutboxRow, now: DateTime<Utc>) -> LedgerEntry {
         linked: false,
         patient: row.item.patient.clone(),
         updated_at: now,
+        ..Default::default()
     }
 }
 
@@ -266,6 +267,7 @@ async fn migrations_are_idempotent(db: &Db) {
         linked: false,
         patient: Some("Patient/p1".into()),
         updated_at: t0(),
+        ..Default::default()
     };
     store.ledger_put(&entry).await.unwrap();
     store.close().await;
@@ -742,6 +744,7 @@ async fn ledger_round_trip(db: &Db) {
         linked: true,
         patient: Some("Patient/ours".into()),
         updated_at: t0(),
+        ..Default::default()
     };
     store.ledger_put(&linked).await.unwrap();
     assert_eq!(store.ledger_get(CITO, &linked.key).await.unwrap(), Some(linked.clone()));
@@ -767,6 +770,7 @@ async fn ledger_round_trip(db: &Db) {
                 linked: false,
                 patient: None,
                 updated_at: t0(),
+                ..Default::default()
             };
             store.ledger_put(&entry).await.unwrap();
         }

@@ -4,10 +4,12 @@
 //! rows, drift, open conflicts) so that cron and monitoring can act on it.
 
 mod config_check;
+mod conflicts;
 mod consent;
 mod mappings;
 mod outbox;
 mod quarantine;
+mod reconcile;
 mod status;
 mod sync;
 
@@ -77,6 +79,14 @@ pub enum Command {
     /// Check the installation: config, mappings, secrets, state store, destinations (sends no data).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Records changed both at their partner and on a destination: list, compare, decide, report.
+    #[command(subcommand)]
+    Conflicts(conflicts::ConflictsCommand),
+    /// Compare what each destination holds with what it should (exit 3 on drift); `--fix` repairs.
+    Reconcile(reconcile::ReconcileArgs),
+    /// Read back what others changed on the destinations since the last pull (the daemon does this on
+    /// each destination's `pull_schedule`).
+    Pull(reconcile::PullArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +112,9 @@ pub fn run(cli: Cli) -> ExitCode {
             runtime().and_then(|rt| rt.block_on(consent::run_consent(&cli.config, &cli.mappings, cmd)))
         }
         Command::Config(ConfigCommand::Check) => runtime().and_then(|rt| rt.block_on(config_check::run(&cli.config))),
+        Command::Conflicts(cmd) => runtime().and_then(|rt| rt.block_on(conflicts::run(&cli.config, cmd))),
+        Command::Reconcile(args) => runtime().and_then(|rt| rt.block_on(reconcile::run(&cli.config, args))),
+        Command::Pull(args) => runtime().and_then(|rt| rt.block_on(reconcile::pull(&cli.config, args))),
         Command::Audit(args) => {
             runtime().and_then(|rt| rt.block_on(consent::run_audit(&cli.config, &cli.mappings, args)))
         }

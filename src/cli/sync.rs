@@ -80,7 +80,12 @@ pub async fn run(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
     }
     Ok(if report.failed_files() > 0 {
         1
-    } else if report.quarantined() > 0 || report.dead_lettered() > 0 || report.deferred() > 0 || waiting > 0 {
+    } else if report.quarantined() > 0
+        || report.dead_lettered() > 0
+        || report.deferred() > 0
+        || waiting > 0
+        || report.delivery.iter().any(|d| d.conflicts > 0)
+    {
         EXIT_FOUND
     } else {
         0
@@ -153,6 +158,12 @@ fn print_table(r: &CycleReport) {
             d.bundles,
             if d.breaker_open { " (circuit open: destination paused)" } else { "" }
         );
+        if d.merged + d.conflicts > 0 {
+            println!(
+                "destination {}: {} update(s) merged with changes made there (kept), {} conflict(s): `connector conflicts list`",
+                d.destination, d.merged, d.conflicts
+            );
+        }
     }
     if r.quarantined() > 0 {
         println!("Quarantined rows: `connector quarantine list`.");

@@ -40,6 +40,9 @@ pub struct Config {
     /// Health and metrics endpoints.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// What happens when a record changed both at its partner and on a destination.
+    #[serde(default)]
+    pub conflicts: ConflictsConfig,
 
     /// The folder the file was read from; relative paths in the file are taken from here.
     #[serde(skip)]
@@ -209,6 +212,19 @@ pub struct DestinationConfig {
     /// agreement ended). Off: such records are listed in the withdrawal report for an admin to act on.
     #[serde(default)]
     pub retract: bool,
+    /// When to read back what others changed there (cron, in `[schedule] timezone`); none: no pull.
+    pub pull_schedule: Option<String>,
+}
+
+/// `[conflicts]`: a record changed both by its partner and on a destination since the connector last wrote it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictsConfig {
+    /// Resource types whose changes on the two sides are merged when they touch different elements (for
+    /// example a partner's new address and a clinician's new phone number on a Patient). Types not listed:
+    /// any change on both sides is a conflict for an admin. Changes to the same element are always a conflict.
+    #[serde(default)]
+    pub auto_merge: Vec<String>,
 }
 
 /// One information sharing agreement: `partner`'s data of `categories` may go to `destination`.

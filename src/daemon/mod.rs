@@ -47,15 +47,30 @@ fn scheduler(
     }
     for (name, d) in &engine.config.destinations {
         let schedule = Schedule::parse(&d.schedule, tz).with_context(|| format!("destination {name}: schedule"))?;
-        let (engine, name, stop) = (engine.clone(), name.clone(), stop.clone());
+        let (engine_d, name_d, stop) = (engine.clone(), name.clone(), stop.clone());
         s.add(format!("deliver:{name}"), schedule, move || {
-            let (engine, name, stop) = (engine.clone(), name.clone(), stop.clone());
+            let (engine, name, stop) = (engine_d.clone(), name_d.clone(), stop.clone());
             async move {
                 if let Err(e) = engine.deliver(&name, &stop).await {
                     error!(destination = %name, error = %e, "Delivery failed.");
                 }
             }
         })?;
+        if let Some(pull) = &d.pull_schedule {
+            let schedule = Schedule::parse(pull, tz).with_context(|| format!("destination {name}: pull_schedule"))?;
+            let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
+            s.add(format!("pull:{name}"), schedule, move || {
+                let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
+                async move {
+                    if !lead(&engine, &leader).await {
+                        return;
+                    }
+                    if let Err(e) = engine.pull(&name).await {
+                        error!(destination = %name, error = %e, "Pull failed.");
+                    }
+                }
+            })?;
+        }
     }
     Ok(s)
 }

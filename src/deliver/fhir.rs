@@ -236,8 +236,61 @@ impl Transport for FhirTransport {
     }
 
     fn read<'a>(&'a self, resource_type: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<Found>, TransportError>> {
+        Box::pin(self.read_path(format!("{resource_type}/{id}"), id))
+    }
+
+    fn vread<'a>(
+        &'a self,
+        resource_type: &'a str,
+        id: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Found>, TransportError>> {
+        Box::pin(self.read_path(format!("{resource_type}/{id}/_history/{version}"), id))
+    }
+
+    fn page<'a>(&'a self, path_or_link: &'a str) -> BoxFuture<'a, Result<Value, TransportError>> {
         Box::pin(async move {
-            let resp = self.request(HttpMethod::GET, &format!("{resource_type}/{id}"), None).await?;
+            let path = self.relative(path_or_link)?;
+            let resp = self.request(HttpMethod::GET, &path, None).await?;
+            if !resp.status().is_success() {
+                return Err(failure(resp).await);
+            }
+            resp.json()
+                .await
+                .map_err(|e| TransportError::Transient { message: format!("unreadable page: {e}"), retry_after: None })
+        })
+    }
+}
+
+impl FhirTransport {
+    /// A `next` link as a path under our base: the server may name itself differently (another host name
+    /// for the same address), but a link elsewhere is refused, so the token never goes to another server.
+    fn relative(&self, link: &str) -> Result<String, TransportError> {
+        if !link.contains("://") {
+            return Ok(link.trim_start_matches('/').to_string());
+        }
+        if let Some(rest) = link.strip_prefix(&self.base) {
+            return Ok(rest.trim_start_matches('/').to_string());
+        }
+        let base_path = self.base.splitn(4, '/').nth(3).unwrap_or("");
+        let link_path = link.splitn(4, '/').nth(3).unwrap_or("");
+        let same_scheme = link.split("://").next() == self.base.split("://").next();
+        match link_path.strip_prefix(base_path) {
+            // Only a loopback server may call itself by another loopback name (localhost for 127.0.0.1).
+            Some(rest)
+                if same_scheme
+                    && crate::config::is_loopback_url(link)
+                    && crate::config::is_loopback_url(&self.base) =>
+            {
+                Ok(rest.trim_start_matches('/').to_string())
+            }
+            _ => Err(TransportError::Setup(format!("the server's next link {link} is not under {}", self.base))),
+        }
+    }
+
+    async fn read_path(&self, path: String, id: &str) -> Result<Option<Found>, TransportError> {
+        {
+            let resp = self.request(HttpMethod::GET, &path, None).await?;
             if matches!(resp.status().as_u16(), 404 | 410) {
                 return Ok(None);
             }
@@ -250,7 +303,7 @@ impl Transport for FhirTransport {
                 retry_after: None,
             })?;
             Ok(Some(Found { id: id.to_string(), version_id: version_of(etag.as_deref(), None, Some(&r)), resource: r }))
-        })
+        }
     }
 }
 

@@ -44,6 +44,10 @@ pub struct Destination {
     pub policy: Arc<Policy>,
     /// Delete what it holds but may no longer hold.
     pub retract: bool,
+    /// The installation's salt for element fingerprints (the state store's).
+    pub salt: Arc<str>,
+    /// Resource types whose changes on both sides are merged when they touch different elements.
+    pub auto_merge: Arc<std::collections::HashSet<String>>,
 }
 
 impl Destination {
@@ -81,6 +85,8 @@ impl Destination {
             breaker: Breaker::new(d.breaker_failures, Duration::from_secs(d.breaker_cooldown_seconds)),
             policy: Arc::new(Policy::default()),
             retract: d.retract,
+            salt: Arc::from(""),
+            auto_merge: Arc::default(),
         }
     }
 
@@ -107,6 +113,10 @@ pub struct DeliveryReport {
     pub relink: u64,
     /// Rows put back for a later attempt after transient failures.
     pub deferred: u64,
+    /// Updates merged with changes made on the destination by others (which were kept).
+    pub merged: u64,
+    /// Updates not sent because the same elements were changed on the destination: conflicts for an admin.
+    pub conflicts: u64,
     pub bundles: u64,
     pub breaker_open: bool,
 }
@@ -182,6 +192,8 @@ async fn worker(
         total.withheld += r.withheld;
         total.relink += r.relink;
         total.deferred += r.deferred;
+        total.merged += r.merged;
+        total.conflicts += r.conflicts;
         total.bundles += r.bundles;
         if r.deferred > 0 {
             // Transient trouble: stop this pass; the rows wait for their not-before time.
@@ -225,21 +237,7 @@ fn rewrite_references(v: &mut Value, links: &HashMap<String, String>) {
     }
 }
 
-/// Strips what a server adds, to tell whether a resource on the server is the one we sent.
-pub fn comparable(resource: &Value) -> Value {
-    let mut r = resource.clone();
-    if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
-        meta.remove("versionId");
-        meta.remove("lastUpdated");
-        if meta.is_empty() {
-            r.as_object_mut().map(|o| o.remove("meta"));
-        }
-    }
-    if let Some(o) = r.as_object_mut() {
-        o.remove("text");
-    }
-    r
-}
+pub use crate::conflict::comparable;
 
 fn ledger_entry(dest: &str, row: &OutboxRow, remote_id: &str, version: Option<String>, linked: bool) -> LedgerEntry {
     LedgerEntry {
@@ -251,6 +249,34 @@ fn ledger_entry(dest: &str, row: &OutboxRow, remote_id: &str, version: Option<St
         linked,
         patient: row.item.patient.clone(),
         updated_at: Utc::now(),
+        origin: row.item.origin.clone(),
+        ..LedgerEntry::default()
+    }
+}
+
+/// The ledger entry after a write (or after finding the destination already holds the outcome): `held` is
+/// what the destination now holds, `source` the partner's version it reflects.
+#[allow(clippy::too_many_arguments)]
+fn held_entry(
+    dest: &Destination,
+    row: &OutboxRow,
+    remote_id: &str,
+    version: Option<String>,
+    held: &Value,
+    source: &Value,
+    previous: Option<&LedgerEntry>,
+    remote_edits: bool,
+) -> LedgerEntry {
+    let held_hash = crate::conflict::content_hash(held);
+    let prev_hash = previous.and_then(|p| {
+        if p.held_hash.as_deref() == Some(held_hash.as_str()) { p.prev_hash.clone() } else { p.held_hash.clone() }
+    });
+    LedgerEntry {
+        source_fp: Some(crate::conflict::encode(&crate::conflict::fingerprints(&dest.salt, source))),
+        held_hash: Some(held_hash),
+        prev_hash,
+        remote_edits,
+        ..ledger_entry(&dest.name, row, remote_id, version, false)
     }
 }
 
@@ -343,6 +369,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
     let keys: Vec<ResourceKey> = rows.iter().map(|r| r.item.key.clone()).collect();
     let ledger: HashMap<ResourceKey, LedgerEntry> =
         store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
+    let open_conflicts = store.conflicts_open_among(&dest.name, &keys).await?;
 
     // Patient references of this batch that point at linked (someone else's) Patients.
     let mut links: HashMap<String, String> = HashMap::new();
@@ -436,9 +463,19 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
             body,
             if_match: known.and_then(|e| e.version_id.clone()),
         };
+        if write.method == Method::Put && open_conflicts.contains(&row.item.key) {
+            conflict_refresh(store, dest, &row, &write, known).await?;
+            report.conflicts += 1;
+            continue;
+        }
+        if write.method == Method::Put && known.is_some_and(|e| e.remote_edits) {
+            // The destination holds others' changes (kept): read and merge, never write over them.
+            merge_and_send(store, dest, &row, &write, known, permits.get(&row.seq), &mut report).await?;
+            continue;
+        }
         to_send.push((row, write));
     }
-    send_rows(store, dest, to_send, &permits, &mut report).await?;
+    send_rows(store, dest, to_send, &ledger, &permits, &mut report).await?;
     Ok(report)
 }
 
@@ -508,6 +545,7 @@ async fn send_rows(
     store: &Store,
     dest: &Destination,
     rows: Vec<(OutboxRow, Write)>,
+    ledger: &HashMap<ResourceKey, LedgerEntry>,
     permits: &HashMap<i64, Permit>,
     report: &mut DeliveryReport,
 ) -> Result<(), StoreError> {
@@ -524,9 +562,14 @@ async fn send_rows(
                     let action = if write.method == Method::Put { "disclosed" } else { "retracted" };
                     let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
                     let audited = row.item.origin.as_deref() != Some(crate::policy::AUDIT_ORIGIN);
-                    let entry = ledger_entry(&dest.name, row, &write.id, version_id, false);
-                    let ledger = (write.method == Method::Put).then_some(&entry);
-                    store.complete(row, ledger, audited.then_some(&audit)).await?;
+                    let entry = match &write.body {
+                        Some(body) => {
+                            held_entry(dest, row, &write.id, version_id, body, body, ledger.get(&row.item.key), false)
+                        }
+                        None => ledger_entry(&dest.name, row, &write.id, version_id, false),
+                    };
+                    let entry = (write.method == Method::Put).then_some(&entry);
+                    store.complete(row, entry, audited.then_some(&audit)).await?;
                     if write.method == Method::Delete
                         && write.resource_type == "Patient"
                         && let Some(person) = &row.item.patient
@@ -555,7 +598,16 @@ async fn send_rows(
             }
             Err(TransportError::PreconditionFailed { .. }) => {
                 let (row, write) = &chunk[0];
-                precondition_failed(store, dest, row, write, permits.get(&row.seq), report).await?;
+                if write.method == Method::Delete {
+                    // Retracting something changed there since: the person's consent still rules; delete the
+                    // current version.
+                    let mut again = write.clone();
+                    again.if_match = None;
+                    stack.push(vec![(row.clone(), again)]);
+                    continue;
+                }
+                merge_and_send(store, dest, row, write, ledger.get(&row.item.key), permits.get(&row.seq), report)
+                    .await?;
             }
             Err(e) => {
                 // Transient after every retry, or a setup problem: everything left waits for a later pass.
@@ -573,40 +625,203 @@ async fn send_rows(
     Ok(())
 }
 
-/// `If-Match` failed. Either our own earlier write landed and the ledger missed it (a crash between the write
-/// and the ledger update): adopt the server's version. Or someone else changed the resource: never overwrite.
-async fn precondition_failed(
+/// An update to a resource that may have been changed on the destination by someone else (`If-Match`
+/// failed, or the ledger says others' changes are kept there): read the current version and compare three
+/// ways. Changes to different elements are merged (when `[conflicts] auto_merge` allows it for the type) and
+/// written with `If-Match` on the version read; the same element changed on both sides is a conflict, recorded
+/// for an admin, and nothing is written. Our own earlier write that landed without the ledger knowing (a crash
+/// in between) shows up as "already holds the outcome" and is adopted.
+async fn merge_and_send(
     store: &Store,
     dest: &Destination,
     row: &OutboxRow,
     write: &Write,
+    known: Option<&LedgerEntry>,
     permit: Option<&Permit>,
     report: &mut DeliveryReport,
 ) -> Result<(), StoreError> {
-    let current = send_retrying(dest, || dest.transport.read(&write.resource_type, &write.id)).await;
-    match current {
-        Ok(Some(found)) if write.body.as_ref().is_some_and(|b| comparable(b) == comparable(&found.resource)) => {
-            let audit = audit_entry(&dest.name, row, "disclosed", found.version_id.as_deref(), permit);
-            let entry = ledger_entry(&dest.name, row, &write.id, found.version_id, false);
-            store.complete(row, Some(&entry), Some(&audit)).await?;
-            report.written += 1;
-        }
-        Ok(_) => {
-            warn!(destination = %dest.name, resource_type = %write.resource_type, resource = %write.id, "Changed on the destination by someone else; not overwritten.");
-            store
-                .dead_letter(
-                    row.seq,
-                    &format!("conflict: {}/{} was changed on {} since the connector last wrote it; the remote change was kept", write.resource_type, write.id, dest.name),
-                )
-                .await?;
-            report.dead_lettered += 1;
-        }
-        Err(e) => {
-            store.retry_later(row.seq, Utc::now() + dest.defer, &e.to_string()).await?;
-            report.deferred += 1;
+    let Some(source) = write.body.as_ref() else { return Ok(()) };
+    let base = known.and_then(|k| crate::conflict::decode(k.source_fp.as_deref()));
+    for _ in 0..3 {
+        let current = match send_retrying(dest, || dest.transport.read(&write.resource_type, &write.id)).await {
+            Ok(c) => c,
+            Err(e) => {
+                store.retry_later(row.seq, Utc::now() + dest.defer, &e.to_string()).await?;
+                report.deferred += 1;
+                return Ok(());
+            }
+        };
+        let Some(found) = current else {
+            let c = conflict_record(dest, row, write, known, vec!["(deleted on the destination)".into()], None);
+            return open_conflict(store, dest, row, known, c, report).await;
+        };
+        let stale =
+            known.and_then(|k| k.prev_hash.as_deref()) == Some(crate::conflict::content_hash(&found.resource).as_str());
+        let rules = crate::conflict::Rules {
+            salt: &dest.salt,
+            auto_merge: dest.auto_merge.contains(&write.resource_type),
+            stale,
+        };
+        match crate::conflict::three_way(rules, base.as_ref(), source, &found.resource) {
+            crate::conflict::Merge::Unchanged { kept_remote } => {
+                let entry = held_entry(
+                    dest,
+                    row,
+                    &write.id,
+                    found.version_id.clone(),
+                    &found.resource,
+                    source,
+                    known,
+                    !kept_remote.is_empty(),
+                );
+                let audit = if kept_remote.is_empty() {
+                    audit_entry(&dest.name, row, "disclosed", found.version_id.as_deref(), permit)
+                } else {
+                    let mut a = audit_entry(&dest.name, row, "remote-change", found.version_id.as_deref(), None);
+                    a.reason = Some(format!("kept changes made on {} to: {}", dest.name, kept_remote.join(", ")));
+                    a.content_hash = None;
+                    a
+                };
+                store.complete(row, Some(&entry), Some(&audit)).await?;
+                return Ok(());
+            }
+            crate::conflict::Merge::Write { body, kept_remote } => {
+                let mut w = write.clone();
+                w.body = Some(body.clone());
+                w.if_match = found.version_id.clone();
+                match send_retrying(dest, || dest.transport.send(std::slice::from_ref(&w))).await {
+                    Ok(results) => {
+                        let version = results.into_iter().next().and_then(|r| r.version_id);
+                        let entry = held_entry(
+                            dest,
+                            row,
+                            &write.id,
+                            version.clone(),
+                            &body,
+                            source,
+                            known,
+                            !kept_remote.is_empty(),
+                        );
+                        let mut audit = audit_entry(&dest.name, row, "disclosed", version.as_deref(), permit);
+                        if !kept_remote.is_empty() {
+                            audit.reason = Some(format!(
+                                "merged: kept changes made on {} to: {}",
+                                dest.name,
+                                kept_remote.join(", ")
+                            ));
+                            report.merged += 1;
+                            info!(destination = %dest.name, resource_type = %write.resource_type, resource = %write.id, kept = %kept_remote.join(","), "Merged with changes made on the destination.");
+                        }
+                        store.complete(row, Some(&entry), Some(&audit)).await?;
+                        report.written += 1;
+                        return Ok(());
+                    }
+                    Err(TransportError::PreconditionFailed { .. }) => continue, // changed again meanwhile
+                    Err(TransportError::Rejected { status, message, outcome }) => {
+                        let detail = serde_json::json!({ "status": status, "message": message, "outcome": outcome });
+                        store.dead_letter(row.seq, &detail.to_string()).await?;
+                        report.dead_lettered += 1;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        store.retry_later(row.seq, Utc::now() + dest.defer, &e.to_string()).await?;
+                        report.deferred += 1;
+                        return Ok(());
+                    }
+                }
+            }
+            crate::conflict::Merge::Conflict { elements } => {
+                let mut c = conflict_record(dest, row, write, known, elements, Some(&found));
+                if let Some(v) = known.and_then(|k| k.version_id.as_deref()) {
+                    // The version last written, for the admin to compare with (when the server keeps history).
+                    if let Ok(Some(b)) = dest.transport.vread(&write.resource_type, &write.id, v).await {
+                        c.base_json = Some(b.resource.to_string());
+                    }
+                }
+                return open_conflict(store, dest, row, known, c, report).await;
+            }
         }
     }
+    store
+        .retry_later(row.seq, Utc::now() + dest.defer, "changed on the destination while merging; will try again")
+        .await?;
+    report.deferred += 1;
     Ok(())
+}
+
+fn conflict_record(
+    dest: &Destination,
+    row: &OutboxRow,
+    write: &Write,
+    known: Option<&LedgerEntry>,
+    elements: Vec<String>,
+    remote: Option<&transport::Found>,
+) -> crate::store::ConflictRecord {
+    let now = Utc::now();
+    crate::store::ConflictRecord {
+        destination: dest.name.clone(),
+        resource_type: write.resource_type.clone(),
+        resource_id: row.item.key.id.clone(),
+        remote_id: write.id.clone(),
+        patient: row.item.patient.clone(),
+        origin: row.item.origin.clone(),
+        elements,
+        base_version: known.and_then(|k| k.version_id.clone()),
+        source_hash: row.item.content_hash.clone(),
+        source_json: write.body.as_ref().map(Value::to_string),
+        remote_version: remote.and_then(|r| r.version_id.clone()),
+        remote_json: remote.map(|r| r.resource.to_string()),
+        status: "open".into(),
+        created_at: now,
+        updated_at: now,
+        ..Default::default()
+    }
+}
+
+/// Records the conflict and takes the row off the outbox without writing: the ledger notes the partner's
+/// version as planned (so it is not planned again every cycle) but keeps the base and version as they were.
+async fn open_conflict(
+    store: &Store,
+    dest: &Destination,
+    row: &OutboxRow,
+    known: Option<&LedgerEntry>,
+    c: crate::store::ConflictRecord,
+    report: &mut DeliveryReport,
+) -> Result<(), StoreError> {
+    let mut audit = audit_entry(&dest.name, row, "conflict", c.remote_version.as_deref(), None);
+    audit.content_hash = Some(row.item.content_hash.clone());
+    audit.reason = Some(format!("changed on both sides: {}; nothing was written", c.elements.join(", ")));
+    let (id, new) = store.conflict_open(&c, &audit).await?;
+    let mut entry = known.cloned().unwrap_or_else(|| ledger_entry(&dest.name, row, &c.remote_id, None, false));
+    entry.content_hash = row.item.content_hash.clone();
+    entry.updated_at = Utc::now();
+    store.complete(row, Some(&entry), None).await?;
+    report.conflicts += 1;
+    if new {
+        warn!(destination = %dest.name, resource_type = %c.resource_type, resource = %c.resource_id, conflict = id, elements = %c.elements.join(","), "Changed on both sides; not overwritten. See `connector conflicts show`.");
+    }
+    Ok(())
+}
+
+/// A newer partner version of a resource already in conflict: the conflict shows it; nothing is written.
+async fn conflict_refresh(
+    store: &Store,
+    dest: &Destination,
+    row: &OutboxRow,
+    write: &Write,
+    known: Option<&LedgerEntry>,
+) -> Result<(), StoreError> {
+    if let Some(mut c) = store.conflict_open_for(&dest.name, &row.item.key).await? {
+        c.source_hash = row.item.content_hash.clone();
+        c.source_json = write.body.as_ref().map(Value::to_string);
+        c.updated_at = Utc::now();
+        let audit = audit_entry(&dest.name, row, "conflict", None, None);
+        store.conflict_open(&c, &audit).await?;
+    }
+    let mut entry = known.cloned().unwrap_or_else(|| ledger_entry(&dest.name, row, &write.id, None, false));
+    entry.content_hash = row.item.content_hash.clone();
+    entry.updated_at = Utc::now();
+    store.complete(row, Some(&entry), None).await
 }
 
 #[cfg(test)]

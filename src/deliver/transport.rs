@@ -81,4 +81,14 @@ pub trait Transport: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Found>, TransportError>>;
     /// Reads one resource; `None` when it does not exist (or was deleted).
     fn read<'a>(&'a self, resource_type: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<Found>, TransportError>>;
+    /// Reads one version of a resource; `None` when the destination does not have it (any more).
+    fn vread<'a>(
+        &'a self,
+        resource_type: &'a str,
+        id: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Found>, TransportError>>;
+    /// Reads a page of a search or history: a path relative to the base (`Patient?_count=500`), or the
+    /// `next` link of the page before (which must point at the same server).
+    fn page<'a>(&'a self, path_or_link: &'a str) -> BoxFuture<'a, Result<Value, TransportError>>;
 }

@@ -35,6 +35,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, SqlitePool};
 
+pub use conflict::{ConflictRecord, Expected};
 pub use consent::{AuditEntry, AuditFilter, StatementRecord};
 pub use error::StoreError;
 use error::redact_url;
@@ -60,7 +61,7 @@ impl fmt::Display for Backend {
 }
 
 /// One of our resources, by its deterministic id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ResourceKey {
     pub resource_type: String,
     pub id: String,
@@ -79,7 +80,7 @@ impl fmt::Display for ResourceKey {
 }
 
 /// What a destination holds of one of our resources.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct LedgerEntry {
     pub destination: String,
     pub key: ResourceKey,
@@ -94,6 +95,17 @@ pub struct LedgerEntry {
     /// `"Patient/<our id>"` the resource belongs to.
     pub patient: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Where what was sent came from (`partner|category|nfp|patient`, as in the outbox).
+    pub origin: Option<String>,
+    /// Salted hashes of each element of the partner's version last reflected there (JSON object): the base
+    /// of a three-way merge on the partner's side. `None` for entries written before conflicts were tracked.
+    pub source_fp: Option<String>,
+    /// Hash of what the destination holds, as last known (written or accepted).
+    pub held_hash: Option<String>,
+    /// Hash of what the connector wrote before that: a destination holding it again holds a stale copy.
+    pub prev_hash: Option<String>,
+    /// The destination holds changes made there by others (kept): an update must read and merge first.
+    pub remote_edits: bool,
 }
 
 /// What a planned write does.
@@ -194,6 +206,8 @@ pub struct QuarantineRecord {
 #[derive(Clone)]
 pub struct Store {
     inner: Inner,
+    /// This installation's salt for element fingerprints (from the `settings` table).
+    salt: std::sync::Arc<str>,
 }
 
 #[derive(Clone)]
@@ -240,7 +254,8 @@ macro_rules! in_tx {
     };
 }
 
-// Declared after the macros above, which it uses.
+// Declared after the macros above, which they use.
+mod conflict;
 mod consent;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -306,6 +321,11 @@ struct LedgerDb {
     linked: bool,
     patient: Option<String>,
     updated_at: i64,
+    origin: Option<String>,
+    source_fp: Option<String>,
+    held_hash: Option<String>,
+    prev_hash: Option<String>,
+    remote_edits: bool,
 }
 
 impl LedgerDb {
@@ -319,6 +339,11 @@ impl LedgerDb {
             linked: self.linked,
             patient: self.patient,
             updated_at: from_ms("ledger.updated_at", self.updated_at)?,
+            origin: self.origin,
+            source_fp: self.source_fp,
+            held_hash: self.held_hash,
+            prev_hash: self.prev_hash,
+            remote_edits: self.remote_edits,
         })
     }
 }
@@ -438,7 +463,18 @@ impl Store {
                 reason: "the scheme must be sqlite: or postgres://".into(),
             });
         };
-        Ok(Store { inner })
+        let mut store = Store { inner, salt: std::sync::Arc::from("") };
+        let salt: String = with_pool!(store, |pool| {
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = 'fingerprint_salt'").fetch_one(pool).await
+        })
+        .map_err(StoreError::query("reading the fingerprint salt"))?;
+        store.salt = std::sync::Arc::from(salt.as_str());
+        Ok(store)
+    }
+
+    /// The installation's salt for element fingerprints.
+    pub fn salt(&self) -> &str {
+        &self.salt
     }
 
     pub fn backend(&self) -> Backend {
@@ -599,21 +635,21 @@ impl Store {
         let item = &row.item;
         in_tx!(self, "complete", |tx| {
             match ledger {
-                Some(entry) => {
-                    sqlx::query(LEDGER_UPSERT)
-                        .bind(&entry.destination)
-                        .bind(&entry.key.resource_type)
-                        .bind(&entry.key.id)
-                        .bind(&entry.remote_id)
-                        .bind(&entry.version_id)
-                        .bind(&entry.content_hash)
-                        .bind(entry.linked)
-                        .bind(&entry.patient)
-                        .bind(ms(entry.updated_at))
-                        .execute(&mut *tx)
-                        .await
-                }
+                Some(entry) => bind_ledger(sqlx::query(LEDGER_UPSERT), entry).execute(&mut *tx).await,
                 None => {
+                    // A deleted resource has nothing left to be in conflict about.
+                    sqlx::query(
+                        "UPDATE conflicts SET status = 'resolved', resolution = 'retracted', resolved_at = $4, \
+                         updated_at = $4, base_json = NULL, source_json = NULL, remote_json = NULL \
+                         WHERE destination = $1 AND resource_type = $2 AND resource_id = $3 AND status = 'open'",
+                    )
+                    .bind(&item.destination)
+                    .bind(&item.key.resource_type)
+                    .bind(&item.key.id)
+                    .bind(ms(Utc::now()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("complete: closing conflicts of a deleted resource"))?;
                     sqlx::query("DELETE FROM ledger WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
                         .bind(&item.destination)
                         .bind(&item.key.resource_type)
@@ -871,19 +907,7 @@ impl Store {
     /// Inserts or replaces the entry (e.g. when linking to a pre-existing Patient).
     pub async fn ledger_put(&self, entry: &LedgerEntry) -> Result<()> {
         with_pool!(self, |pool| {
-            sqlx::query(LEDGER_UPSERT)
-                .bind(&entry.destination)
-                .bind(&entry.key.resource_type)
-                .bind(&entry.key.id)
-                .bind(&entry.remote_id)
-                .bind(&entry.version_id)
-                .bind(&entry.content_hash)
-                .bind(entry.linked)
-                .bind(&entry.patient)
-                .bind(ms(entry.updated_at))
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
+            bind_ledger(sqlx::query(LEDGER_UPSERT), entry).execute(pool).await.map(|r| r.rows_affected())
         })
         .map_err(StoreError::query("ledger_put"))?;
         Ok(())
@@ -1037,16 +1061,46 @@ impl Store {
     }
 }
 
-const LEDGER_COLUMNS: &str =
-    "destination, resource_type, resource_id, remote_id, version_id, content_hash, linked, patient, updated_at";
+const LEDGER_COLUMNS: &str = "destination, resource_type, resource_id, remote_id, version_id, content_hash, linked, \
+     patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits";
 
 const QUARANTINE_COLUMNS: &str = "id, partner, kind, file, source_row, record_key, reasons_json, raw_json, created_at";
 
 const LEDGER_UPSERT: &str = "INSERT INTO ledger (destination, resource_type, resource_id, remote_id, \
-     version_id, content_hash, linked, patient, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     version_id, content_hash, linked, patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET remote_id = excluded.remote_id, \
      version_id = excluded.version_id, content_hash = excluded.content_hash, linked = excluded.linked, \
-     patient = excluded.patient, updated_at = excluded.updated_at";
+     patient = excluded.patient, updated_at = excluded.updated_at, origin = excluded.origin, \
+     source_fp = excluded.source_fp, held_hash = excluded.held_hash, prev_hash = excluded.prev_hash, \
+     remote_edits = excluded.remote_edits";
+
+/// Binds a ledger entry to [`LEDGER_UPSERT`]'s parameters.
+fn bind_ledger<'q, DB: sqlx::Database>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    e: &'q LedgerEntry,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(e.destination.clone())
+        .bind(e.key.resource_type.clone())
+        .bind(e.key.id.clone())
+        .bind(e.remote_id.clone())
+        .bind(e.version_id.clone())
+        .bind(e.content_hash.clone())
+        .bind(e.linked)
+        .bind(e.patient.clone())
+        .bind(ms(e.updated_at))
+        .bind(e.origin.clone())
+        .bind(e.source_fp.clone())
+        .bind(e.held_hash.clone())
+        .bind(e.prev_hash.clone())
+        .bind(e.remote_edits)
+}
 
 /// Lookups of many keys: each follows [`with_keys`] and is followed by the bound destination.
 const KEYS_LEDGER_HASHES: &str = "SELECT l.resource_type, l.resource_id, l.content_hash FROM k CROSS JOIN ledger l \

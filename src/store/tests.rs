@@ -154,13 +154,16 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
         [
             "_sqlx_migrations",
             "audit",
+            "conflicts",
             "consent_statements",
             "cursors",
+            "expected",
             "job_runs",
             "ledger",
             "outbox",
             "persons",
             "quarantine",
+            "settings",
             "withheld"
         ]
     );
@@ -229,6 +232,7 @@ fn ledger_for(row: &OutboxRow) -> LedgerEntry {
         linked: false,
         patient: row.item.patient.clone(),
         updated_at: t0(),
+        ..Default::default()
     }
 }
 

@@ -89,6 +89,9 @@ pub struct IngestReport {
     /// The rows quarantined in this run: kind, file name, row and key (never their content).
     #[serde(skip)]
     pub quarantined_rows: Vec<(String, String, u64, Option<String>)>,
+    /// Record what each destination should hold in the `expected` table (reconcile's dry run).
+    #[serde(skip)]
+    pub collect_expected: bool,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -271,9 +274,14 @@ impl Engine {
         let owner = format!("{}-{}", host.trim(), std::process::id());
         reclaim_dead_leases(&store, host.trim()).await?;
         let policy = Arc::new(Policy::new(&config, &catalog));
+        let salt: Arc<str> = Arc::from(store.salt());
+        let auto_merge: Arc<std::collections::HashSet<String>> =
+            Arc::new(config.conflicts.auto_merge.iter().cloned().collect());
         for d in &mut destinations {
             if let Some(d) = Arc::get_mut(d) {
                 d.policy = policy.clone();
+                d.salt = salt.clone();
+                d.auto_merge = auto_merge.clone();
             }
         }
         Ok(Engine {
@@ -296,11 +304,11 @@ impl Engine {
     /// and reports what would be queued, writing nothing.
     pub async fn ingest(&self, partner_id: &str, dry_run: bool) -> anyhow::Result<IngestReport> {
         if dry_run {
-            return self.ingest_inner(partner_id, true).await;
+            return self.ingest_inner(partner_id, true, false).await;
         }
         let job = format!("ingest:{partner_id}");
         let run = self.store.job_started(&job, Utc::now()).await?;
-        let result = self.ingest_inner(partner_id, false).await;
+        let result = self.ingest_inner(partner_id, false, false).await;
         let (ok, detail) = match &result {
             Ok(r) => (
                 r.mapping.failed_files().count() == 0,
@@ -331,9 +339,16 @@ impl Engine {
         Ok(pc.sources.iter().map(|s| Input { kind: s.kind, path: self.config.resolve(&s.path) }).collect())
     }
 
-    async fn ingest_inner(&self, partner_id: &str, dry_run: bool) -> anyhow::Result<IngestReport> {
+    /// Maps a partner's sources and records, in the `expected` table, what each destination should hold of
+    /// them under today's consent (writing nothing else): reconcile's first step.
+    pub async fn expect(&self, partner_id: &str) -> anyhow::Result<IngestReport> {
+        self.ingest_inner(partner_id, true, true).await
+    }
+
+    async fn ingest_inner(&self, partner_id: &str, dry_run: bool, expect: bool) -> anyhow::Result<IngestReport> {
         let inputs = self.inputs(partner_id)?;
-        let mut report = IngestReport { partner: partner_id.to_string(), dry_run, ..Default::default() };
+        let mut report =
+            IngestReport { partner: partner_id.to_string(), dry_run, collect_expected: expect, ..Default::default() };
         // First who is who and what they consented to, so the plan below decides on today's consent.
         let overlay = self.read_consent(partner_id, &inputs, &mut report).await?;
         let catalog = self.catalog.clone();
@@ -598,6 +613,7 @@ impl Engine {
                 };
                 let mut body = m.body.clone();
                 policy::label(&mut body, m.category, m.not_for_patient);
+                crate::reconcile::tag(&mut body, &partner);
                 match profile::apply(dest.profile, m.category, body) {
                     Ok(body) => {
                         let text = body.to_string();
@@ -625,6 +641,17 @@ impl Engine {
                 }
             }
             *report.withheld.entry(dest.name.clone()).or_default() += withheld.len() as u64;
+            if report.collect_expected {
+                let expected: Vec<crate::store::Expected> = items
+                    .iter()
+                    .map(|i| crate::store::Expected {
+                        key: i.key.clone(),
+                        content_hash: i.content_hash.clone(),
+                        partner: partner.clone(),
+                    })
+                    .collect();
+                self.store.expected_put(&dest.name, &expected).await?;
+            }
             let need_ledger = report.dry_run || self.explain;
             let held: std::collections::HashMap<ResourceKey, crate::store::LedgerEntry> = {
                 let mut keys: Vec<ResourceKey> = withheld.iter().map(|(n, _)| pending[*n].key.clone()).collect();
@@ -750,6 +777,22 @@ impl Engine {
             after = last;
         }
         Ok(queued)
+    }
+
+    /// Reads back what others changed on one destination (see [`crate::reconcile::pull`]).
+    pub async fn pull(&self, name: &str) -> anyhow::Result<crate::reconcile::pull::PullReport> {
+        let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
+        let run = self.store.job_started(&format!("pull:{name}"), Utc::now()).await?;
+        let result = crate::reconcile::pull::pull(&self.store, dest).await;
+        let (ok, detail) = match &result {
+            Ok(r) => (
+                true,
+                format!("{} read, {} changed there, {} stale, {} deleted there", r.read, r.changed, r.stale, r.deleted),
+            ),
+            Err(e) => (false, e.to_string()),
+        };
+        self.store.job_finished(run, ok, &detail, Utc::now()).await?;
+        result
     }
 
     /// Delivers one destination's outbox.

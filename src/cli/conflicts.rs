@@ -1,0 +1,226 @@
+//! `connector conflicts list|show|resolve|report`: records changed both at their partner and on a destination.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::{EXIT_FOUND, Format};
+use crate::config::Config;
+use crate::conflict::report;
+use crate::conflict::resolve::{self, Keep};
+use crate::sync::Engine;
+
+#[derive(Debug, Subcommand)]
+pub enum ConflictsCommand {
+    /// Open conflicts (exit 3 when there are any).
+    List {
+        /// Resolved ones too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// One conflict: the last version sent, the partner's new one and the destination's, element by element.
+    Show {
+        id: i64,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Decide a conflict: keep the partner's version (it is sent, with the consent check) or the destination's.
+    Resolve {
+        id: i64,
+        #[arg(long, value_enum)]
+        keep: Keep,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Write a self-contained HTML page of the open conflicts, side by side, for a browser. It holds personal
+    /// data: keep it on the admin's machine and delete it after use.
+    Report {
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+        /// Resolved ones too (their versions are no longer kept).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    match cmd {
+        ConflictsCommand::List { all, destination, format } => {
+            let store = crate::store::Store::connect(&config.state_url()).await?;
+            let list = store.conflicts_list(all, destination.as_deref(), 10_000).await?;
+            let open = list.iter().filter(|c| c.status == "open").count();
+            match format {
+                Format::Json => {
+                    let rows: Vec<serde_json::Value> = list
+                        .iter()
+                        .map(|c| {
+                            serde_json::json!({
+                                "id": c.id, "destination": c.destination, "resource_type": c.resource_type,
+                                "resource_id": c.resource_id, "elements": c.elements,
+                                "partner": partner(c.origin.as_deref()), "status": c.status,
+                                "resolution": c.resolution, "resolved_by": c.resolved_by,
+                                "created_at": c.created_at, "updated_at": c.updated_at,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                Format::Table => {
+                    if list.is_empty() {
+                        println!("No {}conflicts.", if all { "" } else { "open " });
+                    } else {
+                        println!(
+                            "{:>5}  {:<8}  {:<52}  {:<14}  {:<24}  {:<17}  STATUS",
+                            "ID", "DEST", "RESOURCE", "PARTNER", "ELEMENTS", "SINCE (UTC)"
+                        );
+                        for c in &list {
+                            let status = match &c.resolution {
+                                Some(r) => format!("resolved: {r}"),
+                                None => c.status.clone(),
+                            };
+                            println!(
+                                "{:>5}  {:<8}  {:<52}  {:<14}  {:<24}  {:<17}  {status}",
+                                c.id,
+                                c.destination,
+                                format!("{}/{}", c.resource_type, c.resource_id),
+                                partner(c.origin.as_deref()),
+                                c.elements.join(","),
+                                c.created_at.format("%Y-%m-%d %H:%M"),
+                            );
+                        }
+                        if open > 0 {
+                            println!(
+                                "\n{open} open. `connector conflicts show ID` compares the versions; `connector conflicts resolve ID --keep source|remote` decides."
+                            );
+                        }
+                    }
+                }
+            }
+            store.close().await;
+            Ok(if open > 0 { EXIT_FOUND } else { 0 })
+        }
+        ConflictsCommand::Show { id, format } => {
+            let store = crate::store::Store::connect(&config.state_url()).await?;
+            let c = store.conflict_get(id).await?.with_context(|| format!("no conflict {id}"))?;
+            store.close().await;
+            let rows = report::element_rows(&c);
+            match format {
+                Format::Json => {
+                    let elements: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({"element": r.name, "conflict": r.conflict,
+                                "last_sent": r.base, "source": r.source, "destination": r.remote})
+                        })
+                        .collect();
+                    let mut out = serde_json::to_value(&c)?;
+                    out["comparison"] = serde_json::Value::Array(elements);
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                Format::Table => {
+                    println!("Conflict {}: {}/{} at {}", c.id, c.resource_type, c.resource_id, c.destination);
+                    println!("  partner:  {}", partner(c.origin.as_deref()));
+                    println!(
+                        "  status:   {}{}",
+                        c.status,
+                        c.resolution.as_deref().map(|r| format!(" (kept {r})")).unwrap_or_default()
+                    );
+                    println!("  since:    {}", c.created_at.to_rfc3339());
+                    println!("  changed on both sides: {}", c.elements.join(", "));
+                    if c.status != "open" {
+                        println!("  (the versions are cleared once a conflict is resolved)");
+                    }
+                    let base = format!("LAST SENT (v{})", c.base_version.as_deref().unwrap_or("?"));
+                    let remote = format!(
+                        "{} NOW (v{})",
+                        c.destination.to_uppercase(),
+                        c.remote_version.as_deref().unwrap_or("?")
+                    );
+                    let w = 34;
+                    println!();
+                    println!("  {:<16} {:<w$} {:<w$} {:<w$}", "ELEMENT", base, "PARTNER'S NEW VERSION", remote);
+                    for r in &rows {
+                        let cells = [&r.base, &r.source, &r.remote].map(|v| wrap(&report::value_text(v.as_ref()), w));
+                        let lines = cells.iter().map(Vec::len).max().unwrap_or(1);
+                        for i in 0..lines {
+                            let name = if i == 0 {
+                                format!("{}{}", if r.conflict { "! " } else { "  " }, r.name)
+                            } else {
+                                String::new()
+                            };
+                            let cell = |n: usize| cells[n].get(i).cloned().unwrap_or_default();
+                            println!("  {:<16} {:<w$} {:<w$} {:<w$}", name, cell(0), cell(1), cell(2));
+                        }
+                    }
+                    println!(
+                        "\n  ! = changed on both sides. Decide: connector conflicts resolve {} --keep source|remote",
+                        c.id
+                    );
+                }
+            }
+            Ok(0)
+        }
+        ConflictsCommand::Resolve { id, keep, format } => {
+            let engine = Engine::start(config).await?;
+            let by = resolve::who();
+            let r = resolve::resolve(&engine, id, keep, &by).await;
+            engine.store.close().await;
+            let r = r?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Format::Table => {
+                    let what = match keep {
+                        Keep::Source => format!("the partner's version was written to {}", r.destination),
+                        Keep::Remote => format!("the version on {} was kept", r.destination),
+                    };
+                    println!(
+                        "Conflict {id} resolved: {what} ({} now at version {}). Audited as decided by {by}.",
+                        r.resource,
+                        r.version.as_deref().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        ConflictsCommand::Report { html, all } => {
+            let store = crate::store::Store::connect(&config.state_url()).await?;
+            let list = store.conflicts_list(all, None, 10_000).await?;
+            store.close().await;
+            let page = report::html(&list, chrono::Utc::now());
+            write_private(&html, &page).with_context(|| format!("writing {}", html.display()))?;
+            eprintln!(
+                "Wrote {} ({} conflict(s)). It holds personal data: delete it after use.",
+                html.display(),
+                list.len()
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn partner(origin: Option<&str>) -> String {
+    origin.and_then(|o| o.split('|').next()).unwrap_or("?").to_string()
+}
+
+/// Splits text into lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.is_empty() {
+        return vec![String::new()];
+    }
+    chars.chunks(width.saturating_sub(1).max(1)).map(|c| c.iter().collect()).collect()
+}
+
+/// Writes a file only its owner can read (it holds personal data).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}

@@ -1,0 +1,140 @@
+//! `connector reconcile`: does each destination hold what it should? And `connector pull`: read back what
+//! others changed there.
+
+use std::path::Path;
+
+use clap::Args;
+
+use super::{EXIT_FOUND, Format};
+use crate::config::Config;
+use crate::reconcile::{self, Options, ReconcileReport};
+use crate::sync::Engine;
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Only this destination.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Only this partner's resources.
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// Queue the repairs through the outbox and deliver them (conflicts are left for an admin).
+    #[arg(long)]
+    pub fix: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Only this destination (default: every destination).
+    #[arg(long)]
+    pub destination: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let engine = Engine::start(config).await?;
+    let opts = Options {
+        destination: args.destination.clone(),
+        partner: args.partner.clone(),
+        fix: args.fix,
+        progress: args.format == Format::Table && reconcile::progress_wanted(),
+    };
+    let report = reconcile::run(&engine, &opts).await;
+    engine.store.release(&engine.owner).await.ok();
+    engine.store.close().await;
+    let report = report?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => print_table(&report),
+    }
+    Ok(if report.drift() > 0 { EXIT_FOUND } else { 0 })
+}
+
+fn print_table(r: &ReconcileReport) {
+    println!(
+        "{:<8} {:<14} {:<22} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9}",
+        "DEST", "PARTNER", "KIND", "IN SYNC", "MISSING", "UNEXPECTED", "DRIFTED", "STALE", "CONFLICT"
+    );
+    for s in &r.summaries {
+        println!(
+            "{:<8} {:<14} {:<22} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9}",
+            s.destination,
+            s.partner,
+            s.resource_type,
+            s.in_sync,
+            s.missing,
+            s.unexpected,
+            s.drifted,
+            s.stale,
+            s.conflict
+        );
+    }
+    let shown = r.findings.len().min(50);
+    if shown > 0 {
+        println!();
+        for f in &r.findings[..shown] {
+            let fix = f.fix.as_deref().map(|x| format!(" -> {x}")).unwrap_or_default();
+            println!(
+                "{:<10} {} {}/{} ({}): {}{fix}",
+                f.class.as_str(),
+                f.destination,
+                f.resource_type,
+                f.id,
+                f.partner,
+                f.detail
+            );
+        }
+        if r.findings_total > shown as u64 {
+            println!("... and {} more (`--format json` lists up to 1000).", r.findings_total - shown as u64);
+        }
+    }
+    println!();
+    println!(
+        "{} resource(s) read in {:.1} s; {} not in sync{}.",
+        r.read,
+        r.seconds,
+        r.drift(),
+        if r.conflicts() > 0 {
+            format!(", {} in conflict (`connector conflicts list`)", r.conflicts())
+        } else {
+            String::new()
+        }
+    );
+    if let Some(f) = &r.fixed {
+        println!(
+            "Fixed: {} queued, {} written, {} merged, {} new conflict(s), {} dead-lettered, {} deferred. Run `connector reconcile` again to confirm.",
+            f.queued, f.written, f.merged, f.conflicts, f.dead_lettered, f.deferred
+        );
+    } else if r.drift() > 0 {
+        println!("`connector reconcile --fix` repairs it through the outbox.");
+    }
+}
+
+pub async fn pull(config_path: &Path, args: PullArgs) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let engine = Engine::start(config).await?;
+    let mut reports = Vec::new();
+    for d in engine.destinations.iter().filter(|d| args.destination.as_deref().is_none_or(|o| o == d.name)) {
+        reports.push(engine.pull(&d.name).await?);
+    }
+    engine.store.close().await;
+    if reports.is_empty() {
+        anyhow::bail!("--destination {}: no such destination in the config", args.destination.unwrap_or_default());
+    }
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Format::Table => {
+            for r in &reports {
+                println!(
+                    "{}: {} history entries read; {} changed there by others (kept), {} stale, {} deleted there",
+                    r.destination, r.read, r.changed, r.stale, r.deleted
+                );
+            }
+        }
+    }
+    Ok(if reports.iter().any(|r| r.stale + r.deleted > 0) { EXIT_FOUND } else { 0 })
+}

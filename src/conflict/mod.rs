@@ -1,0 +1,257 @@
+//! Conflicts: a resource changed by its partner and, since the connector last wrote it, by someone else on the
+//! destination (a clinician in Cito, a patient in PKB). This module owns the three-way comparison, element by
+//! element (a resource's top-level elements: `name`, `telecom`, `address`, ...):
+//!
+//! - the partner's side is judged against salted fingerprints of the partner's version last reflected there
+//!   (`ledger.source_fp`), so the state store keeps no values, only hashes;
+//! - the destination's side is judged against the same base: an element whose value there is not the
+//!   partner's old value was changed by someone else (now, or earlier and kept).
+//!
+//! Elements only one side changed are merged when the config allows it for the resource type
+//! (`[conflicts] auto_merge`); an element both changed to different values is a conflict, and the connector
+//! never overwrites it: an admin decides (`connector conflicts resolve`).
+
+pub mod report;
+pub mod resolve;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+/// Elements that are not content: identity, and what servers add.
+const NOT_ELEMENTS: [&str; 3] = ["resourceType", "id", "text"];
+
+/// What a destination adds to `meta` and a comparison ignores.
+const SERVER_META: [&str; 3] = ["versionId", "lastUpdated", "source"];
+
+/// The resource as content: without what a server adds (`meta.versionId`, `meta.lastUpdated`, `meta.source`,
+/// a generated narrative).
+pub fn comparable(resource: &Value) -> Value {
+    let mut r = resource.clone();
+    if let Some(o) = r.as_object_mut() {
+        o.remove("text");
+        if let Some(meta) = o.get_mut("meta").and_then(Value::as_object_mut) {
+            for k in SERVER_META {
+                meta.remove(k);
+            }
+            if meta.is_empty() {
+                o.remove("meta");
+            }
+        }
+    }
+    r
+}
+
+/// JSON with object keys sorted at every level: the same content always gives the same text.
+pub fn canonical(v: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let b: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sorted(v))).collect();
+                Value::Object(b.into_iter().map(|(k, v)| (k.clone(), v)).collect::<Map<_, _>>())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    // serde_json's Map keeps insertion order when `preserve_order` is on (a dependency may turn it on):
+    // build the text by hand so the order is ours either way.
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (n, k) in keys.into_iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&m[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (n, x) in a.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(&sorted(v), &mut out);
+    out
+}
+
+/// Hash of a resource's content as a destination holds it (see [`comparable`]).
+pub fn content_hash(resource: &Value) -> String {
+    crate::store::sha256_hex(&canonical(&comparable(resource)))
+}
+
+/// Salted fingerprint of one element's value (12 hex digits: enough to tell values apart, too short and
+/// salted to look a value up).
+fn fingerprint(salt: &str, name: &str, value: &Value) -> String {
+    let digest = crate::store::sha256_hex(&format!("{salt}\u{1f}{name}\u{1f}{}", canonical(value)));
+    digest[..12].to_string()
+}
+
+/// Element name -> fingerprint.
+pub type Fingerprints = BTreeMap<String, String>;
+
+/// The fingerprints of a resource's elements.
+pub fn fingerprints(salt: &str, resource: &Value) -> Fingerprints {
+    let r = comparable(resource);
+    r.as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| !NOT_ELEMENTS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), fingerprint(salt, k, v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn encode(fp: &Fingerprints) -> String {
+    serde_json::to_string(fp).unwrap_or_else(|_| "{}".into())
+}
+
+pub fn decode(text: Option<&str>) -> Option<Fingerprints> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+}
+
+/// The elements of `resource` that differ from `base` (added, changed or removed).
+pub fn changed_from(salt: &str, base: &Fingerprints, resource: &Value) -> Vec<String> {
+    let now = fingerprints(salt, resource);
+    let names: BTreeSet<&String> = now.keys().chain(base.keys()).collect();
+    names.into_iter().filter(|n| now.get(*n) != base.get(*n)).cloned().collect()
+}
+
+/// The outcome of comparing the partner's new version with the destination's current one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Merge {
+    /// Write this (the partner's changes on top of the destination's version).
+    Write { body: Value, kept_remote: Vec<String> },
+    /// The destination already holds the outcome: nothing to write.
+    Unchanged { kept_remote: Vec<String> },
+    /// These elements changed on both sides (or, with merging off, the two sides changed different ones).
+    Conflict { elements: Vec<String> },
+}
+
+/// How to compare.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub salt: &'a str,
+    /// Merge changes to different elements (`[conflicts] auto_merge` lists the type).
+    pub auto_merge: bool,
+    /// The destination holds a copy the connector wrote before its last write (restored from a backup,
+    /// replayed): nobody edited it, so the partner's version replaces it whole.
+    pub stale: bool,
+}
+
+/// Three-way comparison. `base`: fingerprints of the partner's version last reflected at the destination
+/// (`None` when unknown: every difference is then treated as changed on both sides). `source`: the partner's
+/// new version as it would be sent. `remote`: the destination's current version.
+pub fn three_way(rules: Rules<'_>, base: Option<&Fingerprints>, source: &Value, remote: &Value) -> Merge {
+    let s_fp = fingerprints(rules.salt, source);
+    let r_fp = fingerprints(rules.salt, remote);
+    if rules.stale {
+        return if s_fp == r_fp {
+            Merge::Unchanged { kept_remote: vec![] }
+        } else {
+            Merge::Write { body: source.clone(), kept_remote: vec![] }
+        };
+    }
+    let names: BTreeSet<&String> =
+        s_fp.keys().chain(r_fp.keys()).chain(base.into_iter().flat_map(|b| b.keys())).collect();
+    let mut conflicts = Vec::new();
+    let mut partner_changed = Vec::new();
+    let mut kept_remote = Vec::new();
+    for name in names {
+        let s = s_fp.get(name);
+        let r = r_fp.get(name);
+        if s == r {
+            continue;
+        }
+        let (p_changed, r_changed) = match base {
+            Some(b) => (s != b.get(name), r != b.get(name)),
+            None => (true, true),
+        };
+        match (p_changed, r_changed) {
+            (true, true) => conflicts.push(name.clone()),
+            (true, false) => partner_changed.push(name.clone()),
+            (false, true) => kept_remote.push(name.clone()),
+            (false, false) => {}
+        }
+    }
+    if !conflicts.is_empty() {
+        return Merge::Conflict { elements: conflicts };
+    }
+    if !rules.auto_merge && !kept_remote.is_empty() && !partner_changed.is_empty() {
+        let mut elements = partner_changed;
+        elements.extend(kept_remote);
+        elements.sort();
+        return Merge::Conflict { elements };
+    }
+    if partner_changed.is_empty() {
+        return Merge::Unchanged { kept_remote };
+    }
+    let mut body = comparable(remote);
+    if let (Some(out), Some(src)) = (body.as_object_mut(), source.as_object()) {
+        for name in &partner_changed {
+            match src.get(name) {
+                Some(v) => {
+                    out.insert(name.clone(), v.clone());
+                }
+                None => {
+                    out.remove(name);
+                }
+            }
+        }
+        if let Some(id) = src.get("id") {
+            out.insert("id".into(), id.clone());
+        }
+    }
+    Merge::Write { body, kept_remote }
+}
+
+/// The resolved version when an admin keeps one side of a conflict: `source` puts every element the partner
+/// changed (the conflicting ones included) on top of the destination's version; with merging off, the
+/// partner's version whole. `remote` keeps the destination's version as it is.
+pub fn resolve_keep_source(rules: Rules<'_>, base: Option<&Fingerprints>, source: &Value, remote: &Value) -> Value {
+    if !rules.auto_merge || base.is_none() {
+        return source.clone();
+    }
+    let base = base.cloned().unwrap_or_default();
+    let s_fp = fingerprints(rules.salt, source);
+    let mut body = comparable(remote);
+    if let (Some(out), Some(src)) = (body.as_object_mut(), source.as_object()) {
+        let names: BTreeSet<&String> = s_fp.keys().chain(base.keys()).collect();
+        for name in names {
+            if s_fp.get(name) == base.get(name) {
+                continue;
+            }
+            match src.get(name) {
+                Some(v) => {
+                    out.insert(name.clone(), v.clone());
+                }
+                None => {
+                    out.remove(name);
+                }
+            }
+        }
+        if let Some(id) = src.get("id") {
+            out.insert("id".into(), id.clone());
+        }
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! An admin's decision on a conflict (`connector conflicts resolve ID --keep source|remote`).
+//!
+//! - `source`: the partner's version goes to the destination (its changed elements on top of the current
+//!   version; the whole partner version where merging is off for the type), with `If-Match` on the version
+//!   read just before, after the sharing rules are checked again. A disclosure, audited as such.
+//! - `remote`: the destination's version stays; the ledger records that it reflects the partner's version
+//!   too, so the same partner version is not proposed again.
+//!
+//! Either way the decision is audited (`conflict-resolved`, naming who decided) in the same transaction that
+//! closes the conflict and updates the ledger.
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::deliver::transport::{Method, TransportError, Write};
+use crate::policy::{Origin, Verdict};
+use crate::store::{AuditEntry, LedgerEntry};
+use crate::sync::Engine;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The partner's version.
+    Source,
+    /// The destination's version.
+    Remote,
+}
+
+impl Keep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::Source => "source",
+            Keep::Remote => "remote",
+        }
+    }
+}
+
+/// What a resolution did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolved {
+    pub id: i64,
+    pub keep: Keep,
+    pub destination: String,
+    pub resource: String,
+    /// The destination's version afterwards.
+    pub version: Option<String>,
+    /// Whether anything was written to the destination.
+    pub written: bool,
+}
+
+/// Who is deciding: the login behind sudo, else the user.
+pub fn who() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::Result<Resolved> {
+    let store = &engine.store;
+    let Some(c) = store.conflict_get(id).await? else {
+        bail!("no conflict {id}: `connector conflicts list` shows them")
+    };
+    if c.status != "open" {
+        bail!(
+            "conflict {id} is already resolved ({} by {} at {})",
+            c.resolution.as_deref().unwrap_or("?"),
+            c.resolved_by.as_deref().unwrap_or("?"),
+            c.resolved_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        );
+    }
+    let dest = engine.destination(&c.destination).with_context(|| {
+        format!("conflict {id} is at destination \"{}\", which is not in the config", c.destination)
+    })?;
+    let source: Value = c
+        .source_json
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .with_context(|| format!("conflict {id} has no readable partner version"))?;
+    let key = c.key();
+    let known = store.ledger_get(&dest.name, &key).await?;
+    let current = dest
+        .transport
+        .read(&c.resource_type, &c.remote_id)
+        .await
+        .with_context(|| format!("reading {}/{} from {}", c.resource_type, c.remote_id, dest.name))?;
+    let salt = dest.salt.clone();
+    let base = known.as_ref().and_then(|k| crate::conflict::decode(k.source_fp.as_deref()));
+    let now = Utc::now();
+    let mut entry = known.clone().unwrap_or_else(|| LedgerEntry {
+        destination: dest.name.clone(),
+        key: key.clone(),
+        remote_id: c.remote_id.clone(),
+        patient: c.patient.clone(),
+        origin: c.origin.clone(),
+        ..Default::default()
+    });
+    entry.content_hash = c.source_hash.clone();
+    entry.source_fp = Some(crate::conflict::encode(&crate::conflict::fingerprints(&salt, &source)));
+    entry.updated_at = now;
+    let mut decision = AuditEntry {
+        at: now,
+        action: "conflict-resolved".into(),
+        destination: Some(dest.name.clone()),
+        person: c.patient.clone(),
+        resource_type: Some(c.resource_type.clone()),
+        resource_id: Some(c.resource_id.clone()),
+        partner: c.origin.as_deref().and_then(Origin::decode).map(|o| o.partner),
+        ..AuditEntry::default()
+    };
+    let elements = c.elements.join(", ");
+    let (audits, version, written) = match keep {
+        Keep::Remote => {
+            let found = current.as_ref();
+            entry.version_id = found.and_then(|f| f.version_id.clone());
+            entry.held_hash = found.map(|f| crate::conflict::content_hash(&f.resource));
+            entry.remote_edits = found.is_some();
+            decision.version_id = entry.version_id.clone();
+            decision.reason =
+                Some(format!("conflict {id}: kept the version on {} for {elements}; decided by {by}", dest.name));
+            (vec![decision], entry.version_id.clone(), false)
+        }
+        Keep::Source => {
+            let origin = c.origin.as_deref().and_then(Origin::decode).with_context(|| {
+                format!("conflict {id} does not say where its data came from; resolve with --keep remote, or let the next sync plan it again")
+            })?;
+            let consents = match &c.patient {
+                Some(p) => store.consent_current(std::slice::from_ref(p)).await?,
+                None => Default::default(),
+            };
+            let consent = c.patient.as_ref().and_then(|p| consents.get(p));
+            let permit = match engine.policy.decide(&dest.name, dest.profile, &origin, c.patient.is_some(), consent) {
+                Verdict::Send(p) => p,
+                Verdict::Withhold(reason) => bail!(
+                    "the partner's version may not go to {} now: {reason}. Resolve with --keep remote instead",
+                    dest.name
+                ),
+            };
+            let rules = crate::conflict::Rules {
+                salt: &salt,
+                auto_merge: dest.auto_merge.contains(&c.resource_type),
+                stale: false,
+            };
+            let mut body = match &current {
+                Some(found) => crate::conflict::resolve_keep_source(rules, base.as_ref(), &source, &found.resource),
+                None => source.clone(),
+            };
+            body["id"] = Value::String(c.remote_id.clone());
+            let write = Write {
+                resource_type: c.resource_type.clone(),
+                id: c.remote_id.clone(),
+                method: Method::Put,
+                body: Some(body.clone()),
+                if_match: current.as_ref().and_then(|f| f.version_id.clone()),
+            };
+            let results = match dest.transport.send(std::slice::from_ref(&write)).await {
+                Ok(r) => r,
+                Err(TransportError::PreconditionFailed { .. }) => bail!(
+                    "{}/{} changed again on {} just now; nothing was written. Look again: `connector conflicts show {id}`",
+                    c.resource_type,
+                    c.remote_id,
+                    dest.name
+                ),
+                Err(e) => return Err(e).with_context(|| format!("writing the partner's version to {}", dest.name)),
+            };
+            let version = results.into_iter().next().and_then(|r| r.version_id);
+            let held = crate::conflict::content_hash(&body);
+            entry.prev_hash = entry.held_hash.clone().filter(|h| *h != held);
+            entry.held_hash = Some(held);
+            entry.version_id = version.clone();
+            entry.remote_edits =
+                crate::conflict::fingerprints(&salt, &body) != crate::conflict::fingerprints(&salt, &source);
+            decision.version_id = version.clone();
+            decision.reason =
+                Some(format!("conflict {id}: kept the partner's version for {elements}; decided by {by}"));
+            let disclosed = AuditEntry {
+                action: "disclosed".into(),
+                content_hash: Some(c.source_hash.clone()),
+                category: Some(origin.category.as_str().to_string()),
+                agreement: Some(permit.agreement.clone()),
+                lawful_basis: Some(permit.lawful_basis.clone()),
+                consent: permit.consent.clone(),
+                reason: Some(format!("conflict {id} resolved by {by}: the partner's version")),
+                ..decision.clone()
+            };
+            (vec![decision, disclosed], version, true)
+        }
+    };
+    store.conflict_resolve(id, keep.as_str(), by, &entry, &audits, now).await?;
+    Ok(Resolved {
+        id,
+        keep,
+        destination: dest.name.clone(),
+        resource: format!("{}/{}", c.resource_type, c.resource_id),
+        version,
+        written,
+    })
+}

@@ -1,0 +1,139 @@
+use serde_json::json;
+
+use super::*;
+
+const SALT: &str = "test-salt";
+
+fn rules(auto_merge: bool) -> Rules<'static> {
+    Rules { salt: SALT, auto_merge, stale: false }
+}
+
+fn base() -> Value {
+    json!({"resourceType": "Patient", "id": "p1", "meta": {"security": [{"system": "s", "code": "R"}]},
+        "name": [{"family": "Smith"}], "telecom": [{"system": "phone", "value": "01904 000001"}],
+        "address": [{"city": "York"}]})
+}
+
+fn on_server(mut v: Value) -> Value {
+    v["meta"]["versionId"] = json!("3");
+    v["meta"]["lastUpdated"] = json!("2026-11-22T10:00:00.000Z");
+    v["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"});
+    v
+}
+
+#[test]
+fn what_a_server_adds_is_not_content() {
+    assert_eq!(content_hash(&base()), content_hash(&on_server(base())));
+    assert_eq!(fingerprints(SALT, &base()), fingerprints(SALT, &on_server(base())));
+    // Key order does not matter either.
+    let reordered: Value = serde_json::from_str(r#"{"telecom":[{"value":"01904 000001","system":"phone"}],"address":[{"city":"York"}],"name":[{"family":"Smith"}],"id":"p1","resourceType":"Patient","meta":{"security":[{"code":"R","system":"s"}]}}"#).unwrap();
+    assert_eq!(content_hash(&base()), content_hash(&reordered));
+}
+
+#[test]
+fn fingerprints_are_salted_and_hold_no_values() {
+    let a = fingerprints(SALT, &base());
+    let b = fingerprints("another-installation", &base());
+    assert_ne!(a["name"], b["name"]);
+    let text = encode(&a);
+    assert!(!text.contains("Smith") && !text.contains("01904"));
+    assert_eq!(decode(Some(&text)).unwrap(), a);
+}
+
+#[test]
+fn a_remote_edit_to_another_element_is_kept_and_merged() {
+    let b = fingerprints(SALT, &base());
+    let mut source = base();
+    source["name"] = json!([{"family": "Smith-Jones"}]);
+    let mut remote = on_server(base());
+    remote["address"] = json!([{"city": "Selby"}]);
+    match three_way(rules(true), Some(&b), &source, &remote) {
+        Merge::Write { body, kept_remote } => {
+            assert_eq!(body["name"], json!([{"family": "Smith-Jones"}]));
+            assert_eq!(body["address"], json!([{"city": "Selby"}]));
+            assert_eq!(kept_remote, ["address"]);
+            assert!(body["meta"].get("versionId").is_none());
+        }
+        other => panic!("expected a merge, got {other:?}"),
+    }
+    // With merging off for the type, the same edits are a conflict on both elements.
+    assert_eq!(
+        three_way(rules(false), Some(&b), &source, &remote),
+        Merge::Conflict { elements: vec!["address".into(), "name".into()] }
+    );
+}
+
+#[test]
+fn both_sides_changing_one_element_is_a_conflict_unless_they_agree() {
+    let b = fingerprints(SALT, &base());
+    let mut source = base();
+    source["telecom"] = json!([{"system": "phone", "value": "01904 000002"}]);
+    let mut remote = on_server(base());
+    remote["telecom"] = json!([{"system": "phone", "value": "07700 900003"}]);
+    assert_eq!(
+        three_way(rules(true), Some(&b), &source, &remote),
+        Merge::Conflict { elements: vec!["telecom".into()] }
+    );
+    remote["telecom"] = source["telecom"].clone();
+    assert_eq!(three_way(rules(true), Some(&b), &source, &remote), Merge::Unchanged { kept_remote: vec![] });
+}
+
+#[test]
+fn a_remote_edit_kept_earlier_still_conflicts_with_a_later_partner_change() {
+    // The clinician's telecom was accepted at the last pull; the partner now changes telecom too.
+    let b = fingerprints(SALT, &base());
+    let mut remote = on_server(base());
+    remote["telecom"] = json!([{"system": "phone", "value": "07700 900003"}]);
+    assert_eq!(
+        three_way(rules(true), Some(&b), &base(), &remote),
+        Merge::Unchanged { kept_remote: vec!["telecom".into()] }
+    );
+    let mut source = base();
+    source["telecom"] = json!([{"system": "phone", "value": "01904 000002"}]);
+    assert_eq!(
+        three_way(rules(true), Some(&b), &source, &remote),
+        Merge::Conflict { elements: vec!["telecom".into()] }
+    );
+}
+
+#[test]
+fn removed_elements_and_unknown_bases() {
+    let b = fingerprints(SALT, &base());
+    let mut source = base();
+    source.as_object_mut().unwrap().remove("telecom");
+    let remote = on_server(base());
+    match three_way(rules(true), Some(&b), &source, &remote) {
+        Merge::Write { body, .. } => assert!(body.get("telecom").is_none()),
+        other => panic!("{other:?}"),
+    }
+    // No base: every difference is treated as changed on both sides.
+    assert_eq!(three_way(rules(true), None, &source, &remote), Merge::Conflict { elements: vec!["telecom".into()] });
+    assert_eq!(three_way(rules(true), None, &base(), &remote), Merge::Unchanged { kept_remote: vec![] });
+}
+
+#[test]
+fn a_stale_copy_is_replaced_whole() {
+    let mut old = base();
+    old["name"] = json!([{"family": "Smyth"}]);
+    let b = fingerprints(SALT, &base());
+    let stale = Rules { stale: true, ..rules(false) };
+    assert_eq!(
+        three_way(stale, Some(&b), &base(), &on_server(old)),
+        Merge::Write { body: base(), kept_remote: vec![] }
+    );
+    assert_eq!(three_way(stale, Some(&b), &base(), &on_server(base())), Merge::Unchanged { kept_remote: vec![] });
+}
+
+#[test]
+fn keeping_the_source_overlays_every_partner_change() {
+    let b = fingerprints(SALT, &base());
+    let mut source = base();
+    source["telecom"] = json!([{"system": "phone", "value": "01904 000002"}]);
+    let mut remote = on_server(base());
+    remote["telecom"] = json!([{"system": "phone", "value": "07700 900003"}]);
+    remote["address"] = json!([{"city": "Selby"}]);
+    let kept = resolve_keep_source(rules(true), Some(&b), &source, &remote);
+    assert_eq!(kept["telecom"], source["telecom"]);
+    assert_eq!(kept["address"], json!([{"city": "Selby"}]));
+    assert_eq!(resolve_keep_source(rules(false), Some(&b), &source, &remote), source);
+}

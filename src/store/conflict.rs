@@ -1,0 +1,476 @@
+//! Conflicts (a resource changed both by its partner and on the destination) and reconcile's expected set.
+//! A conflict keeps three versions of the resource (personal data) while it is open; resolving it clears them.
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    AuditEntry, Inner, KEY_CHUNK, LedgerEntry, ResourceKey, Result, Store, StoreError, bind_ledger, consent, from_ms,
+    limit, ms, with_keys,
+};
+
+/// One conflict as stored.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct ConflictRecord {
+    pub id: i64,
+    pub destination: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// The id on the destination (ours unless linked).
+    pub remote_id: String,
+    pub patient: Option<String>,
+    pub origin: Option<String>,
+    /// Elements changed on both sides to different values.
+    pub elements: Vec<String>,
+    /// The version the connector last wrote or accepted, and its content when the destination still has it.
+    pub base_version: Option<String>,
+    pub base_json: Option<String>,
+    pub source_hash: String,
+    pub source_json: Option<String>,
+    pub remote_version: Option<String>,
+    pub remote_json: Option<String>,
+    /// open | resolved
+    pub status: String,
+    /// source | remote | retracted
+    pub resolution: Option<String>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ConflictRecord {
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey::new(&self.resource_type, &self.resource_id)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ConflictDb {
+    id: i64,
+    destination: String,
+    resource_type: String,
+    resource_id: String,
+    remote_id: String,
+    patient: Option<String>,
+    origin: Option<String>,
+    elements: String,
+    base_version: Option<String>,
+    base_json: Option<String>,
+    source_hash: String,
+    source_json: Option<String>,
+    remote_version: Option<String>,
+    remote_json: Option<String>,
+    status: String,
+    resolution: Option<String>,
+    resolved_by: Option<String>,
+    resolved_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl ConflictDb {
+    fn into_record(self) -> Result<ConflictRecord> {
+        Ok(ConflictRecord {
+            id: self.id,
+            destination: self.destination,
+            resource_type: self.resource_type,
+            resource_id: self.resource_id,
+            remote_id: self.remote_id,
+            patient: self.patient,
+            origin: self.origin,
+            elements: serde_json::from_str(&self.elements)
+                .map_err(|e| StoreError::Corrupt { what: "conflicts.elements", detail: e.to_string() })?,
+            base_version: self.base_version,
+            base_json: self.base_json,
+            source_hash: self.source_hash,
+            source_json: self.source_json,
+            remote_version: self.remote_version,
+            remote_json: self.remote_json,
+            status: self.status,
+            resolution: self.resolution,
+            resolved_by: self.resolved_by,
+            resolved_at: self.resolved_at.map(|t| from_ms("conflicts.resolved_at", t)).transpose()?,
+            created_at: from_ms("conflicts.created_at", self.created_at)?,
+            updated_at: from_ms("conflicts.updated_at", self.updated_at)?,
+        })
+    }
+}
+
+/// A resource reconcile expects a destination to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub key: ResourceKey,
+    pub content_hash: String,
+    pub partner: String,
+}
+
+impl Store {
+    /// Records a conflict, or refreshes the open one for the same resource (a newer partner version, a newer
+    /// remote version). Appends `audit` when the conflict is new. Returns the conflict's id and whether it is new.
+    pub async fn conflict_open(&self, c: &ConflictRecord, audit: &AuditEntry) -> Result<(i64, bool)> {
+        let elements = serde_json::to_string(&c.elements).unwrap_or_else(|_| "[]".into());
+        let now = ms(c.updated_at);
+        let out = in_tx!(self, "conflict_open", |tx| {
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM conflicts WHERE destination = $1 AND resource_type = $2 AND resource_id = $3 \
+                 AND status = 'open'",
+            )
+            .bind(&c.destination)
+            .bind(&c.resource_type)
+            .bind(&c.resource_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::query("conflict_open: looking for an open conflict"))?;
+            match existing {
+                Some(id) => {
+                    sqlx::query(
+                        "UPDATE conflicts SET elements = $2, source_hash = $3, source_json = $4, \
+                         remote_version = $5, remote_json = $6, updated_at = $7 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(&elements)
+                    .bind(&c.source_hash)
+                    .bind(&c.source_json)
+                    .bind(&c.remote_version)
+                    .bind(&c.remote_json)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("conflict_open: refreshing"))?;
+                    (id, false)
+                }
+                None => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO conflicts (destination, resource_type, resource_id, remote_id, patient, origin, \
+                         elements, base_version, base_json, source_hash, source_json, remote_version, remote_json, \
+                         status, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'open', $14, $14) RETURNING id",
+                    )
+                    .bind(&c.destination)
+                    .bind(&c.resource_type)
+                    .bind(&c.resource_id)
+                    .bind(&c.remote_id)
+                    .bind(&c.patient)
+                    .bind(&c.origin)
+                    .bind(&elements)
+                    .bind(&c.base_version)
+                    .bind(&c.base_json)
+                    .bind(&c.source_hash)
+                    .bind(&c.source_json)
+                    .bind(&c.remote_version)
+                    .bind(&c.remote_json)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("conflict_open: inserting"))?;
+                    let mut a = audit.clone();
+                    a.reason = Some(format!("conflict {id}: {}", a.reason.clone().unwrap_or_default()));
+                    consent::append_audit(&mut *tx, &a).await?;
+                    (id, true)
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    /// The open conflict for a resource at a destination, if any.
+    pub async fn conflict_open_for(&self, destination: &str, key: &ResourceKey) -> Result<Option<ConflictRecord>> {
+        let row: Option<ConflictDb> = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM conflicts WHERE destination = $1 AND resource_type = $2 AND resource_id = $3 \
+                 AND status = 'open'",
+            )
+            .bind(destination)
+            .bind(&key.resource_type)
+            .bind(&key.id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(StoreError::query("conflict_open_for"))?;
+        row.map(ConflictDb::into_record).transpose()
+    }
+
+    /// Which of `keys` have an open conflict at `destination`.
+    pub async fn conflicts_open_among(
+        &self,
+        destination: &str,
+        keys: &[ResourceKey],
+    ) -> Result<std::collections::HashSet<ResourceKey>> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let rows: Vec<(String, String)> = with_pool!(self, |pool| {
+                let mut qb = with_keys(chunk);
+                qb.push(
+                    "SELECT c.resource_type, c.resource_id FROM k CROSS JOIN conflicts c \
+                     WHERE c.resource_type = k.t AND c.resource_id = k.i AND c.status = 'open' AND c.destination = ",
+                );
+                qb.push_bind(destination.to_string());
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("conflicts_open_among"))?;
+            out.extend(rows.into_iter().map(|(t, i)| ResourceKey::new(t, i)));
+        }
+        Ok(out)
+    }
+
+    pub async fn conflict_get(&self, id: i64) -> Result<Option<ConflictRecord>> {
+        let row: Option<ConflictDb> = with_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM conflicts WHERE id = $1").bind(id).fetch_optional(pool).await
+        })
+        .map_err(StoreError::query("conflict_get"))?;
+        row.map(ConflictDb::into_record).transpose()
+    }
+
+    /// Conflicts, oldest first: only open ones unless `all`.
+    pub async fn conflicts_list(
+        &self,
+        all: bool,
+        destination: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ConflictRecord>> {
+        let rows: Vec<ConflictDb> = with_pool!(self, |pool| {
+            let mut qb = sqlx::QueryBuilder::new("SELECT * FROM conflicts WHERE 1 = 1");
+            if !all {
+                qb.push(" AND status = 'open'");
+            }
+            if let Some(d) = destination {
+                qb.push(" AND destination = ");
+                qb.push_bind(d.to_string());
+            }
+            qb.push(" ORDER BY id LIMIT ");
+            qb.push_bind(limit(max));
+            qb.build_query_as().fetch_all(pool).await
+        })
+        .map_err(StoreError::query("conflicts_list"))?;
+        rows.into_iter().map(ConflictDb::into_record).collect()
+    }
+
+    /// Marks a conflict resolved and, in the same transaction, records the ledger entry that follows from the
+    /// decision and its audit entry. The three versions are cleared: they were kept only for the decision.
+    /// Fails with [`StoreError::Invalid`] when the conflict is not open (someone resolved it meanwhile).
+    pub async fn conflict_resolve(
+        &self,
+        id: i64,
+        resolution: &str,
+        by: &str,
+        ledger: &LedgerEntry,
+        audits: &[AuditEntry],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        in_tx!(self, "conflict_resolve", |tx| {
+            let n = sqlx::query(
+                "UPDATE conflicts SET status = 'resolved', resolution = $2, resolved_by = $3, resolved_at = $4, \
+                 updated_at = $4, base_json = NULL, source_json = NULL, remote_json = NULL \
+                 WHERE id = $1 AND status = 'open'",
+            )
+            .bind(id)
+            .bind(resolution)
+            .bind(by)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("conflict_resolve"))?
+            .rows_affected();
+            if n == 0 {
+                return Err(StoreError::Invalid(format!("conflict {id} is not open")));
+            }
+            bind_ledger(sqlx::query(super::LEDGER_UPSERT), ledger)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("conflict_resolve: writing the ledger"))?;
+            for audit in audits {
+                consent::append_audit(&mut *tx, audit).await?;
+            }
+        });
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Ledger, for pull and reconcile
+
+    /// Records what the destination now holds (a remote change accepted, or adopted by reconcile), with its
+    /// audit entry in the same transaction.
+    pub async fn ledger_accept(&self, entry: &LedgerEntry, audit: Option<&AuditEntry>) -> Result<()> {
+        in_tx!(self, "ledger_accept", |tx| {
+            bind_ledger(sqlx::query(super::LEDGER_UPSERT), entry)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("ledger_accept"))?;
+            if let Some(a) = audit {
+                consent::append_audit(&mut *tx, a).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Forgets what a destination holds of some resources, so the next plan sends them again.
+    pub async fn ledger_forget(&self, destination: &str, keys: &[ResourceKey]) -> Result<u64> {
+        let mut n = 0;
+        for key in keys {
+            n += with_pool!(self, |pool| {
+                sqlx::query("DELETE FROM ledger WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
+                    .bind(destination)
+                    .bind(&key.resource_type)
+                    .bind(&key.id)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
+            })
+            .map_err(StoreError::query("ledger_forget"))?;
+        }
+        Ok(n)
+    }
+
+    /// The resource types a destination holds of ours.
+    pub async fn ledger_types(&self, destination: &str) -> Result<Vec<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT DISTINCT resource_type FROM ledger WHERE destination = $1 ORDER BY resource_type",
+            )
+            .bind(destination)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("ledger_types"))
+    }
+
+    /// Entries whose remote id (not ours) is among `keys`: resources linked to someone else's. Pull and
+    /// reconcile see remote ids.
+    pub async fn ledger_by_remote_ids(&self, destination: &str, keys: &[ResourceKey]) -> Result<Vec<LedgerEntry>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let rows: Vec<super::LedgerDb> = with_pool!(self, |pool| {
+                let mut qb = with_keys(chunk);
+                qb.push(
+                    "SELECT l.* FROM k CROSS JOIN ledger l WHERE l.resource_type = k.t AND l.remote_id = k.i \
+                     AND l.remote_id <> l.resource_id AND l.destination = ",
+                );
+                qb.push_bind(destination.to_string());
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("ledger_by_remote_ids"))?;
+            for r in rows {
+                out.push(r.into_entry()?);
+            }
+        }
+        Ok(out)
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Reconcile's expected set
+
+    /// Empties a destination's expected set before a reconcile run fills it again.
+    pub async fn expected_clear(&self, destination: &str) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM expected WHERE destination = $1").bind(destination).execute(pool).await.map(|_| ())
+        })
+        .map_err(StoreError::query("expected_clear"))?;
+        Ok(())
+    }
+
+    pub async fn expected_put(&self, destination: &str, items: &[Expected]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, "expected_put", |tx| {
+            for chunk in items.chunks(KEY_CHUNK / 2) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO expected (destination, resource_type, resource_id, content_hash, partner) ",
+                );
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(destination.to_string())
+                        .push_bind(e.key.resource_type.clone())
+                        .push_bind(e.key.id.clone())
+                        .push_bind(e.content_hash.clone())
+                        .push_bind(e.partner.clone());
+                });
+                qb.push(
+                    " ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET \
+                     content_hash = excluded.content_hash, partner = excluded.partner",
+                );
+                qb.build().execute(&mut *tx).await.map_err(StoreError::query("expected_put"))?;
+            }
+        });
+        Ok(())
+    }
+
+    /// The expected entries among `keys`, marking them seen (they were found on the destination).
+    pub async fn expected_see(&self, destination: &str, keys: &[ResourceKey]) -> Result<Vec<Expected>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let rows: Vec<(String, String, String, String)> = with_pool!(self, |pool| {
+                let mut qb = with_keys(chunk);
+                qb.push(
+                    "SELECT e.resource_type, e.resource_id, e.content_hash, e.partner FROM k CROSS JOIN expected e \
+                     WHERE e.resource_type = k.t AND e.resource_id = k.i AND e.destination = ",
+                );
+                qb.push_bind(destination.to_string());
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("expected_see"))?;
+            if !rows.is_empty() {
+                in_tx!(self, "expected_see", |tx| {
+                    for (t, i, _, _) in &rows {
+                        sqlx::query(
+                            "UPDATE expected SET seen = TRUE WHERE destination = $1 AND resource_type = $2 \
+                             AND resource_id = $3",
+                        )
+                        .bind(destination)
+                        .bind(t)
+                        .bind(i)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::query("expected_see: marking"))?;
+                    }
+                });
+            }
+            out.extend(rows.into_iter().map(|(t, i, h, p)| Expected {
+                key: ResourceKey::new(t, i),
+                content_hash: h,
+                partner: p,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The resource types expected at a destination.
+    pub async fn expected_types(&self, destination: &str) -> Result<Vec<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT DISTINCT resource_type FROM expected WHERE destination = $1 ORDER BY resource_type",
+            )
+            .bind(destination)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("expected_types"))
+    }
+
+    /// Expected entries not seen on the destination, in key order after `after`, a page at a time.
+    pub async fn expected_unseen(
+        &self,
+        destination: &str,
+        after: Option<&ResourceKey>,
+        max: usize,
+    ) -> Result<Vec<Expected>> {
+        let (t, i) = after.map_or((String::new(), String::new()), |k| (k.resource_type.clone(), k.id.clone()));
+        let rows: Vec<(String, String, String, String)> = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT resource_type, resource_id, content_hash, partner FROM expected \
+                 WHERE destination = $1 AND seen = FALSE AND (resource_type > $2 OR (resource_type = $2 AND resource_id > $3)) \
+                 ORDER BY resource_type, resource_id LIMIT $4",
+            )
+            .bind(destination)
+            .bind(t)
+            .bind(i)
+            .bind(limit(max))
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("expected_unseen"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, i, h, p)| Expected { key: ResourceKey::new(t, i), content_hash: h, partner: p })
+            .collect())
+    }
+}
