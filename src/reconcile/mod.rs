@@ -280,6 +280,20 @@ impl Run<'_> {
                     let fix = if !self.opts.fix {
                         None
                     } else if deletable {
+                        if led.is_none() {
+                            // The outbox deletes only what the ledger says is there: record it first.
+                            let entry = LedgerEntry {
+                                destination: dest.name.clone(),
+                                key: key.clone(),
+                                remote_id: id.clone(),
+                                version_id: version.clone(),
+                                content_hash: String::new(),
+                                updated_at: Utc::now(),
+                                held_hash: Some(hash.clone()),
+                                ..Default::default()
+                            };
+                            store.ledger_accept(&entry, None).await?;
+                        }
                         deletions.push(OutboxItem {
                             destination: dest.name.clone(),
                             key: key.clone(),

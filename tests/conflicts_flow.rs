@@ -1,0 +1,286 @@
+//! Conflicts and reconcile against a real Helios FHIR Server standing in for Cito, with the Hub's fixtures:
+//! - a remote edit to an element the partner did not change is kept and merged;
+//! - a remote edit to the element the partner changed is a conflict, and the remote value stays;
+//! - `--keep source` and `--keep remote` each lead to the expected server state and an audit entry;
+//! - reconcile finds a deleted, an extra, an edited and a stale resource, `--fix` repairs all but the
+//!   conflict, and reconcile then exits 0.
+//!
+//! With `CONFLICT_REPORT_HTML=FILE` the first test also writes the HTML report of its open conflicts there
+//! (`scripts/conflict-report-screenshot.sh` uses it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Hfs, TempDir};
+use serde_json::{Value, json};
+use york_connector::config::Config;
+use york_connector::conflict::resolve::{self, Keep};
+use york_connector::reconcile::{self, Options};
+use york_connector::store::AuditFilter;
+use york_connector::sync::Engine;
+
+const HUB_SYSTEM: &str = "https://id.york-connector.example/hub/client";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Hub's fixtures copied into `dir` (the test edits them) and a config sending them to `cito`.
+fn write_config(dir: &Path, cito: &str) -> PathBuf {
+    let hub = dir.join("hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    let mut text = format!(
+        "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n[[partner]]\nid = \"hub\"\nsource = [\n",
+        dir.display(),
+        root().display()
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures/hub"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.is_file() && f.extension().is_some_and(|e| e != "md"))
+        .collect();
+    files.sort();
+    for f in files {
+        let copy = hub.join(f.file_name().unwrap());
+        std::fs::copy(&f, &copy).unwrap();
+        let kind = f.file_stem().unwrap().to_string_lossy().to_string();
+        text.push_str(&format!("  {{ kind = \"{kind}\", path = \"{}\" }},\n", copy.display()));
+    }
+    text.push_str("]\n");
+    text.push_str(&format!(
+        "[destination.cito]\nprofile = \"cito\"\nbase_url = \"{cito}\"\nrate_limit_per_second = 500\n\
+         [conflicts]\nauto_merge = [\"Patient\"]\n"
+    ));
+    text.push_str(&common::open_sharing(&["hub"], &["cito"]));
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Changes the Hub's export in place (bytes: the file is Windows-1252).
+fn edit_export(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("hub/person.csv");
+    let bytes = std::fs::read(&path).unwrap();
+    let text: String = bytes.iter().map(|&b| b as char).collect();
+    assert_eq!(text.matches(from).count(), 1, "{from} should appear once in person.csv");
+    let edited: Vec<u8> = text.replace(from, to).chars().map(|c| c as u32 as u8).collect();
+    std::fs::write(&path, edited).unwrap();
+}
+
+fn no_shutdown() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(tx);
+    rx
+}
+
+async fn sync(engine: &Engine) -> york_connector::sync::CycleReport {
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap()
+}
+
+/// The Hub client's Patient as the server holds it.
+async fn patient(hfs: &Hfs, client: &str) -> Value {
+    let found = hfs.search_all(&format!("Patient?identifier={HUB_SYSTEM}|{client}")).await;
+    assert_eq!(found.len(), 1, "one Patient for {client}");
+    found[0].clone()
+}
+
+/// Someone else edits a Patient on the server (a plain PUT of the whole resource, as a client would).
+async fn remote_edit(hfs: &Hfs, mut p: Value, element: &str, value: Value) -> Value {
+    p[element] = value;
+    let id = p["id"].as_str().unwrap().to_string();
+    let (status, stored) = hfs.put(&format!("Patient/{id}"), &p).await;
+    assert_eq!(status, 200, "{stored}");
+    stored
+}
+
+fn mobile(p: &Value) -> Vec<String> {
+    p["telecom"]
+        .as_array()
+        .map(|t| {
+            t.iter().filter(|c| c["system"] == "phone").filter_map(|c| c["value"].as_str().map(String::from)).collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn audit(engine: &Engine, action: &str) -> Vec<york_connector::store::AuditEntry> {
+    engine.store.audit_list(&AuditFilter { actions: vec![action.into()], ..Default::default() }).await.unwrap()
+}
+
+fn connector(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_connector")).arg("--config").arg(config).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_edits_are_merged_or_kept_as_conflicts_and_resolved_by_an_admin() {
+    let cito = Hfs::start().await;
+    let dir = TempDir::new("conflicts");
+    let config = write_config(dir.path(), &cito.base_url);
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    sync(&engine).await;
+
+    // Three people edited on the server by someone else.
+    let moved = json!([{"use": "home", "line": ["1 Clinician Street"], "city": "York", "postalCode": "YO1 7HH"}]);
+    let clinician_phone = json!([{"system": "phone", "value": "07700 900111", "use": "mobile"}]);
+    remote_edit(&cito, patient(&cito, "HUB-1006").await, "address", moved.clone()).await;
+    remote_edit(&cito, patient(&cito, "HUB-1008").await, "telecom", clinician_phone.clone()).await;
+    remote_edit(&cito, patient(&cito, "HUB-1010").await, "telecom", clinician_phone.clone()).await;
+
+    // A pull notices the three changes made there and keeps them (the next updates merge instead of
+    // writing over them); a second pull finds nothing new.
+    let pulled = engine.pull("cito").await.unwrap();
+    assert_eq!((pulled.changed, pulled.stale, pulled.deleted), (3, 0, 0), "{pulled:?}");
+    assert_eq!(audit(&engine, "remote-change").await.len(), 3);
+    assert_eq!(engine.pull("cito").await.unwrap().changed, 0);
+
+    // The partner changes each one's mobile number.
+    edit_export(dir.path(), "07700900567", "07700900568");
+    edit_export(dir.path(), "07700 900678", "07700 900679");
+    edit_export(dir.path(), "07700 900789", "07700 900780");
+    let report = sync(&engine).await;
+    let d = &report.delivery[0];
+    assert_eq!((d.merged, d.conflicts), (1, 2), "{d:?}");
+
+    // Different elements: merged. The partner's new number and the clinician's address are both there.
+    let merged = patient(&cito, "HUB-1006").await;
+    assert!(mobile(&merged).iter().any(|m| m.replace(' ', "") == "07700900568"), "{merged}");
+    assert_eq!(merged["address"], moved);
+    // The same element: a conflict; the clinician's number is still on the server.
+    for client in ["HUB-1008", "HUB-1010"] {
+        assert_eq!(patient(&cito, client).await["telecom"], clinician_phone, "{client} was overwritten");
+    }
+    let open = engine.store.conflicts_list(false, None, 100).await.unwrap();
+    assert_eq!(open.len(), 2);
+    assert!(open.iter().all(|c| c.elements == ["telecom"]), "{open:?}");
+    assert!(open.iter().all(|c| c.base_json.is_some() && c.source_json.is_some() && c.remote_json.is_some()));
+    // Nothing more happens on the next cycle: no write, no new conflict.
+    let again = sync(&engine).await;
+    assert_eq!((again.delivery[0].written, again.delivery[0].conflicts), (0, 0), "{:?}", again.delivery[0]);
+    assert_eq!(audit(&engine, "conflict").await.len(), 2);
+
+    // The admin's view: list exits 3 while conflicts are open; show compares element by element.
+    let (code, list) = connector(&config, &["conflicts", "list"]);
+    assert_eq!(code, 3, "{list}");
+    assert!(list.contains("telecom"), "{list}");
+    let (code, shown) = connector(&config, &["conflicts", "show", &open[0].id.to_string()]);
+    assert_eq!(code, 0);
+    assert!(shown.contains("! telecom") && shown.contains("07700 900111"), "{shown}");
+    let html = york_connector::conflict::report::html(&open, chrono::Utc::now());
+    assert!(html.contains("telecom") && html.contains("07700 900111"));
+    if let Some(out) = std::env::var_os("CONFLICT_REPORT_HTML") {
+        let out = PathBuf::from(out);
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let (code, _) = connector(&config, &["conflicts", "report", "--html", out.to_str().unwrap()]);
+        assert_eq!(code, 0);
+    }
+
+    let (id_1008, id_1010) = (
+        patient(&cito, "HUB-1008").await["id"].as_str().unwrap().to_string(),
+        patient(&cito, "HUB-1010").await["id"].as_str().unwrap().to_string(),
+    );
+    let by_client = |client: &str| {
+        let id = if client == "HUB-1008" { &id_1008 } else { &id_1010 };
+        open.iter().find(|c| &c.resource_id == id).unwrap().id
+    };
+    // Keep source: the partner's number goes to the server, audited as decided and disclosed.
+    let r = resolve::resolve(&engine, by_client("HUB-1008"), Keep::Source, "admin-test").await.unwrap();
+    assert!(r.written);
+    let kept_source = patient(&cito, "HUB-1008").await;
+    assert!(mobile(&kept_source).iter().any(|m| m.replace(' ', "") == "07700900679"), "{kept_source}");
+    // Keep remote: the clinician's number stays; nothing is written.
+    let r = resolve::resolve(&engine, by_client("HUB-1010"), Keep::Remote, "admin-test").await.unwrap();
+    assert!(!r.written);
+    assert_eq!(patient(&cito, "HUB-1010").await["telecom"], clinician_phone);
+    let decided = audit(&engine, "conflict-resolved").await;
+    assert_eq!(decided.len(), 2);
+    assert!(decided.iter().all(|a| a.reason.as_deref().unwrap_or_default().contains("admin-test")));
+    assert!(decided.iter().any(|a| a.reason.as_deref().unwrap_or_default().contains("partner's version")));
+    assert!(decided.iter().any(|a| a.reason.as_deref().unwrap_or_default().contains("version on cito")));
+    assert!(engine.store.conflicts_list(false, None, 100).await.unwrap().is_empty());
+    // Resolved for good: the next cycle writes nothing, and resolving again is refused.
+    let after = sync(&engine).await;
+    assert_eq!((after.delivery[0].written, after.delivery[0].conflicts), (0, 0), "{:?}", after.delivery[0]);
+    assert!(resolve::resolve(&engine, by_client("HUB-1010"), Keep::Source, "x").await.is_err());
+    let (code, _) = connector(&config, &["conflicts", "list"]);
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_each_kind_of_drift_and_fix_repairs_all_but_conflicts() {
+    let cito = Hfs::start().await;
+    let dir = TempDir::new("reconcile");
+    let config = write_config(dir.path(), &cito.base_url);
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    sync(&engine).await;
+    let opts = Options { destination: Some("cito".into()), ..Default::default() };
+    let clean = reconcile::run(&engine, &opts).await.unwrap();
+    assert_eq!(clean.drift(), 0, "{:?}", clean.findings);
+    assert!(clean.read > 20);
+    let (code, out) = connector(&config, &["reconcile"]);
+    assert_eq!(code, 0, "{out}");
+
+    // Stale: the partner changes HUB-1002's number, it is synced, then an old copy is put back on the server.
+    let before = patient(&cito, "HUB-1002").await;
+    edit_export(dir.path(), "07700 900234", "07700 900235");
+    sync(&engine).await;
+    let (status, _) = cito.put(&format!("Patient/{}", before["id"].as_str().unwrap()), &before).await;
+    assert_eq!(status, 200);
+    // Deleted: an Encounter goes. Extra: a tagged Observation nobody sent. Edited: a Patient's address.
+    let encounters = cito.search_all("Encounter?_count=5").await;
+    let gone = encounters[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(cito.delete(&format!("Encounter/{gone}")).await.0, 204);
+    let mut extra = cito.search_all("Observation?_count=1").await[0].clone();
+    extra["id"] = json!("planted-extra-1");
+    assert_eq!(cito.put("Observation/planted-extra-1", &extra).await.0, 201);
+    let edited = remote_edit(
+        &cito,
+        patient(&cito, "HUB-1006").await,
+        "address",
+        json!([{"line": ["1 Clinician Street"], "city": "York"}]),
+    )
+    .await;
+    // And a conflict: HUB-1008's telecom changed on both sides.
+    remote_edit(
+        &cito,
+        patient(&cito, "HUB-1008").await,
+        "telecom",
+        json!([{"system": "phone", "value": "07700 900111"}]),
+    )
+    .await;
+    edit_export(dir.path(), "07700 900678", "07700 900679");
+    let r = sync(&engine).await;
+    assert_eq!(r.delivery[0].conflicts, 1);
+
+    let found = reconcile::run(&engine, &opts).await.unwrap();
+    let count = |class: &str| found.findings.iter().filter(|f| f.class.as_str() == class).count();
+    assert_eq!(
+        (count("missing"), count("unexpected"), count("drifted"), count("stale"), count("conflict")),
+        (1, 1, 1, 1, 1),
+        "{:#?}",
+        found.findings
+    );
+    let id_of = |class: &str| found.findings.iter().find(|f| f.class.as_str() == class).unwrap().id.clone();
+    assert_eq!(id_of("missing"), gone);
+    assert_eq!(id_of("unexpected"), "planted-extra-1");
+    assert_eq!(id_of("drifted"), edited["id"].as_str().unwrap());
+    assert_eq!(id_of("stale"), before["id"].as_str().unwrap());
+    let (code, out) = connector(&config, &["reconcile", "--format", "json"]);
+    assert_eq!(code, 3, "{out}");
+
+    let fixed = reconcile::run(&engine, &Options { fix: true, ..opts.clone() }).await.unwrap();
+    assert!(fixed.fixed.is_some());
+    let (code, out) = connector(&config, &["reconcile"]);
+    assert_eq!(code, 0, "after --fix:\n{out}");
+    assert!(out.contains("1 in conflict"), "{out}");
+
+    // The server: the deleted Encounter is back, the extra is gone, the stale Patient is current, the
+    // clinician's edit is kept, and the conflict's remote value is untouched.
+    assert_eq!(cito.get(&format!("Encounter/{gone}")).await.0, 200);
+    assert_eq!(cito.get("Observation/planted-extra-1").await.0, 410);
+    let current = patient(&cito, "HUB-1002").await;
+    assert!(mobile(&current).iter().any(|m| m.replace(' ', "") == "07700900235"), "{current}");
+    assert_eq!(patient(&cito, "HUB-1006").await["address"], edited["address"]);
+    assert_eq!(patient(&cito, "HUB-1008").await["telecom"], json!([{"system": "phone", "value": "07700 900111"}]));
+}
