@@ -4,6 +4,7 @@ ALTER TABLE ledger ADD COLUMN origin TEXT;
 ALTER TABLE ledger ADD COLUMN source_fp TEXT;
 ALTER TABLE ledger ADD COLUMN held_hash TEXT;
 ALTER TABLE ledger ADD COLUMN prev_hash TEXT;
+ALTER TABLE ledger ADD COLUMN sent_version TEXT;
 ALTER TABLE ledger ADD COLUMN remote_edits BOOLEAN NOT NULL DEFAULT FALSE;
 
 CREATE TABLE conflicts (

@@ -8,6 +8,7 @@ ALTER TABLE ledger ADD COLUMN origin TEXT;           -- 'partner|category|nfp|pa
 ALTER TABLE ledger ADD COLUMN source_fp TEXT;        -- JSON {element: salted hash} of the partner's version last reflected
 ALTER TABLE ledger ADD COLUMN held_hash TEXT;        -- hash of what the destination holds, as last known
 ALTER TABLE ledger ADD COLUMN prev_hash TEXT;        -- hash of what the connector wrote before that (a stale copy)
+ALTER TABLE ledger ADD COLUMN sent_version TEXT;     -- the version the connector itself last wrote
 ALTER TABLE ledger ADD COLUMN remote_edits INTEGER NOT NULL DEFAULT 0 CHECK (remote_edits IN (0, 1));
 
 -- A record changed on both sides. One open conflict per resource and destination.

@@ -169,6 +169,7 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
             entry.prev_hash = entry.held_hash.clone().filter(|h| *h != held);
             entry.held_hash = Some(held);
             entry.version_id = version.clone();
+            entry.sent_version = version.clone();
             entry.remote_edits =
                 crate::conflict::fingerprints(&salt, &body) != crate::conflict::fingerprints(&salt, &source);
             decision.version_id = version.clone();

@@ -266,12 +266,15 @@ fn held_entry(
     source: &Value,
     previous: Option<&LedgerEntry>,
     remote_edits: bool,
+    written: bool,
 ) -> LedgerEntry {
     let held_hash = crate::conflict::content_hash(held);
     let prev_hash = previous.and_then(|p| {
         if p.held_hash.as_deref() == Some(held_hash.as_str()) { p.prev_hash.clone() } else { p.held_hash.clone() }
     });
+    let sent_version = if written { version.clone() } else { previous.and_then(|p| p.sent_version.clone()) };
     LedgerEntry {
+        sent_version,
         source_fp: Some(crate::conflict::encode(&crate::conflict::fingerprints(&dest.salt, source))),
         held_hash: Some(held_hash),
         prev_hash,
@@ -563,9 +566,17 @@ async fn send_rows(
                     let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
                     let audited = row.item.origin.as_deref() != Some(crate::policy::AUDIT_ORIGIN);
                     let entry = match &write.body {
-                        Some(body) => {
-                            held_entry(dest, row, &write.id, version_id, body, body, ledger.get(&row.item.key), false)
-                        }
+                        Some(body) => held_entry(
+                            dest,
+                            row,
+                            &write.id,
+                            version_id,
+                            body,
+                            body,
+                            ledger.get(&row.item.key),
+                            false,
+                            true,
+                        ),
                         None => ledger_entry(&dest.name, row, &write.id, version_id, false),
                     };
                     let entry = (write.method == Method::Put).then_some(&entry);
@@ -673,6 +684,7 @@ async fn merge_and_send(
                     source,
                     known,
                     !kept_remote.is_empty(),
+                    false,
                 );
                 let audit = if kept_remote.is_empty() {
                     audit_entry(&dest.name, row, "disclosed", found.version_id.as_deref(), permit)
@@ -701,6 +713,7 @@ async fn merge_and_send(
                             source,
                             known,
                             !kept_remote.is_empty(),
+                            true,
                         );
                         let mut audit = audit_entry(&dest.name, row, "disclosed", version.as_deref(), permit);
                         if !kept_remote.is_empty() {
@@ -732,7 +745,7 @@ async fn merge_and_send(
             }
             crate::conflict::Merge::Conflict { elements } => {
                 let mut c = conflict_record(dest, row, write, known, elements, Some(&found));
-                if let Some(v) = known.and_then(|k| k.version_id.as_deref()) {
+                if let Some(v) = c.base_version.clone().as_deref() {
                     // The version last written, for the admin to compare with (when the server keeps history).
                     if let Ok(Some(b)) = dest.transport.vread(&write.resource_type, &write.id, v).await {
                         c.base_json = Some(b.resource.to_string());
@@ -766,7 +779,7 @@ fn conflict_record(
         patient: row.item.patient.clone(),
         origin: row.item.origin.clone(),
         elements,
-        base_version: known.and_then(|k| k.version_id.clone()),
+        base_version: known.and_then(|k| k.sent_version.clone().or_else(|| k.version_id.clone())),
         source_hash: row.item.content_hash.clone(),
         source_json: write.body.as_ref().map(Value::to_string),
         remote_version: remote.and_then(|r| r.version_id.clone()),

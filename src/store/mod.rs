@@ -106,6 +106,8 @@ pub struct LedgerEntry {
     pub prev_hash: Option<String>,
     /// The destination holds changes made there by others (kept): an update must read and merge first.
     pub remote_edits: bool,
+    /// The version the connector itself last wrote (`version_id` moves on when others' changes are kept).
+    pub sent_version: Option<String>,
 }
 
 /// What a planned write does.
@@ -326,6 +328,7 @@ struct LedgerDb {
     held_hash: Option<String>,
     prev_hash: Option<String>,
     remote_edits: bool,
+    sent_version: Option<String>,
 }
 
 impl LedgerDb {
@@ -344,6 +347,7 @@ impl LedgerDb {
             held_hash: self.held_hash,
             prev_hash: self.prev_hash,
             remote_edits: self.remote_edits,
+            sent_version: self.sent_version,
         })
     }
 }
@@ -1062,18 +1066,18 @@ impl Store {
 }
 
 const LEDGER_COLUMNS: &str = "destination, resource_type, resource_id, remote_id, version_id, content_hash, linked, \
-     patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits";
+     patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits, sent_version";
 
 const QUARANTINE_COLUMNS: &str = "id, partner, kind, file, source_row, record_key, reasons_json, raw_json, created_at";
 
 const LEDGER_UPSERT: &str = "INSERT INTO ledger (destination, resource_type, resource_id, remote_id, \
-     version_id, content_hash, linked, patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     version_id, content_hash, linked, patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits, \
+     sent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
      ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET remote_id = excluded.remote_id, \
      version_id = excluded.version_id, content_hash = excluded.content_hash, linked = excluded.linked, \
      patient = excluded.patient, updated_at = excluded.updated_at, origin = excluded.origin, \
      source_fp = excluded.source_fp, held_hash = excluded.held_hash, prev_hash = excluded.prev_hash, \
-     remote_edits = excluded.remote_edits";
+     remote_edits = excluded.remote_edits, sent_version = excluded.sent_version";
 
 /// Binds a ledger entry to [`LEDGER_UPSERT`]'s parameters.
 fn bind_ledger<'q, DB: sqlx::Database>(
@@ -1100,6 +1104,7 @@ where
         .bind(e.held_hash.clone())
         .bind(e.prev_hash.clone())
         .bind(e.remote_edits)
+        .bind(e.sent_version.clone())
 }
 
 /// Lookups of many keys: each follows [`with_keys`] and is followed by the bound destination.
