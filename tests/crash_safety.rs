@@ -132,6 +132,7 @@ impl Sink for Collect<'_> {
             }
             let mut body = r.resource.clone();
             york_connector::policy::label(&mut body, r.category, r.not_for_patient);
+            york_connector::reconcile::tag(&mut body, "hub");
             if let Ok(body) = profile::apply(*p, r.category, body) {
                 let e = self.out.entry(dest.clone()).or_default();
                 let prev = e.resources.insert((r.resource_type.to_string(), r.id.to_string()), comparable(&body));

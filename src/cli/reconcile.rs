@@ -41,7 +41,7 @@ pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> 
         destination: args.destination.clone(),
         partner: args.partner.clone(),
         fix: args.fix,
-        progress: args.format == Format::Table && reconcile::progress_wanted(),
+        progress: reconcile::progress_wanted(),
     };
     let report = reconcile::run(&engine, &opts).await;
     engine.store.release(&engine.owner).await.ok();

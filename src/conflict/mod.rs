@@ -202,41 +202,14 @@ pub fn three_way(rules: Rules<'_>, base: Option<&Fingerprints>, source: &Value, 
     if partner_changed.is_empty() {
         return Merge::Unchanged { kept_remote };
     }
-    let mut body = comparable(remote);
-    if let (Some(out), Some(src)) = (body.as_object_mut(), source.as_object()) {
-        for name in &partner_changed {
-            match src.get(name) {
-                Some(v) => {
-                    out.insert(name.clone(), v.clone());
-                }
-                None => {
-                    out.remove(name);
-                }
-            }
-        }
-        if let Some(id) = src.get("id") {
-            out.insert("id".into(), id.clone());
-        }
-    }
-    Merge::Write { body, kept_remote }
+    Merge::Write { body: overlay(remote, source, &partner_changed), kept_remote }
 }
 
-/// The resolved version when an admin keeps one side of a conflict: `source` puts every element the partner
-/// changed (the conflicting ones included) on top of the destination's version; with merging off, the
-/// partner's version whole. `remote` keeps the destination's version as it is.
-pub fn resolve_keep_source(rules: Rules<'_>, base: Option<&Fingerprints>, source: &Value, remote: &Value) -> Value {
-    if !rules.auto_merge || base.is_none() {
-        return source.clone();
-    }
-    let base = base.cloned().unwrap_or_default();
-    let s_fp = fingerprints(rules.salt, source);
+/// The destination's version with `names` taken from the partner's (removed where the partner has none).
+fn overlay(remote: &Value, source: &Value, names: &[String]) -> Value {
     let mut body = comparable(remote);
     if let (Some(out), Some(src)) = (body.as_object_mut(), source.as_object()) {
-        let names: BTreeSet<&String> = s_fp.keys().chain(base.keys()).collect();
         for name in names {
-            if s_fp.get(name) == base.get(name) {
-                continue;
-            }
             match src.get(name) {
                 Some(v) => {
                     out.insert(name.clone(), v.clone());
@@ -251,6 +224,17 @@ pub fn resolve_keep_source(rules: Rules<'_>, base: Option<&Fingerprints>, source
         }
     }
     body
+}
+
+/// The resolved version when an admin keeps one side of a conflict: `source` puts every element the partner
+/// changed (the conflicting ones included) on top of the destination's version; with merging off, the
+/// partner's version whole. `remote` keeps the destination's version as it is.
+pub fn resolve_keep_source(rules: Rules<'_>, base: Option<&Fingerprints>, source: &Value, remote: &Value) -> Value {
+    if !rules.auto_merge || base.is_none() {
+        return source.clone();
+    }
+    let base = base.cloned().unwrap_or_default();
+    overlay(remote, source, &changed_from(rules.salt, &base, source))
 }
 
 #[cfg(test)]

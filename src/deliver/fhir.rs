@@ -308,7 +308,7 @@ impl FhirTransport {
 }
 
 /// Percent-encodes a query value (identifier `system|value`).
-fn url_encode(s: &str) -> String {
+pub(crate) fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

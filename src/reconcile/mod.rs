@@ -161,8 +161,20 @@ pub struct Options {
     pub destination: Option<String>,
     pub partner: Option<String>,
     pub fix: bool,
-    /// Draw a progress line on stderr (a terminal).
-    pub progress: bool,
+    /// Progress on stderr.
+    pub progress: Progress,
+}
+
+/// How reconcile shows its progress on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Progress {
+    /// None (library use, tests).
+    #[default]
+    Off,
+    /// A line redrawn in place after every page (a terminal).
+    Bar,
+    /// A plain line per resource type read (a log, a pipe).
+    Lines,
 }
 
 struct Run<'a> {
@@ -214,7 +226,7 @@ impl Run<'_> {
     }
 
     fn progress(&self, dest: &str, resource_type: &str) {
-        if self.opts.progress {
+        if self.opts.progress == Progress::Bar {
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,
@@ -282,17 +294,7 @@ impl Run<'_> {
                     } else if deletable {
                         if led.is_none() {
                             // The outbox deletes only what the ledger says is there: record it first.
-                            let entry = LedgerEntry {
-                                destination: dest.name.clone(),
-                                key: key.clone(),
-                                remote_id: id.clone(),
-                                version_id: version.clone(),
-                                content_hash: String::new(),
-                                updated_at: Utc::now(),
-                                held_hash: Some(hash.clone()),
-                                ..Default::default()
-                            };
-                            store.ledger_accept(&entry, None).await?;
+                            store.ledger_accept(&adopted(dest, &found, None), None).await?;
                         }
                         deletions.push(OutboxItem {
                             destination: dest.name.clone(),
@@ -317,21 +319,8 @@ impl Run<'_> {
                 (Some(e), None) => {
                     let fix = if self.opts.fix {
                         // Adopt what is there as the base, so the update goes out with If-Match.
-                        let entry = LedgerEntry {
-                            destination: dest.name.clone(),
-                            key: key.clone(),
-                            remote_id: id.clone(),
-                            version_id: version.clone(),
-                            content_hash: String::new(),
-                            updated_at: Utc::now(),
-                            source_fp: Some(crate::conflict::encode(&crate::conflict::fingerprints(
-                                &dest.salt,
-                                &found.resource,
-                            ))),
-                            held_hash: Some(hash.clone()),
-                            ..Default::default()
-                        };
-                        store.ledger_accept(&entry, None).await?;
+                        let fp = crate::conflict::fingerprints(&dest.salt, &found.resource);
+                        store.ledger_accept(&adopted(dest, &found, Some(crate::conflict::encode(&fp))), None).await?;
                         Some("adopted; update queued".into())
                     } else {
                         None
@@ -391,7 +380,7 @@ impl Run<'_> {
             Some(p) => format!("{TAG_SYSTEM}|{p}"),
             None => format!("{TAG_SYSTEM}|"),
         };
-        let mut next = Some(format!("{resource_type}?_tag={}&_count={PAGE}", url_encode(&tag)));
+        let mut next = Some(format!("{resource_type}?_tag={}&_count={PAGE}", crate::deliver::fhir::url_encode(&tag)));
         while let Some(path) = next.take() {
             let page = dest
                 .transport
@@ -410,6 +399,15 @@ impl Run<'_> {
                 .unwrap_or_default();
             self.page(dest, resource_type, resources).await?;
             self.progress(&dest.name, resource_type);
+            if self.opts.progress == Progress::Lines && page_next(&page).is_none() {
+                eprintln!(
+                    "{} {resource_type}: read; {} read in all, {} not in sync so far ({:.1} s)",
+                    dest.name,
+                    self.report.read,
+                    self.report.findings_total,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
             next = page["link"]
                 .as_array()
                 .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
@@ -474,16 +472,24 @@ impl Run<'_> {
     }
 }
 
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// A ledger entry for a resource found on the destination that the ledger did not know (content hash empty,
+/// so the next plan sends the source's version).
+fn adopted(dest: &Destination, found: &Found, source_fp: Option<String>) -> LedgerEntry {
+    LedgerEntry {
+        destination: dest.name.clone(),
+        key: ResourceKey::new(found.resource["resourceType"].as_str().unwrap_or_default(), &found.id),
+        remote_id: found.id.clone(),
+        version_id: found.version_id.clone(),
+        content_hash: String::new(),
+        updated_at: Utc::now(),
+        source_fp,
+        held_hash: Some(crate::conflict::content_hash(&found.resource)),
+        ..Default::default()
     }
-    out
+}
+
+fn page_next(page: &Value) -> Option<&str> {
+    page["link"].as_array()?.iter().find(|l| l["relation"] == "next")?["url"].as_str()
 }
 
 /// Runs a reconcile (and, with `fix`, the repairs).
@@ -539,7 +545,7 @@ async fn run_locked(engine: &Engine, opts: &Options) -> anyhow::Result<Reconcile
         run.missing(d).await?;
         engine.store.expected_clear(&d.name).await?;
     }
-    if opts.progress {
+    if opts.progress == Progress::Bar {
         eprintln!();
     }
     if opts.fix {
@@ -566,7 +572,11 @@ async fn run_locked(engine: &Engine, opts: &Options) -> anyhow::Result<Reconcile
     Ok(run.report)
 }
 
-/// Whether to draw progress: stderr is a terminal and NO_COLOR-style quiet is not asked for.
-pub fn progress_wanted() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+/// A redrawn line on a terminal, plain lines otherwise.
+pub fn progress_wanted() -> Progress {
+    if std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb") {
+        Progress::Bar
+    } else {
+        Progress::Lines
+    }
 }
