@@ -28,6 +28,102 @@ machine() {
     echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 }
 
+# The helpers of the modes that run servers (sync, reconcile).
+
+# need_hfs: sets $hfs_bin and $hfs_data, installing them first if missing.
+need_hfs() {
+    local cache="${CONNECTOR_TEST_CACHE:-$HOME/.cache/connector-test}"
+    hfs_bin="${HFS_BIN:-$cache/hfs/bin/hfs}"
+    hfs_data="${HFS_DATA_DIR:-$cache/hfs-data}"
+    if [ ! -x "$hfs_bin" ] || [ ! -s "$hfs_data/search-parameters-r4.json" ]; then
+        echo "Installing hfs and the SearchParameter bundle (scripts/setup-test-env.sh; ~30 min the first time)..." >&2
+        bash scripts/setup-test-env.sh
+    fi
+}
+# build_connector: builds the release binary and sets $connector to its absolute path.
+build_connector() {
+    echo "Building the release binary..." >&2
+    cargo build --release --quiet --bin connector
+    local target_dir="${CARGO_TARGET_DIR:-target}"
+    case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+    connector="$target_dir/release/connector"
+}
+# The servers started, stopped on exit; start_hfs and stop_hfs keep the list.
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done; pids=(); }
+trap stop_all EXIT
+# start_hfs NAME: a fresh server (own database under $run/NAME) on a free port, as tests/common starts it;
+# sets $port and $hfs_pid.
+start_hfs() {
+    local name="$1"
+    mkdir -p "$run/$name"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    (
+        for v in $(compgen -e | grep '^HFS_' || true); do unset "$v"; done
+        export HFS_VALIDATION_MODE=enforce HFS_SEED_CONFORMANCE=false HFS_NL_SEARCH_ENABLED=false
+        cd "$run/$name"
+        exec "$hfs_bin" --port "$port" --base-url "http://127.0.0.1:$port" --database-url "$run/$name/hfs.db" \
+            --data-dir "$hfs_data" >"$run/$name/hfs.log" 2>&1
+    ) &
+    hfs_pid=$!
+    pids+=("$hfs_pid")
+    for _ in $(seq 600); do
+        curl -sf -o /dev/null "http://127.0.0.1:$port/metadata" && return 0
+        kill -0 "$hfs_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "bench: hfs ($name) did not come up; see $run/$name/hfs.log" >&2
+    tail -20 "$run/$name/hfs.log" >&2
+    exit 1
+}
+stop_hfs() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    local keep=()
+    for p in "${pids[@]}"; do [ "$p" != "$1" ] && keep+=("$p"); done
+    pids=("${keep[@]}")
+}
+# count PORT TYPE: how many TYPE resources the server holds.
+count() {
+    curl -sf "http://127.0.0.1:$1/$2?_summary=count" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total"])'
+}
+seconds() { # the wall time from a GNU time -v report, in seconds
+    python3 -c "import sys; p = sys.argv[1].split(':'); print(round(sum(float(x) * 60 ** i for i, x in enumerate(reversed(p))), 2))" \
+        "$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$1")"
+}
+rss_mib() { echo $(($(awk -F': ' '/Maximum resident set size/ {print $2}' "$1") / 1024)); }
+ok_exit() { [ "$1" -eq 0 ] || [ "$1" -eq 3 ]; }
+# write_config FILE: a config with the `hub` partner reading $data and one destination `cito` (the hfs on $port;
+# $batch, $concurrency, $rate), with an open sharing agreement (every category, no consent needed) so that
+# every resource the mappings make is sent.
+write_config() {
+    cat >"$1" <<EOF
+[state]
+url = "sqlite://$run/state.db"
+[mappings]
+dir = "$PWD/mappings"
+[[partner]]
+id = "hub"
+source = [
+  { kind = "person", path = "$data/person.csv" },
+  { kind = "contact", path = "$data/contact.csv" },
+]
+[destination.cito]
+profile = "cito"
+base_url = "http://127.0.0.1:$port"
+batch_size = $batch
+concurrency = $concurrency
+rate_limit_per_second = $rate
+[[sharing]]
+name = "bench"
+partner = "hub"
+destination = "cito"
+categories = ["general_health", "mental_health", "sexual_health", "social_care"]
+lawful_basis = "bench"
+consent_required = false
+EOF
+}
+
 case "$what" in
 mapping)
     rows="${2:-100000}"
@@ -60,18 +156,8 @@ sync)
     batch="${BENCH_BATCH_SIZE:-50}"
     concurrency="${BENCH_CONCURRENCY:-2}"
     rate="${BENCH_RATE:-10000}"
-    cache="${CONNECTOR_TEST_CACHE:-$HOME/.cache/connector-test}"
-    hfs_bin="${HFS_BIN:-$cache/hfs/bin/hfs}"
-    hfs_data="${HFS_DATA_DIR:-$cache/hfs-data}"
-    if [ ! -x "$hfs_bin" ] || [ ! -s "$hfs_data/search-parameters-r4.json" ]; then
-        echo "Installing hfs and the SearchParameter bundle (scripts/setup-test-env.sh; ~30 min the first time)..." >&2
-        bash scripts/setup-test-env.sh
-    fi
-    echo "Building the release binary..." >&2
-    cargo build --release --quiet --bin connector
-    target_dir="${CARGO_TARGET_DIR:-target}"
-    case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
-    connector="$target_dir/release/connector"
+    need_hfs
+    build_connector
     data="$work/export-$patients"
     if [ ! -s "$data/person.csv" ] || [ ! -s "$data/contact.csv" ]; then
         mkdir -p "$data"
@@ -81,51 +167,6 @@ sync)
     run="$work/sync-$patients"
     rm -rf "$run"
     mkdir -p "$run"
-
-    pids=()
-    stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done; pids=(); }
-    trap stop_all EXIT
-    # start_hfs NAME: a fresh server (own database under $run/NAME) on a free port, as tests/common starts it;
-    # sets $port and $hfs_pid.
-    start_hfs() {
-        local name="$1"
-        mkdir -p "$run/$name"
-        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-        (
-            for v in $(compgen -e | grep '^HFS_' || true); do unset "$v"; done
-            export HFS_VALIDATION_MODE=enforce HFS_SEED_CONFORMANCE=false HFS_NL_SEARCH_ENABLED=false
-            cd "$run/$name"
-            exec "$hfs_bin" --port "$port" --base-url "http://127.0.0.1:$port" --database-url "$run/$name/hfs.db" \
-                --data-dir "$hfs_data" >"$run/$name/hfs.log" 2>&1
-        ) &
-        hfs_pid=$!
-        pids+=("$hfs_pid")
-        for _ in $(seq 600); do
-            curl -sf -o /dev/null "http://127.0.0.1:$port/metadata" && return 0
-            kill -0 "$hfs_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        echo "bench: hfs ($name) did not come up; see $run/$name/hfs.log" >&2
-        tail -20 "$run/$name/hfs.log" >&2
-        exit 1
-    }
-    stop_hfs() {
-        kill "$1" 2>/dev/null || true
-        wait "$1" 2>/dev/null || true
-        local keep=()
-        for p in "${pids[@]}"; do [ "$p" != "$1" ] && keep+=("$p"); done
-        pids=("${keep[@]}")
-    }
-    # count PORT TYPE: how many TYPE resources the server holds.
-    count() {
-        curl -sf "http://127.0.0.1:$1/$2?_summary=count" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total"])'
-    }
-    seconds() { # the wall time from a GNU time -v report, in seconds
-        python3 -c "import sys; p = sys.argv[1].split(':'); print(round(sum(float(x) * 60 ** i for i, x in enumerate(reversed(p))), 2))" \
-            "$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$1")"
-    }
-    rss_mib() { echo $(($(awk -F': ' '/Maximum resident set size/ {print $2}' "$1") / 1024)); }
-    ok_exit() { [ "$1" -eq 0 ] || [ "$1" -eq 3 ]; }
 
     echo "Precomputing the resources (connector mappings preview)..." >&2
     "$connector" --mappings mappings mappings preview --partner hub --input "$data/person.csv" \
@@ -140,24 +181,7 @@ print(sum(c.values()), c["Patient"], c["Encounter"], c["Organization"])' "$run/r
 
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     start_hfs connector
-    cat >"$run/config.toml" <<EOF
-[state]
-url = "sqlite://$run/state.db"
-[mappings]
-dir = "$PWD/mappings"
-[[partner]]
-id = "hub"
-source = [
-  { kind = "person", path = "$data/person.csv" },
-  { kind = "contact", path = "$data/contact.csv" },
-]
-[destination.cito]
-profile = "cito"
-base_url = "http://127.0.0.1:$port"
-batch_size = $batch
-concurrency = $concurrency
-rate_limit_per_second = $rate
-EOF
+    write_config "$run/config.toml"
     echo "Initial load with the connector ($n_resources resources)..." >&2
     code=0
     CONNECTOR_LOG=york_connector=info /usr/bin/time -v -o "$run/time-initial.txt" "$connector" sync --once \

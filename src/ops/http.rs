@@ -120,10 +120,15 @@ pub async fn render(engine: &Engine) -> String {
          connector_last_successful_cycle_timestamp_seconds {}",
         last.map_or(0, |t| t.timestamp())
     );
+    let open = engine.store.conflicts_open_count().await.unwrap_or_default();
     let _ = writeln!(
         out,
-        "# HELP connector_conflicts_open Conflicts waiting for an admin (none are kept yet).\n# TYPE connector_conflicts_open gauge\nconnector_conflicts_open 0"
+        "# HELP connector_conflicts_open Conflicts waiting for an admin, per destination.\n# TYPE connector_conflicts_open gauge"
     );
+    for d in &engine.destinations {
+        let n = open.iter().find(|(name, _)| *name == d.name).map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "connector_conflicts_open{{destination=\"{}\"}} {n}", d.name);
+    }
     out
 }
 

@@ -213,6 +213,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Open conflicts per destination.
+    pub async fn conflicts_open_count(&self) -> Result<Vec<(String, i64)>> {
+        with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT destination, COUNT(*) FROM conflicts WHERE status = 'open' GROUP BY destination ORDER BY destination",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("conflicts_open_count"))
+    }
+
     pub async fn conflict_get(&self, id: i64) -> Result<Option<ConflictRecord>> {
         let row: Option<ConflictDb> = with_pool!(self, |pool| {
             sqlx::query_as("SELECT * FROM conflicts WHERE id = $1").bind(id).fetch_optional(pool).await
