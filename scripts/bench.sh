@@ -11,9 +11,17 @@
 #                                     concurrency to a second fresh server (only the posting is timed).
 #                                     Settings: BENCH_BATCH_SIZE (50), BENCH_CONCURRENCY (2), BENCH_RATE (10000
 #                                     requests/s, i.e. no limit), HFS_BIN, HFS_DATA_DIR (default: the test cache).
+#   scripts/bench.sh reconcile [RESOURCES]
+#                                     loads a generated Hub export sized to map to about RESOURCES resources
+#                                     (default 100000) into a fresh local Helios FHIR Server (`connector sync
+#                                     --once`, setup, not measured), then times `connector reconcile` twice (wall,
+#                                     peak memory, resources read) against a plain paged read of the same resources
+#                                     with the same query (scripts/bench/paged_read.py). Settings: BENCH_BATCH_SIZE
+#                                     (500, for the load), BENCH_CONCURRENCY (2), BENCH_RATE, HFS_BIN, HFS_DATA_DIR.
 #
 # Needs python3 (the generator is in scripts/gen-fixtures/) and GNU time (/usr/bin/time, Debian package `time`);
-# `sync` also needs hfs and the SearchParameter bundle (scripts/setup-test-env.sh installs them if missing).
+# `sync` and `reconcile` also need hfs and the SearchParameter bundle (scripts/setup-test-env.sh installs them if
+# missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -93,9 +101,9 @@ seconds() { # the wall time from a GNU time -v report, in seconds
 }
 rss_mib() { echo $(($(awk -F': ' '/Maximum resident set size/ {print $2}' "$1") / 1024)); }
 ok_exit() { [ "$1" -eq 0 ] || [ "$1" -eq 3 ]; }
-# write_config FILE: a config with the `hub` partner reading $data and one destination `cito` (the hfs on $port;
-# $batch, $concurrency, $rate), with an open sharing agreement (every category, no consent needed) so that
-# every resource the mappings make is sent.
+# write_config FILE: a config with the `hub` partner reading $data and one destination `cito` (the hfs on
+# $port; $batch, $concurrency, $rate), with an open sharing agreement (every category, no consent needed) so
+# that every resource the mappings make is sent.
 write_config() {
     cat >"$1" <<EOF
 [state]
@@ -242,8 +250,115 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
     echo "files: $run (config, logs, GNU time reports)"
     ;;
+reconcile)
+    want="${2:-100000}"
+    batch="${BENCH_BATCH_SIZE:-500}"
+    concurrency="${BENCH_CONCURRENCY:-2}"
+    rate="${BENCH_RATE:-10000}"
+    need_hfs
+    build_connector
+    # preview_count DATA OUT: maps the export DATA (as the hub partner) into OUT (ndjson, GNU time report in
+    # OUT.time); prints the resources.
+    preview_count() {
+        local code=0
+        /usr/bin/time -v -o "$2.time" "$connector" --mappings mappings mappings preview --partner hub \
+            --input "$1/person.csv" --input "$1/contact.csv" --quarantine-dir "$2.quarantine" >"$2" 2>"$2.stderr" ||
+            code=$?
+        ok_exit "$code" || { tail -5 "$2.stderr" >&2; exit 1; }
+        wc -l <"$2"
+    }
+    # Size the export: a 1000-person probe gives the resources per person (about three: a Patient and two
+    # Encounters, plus the shared GP practice Organizations).
+    probe="$work/export-1000"
+    if [ ! -s "$probe/person.csv" ] || [ ! -s "$probe/contact.csv" ]; then
+        mkdir -p "$probe"
+        python3 scripts/gen-fixtures/bench_export.py --rows 1000 --out "$probe"
+    fi
+    per_1000=$(preview_count "$probe" "$work/probe.ndjson")
+    patients=$(python3 -c "import math; print(math.ceil($want * 1000 / $per_1000))")
+    echo "A 1000-person export maps to $per_1000 resources: $patients people for about $want." >&2
+    data="$work/export-$patients"
+    if [ ! -s "$data/person.csv" ] || [ ! -s "$data/contact.csv" ]; then
+        mkdir -p "$data"
+        echo "Generating a Hub export of $patients people in $data..." >&2
+        python3 scripts/gen-fixtures/bench_export.py --rows "$patients" --out "$data"
+    fi
+    run="$work/reconcile-$want"
+    rm -rf "$run"
+    mkdir -p "$run"
+    echo "Mapping it (connector mappings preview) for the resource counts..." >&2
+    preview_count "$data" "$run/resources.ndjson" >/dev/null
+    tally=$(python3 -c '
+import collections, json, sys
+c = collections.Counter(json.loads(l)["resourceType"] for l in open(sys.argv[1]))
+print(sum(c.values()))
+print(" ".join(sorted(c)))
+print(", ".join(f"{t} {n}" for t, n in sorted(c.items())))' "$run/resources.ndjson")
+    n_resources=$(sed -n 1p <<<"$tally")
+    read -r -a types <<<"$(sed -n 2p <<<"$tally")"
+    by_type=$(sed -n 3p <<<"$tally")
+
+    start_hfs connector
+    write_config "$run/config.toml"
+    echo "Loading $n_resources resources ($by_type) with connector sync --once (setup, not measured)..." >&2
+    code=0
+    /usr/bin/time -v -o "$run/time-load.txt" "$connector" sync --once --config "$run/config.toml" \
+        >"$run/load.txt" 2>"$run/load.log" || code=$?
+    ok_exit "$code" || { echo "bench: the load failed ($code):" >&2; tail -20 "$run/load.log" >&2; exit 1; }
+    held=0
+    for t in "${types[@]}"; do held=$((held + $(count "$port" "$t"))); done
+    if [ "$held" != "$n_resources" ]; then
+        echo "bench: the server holds $held resources of ${types[*]}, expected $n_resources:" >&2
+        cat "$run/load.txt" >&2
+        exit 1
+    fi
+    echo "Loaded in $(seconds "$run/time-load.txt")s (exit $code)." >&2
+
+    # reconcile N: one timed `connector reconcile` into $run/reconcile-N.json; its exit code in ${rcode[N]}.
+    rcode=()
+    reconcile() {
+        local code=0
+        /usr/bin/time -v -o "$run/time-reconcile-$1.txt" "$connector" --config "$run/config.toml" reconcile \
+            --destination cito --format json >"$run/reconcile-$1.json" 2>"$run/reconcile-$1.log" || code=$?
+        ok_exit "$code" || { echo "bench: reconcile failed ($code):" >&2; tail -20 "$run/reconcile-$1.log" >&2; exit 1; }
+        [ "$code" -eq 0 ] || echo "bench: reconcile $1 found drift (exit 3); see $run/reconcile-$1.json" >&2
+        rcode[$1]=$code
+    }
+    field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+    in_sync() {
+        python3 -c 'import json, sys; print(sum(s["in_sync"] for s in json.load(open(sys.argv[1]))["summaries"]))' "$1"
+    }
+    echo "Reconcile, twice..." >&2
+    reconcile 1
+    reconcile 2
+    echo "Plain paged read of the same resources..." >&2
+    /usr/bin/time -v -o "$run/time-paged.txt" python3 scripts/bench/paged_read.py "http://127.0.0.1:$port" \
+        "${types[@]}" >"$run/paged.json"
+    stop_hfs "$hfs_pid"
+
+    paged=$(field "$run/paged.json" seconds)
+    paged_read=$(field "$run/paged.json" resources)
+    echo
+    machine
+    echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "resources: $n_resources ($by_type) from $patients people"
+    echo "load (setup): sync --once, batch $batch, concurrency $concurrency: $(seconds "$run/time-load.txt")s," \
+        "peak RSS $(rss_mib "$run/time-load.txt") MiB"
+    for n in 1 2; do
+        r="$run/reconcile-$n.json"
+        wall=$(seconds "$run/time-reconcile-$n.txt")
+        echo "reconcile $n: ${wall}s wall ($(field "$r" seconds | xargs printf '%.2f')s by its own clock, mapping" \
+            "the source included), $(field "$r" read) read, $(in_sync "$r") in sync, $(field "$r" findings_total) not, exit" \
+            "${rcode[$n]}, peak RSS $(rss_mib "$run/time-reconcile-$n.txt") MiB;" \
+            "$(python3 -c "print(round($wall / $paged, 2))")x the paged read"
+    done
+    echo "mapping the same export alone (mappings preview): $(seconds "$run/resources.ndjson.time")s"
+    echo "plain paged read: ${paged}s, $paged_read read in $(field "$run/paged.json" pages) pages (slowest page" \
+        "$(field "$run/paged.json" slowest_page_seconds)s), peak RSS $(rss_mib "$run/time-paged.txt") MiB"
+    echo "files: $run (config, logs, JSON reports, GNU time reports)"
+    ;;
 *)
-    echo "usage: scripts/bench.sh mapping [ROWS] | scripts/bench.sh sync [PATIENTS]" >&2
+    echo "usage: scripts/bench.sh mapping [ROWS] | scripts/bench.sh sync [PATIENTS] | scripts/bench.sh reconcile [RESOURCES]" >&2
     exit 2
     ;;
 esac
