@@ -316,7 +316,7 @@ impl Run<'_> {
                     };
                     (Some(Class::Unexpected), detail.into(), fix)
                 }
-                (Some(e), None) => {
+                (Some(_), None) => {
                     let fix = if self.opts.fix {
                         // Adopt what is there as the base, so the update goes out with If-Match.
                         let fp = crate::conflict::fingerprints(&dest.salt, &found.resource);
@@ -325,7 +325,6 @@ impl Run<'_> {
                     } else {
                         None
                     };
-                    let _ = e;
                     (
                         Some(Class::Stale),
                         "there, but the ledger does not know it (state restored from an older backup?)".into(),

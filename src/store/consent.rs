@@ -165,6 +165,38 @@ where
     Ok(())
 }
 
+/// Records, inside the caller's transaction, that `key` is kept from `destination` for `reason` (since the
+/// audit entry's time). The caller appends the audit entry.
+async fn note_withheld<'c, E, DB>(
+    conn: E,
+    destination: &str,
+    key: &ResourceKey,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO withheld (destination, resource_type, resource_id, reason, since) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, resource_type, resource_id) \
+         DO UPDATE SET reason = excluded.reason, since = excluded.since",
+    )
+    .bind(destination.to_string())
+    .bind(key.resource_type.clone())
+    .bind(key.id.clone())
+    .bind(reason.to_string())
+    .bind(ms(at))
+    .execute(conn)
+    .await
+    .map_err(StoreError::query("noting a withholding"))?;
+    Ok(())
+}
+
 impl Store {
     /// Records which person each Patient is (upsert).
     pub async fn persons_put(&self, links: &[(String, String, String)], now: DateTime<Utc>) -> Result<()> {
@@ -300,8 +332,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Notes many withholdings at once (see [`Store::withheld_note`]): reads the current reasons in chunks
-    /// and writes only what changed, in one transaction. Returns how many were new or changed.
+    /// Notes that the rules keep each key from `destination` for its reason, auditing only withholdings that
+    /// are new or whose reason changed (not every cycle): reads the current reasons in chunks and writes what
+    /// changed in one transaction. Returns how many were new or changed.
     pub async fn withheld_note_many(
         &self,
         destination: &str,
@@ -330,65 +363,11 @@ impl Store {
         }
         in_tx!(self, "withheld_note_many", |tx| {
             for (key, reason, audit) in &todo {
-                sqlx::query(
-                    "INSERT INTO withheld (destination, resource_type, resource_id, reason, since) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, resource_type, resource_id) \
-                     DO UPDATE SET reason = excluded.reason, since = excluded.since",
-                )
-                .bind(destination)
-                .bind(&key.resource_type)
-                .bind(&key.id)
-                .bind(reason)
-                .bind(ms(audit.at))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("withheld_note_many"))?;
+                note_withheld(&mut *tx, destination, key, reason, audit.at).await?;
                 append_audit(&mut *tx, audit).await?;
             }
         });
         Ok(todo.len())
-    }
-
-    /// Notes that the rules keep `key` from `destination` for `reason`. Returns true (and appends `audit`)
-    /// when this is new or the reason changed; false when it was already withheld for that reason.
-    pub async fn withheld_note(
-        &self,
-        destination: &str,
-        key: &ResourceKey,
-        reason: &str,
-        audit: &AuditEntry,
-    ) -> Result<bool> {
-        let current: Option<String> = with_pool!(self, |pool| {
-            sqlx::query_scalar(
-                "SELECT reason FROM withheld WHERE destination = $1 AND resource_type = $2 AND resource_id = $3",
-            )
-            .bind(destination)
-            .bind(&key.resource_type)
-            .bind(&key.id)
-            .fetch_optional(pool)
-            .await
-        })
-        .map_err(StoreError::query("withheld_note"))?;
-        if current.as_deref() == Some(reason) {
-            return Ok(false);
-        }
-        in_tx!(self, "withheld_note", |tx| {
-            sqlx::query(
-                "INSERT INTO withheld (destination, resource_type, resource_id, reason, since) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, resource_type, resource_id) \
-                 DO UPDATE SET reason = excluded.reason, since = excluded.since",
-            )
-            .bind(destination)
-            .bind(&key.resource_type)
-            .bind(&key.id)
-            .bind(reason)
-            .bind(ms(audit.at))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("withheld_note"))?;
-            append_audit(&mut *tx, audit).await?;
-        });
-        Ok(true)
     }
 
     /// Withholds a leased outbox row at the last moment (the rules changed after it was planned): the row
@@ -400,19 +379,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query("withhold_row"))?;
-            sqlx::query(
-                "INSERT INTO withheld (destination, resource_type, resource_id, reason, since) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, resource_type, resource_id) \
-                 DO UPDATE SET reason = excluded.reason, since = excluded.since",
-            )
-            .bind(&row.item.destination)
-            .bind(&row.item.key.resource_type)
-            .bind(&row.item.key.id)
-            .bind(reason)
-            .bind(ms(audit.at))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("withhold_row"))?;
+            note_withheld(&mut *tx, &row.item.destination, &row.item.key, reason, audit.at).await?;
             append_audit(&mut *tx, audit).await?;
         });
         Ok(())
