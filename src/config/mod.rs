@@ -43,6 +43,9 @@ pub struct Config {
     /// What happens when a record changed both at its partner and on a destination.
     #[serde(default)]
     pub conflicts: ConflictsConfig,
+    /// Partner feeds: each partner receives, in its own system, the unified record of its clients.
+    #[serde(default, rename = "feed")]
+    pub feeds: Vec<FeedConfig>,
 
     /// The folder the file was read from; relative paths in the file are taken from here.
     #[serde(skip)]
@@ -214,6 +217,74 @@ pub struct DestinationConfig {
     pub retract: bool,
     /// When to read back what others changed there (cron, in `[schedule] timezone`); none: no pull.
     pub pull_schedule: Option<String>,
+}
+
+/// `[[feed]]`: what one partner receives of the unified record, how often and where.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// The partner receiving the feed (a `[[partner]]`). Its clients are the people it has an open
+    /// episode with in its own exports: an EpisodeOfCare it manages, or a referral (ServiceRequest) to it,
+    /// that is active, on hold or waiting.
+    pub partner: String,
+    /// The destination holding the central record the feed is assembled from (default `cito`).
+    #[serde(default = "FeedConfig::default_from")]
+    pub from: String,
+    /// The FHIR resource types the partner receives, e.g. `["Patient", "Encounter", "Goal"]`.
+    pub resources: Vec<String>,
+    /// How often (cron: `min hour day month weekday`, in `[schedule] timezone`).
+    #[serde(default = "FeedConfig::default_schedule")]
+    pub schedule: String,
+    /// `bundle` (a FHIR Bundle of type collection per person), `ndjson` (one resource a line, per person)
+    /// or `csv` (the partner's own column layout, through its reverse mappings, `<kind>.reverse.toml`).
+    #[serde(default)]
+    pub format: FeedFormat,
+    /// Deliver to a folder (for SFTP pick-up): each document is written whole, then renamed into place.
+    pub folder: Option<PathBuf>,
+    /// Deliver to the partner's FHIR R4 endpoint, as a transaction of PUTs (format must be `bundle`).
+    pub fhir_url: Option<String>,
+    /// Deliver by HTTP POST of each document to the partner's webhook.
+    pub webhook_url: Option<String>,
+    /// A file holding a bearer token sent to `fhir_url` or `webhook_url` (e.g. a systemd credential).
+    pub token_file: Option<PathBuf>,
+    /// Allow plain http:// to a host that is not loopback (only on a network protected otherwise).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Attempts per document before it becomes a dead letter (`connector outbox list --destination feed:P`).
+    #[serde(default = "FeedConfig::default_attempts")]
+    pub max_attempts: usize,
+    /// Seconds each request may take.
+    #[serde(default = "FeedConfig::default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+impl FeedConfig {
+    fn default_from() -> String {
+        "cito".into()
+    }
+    fn default_schedule() -> String {
+        "0 * * * *".into()
+    }
+    const fn default_attempts() -> usize {
+        5
+    }
+    const fn default_timeout() -> u64 {
+        30
+    }
+    /// The feed's name in the outbox, the audit trail and sharing agreements: `feed:<partner>`.
+    pub fn name(&self) -> String {
+        format!("feed:{}", self.partner)
+    }
+}
+
+/// The shape of a partner feed's documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedFormat {
+    #[default]
+    Bundle,
+    Ndjson,
+    Csv,
 }
 
 /// `[conflicts]`: a record changed both by its partner and on a destination since the connector last wrote it.
@@ -413,19 +484,79 @@ impl Config {
             }
         }
         let partners: std::collections::HashSet<&str> = self.partners.iter().map(|p| p.id.as_str()).collect();
+        let mut feeds = std::collections::HashSet::new();
+        for (i, f) in self.feeds.iter().enumerate() {
+            let key = |k: &str| format!("feed[{i}] ({}).{k}", f.partner);
+            if !partners.contains(f.partner.as_str()) {
+                return Err(invalid(key("partner"), format!("\"{}\" is not a [[partner]] of this config", f.partner)));
+            }
+            if !feeds.insert(f.name()) {
+                return Err(invalid(key("partner"), "a partner has one feed; this one is listed twice".into()));
+            }
+            if !self.destinations.contains_key(&f.from) {
+                return Err(invalid(key("from"), format!("\"{}\" is not a [destination.*] of this config", f.from)));
+            }
+            if f.resources.is_empty() {
+                return Err(invalid(key("resources"), "lists no resource type, so the feed would be empty".into()));
+            }
+            if let Some(t) = f.resources.iter().find(|t| !crate::mapping::RESOURCE_TYPES.contains(&t.as_str())) {
+                return Err(invalid(
+                    key("resources"),
+                    format!("\"{t}\" is not one of {}", crate::mapping::RESOURCE_TYPES.join(", ")),
+                ));
+            }
+            let targets = [f.folder.is_some(), f.fhir_url.is_some(), f.webhook_url.is_some()];
+            if targets.iter().filter(|t| **t).count() != 1 {
+                return Err(invalid(
+                    key("folder"),
+                    "set exactly one of folder, fhir_url and webhook_url: where the feed is delivered".into(),
+                ));
+            }
+            if f.fhir_url.is_some() && f.format != FeedFormat::Bundle {
+                return Err(invalid(key("format"), "a FHIR endpoint takes format = \"bundle\"".into()));
+            }
+            for url in [&f.fhir_url, &f.webhook_url].into_iter().flatten() {
+                let plain = url.starts_with("http://");
+                if !plain && !url.starts_with("https://") {
+                    return Err(invalid(key("fhir_url"), format!("\"{url}\" must start with https://")));
+                }
+                if plain && !is_loopback_url(url) && !f.allow_insecure_http {
+                    return Err(invalid(
+                        key("webhook_url"),
+                        "plain http:// to a non-loopback host would send personal data unencrypted; use https://".into(),
+                    ));
+                }
+            }
+            if f.max_attempts == 0 {
+                return Err(invalid(key("max_attempts"), "must be at least 1".into()));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, a) in self.sharing.iter().enumerate() {
             let key = |k: &str| format!("sharing[{i}] ({}).{k}", a.name);
             if !names.insert(a.name.as_str()) {
                 return Err(invalid(key("name"), "two agreements share this name; the audit trail cites it".into()));
             }
-            if !partners.contains(a.partner.as_str()) {
-                return Err(invalid(key("partner"), format!("\"{}\" is not a [[partner]] of this config", a.partner)));
+            let to_feed = feeds.contains(a.destination.as_str());
+            // Into a feed may also flow what others entered directly on the central record it reads.
+            let known_partner = partners.contains(a.partner.as_str())
+                || (to_feed && self.feeds.iter().any(|f| f.name() == a.destination && f.from == a.partner));
+            if !known_partner {
+                return Err(invalid(
+                    key("partner"),
+                    format!(
+                        "\"{}\" is not a [[partner]] of this config (nor, for a feed, the destination it reads)",
+                        a.partner
+                    ),
+                ));
             }
-            if !self.destinations.contains_key(&a.destination) {
+            if !self.destinations.contains_key(&a.destination) && !to_feed {
                 return Err(invalid(
                     key("destination"),
-                    format!("\"{}\" is not a [destination.*] of this config", a.destination),
+                    format!(
+                        "\"{}\" is not a [destination.*] of this config, nor a partner feed (feed:<partner> of a [[feed]])",
+                        a.destination
+                    ),
                 ));
             }
             if a.categories.is_empty() {

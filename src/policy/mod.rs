@@ -84,6 +84,23 @@ pub struct Policy {
     pub agreements: Vec<SharingConfig>,
     /// Partner -> the category of its person records (their Patient).
     pub person_category: std::collections::BTreeMap<String, Category>,
+    /// How consent records name partners (id, name, aliases; folded by [`fold_name`]) -> partner id.
+    pub partner_names: std::collections::BTreeMap<String, String>,
+}
+
+/// Who receives what is decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// A destination (the central record, the patient-held record) with its profile.
+    Destination(Profile),
+    /// A partner's feed: the partner's id.
+    Partner(&'a str),
+}
+
+/// A partner's name as consent records give it, folded for matching: lower case, letters and digits only
+/// ("Carers' Centre" and "carers centre" match).
+pub fn fold_name(name: &str) -> String {
+    name.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
 }
 
 impl Policy {
@@ -96,7 +113,33 @@ impl Policy {
                 (id.clone(), c)
             })
             .collect();
-        Policy { agreements: config.sharing.clone(), person_category }
+        let mut partner_names = std::collections::BTreeMap::new();
+        for (id, p) in &catalog.partners {
+            for n in std::iter::once(id).chain(std::iter::once(&p.name)).chain(&p.aliases) {
+                partner_names.insert(fold_name(n), id.clone());
+            }
+        }
+        Policy { agreements: config.sharing.clone(), person_category, partner_names }
+    }
+
+    /// The partner ids a statement names as ones the person agrees to share with (names no partner is
+    /// known by are left out: they can allow nothing).
+    pub fn named_partners(&self, s: &StatementRecord) -> Vec<String> {
+        let names: Vec<String> = serde_json::from_str(&s.share_partners).unwrap_or_default();
+        let mut ids: Vec<String> =
+            names.iter().filter_map(|n| self.partner_names.get(&fold_name(n)).cloned()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Whether the person agrees that `partner` receives what the partnership holds about them: it is named
+    /// in the statement in force, or it recorded that statement and the person named other partners there
+    /// (someone who tells York Mind "share with the Hub" agrees that York Mind and the Hub share with each
+    /// other; someone who names no partner agrees to none).
+    fn partner_agreed(&self, s: &StatementRecord, partner: &str) -> bool {
+        let named = self.named_partners(s);
+        named.iter().any(|p| p == partner) || (s.partner == partner && !named.is_empty())
     }
 
     fn agreement(&self, partner: &str, category: Category, destination: &str) -> Option<&SharingConfig> {
@@ -115,13 +158,43 @@ impl Policy {
         about_person: bool,
         consent: Option<&StatementRecord>,
     ) -> Verdict {
-        let Some(agreement) = self.agreement(&origin.partner, origin.category, destination) else {
+        self.decide_for(destination, Audience::Destination(profile), origin, about_person, consent)
+    }
+
+    /// As [`Policy::decide`], for a destination or a partner's feed (`destination` is then `feed:<partner>`).
+    /// For a feed, the partner's own records need no agreement (they are its own), but the person must
+    /// still agree that the partner receives their unified record; and the person's consent is read for
+    /// the partner instead of for a destination.
+    pub fn decide_for(
+        &self,
+        destination: &str,
+        audience: Audience<'_>,
+        origin: &Origin,
+        about_person: bool,
+        consent: Option<&StatementRecord>,
+    ) -> Verdict {
+        let own = matches!(audience, Audience::Partner(p) if p == origin.partner);
+        let own_agreement;
+        let agreement = if own {
+            own_agreement = SharingConfig {
+                name: format!("{}'s own record", origin.partner),
+                partner: origin.partner.clone(),
+                destination: destination.to_string(),
+                categories: vec![origin.category],
+                lawful_basis: "the partner's own record, returned to it".into(),
+                consent_required: true,
+            };
+            Some(&own_agreement)
+        } else {
+            self.agreement(&origin.partner, origin.category, destination)
+        };
+        let Some(agreement) = agreement else {
             return Verdict::Withhold(format!(
                 "no information sharing agreement lets {} {} data go to {destination}",
                 origin.partner, origin.category
             ));
         };
-        if about_person && !origin.is_patient {
+        if about_person && !origin.is_patient && !own {
             let pc = self.person_category.get(&origin.partner).copied().unwrap_or(Category::GeneralHealth);
             if self.agreement(&origin.partner, pc, destination).is_none() {
                 return Verdict::Withhold(format!(
@@ -130,7 +203,7 @@ impl Policy {
                 ));
             }
         }
-        if origin.not_for_patient && profile == Profile::Pkb {
+        if origin.not_for_patient && audience == Audience::Destination(Profile::Pkb) {
             return Verdict::Withhold("marked not for the patient: never sent to the patient-held record".into());
         }
         let permit = |consent: Option<String>| {
@@ -159,9 +232,10 @@ impl Policy {
             Some(Decision::Declined) => return Verdict::Withhold(format!("consent declined ({cite})")),
             Some(Decision::Withdrawn) | None => return Verdict::Withhold(format!("consent withdrawn ({cite})")),
         }
-        let agreed = match profile {
-            Profile::Cito => s.share_cito,
-            Profile::Pkb => s.share_pkb,
+        let agreed = match audience {
+            Audience::Destination(Profile::Cito) => s.share_cito,
+            Audience::Destination(Profile::Pkb) => s.share_pkb,
+            Audience::Partner(p) => self.partner_agreed(s, p),
         };
         if !agreed {
             return Verdict::Withhold(format!("the person has not agreed to share with {destination} ({cite})"));

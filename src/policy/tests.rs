@@ -16,7 +16,71 @@ fn policy(consent_required: bool) -> Policy {
             a("hub-pkb", "pkb", &[Category::GeneralHealth, Category::MentalHealth, Category::SocialCare]),
         ],
         person_category: [("hub".to_string(), Category::GeneralHealth)].into_iter().collect(),
+        partner_names: [("hub", "hub"), ("yorkmentalhealthhub", "hub"), ("yorkmind", "york-mind"), ("carerscentre", "carers-centre")]
+            .into_iter()
+            .map(|(n, id)| (n.to_string(), id.to_string()))
+            .collect(),
     }
+}
+
+/// The hub's policy plus an agreement letting its mental health data into York Mind's feed.
+fn feed_policy() -> Policy {
+    let mut p = policy(true);
+    p.agreements.push(SharingConfig {
+        name: "hub-feed".into(),
+        partner: "hub".into(),
+        destination: "feed:york-mind".into(),
+        categories: vec![Category::GeneralHealth, Category::MentalHealth],
+        lawful_basis: "6(1)(e); 9(2)(h)".into(),
+        consent_required: true,
+    });
+    p
+}
+
+fn naming(mut s: StatementRecord, recorder: &str, partners: &[&str]) -> StatementRecord {
+    s.partner = recorder.into();
+    s.share_partners = serde_json::to_string(partners).unwrap();
+    s
+}
+
+#[test]
+fn a_feed_needs_the_partner_named_in_the_consent_in_force_whatever_the_spelling() {
+    let p = feed_policy();
+    let feed = Audience::Partner("york-mind");
+    let o = origin(Category::MentalHealth, false);
+    let decide = |s: &StatementRecord| p.decide_for("feed:york-mind", feed, &o, true, Some(s));
+    let base = statement("given", true, false, &[]);
+    assert!(decide(&naming(base.clone(), "hub", &["YORK MIND"])).is_send());
+    assert!(decide(&naming(base.clone(), "hub", &["Carers' Centre", "york mind"])).is_send());
+    // Named nowhere: nothing, even with the central record agreed.
+    let v = decide(&naming(base.clone(), "hub", &["Carers Centre"]));
+    assert!(matches!(&v, Verdict::Withhold(w) if w.contains("feed:york-mind")), "{v:?}");
+    // Recorded by York Mind naming another partner: the person agreed to a circle York Mind is in.
+    assert!(decide(&naming(base.clone(), "york-mind", &["York Mental Health Hub"])).is_send());
+    // Recorded by York Mind naming no partner: no sharing between partners at all.
+    assert!(!decide(&naming(base.clone(), "york-mind", &[])).is_send());
+    // An unknown name allows nothing.
+    assert!(!decide(&naming(base.clone(), "hub", &["Someone Else"])).is_send());
+    // No agreement for the category: nothing, whatever the consent.
+    let social = origin(Category::SocialCare, false);
+    assert!(!p.decide_for("feed:york-mind", feed, &social, true, Some(&naming(base, "hub", &["York Mind"]))).is_send());
+}
+
+#[test]
+fn a_partners_own_records_need_no_agreement_but_still_the_persons_consent() {
+    let p = policy(true);
+    let own = Origin { partner: "york-mind".into(), category: Category::MentalHealth, not_for_patient: true, is_patient: false };
+    let feed = Audience::Partner("york-mind");
+    let base = statement("given", false, false, &[]);
+    let v = p.decide_for("feed:york-mind", feed, &own, true, Some(&naming(base.clone(), "hub", &["York Mind"])));
+    assert!(matches!(&v, Verdict::Send(permit) if permit.agreement.contains("own record")), "{v:?}");
+    assert!(!p.decide_for("feed:york-mind", feed, &own, true, Some(&naming(base.clone(), "hub", &[]))).is_send());
+    assert!(!p.decide_for("feed:york-mind", feed, &own, true, None).is_send());
+    let withdrawn = naming(statement("withdrawn", true, true, &[]), "hub", &["York Mind"]);
+    assert!(!p.decide_for("feed:york-mind", feed, &own, true, Some(&withdrawn)).is_send());
+    // Third-party information stays out when the person asked so.
+    let third = naming(statement("given", true, true, &["third_party"]), "hub", &["York Mind"]);
+    assert!(!p.decide_for("feed:york-mind", feed, &own, true, Some(&third)).is_send());
 }
 
 fn origin(category: Category, nfp: bool) -> Origin {

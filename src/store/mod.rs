@@ -37,6 +37,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use conflict::{ConflictRecord, Expected};
 pub use consent::{AuditEntry, AuditFilter, StatementRecord};
+pub use feed::FeedItem;
 pub use error::StoreError;
 use error::redact_url;
 use plan::{KeyState, StoredRow};
@@ -259,6 +260,7 @@ macro_rules! in_tx {
 // Declared after the macros above, which they use.
 mod conflict;
 mod consent;
+mod feed;
 
 // ---------------------------------------------------------------------------------------------------------
 // Row shapes as stored; converted to the public types (validating what came from disk).
@@ -675,10 +677,7 @@ impl Store {
             }
             // The row as leased (same seq), or replaced meanwhile by a plan that came back to the same content.
             let mut done = 0;
-            for sql in [
-                "DELETE FROM outbox WHERE seq = $1 AND op = $2 AND content_hash = $3",
-                "DELETE FROM outbox WHERE lease_seq = $1 AND op = $2 AND content_hash = $3 AND dead = FALSE",
-            ] {
+            for sql in ROW_DONE {
                 done = sqlx::query(sql)
                     .bind(row.seq)
                     .bind(item.op.as_str())
@@ -1173,6 +1172,14 @@ pub(crate) fn migrate_error(
 }
 
 /// Clears the lease taken under seq `$1` on a row that was replaced (and so renumbered) since.
+/// Removes a delivered outbox row: the row as leased (same seq), or, when a newer plan replaced it meanwhile
+/// and came back to the same content, that one. Binds: seq, op, content hash. When neither matches, the
+/// row's lease is cleared ([`CLEAR_LEASE_BY_TOKEN`]) so the newer content goes out next.
+const ROW_DONE: [&str; 2] = [
+    "DELETE FROM outbox WHERE seq = $1 AND op = $2 AND content_hash = $3",
+    "DELETE FROM outbox WHERE lease_seq = $1 AND op = $2 AND content_hash = $3 AND dead = FALSE",
+];
+
 const CLEAR_LEASE_BY_TOKEN: &str = "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_seq = NULL \
      WHERE lease_seq = $1 AND dead = FALSE";
 
