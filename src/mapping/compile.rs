@@ -36,6 +36,8 @@ struct RawPartner {
     identifier_system: String,
     ods_code: Option<String>,
     charity_number: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -243,10 +245,11 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
     let id = p.id.into_inner();
     let mut mappings = BTreeMap::new();
     let files = sorted_entries(dir).unwrap_or_default();
-    for f in files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "toml") && f.file_name() != Some("partner.toml".as_ref()))
-    {
+    for f in files.iter().filter(|f| {
+        f.extension().is_some_and(|e| e == "toml")
+            && f.file_name() != Some("partner.toml".as_ref())
+            && !super::reverse::is_reverse_file(f)
+    }) {
         if let Some(m) = load_mapping(f, &id, errs.list) {
             if let Some(prev) = mappings.get(&m.kind).map(|p: &Mapping| p.file.clone()) {
                 errs.list.push(CompileError::File {
@@ -265,6 +268,7 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
         .filter(|k| !mappings.contains_key(k))
         .collect();
     resolve_cross_refs(&mut mappings, &failed, errs.list);
+    let reverse = super::reverse::load_all(&files, &id, &mappings, errs.list);
     (errors.len() == before).then(|| Partner {
         organization_id: ids::organization_id(&id),
         id,
@@ -272,8 +276,10 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
         identifier_system: p.identifier_system.trim_end_matches('/').to_string(),
         ods_code: p.ods_code,
         charity_number: p.charity_number,
+        aliases: p.aliases,
         file: file.to_path_buf(),
         mappings,
+        reverse,
     })
 }
 

@@ -4,6 +4,7 @@
 mod compile;
 mod engine;
 pub mod ids;
+pub mod reverse;
 mod template;
 pub mod transform;
 
@@ -139,9 +140,14 @@ pub struct Partner {
     pub identifier_system: String,
     pub ods_code: Option<String>,
     pub charity_number: Option<String>,
+    /// Other names consent forms use for the partner ("Carers Centre"), matched as its name is.
+    pub aliases: Vec<String>,
     pub file: PathBuf,
     pub organization_id: String,
     pub mappings: BTreeMap<RecordKind, Mapping>,
+    /// Reverse mappings (`<kind>.reverse.toml`), by the FHIR resource type they turn back into the partner's
+    /// layout: at most one per type. Used by partner feeds.
+    pub reverse: BTreeMap<String, reverse::ReverseMapping>,
 }
 
 /// One compiled mapping file.
