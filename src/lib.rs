@@ -8,6 +8,7 @@ pub mod config;
 pub mod conflict;
 pub mod daemon;
 pub mod deliver;
+pub mod feed;
 pub mod ingest;
 pub mod mapping;
 pub mod ops;

@@ -5,6 +5,7 @@
 
 mod config_check;
 mod conflicts;
+mod feed;
 mod consent;
 mod mappings;
 mod outbox;
@@ -87,6 +88,10 @@ pub enum Command {
     /// Read back what others changed on the destinations since the last pull (the daemon does this on
     /// each destination's `pull_schedule`).
     Pull(reconcile::PullArgs),
+    /// Partner feeds: send each partner the unified record of the people it supports (`run`), or all of it
+    /// again (`rebuild --partner P`).
+    #[command(subcommand)]
+    Feed(feed::FeedCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +120,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Conflicts(cmd) => runtime().and_then(|rt| rt.block_on(conflicts::run(&cli.config, cmd))),
         Command::Reconcile(args) => runtime().and_then(|rt| rt.block_on(reconcile::run(&cli.config, args))),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(reconcile::pull(&cli.config, args))),
+        Command::Feed(cmd) => runtime().and_then(|rt| rt.block_on(feed::run(&cli.config, cmd))),
         Command::Audit(args) => {
             runtime().and_then(|rt| rt.block_on(consent::run_audit(&cli.config, &cli.mappings, args)))
         }

@@ -1,5 +1,5 @@
-//! The daemon (`connector run`): runs each partner's ingest and each destination's delivery on their
-//! schedules, under systemd (`Type=notify`: READY, WATCHDOG, STOPPING, RELOADING).
+//! The daemon (`connector run`): runs each partner's ingest, each destination's delivery and pull, and each
+//! partner feed on their schedules, under systemd (`Type=notify`: READY, WATCHDOG, STOPPING, RELOADING).
 //!
 //! - SIGTERM or SIGINT: no new work starts; running jobs finish their current bundle; leases are released;
 //!   the process exits 0.
@@ -71,6 +71,39 @@ fn scheduler(
                 }
             })?;
         }
+    }
+    for f in &engine.config.feeds {
+        let schedule =
+            Schedule::parse(&f.schedule, tz).with_context(|| format!("feed for {}: schedule", f.partner))?;
+        crate::feed::check(engine, f)?;
+        let (engine, leader, feed, stop) = (engine.clone(), leader.clone(), f.clone(), stop.clone());
+        s.add(f.name(), schedule, move || {
+            let (engine, leader, feed, stop) = (engine.clone(), leader.clone(), feed.clone(), stop.clone());
+            async move {
+                // Planning reads the central record for each client: one instance at a time.
+                if !lead(&engine, &leader).await {
+                    return;
+                }
+                let run = engine.store.job_started(&feed.name(), chrono::Utc::now()).await;
+                let result = crate::feed::run(&engine, &feed, false, &stop).await;
+                let (ok, detail) = match &result {
+                    Ok(r) => (
+                        r.delivery.dead == 0,
+                        format!(
+                            "{} clients, {} items queued, {} sent, {} dead",
+                            r.plan.clients, r.plan.queued_items, r.delivery.items, r.delivery.dead
+                        ),
+                    ),
+                    Err(e) => {
+                        error!(feed = %feed.name(), error = %e, "Feed failed.");
+                        (false, e.to_string())
+                    }
+                };
+                if let Ok(id) = run {
+                    let _ = engine.store.job_finished(id, ok, &detail, chrono::Utc::now()).await;
+                }
+            }
+        })?;
     }
     Ok(s)
 }

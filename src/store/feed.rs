@@ -45,14 +45,13 @@ impl Store {
         .map_err(StoreError::query("feed_persons"))
     }
 
-    /// Records a delivered feed document in one transaction: the items it carried, the items it said are
-    /// gone, an audit entry per disclosure, and the outbox row removed (or, when a newer plan replaced it
+    /// Records a delivered feed document in one transaction: the items it carried, an audit entry per
+    /// disclosure, and the outbox row removed (or, when a newer plan replaced it
     /// meanwhile, only its lease cleared, so the newer one goes out next).
     pub async fn feed_complete(
         &self,
         row: &OutboxRow,
         delivered: &[FeedItem],
-        gone: &[ResourceKey],
         audit: &[AuditEntry],
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -74,15 +73,6 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query("feed_complete: recording delivered items"))?;
-            }
-            for key in gone {
-                sqlx::query("DELETE FROM feed_items WHERE feed = $1 AND resource_type = $2 AND resource_id = $3")
-                    .bind(feed)
-                    .bind(&key.resource_type)
-                    .bind(&key.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("feed_complete: forgetting removed items"))?;
             }
             for entry in audit {
                 consent::append_audit(&mut *tx, entry).await?;
@@ -107,6 +97,22 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query("feed_complete: releasing the replaced outbox row"))?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Forgets delivered items that are no longer in the feed.
+    pub async fn feed_drop(&self, feed: &str, keys: &[ResourceKey]) -> Result<()> {
+        in_tx!(self, "feed_drop", |tx| {
+            for key in keys {
+                sqlx::query("DELETE FROM feed_items WHERE feed = $1 AND resource_type = $2 AND resource_id = $3")
+                    .bind(feed)
+                    .bind(&key.resource_type)
+                    .bind(&key.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("feed_drop"))?;
             }
         });
         Ok(())

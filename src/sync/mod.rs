@@ -329,7 +329,7 @@ impl Engine {
     }
 
     /// The partner's sources as mapping inputs.
-    fn inputs(&self, partner_id: &str) -> anyhow::Result<Vec<Input>> {
+    pub(crate) fn inputs(&self, partner_id: &str) -> anyhow::Result<Vec<Input>> {
         let pc = self
             .config
             .partners

@@ -1,0 +1,135 @@
+//! Where a partner feed's documents go: a folder (for SFTP pick-up), the partner's FHIR endpoint, or its
+//! webhook. One enum, one match arm each: a new kind of target is one variant here.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{Config, FeedConfig};
+use crate::deliver::transport::TransportError;
+
+/// One file or request body of a feed document.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// File name in a folder (also sent to a webhook as `X-Feed-Document`).
+    pub name: String,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+pub enum Target {
+    Folder(PathBuf),
+    /// POST each document (a FHIR transaction Bundle for a FHIR endpoint) to `url`.
+    Http { url: String, client: reqwest::Client, token: Option<SecretString>, fhir: bool },
+}
+
+impl Target {
+    pub fn from_config(feed: &FeedConfig, config: &Config) -> anyhow::Result<Target> {
+        if let Some(folder) = &feed.folder {
+            let folder = config.resolve(folder);
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("feed for {}: creating the folder {}", feed.partner, folder.display()))?;
+            return Ok(Target::Folder(folder));
+        }
+        let (url, fhir) = match (&feed.fhir_url, &feed.webhook_url) {
+            (Some(u), _) => (u.clone(), true),
+            (None, Some(u)) => (u.clone(), false),
+            (None, None) => anyhow::bail!("feed for {}: no folder, fhir_url or webhook_url", feed.partner),
+        };
+        let token = match &feed.token_file {
+            Some(f) => {
+                let path = config.resolve(f);
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("feed for {}: reading token_file {} (check its owner and mode)", feed.partner, path.display())
+                })?;
+                Some(SecretString::from(text.trim().to_string()))
+            }
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(feed.timeout_seconds.max(1)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Target::Http { url: url.trim_end_matches('/').to_string(), client, token, fhir })
+    }
+
+    /// For the audit trail and logs (no secrets).
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Folder(p) => format!("folder {}", p.display()),
+            Target::Http { url, fhir: true, .. } => format!("FHIR endpoint {url}"),
+            Target::Http { url, .. } => format!("webhook {url}"),
+        }
+    }
+
+    pub fn is_fhir(&self) -> bool {
+        matches!(self, Target::Http { fhir: true, .. })
+    }
+
+    /// Delivers the documents of one feed document, in order.
+    pub async fn send(&self, docs: &[Document]) -> Result<(), TransportError> {
+        for doc in docs {
+            match self {
+                Target::Folder(dir) => write_file(dir, doc)?,
+                Target::Http { url, client, token, .. } => {
+                    let mut req = client
+                        .post(url)
+                        .header(reqwest::header::CONTENT_TYPE, doc.content_type)
+                        .header("X-Feed-Document", &doc.name)
+                        .body(doc.body.clone());
+                    if let Some(t) = token {
+                        req = req.bearer_auth(t.expose_secret());
+                    }
+                    let resp = req.send().await.map_err(|e| TransportError::Transient {
+                        message: format!("{url}: {}", if e.is_timeout() { "timed out".to_string() } else { e.to_string() }),
+                        retry_after: None,
+                    })?;
+                    let status = resp.status();
+                    if status.is_success() {
+                        continue;
+                    }
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text: String = resp.text().await.unwrap_or_default().chars().take(2000).collect();
+                    let code = status.as_u16();
+                    return Err(if code == 408 || code == 429 || status.is_server_error() {
+                        TransportError::Transient { message: format!("{url} answered {status}: {text}"), retry_after }
+                    } else {
+                        TransportError::Rejected { status: code, message: text, outcome: None }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a document whole under a temporary name, then renames it into place, so a partner's pick-up job
+/// never sees half a file. Owner and group may read it (the SFTP account is usually in the group).
+fn write_file(dir: &std::path::Path, doc: &Document) -> Result<(), TransportError> {
+    let setup = |e: std::io::Error, what: &str| TransportError::Transient {
+        message: format!("{what} in {}: {e}", dir.display()),
+        retry_after: None,
+    };
+    let tmp = dir.join(format!(".{}.part", doc.name));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o640);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| setup(e, "creating a feed file"))?;
+    f.write_all(&doc.body).map_err(|e| setup(e, "writing a feed file"))?;
+    f.sync_all().map_err(|e| setup(e, "writing a feed file"))?;
+    std::fs::rename(&tmp, dir.join(&doc.name)).map_err(|e| setup(e, "renaming a feed file into place"))?;
+    Ok(())
+}
