@@ -248,7 +248,15 @@ async fn a_csv_feed_re_imported_through_the_partners_own_mapping_gives_back_the_
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
     let hub_feed = engine.config.feeds.iter().find(|f| f.partner == "hub").unwrap().clone();
     let run = york_connector::feed::run(&engine, &hub_feed, false, &no_shutdown()).await.unwrap();
-    assert!(run.delivery.items > 0 && run.delivery.dead == 0, "{run:#?}");
+    let dead: Vec<String> = engine
+        .store
+        .outbox_list(Some("feed:hub"), true, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.last_error)
+        .collect();
+    assert!(run.delivery.items > 0 && run.delivery.dead == 0, "{run:#?}\n{dead:#?}");
 
     // The hub's own forward mapping of its fixtures: what the round trip must give back.
     let catalog = mapping::load_catalog(&config.resolve(&config.mappings.dir)).unwrap();

@@ -173,6 +173,12 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
         let (resources, origins, central_patients) =
             read_record(engine, source.transport.as_ref(), feed, client).await?;
         report.read += resources.len();
+        let mut anchors = BTreeMap::new();
+        if let Some(fields) = mapping::reverse::fields_of(partner, &client.own) {
+            for p in &central_patients {
+                anchors.insert(p.clone(), fields.clone());
+            }
+        }
         let mut items = Vec::new();
         let mut keep: BTreeSet<ResourceKey> = BTreeSet::new();
         for r in resources {
@@ -185,6 +191,18 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
                     *report.withheld_reasons.entry(why).or_default() += 1;
                 }
                 Verdict::Send(_) => {
+                    // A record the partner's own layout cannot hold (a required column with no value in
+                    // it) is left out rather than sent half-empty or breaking the partner's import.
+                    if feed.format == FeedFormat::Csv
+                        && let Err(e) = mapping::reverse::render_csv(partner, std::slice::from_ref(&r), &anchors)
+                    {
+                        report.withheld += 1;
+                        *report
+                            .withheld_reasons
+                            .entry(format!("{t}: cannot be written in the partner's CSV layout ({})", csv_hint(&e)))
+                            .or_default() += 1;
+                        continue;
+                    }
                     let hash = crate::conflict::content_hash(&r);
                     keep.insert(key.clone());
                     if delivered.get(&key) == Some(&hash) {
@@ -209,12 +227,6 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
         }
         report.queued_items += items.len();
         report.queued_documents += 1;
-        let mut anchors = BTreeMap::new();
-        if let Some(fields) = mapping::reverse::fields_of(partner, &client.own) {
-            for p in central_patients {
-                anchors.insert(p, fields.clone());
-            }
-        }
         let doc = Doc {
             feed: name.clone(),
             partner: feed.partner.clone(),
@@ -256,6 +268,17 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
         "Feed planned."
     );
     Ok(report)
+}
+
+/// Why a resource does not fit the partner's CSV layout, naming the column but no value (the counts are
+/// shown to admins and logged).
+fn csv_hint(e: &mapping::reverse::ReverseError) -> String {
+    use mapping::reverse::ReverseError as E;
+    match e {
+        E::Column { column, .. } => format!("no value for its column \"{column}\""),
+        E::Unmatched { .. } => "not of the shape the partner's mapping makes".into(),
+        other => other.to_string(),
+    }
 }
 
 /// The outbox id of a person's feed document: the same for every run, so a newer plan replaces one not yet
