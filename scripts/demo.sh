@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: SQLite state, two local Helios FHIR Server instances
 # standing in for Cito (port 8181) and PKB (port 8182), the partners' fixture exports, config.example.toml.
-# Runs a full sync cycle, then a second one (which must send nothing), then shows `connector status` and
-# what each server now holds. Servers are stopped on exit; state and logs stay in out/demo/.
+# Runs a full sync cycle, then a second one (which must send nothing), then the partner feeds (files under
+# out/demo/feeds/), then shows `connector status` and what each server now holds. Servers are stopped on exit; state and logs stay in out/demo/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -44,6 +44,9 @@ code=0
 "$connector" sync --once --config config.example.toml || code=$?
 echo "== Second cycle: nothing changed, so nothing is sent" >&2
 "$connector" sync --once --config config.example.toml || code=$?
+echo "== Partner feeds: each partner's clients' unified records, in its own format" >&2
+"$connector" feed run --config config.example.toml || code=$?
+find out/demo/feeds -type f | sort | sed 's/^/   /' >&2
 echo "== connector status" >&2
 "$connector" status --config config.example.toml || true
 echo "== What the servers hold" >&2

@@ -25,7 +25,8 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
         .partners
         .iter()
         .map(|p| (format!("ingest:{}", p.id), p.schedule.clone()))
-        .chain(config.destinations.iter().map(|(n, d)| (format!("deliver:{n}"), d.schedule.clone())));
+        .chain(config.destinations.iter().map(|(n, d)| (format!("deliver:{n}"), d.schedule.clone())))
+        .chain(config.feeds.iter().map(|f| (f.name(), f.schedule.clone())));
     for (job, expr) in schedules {
         let next = Schedule::parse(&expr, tz).ok().and_then(|s| s.next_after(now));
         let last = runs.iter().find(|r| r.job == job);

@@ -84,23 +84,8 @@ fn scheduler(
                 if !lead(&engine, &leader).await {
                     return;
                 }
-                let run = engine.store.job_started(&feed.name(), chrono::Utc::now()).await;
-                let result = crate::feed::run(&engine, &feed, false, &stop).await;
-                let (ok, detail) = match &result {
-                    Ok(r) => (
-                        r.delivery.dead == 0,
-                        format!(
-                            "{} clients, {} items queued, {} sent, {} dead",
-                            r.plan.clients, r.plan.queued_items, r.delivery.items, r.delivery.dead
-                        ),
-                    ),
-                    Err(e) => {
-                        error!(feed = %feed.name(), error = %e, "Feed failed.");
-                        (false, e.to_string())
-                    }
-                };
-                if let Ok(id) = run {
-                    let _ = engine.store.job_finished(id, ok, &detail, chrono::Utc::now()).await;
+                if let Err(e) = crate::feed::run(&engine, &feed, false, &stop).await {
+                    error!(feed = %feed.name(), error = %e, "Feed failed.");
                 }
             }
         })?;

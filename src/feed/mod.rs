@@ -478,16 +478,32 @@ pub struct FeedRun {
     pub delivery: deliver::FeedDelivery,
 }
 
-/// Plans and delivers one feed.
+/// Plans and delivers one feed, recorded as job `feed:<partner>` (`connector status`).
 pub async fn run(
     engine: &Engine,
     feed: &FeedConfig,
     rebuild: bool,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<FeedRun> {
-    let plan = plan(engine, feed, rebuild, false).await?;
-    let delivery = deliver::deliver(engine, feed, shutdown).await?;
-    Ok(FeedRun { plan, delivery })
+    let job = engine.store.job_started(&feed.name(), Utc::now()).await?;
+    let result = async {
+        let plan = plan(engine, feed, rebuild, false).await?;
+        let delivery = deliver::deliver(engine, feed, shutdown).await?;
+        anyhow::Ok(FeedRun { plan, delivery })
+    }
+    .await;
+    let (ok, detail) = match &result {
+        Ok(r) => (
+            r.delivery.dead == 0,
+            format!(
+                "{} clients, {} items queued, {} sent in {} documents, {} dead-lettered",
+                r.plan.clients, r.plan.queued_items, r.delivery.items, r.delivery.documents, r.delivery.dead
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    engine.store.job_finished(job, ok, &detail, Utc::now()).await?;
+    result
 }
 
 /// A FHIR Bundle of type collection holding `resources`.
