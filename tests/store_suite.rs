@@ -161,6 +161,7 @@ suite!(
     ledger_round_trip,
     job_runs,
     quarantine_round_trip,
+    feed_ledger_round_trip,
 );
 
 // ---------------------------------------------------------------------------------------------------------
@@ -848,4 +849,48 @@ async fn quarantine_round_trip(db: &Db) {
     // A different content in the same row is a different rejected row.
     let changed = QuarantineRecord { raw_json: r#"{"NHS No":"999 000 0026"}"#.into(), ..record("york-mind", 2) };
     assert_ne!(store.quarantine_put(&changed).await.unwrap(), a);
+}
+
+async fn feed_ledger_round_trip(db: &Db) {
+    use york_connector::store::{AuditEntry, AuditFilter, FeedItem};
+    let store = db.connect().await;
+    let feed = "feed:york-mind";
+    let doc = upsert(feed, "Bundle", "d1", Some("Person/p"), "doc v1");
+    store.enqueue(std::slice::from_ref(&doc), t0()).await.unwrap();
+    let leased = store.lease(feed, "x", 10, LONG, t0()).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let items = vec![
+        FeedItem { person: "Person/p".into(), key: key("Encounter", "e1"), content_hash: sha("e1") },
+        FeedItem { person: "Person/p".into(), key: key("Patient", "p1"), content_hash: sha("p1") },
+    ];
+    let audit: Vec<AuditEntry> = items
+        .iter()
+        .map(|i| AuditEntry {
+            at: at(1),
+            action: "disclosed".into(),
+            destination: Some(feed.into()),
+            person: Some(i.person.clone()),
+            resource_type: Some(i.key.resource_type.clone()),
+            resource_id: Some(i.key.id.clone()),
+            ..Default::default()
+        })
+        .collect();
+    store.feed_complete(&leased[0], &items, &audit, at(1)).await.unwrap();
+    // Delivered in one transaction: the outbox row gone, the items and their audit entries recorded.
+    assert!(pending(&store, feed).await.is_empty());
+    let held = store.feed_items(feed, "Person/p").await.unwrap();
+    assert_eq!(held.get(&key("Encounter", "e1")), Some(&sha("e1")));
+    assert_eq!(store.feed_persons(feed).await.unwrap(), vec!["Person/p".to_string()]);
+    let audited = store
+        .audit_list(&AuditFilter { destination: Some(feed.into()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(audited.len(), 2);
+    // An item that left the feed is forgotten; a rebuild forgets the rest and cancels what is queued.
+    store.feed_drop(feed, &[key("Encounter", "e1")]).await.unwrap();
+    assert_eq!(store.feed_items(feed, "Person/p").await.unwrap().len(), 1);
+    store.enqueue(&[upsert(feed, "Bundle", "d1", Some("Person/p"), "doc v2")], at(2)).await.unwrap();
+    assert_eq!(store.feed_forget(feed).await.unwrap(), (1, 1));
+    assert!(store.feed_items(feed, "Person/p").await.unwrap().is_empty());
+    assert!(pending(&store, feed).await.is_empty());
 }
