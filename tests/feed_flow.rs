@@ -38,6 +38,17 @@ fn no_shutdown() -> tokio::sync::watch::Receiver<bool> {
 /// feed as Bundles in `dir/feeds/york-mind` and the Hub's as CSV in `dir/feeds/hub`, with agreements letting
 /// each partner's data (and what others enter on Cito) into both feeds.
 fn write_config(dir: &Path, cito: &str) -> PathBuf {
+    let feeds = format!(
+        "[[feed]]\npartner = \"york-mind\"\nresources = [\"Patient\", \"ServiceRequest\", \"EpisodeOfCare\", \"Encounter\", \"Goal\", \"Observation\", \"QuestionnaireResponse\", \"RelatedPerson\"]\n\
+         format = \"bundle\"\nfolder = \"{0}/feeds/york-mind\"\n\
+         [[feed]]\npartner = \"hub\"\nresources = [\"Patient\", \"ServiceRequest\", \"EpisodeOfCare\", \"Encounter\"]\nformat = \"csv\"\nfolder = \"{0}/feeds/hub\"\n",
+        dir.display()
+    );
+    write_config_with(dir, cito, &feeds)
+}
+
+/// As [`write_config`], with these `[[feed]]` tables.
+fn write_config_with(dir: &Path, cito: &str, feeds: &str) -> PathBuf {
     let mut text = format!(
         "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n",
         dir.display(),
@@ -63,8 +74,9 @@ fn write_config(dir: &Path, cito: &str) -> PathBuf {
     }
     let all = "\"general_health\", \"mental_health\", \"sexual_health\", \"social_care\"";
     for p in PARTNERS.iter().chain(["cito"].iter()) {
-        for d in ["cito", "feed:york-mind", "feed:hub"] {
-            if *p == "cito" && d == "cito" {
+        for d in ["cito", "feed:york-mind", "feed:hub", "feed:carers-centre"] {
+            let fed = d.strip_prefix("feed:").is_some_and(|f| feeds.contains(&format!("partner = \"{f}\"")));
+            if (*p == "cito" && d == "cito") || (d != "cito" && !fed) {
                 continue;
             }
             text.push_str(&format!(
@@ -73,13 +85,8 @@ fn write_config(dir: &Path, cito: &str) -> PathBuf {
             ));
         }
     }
-    let resources = "[\"Patient\", \"ServiceRequest\", \"EpisodeOfCare\", \"Encounter\"]";
     text.push_str(&format!(
-        "[destination.cito]\nprofile = \"cito\"\nbase_url = \"{cito}\"\nrate_limit_per_second = 500\n\
-         [[feed]]\npartner = \"york-mind\"\nresources = [\"Patient\", \"ServiceRequest\", \"EpisodeOfCare\", \"Encounter\", \"Goal\", \"Observation\", \"QuestionnaireResponse\", \"RelatedPerson\"]\n\
-         format = \"bundle\"\nfolder = \"{0}/feeds/york-mind\"\n\
-         [[feed]]\npartner = \"hub\"\nresources = {resources}\nformat = \"csv\"\nfolder = \"{0}/feeds/hub\"\n",
-        dir.display()
+        "[destination.cito]\nprofile = \"cito\"\nbase_url = \"{cito}\"\nrate_limit_per_second = 500\n{feeds}"
     ));
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
@@ -312,5 +319,106 @@ async fn a_csv_feed_re_imported_through_the_partners_own_mapping_gives_back_the_
     for t in ["Patient", "ServiceRequest", "EpisodeOfCare", "Encounter"] {
         assert!(kinds.contains(t), "{t} round-trips: {kinds:?}");
     }
+    engine.store.close().await;
+}
+
+/// A webhook receiver: answers the first request 503 (the feed must retry), then 200, keeping each body
+/// with its `X-Feed-Document` and `Content-Type` headers.
+async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/feed", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            n += 1;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let (head, body) = loop {
+                let read = sock.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..read]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + len {
+                    let read = sock.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..read]);
+                }
+                break (head, buf[end + 4..end + 4 + len].to_vec());
+            };
+            let header = |name: &str| {
+                head.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
+            };
+            let status = if n == 1 { "503 Service Unavailable" } else { "200 OK" };
+            if n > 1 {
+                keep.lock().unwrap().push((header("x-feed-document:"), header("content-type:"), body));
+            }
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = sock.write_all(reply.as_bytes()).await;
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_reach_a_partner_fhir_endpoint_and_a_webhook() {
+    let (cito, partner_fhir) = (Hfs::start().await, Hfs::start().await);
+    let (hook, received) = webhook().await;
+    let dir = TempDir::new("feed-targets");
+    let feeds = format!(
+        "[[feed]]\npartner = \"york-mind\"\nresources = [\"Patient\", \"ServiceRequest\", \"Encounter\"]\nfhir_url = \"{}\"\n\
+         [[feed]]\npartner = \"carers-centre\"\nresources = [\"Patient\", \"Encounter\"]\nformat = \"ndjson\"\nwebhook_url = \"{hook}\"\n",
+        partner_fhir.url("")
+    );
+    let config = write_config_with(dir.path(), &cito.url(""), &feeds);
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+
+    // York Mind's FHIR endpoint holds exactly what was sent, under the central record's ids.
+    let ym = engine.config.feeds.iter().find(|f| f.partner == "york-mind").unwrap().clone();
+    let run = york_connector::feed::run(&engine, &ym, false, &no_shutdown()).await.unwrap();
+    assert!(run.delivery.items > 0 && run.delivery.dead == 0, "{run:#?}");
+    let mut held = 0;
+    for t in ["Patient", "ServiceRequest", "Encounter"] {
+        for r in partner_fhir.search_all(&format!("{t}?_count=200")).await {
+            let id = r["id"].as_str().unwrap();
+            let (status, central) = cito.get(&format!("{t}/{id}")).await;
+            assert_eq!(status, 200, "{t}/{id} sent to York Mind is the central record's");
+            assert_eq!(r["subject"], central["subject"]);
+            held += 1;
+        }
+    }
+    assert_eq!(held, run.delivery.items);
+    // Sent again (rebuild): updated in place, never duplicated.
+    let again = york_connector::feed::run(&engine, &ym, true, &no_shutdown()).await.unwrap();
+    assert_eq!(again.delivery.items, run.delivery.items, "{again:#?}");
+    let mut after = 0;
+    for t in ["Patient", "ServiceRequest", "Encounter"] {
+        after += partner_fhir.search_all(&format!("{t}?_count=200")).await.len();
+    }
+    assert_eq!(after, held);
+
+    // The Carers Centre's webhook: the first attempt meets a 503 and is retried; NDJSON, one resource a line.
+    let cc = engine.config.feeds.iter().find(|f| f.partner == "carers-centre").unwrap().clone();
+    let run = york_connector::feed::run(&engine, &cc, false, &no_shutdown()).await.unwrap();
+    assert!(run.delivery.items > 0 && run.delivery.dead == 0 && run.delivery.deferred == 0, "{run:#?}");
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), run.delivery.documents);
+    let lines: usize = got
+        .iter()
+        .map(|(name, content_type, body)| {
+            assert!(name.ends_with(".ndjson") && content_type == "application/fhir+ndjson", "{name} {content_type}");
+            let text = String::from_utf8(body.clone()).unwrap();
+            text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).count()
+        })
+        .sum();
+    assert_eq!(lines, run.delivery.items);
     engine.store.close().await;
 }
