@@ -94,7 +94,7 @@ fn load(
         .map_err(|e| errors.push(CompileError::File { path: file.to_path_buf(), message: format!("cannot read: {e}") }))
         .ok()?;
     let before = errors.len();
-    let line_of = |offset: usize| text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1;
+    let line_of = |offset: usize| text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
     let mut at = |offset: usize, key: &str, message: String| {
         errors.push(CompileError::At {
             file: file.to_path_buf(),
