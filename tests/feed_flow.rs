@@ -137,7 +137,8 @@ fn refers_to(r: &Value, patient_id: &str) -> bool {
 
 fn tagged_partner(r: &Value) -> Option<String> {
     r["meta"]["tag"].as_array()?.iter().find_map(|t| {
-        (t["system"] == york_connector::reconcile::TAG_SYSTEM).then(|| t["code"].as_str().unwrap_or_default().to_string())
+        (t["system"] == york_connector::reconcile::TAG_SYSTEM)
+            .then(|| t["code"].as_str().unwrap_or_default().to_string())
     })
 }
 
@@ -147,7 +148,11 @@ async fn a_partner_feed_carries_the_unified_record_only_for_open_clients_who_con
     let dir = TempDir::new("feed-flow");
     let config = write_config(dir.path(), &cito.url(""));
     // Zoë's hub consent (in force: the newest) no longer names York Mind.
-    edit(&dir.path().join("hub/consent.csv"), "CN-701,HUB-1001,24/03/2023,Yes,No,York Mind,", "CN-701,HUB-1001,24/03/2023,Yes,No,,");
+    edit(
+        &dir.path().join("hub/consent.csv"),
+        "CN-701,HUB-1001,24/03/2023,Yes,No,York Mind,",
+        "CN-701,HUB-1001,24/03/2023,Yes,No,,",
+    );
     let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
 
@@ -222,7 +227,11 @@ async fn a_partner_feed_carries_the_unified_record_only_for_open_clients_who_con
     assert!(entries.iter().any(|e| e["action"] == "disclosed" && e["destination"] == "cito"), "and the destination's");
 
     // Consent withdrawn at the Hub (a new, later statement): the next run sends nothing more of his.
-    edit(&dir.path().join("hub/consent.csv"), "CN-704,HUB-1004,03/10/2023,Yes,Yes,York Mind; Carers Centre,,Active,", "CN-704,HUB-1004,03/10/2023,Yes,Yes,York Mind; Carers Centre,,Withdrawn,01/03/2024");
+    edit(
+        &dir.path().join("hub/consent.csv"),
+        "CN-704,HUB-1004,03/10/2023,Yes,Yes,York Mind; Carers Centre,,Active,",
+        "CN-704,HUB-1004,03/10/2023,Yes,Yes,York Mind; Carers Centre,,Withdrawn,01/03/2024",
+    );
     engine.ingest("hub", false).await.unwrap();
     changed["status"] = json!("finished");
     let (status, _) = cito.put("Encounter/cito-entry-1", &changed).await;
@@ -416,7 +425,8 @@ async fn feeds_reach_a_partner_fhir_endpoint_and_a_webhook() {
         .map(|(name, content_type, body)| {
             assert!(name.ends_with(".ndjson") && content_type == "application/fhir+ndjson", "{name} {content_type}");
             let text = String::from_utf8(body.clone()).unwrap();
-            text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).count()
+            let parsed: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            parsed.len()
         })
         .sum();
     assert_eq!(lines, run.delivery.items);

@@ -5,8 +5,8 @@
 
 mod config_check;
 mod conflicts;
-mod feed;
 mod consent;
+mod feed;
 mod mappings;
 mod outbox;
 mod quarantine;

@@ -523,7 +523,8 @@ impl Config {
                 if plain && !is_loopback_url(url) && !f.allow_insecure_http {
                     return Err(invalid(
                         key("webhook_url"),
-                        "plain http:// to a non-loopback host would send personal data unencrypted; use https://".into(),
+                        "plain http:// to a non-loopback host would send personal data unencrypted; use https://"
+                            .into(),
                     ));
                 }
             }

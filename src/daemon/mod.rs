@@ -73,8 +73,7 @@ fn scheduler(
         }
     }
     for f in &engine.config.feeds {
-        let schedule =
-            Schedule::parse(&f.schedule, tz).with_context(|| format!("feed for {}: schedule", f.partner))?;
+        let schedule = Schedule::parse(&f.schedule, tz).with_context(|| format!("feed for {}: schedule", f.partner))?;
         crate::feed::check(engine, f)?;
         let (engine, leader, feed, stop) = (engine.clone(), leader.clone(), f.clone(), stop.clone());
         s.add(f.name(), schedule, move || {

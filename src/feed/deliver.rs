@@ -232,7 +232,10 @@ fn render(
                 serde_json::to_writer(&mut body, r)?;
                 body.push(b'\n');
             }
-            (vec![Document { name: format!("{stem}.ndjson"), content_type: "application/fhir+ndjson", body }], Vec::new())
+            (
+                vec![Document { name: format!("{stem}.ndjson"), content_type: "application/fhir+ndjson", body }],
+                Vec::new(),
+            )
         }
         FeedFormat::Csv => {
             let partner = &engine.catalog.partners[&feed.partner];

@@ -227,13 +227,8 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
         }
         report.queued_items += items.len();
         report.queued_documents += 1;
-        let doc = Doc {
-            feed: name.clone(),
-            partner: feed.partner.clone(),
-            person: client.person.clone(),
-            anchors,
-            items,
-        };
+        let doc =
+            Doc { feed: name.clone(), partner: feed.partner.clone(), person: client.person.clone(), anchors, items };
         let body = serde_json::to_string(&doc)?;
         queue.push(OutboxItem {
             destination: name.clone(),
@@ -288,12 +283,7 @@ fn document_id(feed: &str, person: &str) -> String {
 }
 
 /// Forgets delivered items that are no longer in the feed, so they are sent again if they come back.
-async fn drop_delivered(
-    engine: &Engine,
-    feed: &str,
-    keys: Vec<ResourceKey>,
-    dry_run: bool,
-) -> anyhow::Result<usize> {
+async fn drop_delivered(engine: &Engine, feed: &str, keys: Vec<ResourceKey>, dry_run: bool) -> anyhow::Result<usize> {
     if keys.is_empty() {
         return Ok(0);
     }
@@ -440,10 +430,8 @@ async fn read_record(
         for t in feed.resources.iter().filter(|t| *t != "Patient") {
             let mut link = format!("{t}?{}=Patient/{pid}&_count={PAGE}", patient_param(t));
             loop {
-                let page = source
-                    .page(&link)
-                    .await
-                    .with_context(|| format!("reading {t} of a client from {}", feed.from))?;
+                let page =
+                    source.page(&link).await.with_context(|| format!("reading {t} of a client from {}", feed.from))?;
                 for e in page["entry"].as_array().into_iter().flatten() {
                     if e["search"]["mode"].as_str().is_some_and(|m| m != "match") {
                         continue;

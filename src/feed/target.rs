@@ -23,7 +23,12 @@ pub struct Document {
 pub enum Target {
     Folder(PathBuf),
     /// POST each document (a FHIR transaction Bundle for a FHIR endpoint) to `url`.
-    Http { url: String, client: reqwest::Client, token: Option<SecretString>, fhir: bool },
+    Http {
+        url: String,
+        client: reqwest::Client,
+        token: Option<SecretString>,
+        fhir: bool,
+    },
 }
 
 impl Target {
@@ -43,7 +48,11 @@ impl Target {
             Some(f) => {
                 let path = config.resolve(f);
                 let text = std::fs::read_to_string(&path).with_context(|| {
-                    format!("feed for {}: reading token_file {} (check its owner and mode)", feed.partner, path.display())
+                    format!(
+                        "feed for {}: reading token_file {} (check its owner and mode)",
+                        feed.partner,
+                        path.display()
+                    )
                 })?;
                 Some(SecretString::from(text.trim().to_string()))
             }
@@ -85,7 +94,10 @@ impl Target {
                         req = req.bearer_auth(t.expose_secret());
                     }
                     let resp = req.send().await.map_err(|e| TransportError::Transient {
-                        message: format!("{url}: {}", if e.is_timeout() { "timed out".to_string() } else { e.to_string() }),
+                        message: format!(
+                            "{url}: {}",
+                            if e.is_timeout() { "timed out".to_string() } else { e.to_string() }
+                        ),
                         retry_after: None,
                     })?;
                     let status = resp.status();

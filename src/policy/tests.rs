@@ -16,10 +16,15 @@ fn policy(consent_required: bool) -> Policy {
             a("hub-pkb", "pkb", &[Category::GeneralHealth, Category::MentalHealth, Category::SocialCare]),
         ],
         person_category: [("hub".to_string(), Category::GeneralHealth)].into_iter().collect(),
-        partner_names: [("hub", "hub"), ("yorkmentalhealthhub", "hub"), ("yorkmind", "york-mind"), ("carerscentre", "carers-centre")]
-            .into_iter()
-            .map(|(n, id)| (n.to_string(), id.to_string()))
-            .collect(),
+        partner_names: [
+            ("hub", "hub"),
+            ("yorkmentalhealthhub", "hub"),
+            ("yorkmind", "york-mind"),
+            ("carerscentre", "carers-centre"),
+        ]
+        .into_iter()
+        .map(|(n, id)| (n.to_string(), id.to_string()))
+        .collect(),
     }
 }
 
@@ -69,7 +74,12 @@ fn a_feed_needs_the_partner_named_in_the_consent_in_force_whatever_the_spelling(
 #[test]
 fn a_partners_own_records_need_no_agreement_but_still_the_persons_consent() {
     let p = policy(true);
-    let own = Origin { partner: "york-mind".into(), category: Category::MentalHealth, not_for_patient: true, is_patient: false };
+    let own = Origin {
+        partner: "york-mind".into(),
+        category: Category::MentalHealth,
+        not_for_patient: true,
+        is_patient: false,
+    };
     let feed = Audience::Partner("york-mind");
     let base = statement("given", false, false, &[]);
     let v = p.decide_for("feed:york-mind", feed, &own, true, Some(&naming(base.clone(), "hub", &["York Mind"])));

@@ -37,9 +37,9 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use conflict::{ConflictRecord, Expected};
 pub use consent::{AuditEntry, AuditFilter, StatementRecord};
-pub use feed::FeedItem;
 pub use error::StoreError;
 use error::redact_url;
+pub use feed::FeedItem;
 use plan::{KeyState, StoredRow};
 
 /// `Result` with a [`StoreError`].
