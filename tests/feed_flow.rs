@@ -54,24 +54,7 @@ fn write_config_with(dir: &Path, cito: &str, feeds: &str) -> PathBuf {
         dir.display(),
         root().display()
     );
-    for p in PARTNERS {
-        let to = dir.join(p);
-        std::fs::create_dir_all(&to).unwrap();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures").join(p))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|f| f.is_file() && f.extension().is_some_and(|e| e != "md"))
-            .collect();
-        files.sort();
-        text.push_str(&format!("[[partner]]\nid = \"{p}\"\nsource = [\n"));
-        for f in files {
-            let copy = to.join(f.file_name().unwrap());
-            std::fs::copy(&f, &copy).unwrap();
-            let kind = f.file_stem().unwrap().to_string_lossy().to_string();
-            text.push_str(&format!("  {{ kind = \"{kind}\", path = \"{}\" }},\n", copy.display()));
-        }
-        text.push_str("]\n");
-    }
+    text.push_str(&common::copy_fixtures(dir, &PARTNERS));
     let all = "\"general_health\", \"mental_health\", \"sexual_health\", \"social_care\"";
     for p in PARTNERS.iter().chain(["cito"].iter()) {
         for d in ["cito", "feed:york-mind", "feed:hub", "feed:carers-centre"] {

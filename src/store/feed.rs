@@ -77,27 +77,7 @@ impl Store {
             for entry in audit {
                 consent::append_audit(&mut *tx, entry).await?;
             }
-            let mut done = 0;
-            for sql in ROW_DONE {
-                done = sqlx::query(sql)
-                    .bind(row.seq)
-                    .bind(row.item.op.as_str())
-                    .bind(&row.item.content_hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("feed_complete: removing the outbox row"))?
-                    .rows_affected();
-                if done > 0 {
-                    break;
-                }
-            }
-            if done == 0 {
-                sqlx::query(CLEAR_LEASE_BY_TOKEN)
-                    .bind(row.seq)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("feed_complete: releasing the replaced outbox row"))?;
-            }
+            finish_leased_row!(tx, row, "feed_complete");
         });
         Ok(())
     }

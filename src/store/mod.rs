@@ -257,6 +257,35 @@ macro_rules! in_tx {
     };
 }
 
+/// Inside a transaction `$tx`, removes a delivered outbox row (see [`ROW_DONE`]), or clears its lease when a
+/// newer plan replaced it meanwhile. `$op` names the operation in errors.
+macro_rules! finish_leased_row {
+    ($tx:ident, $row:expr, $op:literal) => {{
+        let row: &OutboxRow = $row;
+        let mut done = 0;
+        for sql in ROW_DONE {
+            done = sqlx::query(sql)
+                .bind(row.seq)
+                .bind(row.item.op.as_str())
+                .bind(&row.item.content_hash)
+                .execute(&mut *$tx)
+                .await
+                .map_err(StoreError::query(concat!($op, ": removing the outbox row")))?
+                .rows_affected();
+            if done > 0 {
+                break;
+            }
+        }
+        if done == 0 {
+            sqlx::query(CLEAR_LEASE_BY_TOKEN)
+                .bind(row.seq)
+                .execute(&mut *$tx)
+                .await
+                .map_err(StoreError::query(concat!($op, ": releasing the replaced outbox row")))?;
+        }
+    }};
+}
+
 // Declared after the macros above, which they use.
 mod conflict;
 mod consent;
@@ -676,27 +705,7 @@ impl Store {
                     .map_err(StoreError::query("complete: clearing the withholding"))?;
             }
             // The row as leased (same seq), or replaced meanwhile by a plan that came back to the same content.
-            let mut done = 0;
-            for sql in ROW_DONE {
-                done = sqlx::query(sql)
-                    .bind(row.seq)
-                    .bind(item.op.as_str())
-                    .bind(&item.content_hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("complete: removing the outbox row"))?
-                    .rows_affected();
-                if done > 0 {
-                    break;
-                }
-            }
-            if done == 0 {
-                sqlx::query(CLEAR_LEASE_BY_TOKEN)
-                    .bind(row.seq)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("complete: releasing the replaced outbox row"))?;
-            }
+            finish_leased_row!(tx, row, "complete");
         });
         Ok(())
     }

@@ -436,3 +436,30 @@ pub fn open_sharing(partners: &[&str], destinations: &[&str]) -> String {
     }
     text
 }
+
+/// Copies each partner's fixtures into `dir/<partner>/` (so a test can edit them) and returns the
+/// `[[partner]]` tables reading the copies.
+#[allow(dead_code)]
+pub fn copy_fixtures(dir: &Path, partners: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut text = String::new();
+    for p in partners {
+        let to = dir.join(p);
+        std::fs::create_dir_all(&to).unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures").join(p))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|f| f.is_file() && f.extension().is_some_and(|e| e != "md"))
+            .collect();
+        files.sort();
+        text.push_str(&format!("[[partner]]\nid = \"{p}\"\nsource = [\n"));
+        for f in files {
+            let copy = to.join(f.file_name().unwrap());
+            std::fs::copy(&f, &copy).unwrap();
+            let kind = f.file_stem().unwrap().to_string_lossy().to_string();
+            text.push_str(&format!("  {{ kind = \"{kind}\", path = \"{}\" }},\n", copy.display()));
+        }
+        text.push_str("]\n");
+    }
+    text
+}
