@@ -70,14 +70,23 @@ fn node(n: &Node, v: &Value, ctx: &Ctx, b: &mut Bound, exact: bool) -> bool {
         Node::Interp(parts) => v.as_str().is_some_and(|text| interp(parts, text, ctx, b, exact)),
         Node::Object(entries) => {
             let Some(obj) = v.as_object() else { return false };
-            entries.iter().all(|(key, child)| match obj.get(key) {
-                Some(cv) => node(child, cv, ctx, b, exact),
-                None => !always_present(child),
-            })
+            // The engine drops an object whose data all came up empty, so one it wrote holds some of it: an
+            // object with none of this one's data is something else (another coding, another identifier).
+            let mut holds_data = !uses_data(n);
+            for (key, child) in entries {
+                match obj.get(key) {
+                    Some(cv) if node(child, cv, ctx, b, exact) => holds_data |= uses_data(child),
+                    Some(_) => return false,
+                    None if always_present(child) => return false,
+                    None => {}
+                }
+            }
+            holds_data
         }
         Node::Array(entries) => {
             let Some(items) = v.as_array() else { return false };
             let mut used = vec![false; items.len()];
+            let mut matched = false;
             for entry in entries {
                 // The partner's own items first, so its own identifier wins over another partner's.
                 let passes: &[bool] = if exact { &[true] } else { &[true, false] };
@@ -98,8 +107,10 @@ fn node(n: &Node, v: &Value, ctx: &Ctx, b: &mut Bound, exact: bool) -> bool {
                 if !found && always_present(entry) {
                     return false;
                 }
+                matched |= found;
             }
-            true
+            // Likewise a list the engine wrote has an item some entry made.
+            matched || items.is_empty()
         }
     }
 }
@@ -188,17 +199,19 @@ fn is_data(s: Slot) -> bool {
     matches!(s, Slot::Field(_) | Slot::Ref(_))
 }
 
+/// Whether an element has placeholders for row data (fields, references), which may come up empty.
+fn uses_data(n: &Node) -> bool {
+    match n {
+        Node::Const(_) => false,
+        Node::Slot(s) => is_data(*s),
+        Node::Interp(parts) => parts.iter().any(|p| matches!(p, Part::Slot(s) if is_data(*s))),
+        Node::Object(entries) => entries.iter().any(|(_, c)| uses_data(c)),
+        Node::Array(items) => items.iter().any(uses_data),
+    }
+}
+
 /// Whether the engine always writes this element (it uses no data, so nothing can remove it).
 fn always_present(n: &Node) -> bool {
-    fn uses_data(n: &Node) -> bool {
-        match n {
-            Node::Const(_) => false,
-            Node::Slot(s) => is_data(*s),
-            Node::Interp(parts) => parts.iter().any(|p| matches!(p, Part::Slot(s) if is_data(*s))),
-            Node::Object(entries) => entries.iter().any(|(_, c)| uses_data(c)),
-            Node::Array(items) => items.iter().any(uses_data),
-        }
-    }
     fn writes_something(n: &Node) -> bool {
         match n {
             Node::Const(_) | Node::Slot(_) | Node::Interp(_) => true,

@@ -516,3 +516,31 @@ fn kinds_whose_row_one_resource_cannot_carry_do_not_load() {
     let errors = hub_with("consent", "consent.reverse.toml", consent);
     assert!(errors.iter().any(|e| e.contains("share_cito ([consent])")), "{errors:?}");
 }
+
+#[test]
+fn other_partners_records_render_in_the_hubs_layout_and_import_there() {
+    let catalog = hub_catalog();
+    let hub = catalog.partner("hub").unwrap();
+    for (other, contact_id) in [("york-mind", "90001"), ("carers-centre", "4001")] {
+        let p = catalog.partner(other).unwrap();
+        let got = map_dir(p, &root().join("tests/fixtures").join(other));
+        let sent: Vec<Value> = got.out.iter().filter(|o| o.kind.is_some()).map(labelled).collect();
+        let feed = render_csv(hub, &sent, &Anchors::new()).unwrap_or_else(|e| panic!("{other}: {e}"));
+        let dir = scratch(other);
+        for (name, text) in &feed.files {
+            std::fs::write(dir.0.join(name), text).unwrap();
+        }
+        // The hub's own import takes every row: its codes, its dates, the other partner's client ids.
+        let again = map_dir(hub, &dir.0);
+        assert!(again.quarantined.is_empty(), "{other}: {:#?}", again.quarantined);
+        let count = |g: &Got, t: &str| g.out.iter().filter(|o| o.resource["resourceType"] == t).count();
+        for t in ["Patient", "ServiceRequest", "Encounter"] {
+            assert!(count(&got, t) > 0, "{other} has {t}s");
+            assert_eq!(count(&again, t), count(&got, t), "{other}: every {t} is a row");
+        }
+        let first = got.out.iter().find(|o| o.resource["resourceType"] == "Encounter").unwrap();
+        let f = fields_of(hub, &first.resource).unwrap();
+        assert_eq!(f["contact_id"], contact_id, "{other}");
+        assert!(["Welcoming Conversation", "1-2-1", "Group", "Drop-in", "Phone"].contains(&f["type_code"].as_str()));
+    }
+}
