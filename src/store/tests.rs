@@ -158,6 +158,7 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
             "consent_statements",
             "cursors",
             "expected",
+            "feed_items",
             "job_runs",
             "ledger",
             "outbox",
