@@ -29,26 +29,12 @@ fn root() -> &'static Path {
 
 /// The Hub's fixtures copied into `dir` (the test edits them) and a config sending them to `cito`.
 fn write_config(dir: &Path, cito: &str) -> PathBuf {
-    let hub = dir.join("hub");
-    std::fs::create_dir_all(&hub).unwrap();
     let mut text = format!(
-        "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n[[partner]]\nid = \"hub\"\nsource = [\n",
+        "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n",
         dir.display(),
         root().display()
     );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures/hub"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|f| f.is_file() && f.extension().is_some_and(|e| e != "md"))
-        .collect();
-    files.sort();
-    for f in files {
-        let copy = hub.join(f.file_name().unwrap());
-        std::fs::copy(&f, &copy).unwrap();
-        let kind = f.file_stem().unwrap().to_string_lossy().to_string();
-        text.push_str(&format!("  {{ kind = \"{kind}\", path = \"{}\" }},\n", copy.display()));
-    }
-    text.push_str("]\n");
+    text.push_str(&common::copy_fixtures(dir, &["hub"]));
     text.push_str(&format!(
         "[destination.cito]\nprofile = \"cito\"\nbase_url = \"{cito}\"\nrate_limit_per_second = 500\n\
          [conflicts]\nauto_merge = [\"Patient\"]\n"

@@ -150,9 +150,7 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
     let consent = engine.store.consent_current(&persons).await?;
     let partner = &engine.catalog.partners[&feed.partner];
     let mut queue = Vec::new();
-    let mut current: BTreeSet<String> = BTreeSet::new();
     for client in &clients {
-        current.insert(client.person.clone());
         let statement = consent.get(&client.person);
         let delivered = engine.store.feed_items(&name, &client.person).await?;
         // First the person: without their agreement that this partner receives their record, nothing.
@@ -241,6 +239,7 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
         });
     }
     // People delivered before who are no longer the partner's clients (episode closed).
+    let current: BTreeSet<&String> = persons.iter().collect();
     for person in engine.store.feed_persons(&name).await? {
         if !current.contains(&person) {
             let gone = engine.store.feed_items(&name, &person).await?.into_keys().collect();
