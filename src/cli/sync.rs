@@ -108,6 +108,17 @@ fn print_table(r: &CycleReport) {
         for f in m.failed_files() {
             println!("  NOT MAPPED {}: {}", f.path.display(), f.error.as_deref().unwrap_or_default());
         }
+        if let Some(why) = &i.consent_unreadable {
+            println!(
+                "  CONSENT EXPORT UNREADABLE ({why}): everything about a person from {} is held until it is read",
+                i.partner
+            );
+        }
+        for (person, record) in &i.consent_held {
+            println!(
+                "  HELD {person}: consent record {record} is unreadable (quarantined); correct it, and the next cycle releases the hold"
+            );
+        }
         for (d, n) in &i.withheld {
             println!(
                 "  withheld from {d}: {n} (no agreement or consent allows them; `connector audit --destination {d}`)"

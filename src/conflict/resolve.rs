@@ -130,7 +130,15 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
                 None => Default::default(),
             };
             let consent = c.patient.as_ref().and_then(|p| consents.get(p));
-            let permit = match engine.policy.decide(&dest.name, dest.profile, &origin, c.patient.is_some(), consent) {
+            let verdict = engine.policy.decide_resource(
+                &dest.name,
+                dest.profile,
+                &origin,
+                &c.resource_type,
+                c.patient.as_deref(),
+                consent,
+            );
+            let permit = match verdict {
                 Verdict::Send(p) => p,
                 Verdict::Withhold(reason) => bail!(
                     "the partner's version may not go to {} now: {reason}. Resolve with --keep remote instead",

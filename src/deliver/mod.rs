@@ -338,7 +338,14 @@ async fn check_policy(
         let verdict = match row.item.origin.as_deref().and_then(Origin::decode) {
             Some(origin) => {
                 let consent = row.item.patient.as_ref().and_then(|p| consents.get(p));
-                dest.policy.decide(&dest.name, dest.profile, &origin, row.item.patient.is_some(), consent)
+                dest.policy.decide_resource(
+                    &dest.name,
+                    dest.profile,
+                    &origin,
+                    &row.item.key.resource_type,
+                    row.item.patient.as_deref(),
+                    consent,
+                )
             }
             None => {
                 Verdict::Withhold("planned without its origin (by an older connector); it will be planned again".into())

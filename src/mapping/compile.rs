@@ -268,6 +268,7 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
         .filter(|k| !mappings.contains_key(k))
         .collect();
     resolve_cross_refs(&mut mappings, &failed, errs.list);
+    check_about_person(&mappings, errs.list);
     let reverse = super::reverse::load_all(&files, &id, &mappings, errs.list);
     (errors.len() == before).then(|| Partner {
         organization_id: ids::organization_id(&id),
@@ -304,6 +305,43 @@ fn resolve_cross_refs(
                     message: format!("no resource named \"{}\" in this partner's \"{}\" mapping", r.resource, r.kind),
                 }),
             }
+        }
+    }
+}
+
+/// Everything but an Organization is about a person, and the connector finds the person (and so their consent)
+/// through the resource's reference to their Patient: a template without one would make resources no one's
+/// consent governs. Refused here, naming the file, line and resource.
+fn check_about_person(mappings: &BTreeMap<RecordKind, Mapping>, errors: &mut Vec<CompileError>) {
+    fn refers_to_patient(node: &template::Node, refs: &[Ref]) -> bool {
+        // A ref whose type is unknown points at a kind that failed to compile: that error is reported already.
+        let is_patient = |slot: &Slot| matches!(slot, Slot::Ref(i) if refs.get(*i).is_some_and(|r| r.resource_type == "Patient" || r.resource_type.is_empty()));
+        match node {
+            template::Node::Const(_) => false,
+            template::Node::Slot(slot) => is_patient(slot),
+            template::Node::Interp(parts) => {
+                parts.iter().any(|p| matches!(p, template::Part::Slot(slot) if is_patient(slot)))
+            }
+            template::Node::Object(entries) => entries.iter().any(|(_, n)| refers_to_patient(n, refs)),
+            template::Node::Array(items) => items.iter().any(|n| refers_to_patient(n, refs)),
+        }
+    }
+    for m in mappings.values() {
+        for (i, spec) in m.resources.iter().enumerate() {
+            if matches!(spec.resource_type.as_str(), "Organization" | "Patient")
+                || refers_to_patient(&spec.template, &m.refs)
+            {
+                continue;
+            }
+            errors.push(CompileError::At {
+                file: m.file.clone(),
+                line: spec.line,
+                key: format!("resource[{i}] ({}).template", spec.name),
+                message: format!(
+                    "{} resources are about a person, but this template refers to no Patient; add a reference such as subject = {{ reference = \"{{ref.patient}}\" }} with a [refs] entry for the person's Patient, or its consent cannot be checked",
+                    spec.resource_type
+                ),
+            });
         }
     }
 }
@@ -568,6 +606,7 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
             when,
             category: r.category.unwrap_or(default_category),
             template,
+            line: e.line_of(offset),
         });
     }
 

@@ -75,6 +75,10 @@ pub struct Quarantined {
     pub row: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// For a consent record: the `Patient/<id>` its person reference names, when the fields giving it could be
+    /// read, so the person's sends can be held while the record is unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
     pub reasons: Vec<Reason>,
     pub raw: Value,
 }
@@ -289,12 +293,17 @@ fn map_file(
                             .insert(ref_hash(&format!("{}/{id}", spec.resource_type)), (file_index, row.number));
                     }
                 }
+                let person = mapping
+                    .consent
+                    .as_ref()
+                    .and_then(|spec| consent_person(partner, mapping, spec, &row, binding.as_ref()));
                 sink.quarantined(&Quarantined {
                     partner: partner.id.clone(),
                     kind: mapping.kind,
                     file: input.path.clone(),
                     row: row.number,
                     key,
+                    person,
                     reasons,
                     raw: row.raw_json(header.as_deref()),
                 })?;
@@ -498,6 +507,42 @@ fn map_row(
     Ok(RowOut { key, resources, not_for_patient, consent })
 }
 
+/// The Patient an unmappable consent row is about, from the fields its person reference is keyed by (read on
+/// their own, so a bad date or decision elsewhere in the row does not hide who the record is about).
+fn consent_person(
+    partner: &Partner,
+    mapping: &Mapping,
+    spec: &ConsentSpec,
+    row: &Row,
+    binding: Option<&Binding>,
+) -> Option<String> {
+    let r = mapping.refs.get(spec.person_ref)?;
+    let mut values: Vec<Option<Value>> = vec![None; mapping.fields.len()];
+    for &k in &r.key {
+        values[k] = field_value(&mapping.fields[k], k, row, binding, &values).ok().flatten();
+    }
+    let key = key_string(&values, &r.key)?;
+    Some(format!("{}/{}", r.resource_type, ids::resource_id(&partner.id, r.kind.as_str(), &r.resource, &key)))
+}
+
+/// How far ahead of today a consent date may be before the record is refused as a typo (2033 for 2023).
+const CONSENT_DAYS_AHEAD: i64 = 7;
+
+/// Checks a consent date: a date (after the field's transforms), and not more than [`CONSENT_DAYS_AHEAD`] days
+/// ahead of today. Dates ahead by less are read, and stay pending until their day (see the policy).
+fn check_consent_date(value: &str, today: chrono::NaiveDate) -> Result<(), String> {
+    let date = value
+        .get(..10)
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .ok_or_else(|| "not a date the connector can read (YYYY-MM-DD after the field's transforms, e.g. uk_date); correct the consent record's date or the mapping".to_string())?;
+    if date > today + chrono::Days::new(CONSENT_DAYS_AHEAD.unsigned_abs()) {
+        return Err(format!(
+            "date is in the future (more than {CONSENT_DAYS_AHEAD} days ahead); correct the consent record's date"
+        ));
+    }
+    Ok(())
+}
+
 /// The consent statement a row makes, from the fields the mapping's `[consent]` section names.
 fn consent_facts(
     spec: &ConsentSpec,
@@ -537,6 +582,14 @@ fn consent_facts(
         reasons.push(field_reason(spec.date, "empty; a consent record must say when it was decided".into()));
     }
     let withdrawn = spec.withdrawn.and_then(text);
+    let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::London).date_naive();
+    for (field, value) in [(Some(spec.date), &given), (spec.withdrawn, &withdrawn)] {
+        if let (Some(f), Some(v)) = (field, value)
+            && let Err(why) = check_consent_date(v, today)
+        {
+            reasons.push(field_reason(f, why));
+        }
+    }
     let flag = |f: Option<usize>| f.is_some_and(|i| values[i] == Some(Value::Bool(true)));
     let mut partners = Vec::new();
     for &f in &spec.partners {

@@ -339,6 +339,8 @@ pub struct ResourceSpec {
     pub when: Option<usize>,
     pub category: Category,
     pub template: Node,
+    /// Line of the `[[resource]]` in the mapping file, for errors found after compiling.
+    pub line: usize,
 }
 
 #[cfg(test)]

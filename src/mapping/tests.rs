@@ -228,3 +228,29 @@ fn mapping_errors_name_file_line_and_key() {
     let all: Vec<String> = load_catalog(&d2.0.join("mappings")).unwrap_err().iter().map(ToString::to_string).collect();
     assert!(all[0].contains("person.toml:6:") && all[0].contains("unknown field `kee`"), "{all:?}");
 }
+
+#[test]
+fn a_template_about_a_person_must_refer_to_their_patient() {
+    let orphan = CONTACT.replace("subject = { reference = \"{ref.patient}\" }\n", "");
+    assert_ne!(orphan, CONTACT);
+    let d = setup(
+        "orphan",
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", PERSON),
+            ("mappings/p1/contact.toml", &orphan),
+        ],
+    );
+    let all: Vec<String> = load_catalog(&d.0.join("mappings")).unwrap_err().iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].contains("contact.toml:"), "{all:?}");
+    assert!(
+        all[0].contains("resource[0] (encounter).template: Encounter resources are about a person, but this template refers to no Patient"),
+        "{all:?}"
+    );
+    // The shipped mappings all refer to their person.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    if let Err(e) = load_catalog(&shipped) {
+        panic!("{:?}", e.iter().map(ToString::to_string).collect::<Vec<_>>());
+    }
+}

@@ -86,6 +86,10 @@ pub struct Policy {
     pub person_category: std::collections::BTreeMap<String, Category>,
     /// How consent records name partners (id, name, aliases; folded by [`fold_name`]) -> partner id.
     pub partner_names: std::collections::BTreeMap<String, String>,
+    /// Partners whose consent export could not be read at all in their latest cycle -> why. Everything about a
+    /// person from such a partner is held (at planning and at the last moment before sending) until a cycle
+    /// reads the export again: statements recorded earlier may no longer be what the partner holds.
+    pub unreadable_consent: std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, String>>>,
 }
 
 /// Who receives what is decided on.
@@ -119,7 +123,43 @@ impl Policy {
                 partner_names.insert(fold_name(n), id.clone());
             }
         }
-        Policy { agreements: config.sharing.clone(), person_category, partner_names }
+        Policy { agreements: config.sharing.clone(), person_category, partner_names, ..Policy::default() }
+    }
+
+    /// Records whether `partner`'s consent export could be read this cycle (`None`: it was; `Some(why)`: it was
+    /// not, and the partner's data about people is held until it is).
+    pub fn set_consent_unreadable(&self, partner: &str, why: Option<String>) {
+        let mut map = self.unreadable_consent.write().unwrap_or_else(|p| p.into_inner());
+        match why {
+            Some(w) => map.insert(partner.to_string(), w),
+            None => map.remove(partner),
+        };
+    }
+
+    /// Why `partner`'s consent export is unreadable, if it is.
+    pub fn consent_unreadable(&self, partner: &str) -> Option<String> {
+        self.unreadable_consent.read().unwrap_or_else(|p| p.into_inner()).get(partner).cloned()
+    }
+
+    /// As [`Policy::decide`] for a resource of `resource_type` whose person is `person` (their ordering group or
+    /// Patient): everything except an Organization is about a person, so one that names no person is withheld
+    /// (no one's consent can be checked for it) instead of going out unchecked.
+    pub fn decide_resource(
+        &self,
+        destination: &str,
+        profile: Profile,
+        origin: &Origin,
+        resource_type: &str,
+        person: Option<&str>,
+        consent: Option<&StatementRecord>,
+    ) -> Verdict {
+        let about_person = is_about_person(resource_type);
+        if about_person && person.is_none() {
+            return Verdict::Withhold(format!(
+                "a {resource_type} that refers to no Patient: no one's consent can be checked for it, so it is not sent; check the mapping's references"
+            ));
+        }
+        self.decide(destination, profile, origin, about_person, consent)
     }
 
     /// The partner ids a statement names as ones the person agrees to share with (names no partner is
@@ -216,6 +256,18 @@ impl Policy {
         if !about_person {
             return permit(None);
         }
+        if let Some(why) = self.consent_unreadable(&origin.partner) {
+            return Verdict::Withhold(format!(
+                "{UNREADABLE_HOLD}: {}'s consent export could not be read ({why}); its data about people is held until a cycle reads it",
+                origin.partner
+            ));
+        }
+        if let Some(s) = consent.filter(|s| s.is_unreadable()) {
+            return Verdict::Withhold(format!(
+                "{UNREADABLE_HOLD} ({}/{}): held until the record is corrected and read again",
+                s.partner, s.record_key
+            ));
+        }
         let Some(s) = consent else {
             return if agreement.consent_required {
                 Verdict::Withhold(format!(
@@ -240,7 +292,11 @@ impl Policy {
         if !agreed {
             return Verdict::Withhold(format!("the person has not agreed to share with {destination} ({cite})"));
         }
-        let restrictions = restrictions(s);
+        let Ok(restrictions) = restrictions(s) else {
+            return Verdict::Withhold(format!(
+                "the person's recorded restrictions cannot be read ({cite}); withheld until the consent record is read again"
+            ));
+        };
         if !origin.is_patient && restrictions.iter().any(|r| r.category() == Some(origin.category)) {
             return Verdict::Withhold(format!(
                 "the person asked that {} information is not shared ({cite})",
@@ -256,6 +312,15 @@ impl Policy {
     }
 }
 
+/// How every withholding for an unreadable consent record (or export) begins. Such a hold is temporary: what
+/// a destination already holds is left in place (not retracted) while it stands.
+pub const UNREADABLE_HOLD: &str = "consent record unreadable";
+
+/// Whether a withholding reason is a hold for unreadable consent (see [`UNREADABLE_HOLD`]).
+pub fn is_unreadable_hold(reason: &str) -> bool {
+    reason.starts_with(UNREADABLE_HOLD)
+}
+
 /// How the audit trail and reasons cite a statement: `hub/CN-701#12 given 2023-03-24`.
 pub fn cite(s: &StatementRecord) -> String {
     // A statement a dry run would record has no id yet.
@@ -263,12 +328,17 @@ pub fn cite(s: &StatementRecord) -> String {
     format!("{}/{}#{id} {} {}", s.partner, s.record_key, s.decision, s.effective)
 }
 
-pub fn restrictions(s: &StatementRecord) -> Vec<Restriction> {
-    serde_json::from_str::<Vec<String>>(&s.restrictions)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| Restriction::parse(r))
-        .collect()
+/// Whether a resource of this type is about a person: everything but a partner's Organization.
+pub fn is_about_person(resource_type: &str) -> bool {
+    resource_type != "Organization"
+}
+
+/// The restrictions a statement records. `Err` when they cannot be read (not a JSON list of known codes): a
+/// restriction that cannot be read might be the one that matters, so the caller withholds.
+pub fn restrictions(s: &StatementRecord) -> Result<Vec<Restriction>, String> {
+    let codes: Vec<String> =
+        serde_json::from_str(&s.restrictions).map_err(|e| format!("restrictions are not a list of codes: {e}"))?;
+    codes.iter().map(|r| Restriction::parse(r).ok_or_else(|| format!("\"{r}\" is not a restriction code"))).collect()
 }
 
 /// Security labels for a resource of `category`: v3 confidentiality (N normal, R restricted for sensitive

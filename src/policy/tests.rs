@@ -25,6 +25,7 @@ fn policy(consent_required: bool) -> Policy {
         .into_iter()
         .map(|(n, id)| (n.to_string(), id.to_string()))
         .collect(),
+        ..Policy::default()
     }
 }
 
@@ -175,4 +176,105 @@ fn origin_round_trips_and_labels_are_set() {
     let codes: Vec<&str> =
         r["meta"]["security"].as_array().unwrap().iter().map(|c| c["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["R", "PSY", "NOPAT"]);
+}
+
+#[test]
+fn unparseable_restrictions_withhold_instead_of_meaning_none() {
+    let p = policy(true);
+    let mh = origin(Category::MentalHealth, false);
+    for stored in ["not json", "{\"mental_health\": true}", "[\"mental-health\"]", ""] {
+        let mut s = statement("given", true, true, &[]);
+        s.restrictions = stored.into();
+        let v = p.decide("cito", Profile::Cito, &mh, true, Some(&s));
+        assert!(matches!(&v, Verdict::Withhold(r) if r.contains("restrictions cannot be read")), "{stored:?}: {v:?}");
+    }
+    // Readable restrictions still work both ways.
+    assert!(
+        p.decide("cito", Profile::Cito, &mh, true, Some(&statement("given", true, true, &["social_care"]))).is_send()
+    );
+}
+
+#[test]
+fn an_unreadable_consent_record_holds_everything_about_the_person_under_every_agreement() {
+    for consent_required in [true, false] {
+        let p = policy(consent_required);
+        let mut hold = statement(crate::store::UNREADABLE, false, false, &[]);
+        hold.restrictions = "[]".into();
+        for o in [
+            origin(Category::MentalHealth, false),
+            Origin { is_patient: true, ..origin(Category::GeneralHealth, false) },
+        ] {
+            let v = p.decide("cito", Profile::Cito, &o, true, Some(&hold));
+            assert!(matches!(&v, Verdict::Withhold(r) if r.contains("consent record unreadable")), "{v:?}");
+        }
+        // A partner's feed too.
+        let f = feed_policy();
+        let v = f.decide_for(
+            "feed:york-mind",
+            Audience::Partner("york-mind"),
+            &origin(Category::MentalHealth, false),
+            true,
+            Some(&hold),
+        );
+        assert!(matches!(&v, Verdict::Withhold(r) if r.contains("consent record unreadable")), "{v:?}");
+    }
+}
+
+#[test]
+fn a_partner_whose_consent_export_is_unreadable_has_its_data_about_people_held() {
+    let p = policy(false);
+    let given = statement("given", true, true, &[]);
+    let mh = origin(Category::MentalHealth, false);
+    assert!(p.decide("cito", Profile::Cito, &mh, true, Some(&given)).is_send());
+    p.set_consent_unreadable("hub", Some("consent.csv: NOT MAPPED".into()));
+    let v = p.decide("cito", Profile::Cito, &mh, true, Some(&given));
+    assert!(
+        matches!(&v, Verdict::Withhold(r) if r.contains("consent record unreadable") && r.contains("hub's consent export")),
+        "{v:?}"
+    );
+    // The partner's Organization is about no one and still flows; the hold is shared by clones (the
+    // destinations' copy of the rules).
+    let org =
+        Origin { partner: "hub".into(), category: Category::GeneralHealth, not_for_patient: false, is_patient: false };
+    assert!(p.clone().decide_resource("cito", Profile::Cito, &org, "Organization", None, None).is_send());
+    assert!(!p.clone().decide("cito", Profile::Cito, &mh, true, Some(&given)).is_send());
+    p.set_consent_unreadable("hub", None);
+    assert!(p.decide("cito", Profile::Cito, &mh, true, Some(&given)).is_send());
+}
+
+#[test]
+fn everything_but_an_organization_is_about_a_person() {
+    let p = policy(false);
+    let o = origin(Category::MentalHealth, false);
+    // Without a person there is no consent to check: withheld, even where consent is not required.
+    for t in ["Encounter", "Consent", "QuestionnaireResponse", "Observation"] {
+        let v = p.decide_resource("cito", Profile::Cito, &o, t, None, None);
+        assert!(matches!(&v, Verdict::Withhold(r) if r.contains("refers to no Patient")), "{t}: {v:?}");
+    }
+    // With a person, their withdrawal is honoured (it used to be skipped when the Patient reference was missing).
+    let withdrawn = statement("withdrawn", true, true, &[]);
+    assert!(!p.decide_resource("cito", Profile::Cito, &o, "Encounter", Some("Person/p"), Some(&withdrawn)).is_send());
+    assert!(p.decide_resource("cito", Profile::Cito, &o, "Encounter", Some("Person/p"), None).is_send());
+}
+
+#[test]
+fn consent_dated_after_today_is_pending_and_cannot_outrank_a_withdrawal() {
+    use crate::store::prevails;
+    let today = chrono::NaiveDate::from_ymd_opt(2025, 6, 1).unwrap();
+    let at = |decision: &str, effective: &str| StatementRecord {
+        effective: effective.into(),
+        ..statement(decision, true, true, &[])
+    };
+    let withdrawn = at("withdrawn", "2024-12-01");
+    let typo = at("given", "2033-03-24");
+    assert!(typo.is_pending(today));
+    assert!(!prevails(Some(&withdrawn), &typo, today), "a 2033 typo must not beat a real withdrawal");
+    assert!(!prevails(None, &typo, today), "pending consent is not in force even alone");
+    assert!(prevails(Some(&withdrawn), &at("given", "2025-06-01"), today), "given today is in force");
+    // A withdrawal dated ahead is honoured at once.
+    assert!(prevails(Some(&at("given", "2025-01-01")), &at("withdrawn", "2025-06-03"), today));
+    // A hold beats everything and is not displaced by another record's later statement.
+    let hold = at(crate::store::UNREADABLE, "2025-06-01");
+    assert!(prevails(Some(&at("given", "2025-05-30")), &hold, today));
+    assert!(!prevails(Some(&hold), &at("given", "2025-06-01"), today));
 }

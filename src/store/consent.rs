@@ -31,6 +31,52 @@ pub struct StatementRecord {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// The decision of a hold: one of the person's consent records could not be read (an impossible date, an
+/// unknown decision word, a date far in the future). It stands for that record until a cycle reads the record
+/// cleanly (a new version of the same record replaces it), and while it stands nothing about the person is
+/// sent anywhere: the record might have been a withdrawal.
+pub const UNREADABLE: &str = "unreadable";
+
+impl StatementRecord {
+    /// A hold put because the consent record could not be read (see [`UNREADABLE`]).
+    pub fn is_unreadable(&self) -> bool {
+        self.decision == UNREADABLE
+    }
+
+    /// Consent given with an effective date after `today` (or no date that can be read): not yet in force,
+    /// so a typo in a year cannot outrank a real withdrawal. A withdrawal or refusal dated ahead is honoured
+    /// at once: holding data back early is the safe side.
+    pub fn is_pending(&self, today: chrono::NaiveDate) -> bool {
+        if self.decision != "given" {
+            return false;
+        }
+        let date = self.effective.get(..10).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        date.is_none_or(|d| d > today)
+    }
+}
+
+/// Today's date where the partners record consent (the UK): what "in force" is measured against.
+pub fn consent_today() -> chrono::NaiveDate {
+    Utc::now().with_timezone(&chrono_tz::Europe::London).date_naive()
+}
+
+/// Whether `candidate` takes over from `current` as the statement in force: a hold always does (and is not
+/// displaced by a later statement of another record); pending consent never does; otherwise the one that
+/// takes effect last (the caller offers them in effective order, so a tie goes to the later one).
+pub fn prevails(current: Option<&StatementRecord>, candidate: &StatementRecord, today: chrono::NaiveDate) -> bool {
+    if candidate.is_unreadable() {
+        return true;
+    }
+    if candidate.is_pending(today) {
+        return false;
+    }
+    match current {
+        None => true,
+        Some(c) if c.is_unreadable() => false,
+        Some(c) => c.effective <= candidate.effective,
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct StatementDb {
     id: i64,
@@ -288,6 +334,20 @@ impl Store {
         Ok(id)
     }
 
+    /// The person a partner's consent record (by its key) was last recorded about, if it ever was.
+    pub async fn consent_record_person(&self, partner: &str, record_key: &str) -> Result<Option<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT person FROM consent_statements WHERE partner = $1 AND record_key = $2 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(partner)
+            .bind(record_key)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(StoreError::query("consent_record_person"))
+    }
+
     /// Every statement about `person`, in the order they take effect (the last one is in force).
     pub async fn consent_history(&self, person: &str) -> Result<Vec<StatementRecord>> {
         let rows: Vec<StatementDb> = with_pool!(self, |pool| {
@@ -303,12 +363,14 @@ impl Store {
     }
 
     /// The statement in force for each of `persons` (those with none are left out): of each consent
-    /// record's latest version (a corrected record replaces what it said before), the one that takes effect
-    /// last; of two on the same day, the one recorded last.
+    /// record's latest version (a corrected record replaces what it said before), a hold on an unreadable
+    /// record if there is one, else the one that takes effect last (of two on the same day, the one recorded
+    /// last), leaving out consent given with a date after today (pending, see [`prevails`]).
     pub async fn consent_current(
         &self,
         persons: &[String],
     ) -> Result<std::collections::HashMap<String, StatementRecord>> {
+        let today = consent_today();
         let mut out = std::collections::HashMap::new();
         for chunk in persons.chunks(super::KEY_CHUNK) {
             let rows: Vec<StatementDb> = with_pool!(self, |pool| {
@@ -326,7 +388,9 @@ impl Store {
             .map_err(StoreError::query("consent_current"))?;
             for row in rows {
                 let r = row.into_record()?;
-                out.insert(r.person.clone(), r);
+                if prevails(out.get(&r.person), &r, today) {
+                    out.insert(r.person.clone(), r);
+                }
             }
         }
         Ok(out)

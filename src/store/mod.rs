@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, SqlitePool};
 
 pub use conflict::{ConflictRecord, Expected};
-pub use consent::{AuditEntry, AuditFilter, StatementRecord};
+pub use consent::{AuditEntry, AuditFilter, StatementRecord, UNREADABLE, consent_today, prevails};
 pub use error::StoreError;
 use error::redact_url;
 pub use feed::FeedItem;

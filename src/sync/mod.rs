@@ -82,6 +82,13 @@ pub struct IngestReport {
     pub consent_statements: u64,
     /// People whose consent is now withdrawn or declined, with what each destination holds of them.
     pub withdrawals: Vec<WithdrawalReport>,
+    /// People held because one of their consent records could not be read (quarantined): person, record key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consent_held: Vec<(String, String)>,
+    /// Why the partner's consent export could not be read at all; everything about a person from this partner
+    /// is then held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent_unreadable: Option<String>,
     /// Every decision, when explaining.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explained: Vec<Explained>,
@@ -154,6 +161,8 @@ struct ConsentSink {
     groups: std::collections::HashMap<String, String>,
     /// (facts, record key, Consent resource id)
     statements: Vec<(ConsentFacts, String, String)>,
+    /// Consent rows that could not be mapped: (file name, row, record key, the Patient they name).
+    unreadable: Vec<(String, u64, Option<String>, Option<String>)>,
 }
 
 impl Sink for ConsentSink {
@@ -169,7 +178,11 @@ impl Sink for ConsentSink {
         }
         Ok(())
     }
-    fn quarantined(&mut self, _: &Quarantined) -> std::io::Result<()> {
+    fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
+        if q.kind == RecordKind::Consent {
+            let file = q.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            self.unreadable.push((file, q.row, q.key.clone(), q.person.clone()));
+        }
         Ok(())
     }
 }
@@ -447,19 +460,36 @@ impl Engine {
         let catalog = self.catalog.clone();
         let id = partner_id.to_string();
         let max_bytes = self.config.limits.max_input_bytes;
-        let sink = tokio::task::spawn_blocking(move || -> std::io::Result<ConsentSink> {
+        let (sink, run) = tokio::task::spawn_blocking(move || -> std::io::Result<(ConsentSink, RunReport)> {
             let mut sink = ConsentSink::default();
-            mapping::run_with_limit(&catalog.partners[&id], &inputs, &mut sink, Some(max_bytes))?;
-            Ok(sink)
+            let run = mapping::run_with_limit(&catalog.partners[&id], &inputs, &mut sink, Some(max_bytes))?;
+            Ok((sink, run))
         })
         .await
         .context("the consent reader stopped")?
         .context("reading consent")?;
         let now = Utc::now();
+        // A consent export that cannot be read at all: what the partner holds now is unknown, so the statements
+        // recorded in earlier cycles are not relied on; the partner's data about people is held until it is read.
+        let failed: Vec<String> = run
+            .failed_files()
+            .filter(|f| f.kind == Some(RecordKind::Consent))
+            .map(|f| {
+                f.path.file_name().map_or_else(|| f.path.display().to_string(), |n| n.to_string_lossy().into_owned())
+            })
+            .collect();
+        let unreadable = (!failed.is_empty()).then(|| format!("{} not mapped", failed.join(", ")));
+        if let Some(why) = &unreadable {
+            tracing::error!(partner = %partner_id, files = %failed.join(","), "Consent export unreadable: every send about a person from this partner is held until it is read.");
+            report.consent_unreadable = Some(why.clone());
+        }
+        self.policy.set_consent_unreadable(partner_id, unreadable);
         if !report.dry_run {
             self.store.persons_put(&sink.links, now).await?;
         }
+        let today = crate::store::consent_today();
         let mut changed: Vec<(String, i64)> = Vec::new();
+        self.hold_unreadable(partner_id, &sink, &mut overlay, report, now).await?;
         for (facts, record_key, resource_id) in &sink.statements {
             let person = sink.groups.get(&facts.patient).cloned().unwrap_or_else(|| facts.patient.clone());
             let mut record = StatementRecord {
@@ -491,8 +521,7 @@ impl Engine {
                     .max_by_key(|k| k.id);
                 if last.is_none_or(|k| k.statement_hash != record.statement_hash) {
                     record.id = i64::MAX;
-                    let later = overlay.get(&person).is_none_or(|o: &StatementRecord| o.effective <= record.effective);
-                    if later {
+                    if crate::store::prevails(overlay.get(&person), &record, today) {
                         overlay.insert(person.clone(), record);
                     }
                     report.consent_statements += 1;
@@ -523,7 +552,9 @@ impl Engine {
         let current = self.store.consent_current(&persons).await?;
         for (person, new_id) in changed {
             let Some(s) = current.get(&person).filter(|s| s.id == new_id) else { continue };
-            if Decision::parse(&s.decision) == Some(Decision::Given) {
+            if Decision::parse(&s.decision) != Some(Decision::Withdrawn)
+                && Decision::parse(&s.decision) != Some(Decision::Declined)
+            {
                 continue;
             }
             let cite = policy::cite(s);
@@ -558,6 +589,92 @@ impl Engine {
         Ok(overlay)
     }
 
+    /// Puts a hold on each person named by a consent row that could not be mapped: a statement "unreadable"
+    /// for that consent record (never the row itself), in force until a cycle reads the record cleanly (its new
+    /// version replaces the hold). The person is found from the Patient the row names (the person fields read
+    /// on their own), else from what the same record said before.
+    async fn hold_unreadable(
+        &self,
+        partner_id: &str,
+        sink: &ConsentSink,
+        overlay: &mut std::collections::HashMap<String, StatementRecord>,
+        report: &mut IngestReport,
+        now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let today = crate::store::consent_today();
+        // A record with a row read cleanly in this run is readable (its other row is a duplicate, quarantined).
+        let clean: std::collections::HashSet<&str> = sink.statements.iter().map(|(_, k, _)| k.as_str()).collect();
+        for (file, row, key, patient) in &sink.unreadable {
+            if key.as_deref().is_some_and(|k| clean.contains(k)) {
+                continue;
+            }
+            let mut person = match patient {
+                Some(p) => match sink.groups.get(p) {
+                    Some(g) => Some(g.clone()),
+                    None => Some(self.store.person_of(p).await?.unwrap_or_else(|| p.clone())),
+                },
+                None => None,
+            };
+            if person.is_none()
+                && let Some(k) = key
+            {
+                person = self.store.consent_record_person(partner_id, k).await?;
+            }
+            let Some(person) = person else {
+                warn!(partner = %partner_id, file = %file, row, "Unreadable consent row names no person that can be found; no one could be held for it: correct the row.");
+                continue;
+            };
+            // Without a key the hold cannot be matched to the record once it is fixed: it is keyed by the person.
+            let record_key = key.clone().unwrap_or_else(|| format!("(unreadable row naming {person})"));
+            let mut record = StatementRecord {
+                id: 0,
+                person: person.clone(),
+                patient: patient.clone().unwrap_or_else(|| person.clone()),
+                partner: partner_id.to_string(),
+                record_key: record_key.clone(),
+                resource_id: String::new(),
+                decision: crate::store::UNREADABLE.to_string(),
+                effective: today.format("%Y-%m-%d").to_string(),
+                given_on: String::new(),
+                withdrawn_on: None,
+                share_cito: false,
+                share_pkb: false,
+                share_partners: "[]".into(),
+                restrictions: "[]".into(),
+                // The same unreadable record is one hold, however many cycles read it.
+                statement_hash: crate::store::sha256_hex(&format!(
+                    "{}|{person}|{partner_id}|{record_key}",
+                    crate::store::UNREADABLE
+                )),
+                recorded_at: now,
+            };
+            warn!(partner = %partner_id, file = %file, row, record = %record_key, person = %person, "Consent record unreadable: the person's sends are held until it is corrected.");
+            report.consent_held.push((person.clone(), record_key.clone()));
+            if report.dry_run {
+                record.id = i64::MAX;
+                overlay.insert(person, record);
+                continue;
+            }
+            if let Some(id) = self.store.consent_record(&record).await? {
+                record.id = id;
+                self.store
+                    .audit_append(&AuditEntry {
+                        at: now,
+                        action: "consent".into(),
+                        person: Some(person),
+                        partner: Some(partner_id.to_string()),
+                        consent: Some(policy::cite(&record)),
+                        reason: Some(format!(
+                            "consent record unreadable ({file} row {row}): the person's sends are held until it is corrected"
+                        )),
+                        ..AuditEntry::default()
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues deletions, the person's Patient last (nothing is left pointing at a deleted Patient).
     async fn retract(&self, mut items: Vec<OutboxItem>) -> anyhow::Result<()> {
         if items.is_empty() {
@@ -585,8 +702,9 @@ impl Engine {
             v
         };
         let mut consents = self.store.consent_current(&persons).await?;
+        let today = crate::store::consent_today();
         for (person, s) in overlay {
-            if consents.get(person).is_none_or(|c| c.effective <= s.effective) {
+            if crate::store::prevails(consents.get(person), s, today) {
                 consents.insert(person.clone(), s.clone());
             }
         }
@@ -604,7 +722,15 @@ impl Engine {
                     is_patient: m.key.resource_type == "Patient",
                 };
                 let consent = m.patient.as_ref().and_then(|p| consents.get(p));
-                let permit = match self.policy.decide(&dest.name, dest.profile, &origin, m.patient.is_some(), consent) {
+                let verdict = self.policy.decide_resource(
+                    &dest.name,
+                    dest.profile,
+                    &origin,
+                    &m.key.resource_type,
+                    m.patient.as_deref(),
+                    consent,
+                );
+                let permit = match verdict {
                     Verdict::Send(p) => p,
                     Verdict::Withhold(reason) => {
                         withheld.push((n, reason));
@@ -689,8 +815,12 @@ impl Engine {
                     });
                 }
             }
-            // What the destination holds but may no longer: deleted there with `retract`, else reported.
-            for (n, _) in &withheld {
+            // What the destination holds but may no longer: deleted there with `retract`, else reported. A hold for
+            // unreadable consent is not a decision against the person's data: what is there stays until it is read.
+            for (n, why) in &withheld {
+                if policy::is_unreadable_hold(why) {
+                    continue;
+                }
                 let m = &pending[*n];
                 if let Some(e) = held.get(&m.key).filter(|e| !e.linked) {
                     *report.no_longer_allowed.entry(dest.name.clone()).or_default() += 1;
@@ -750,6 +880,10 @@ impl Engine {
                 .store
                 .audit_list(&crate::store::AuditFilter {
                     after_id: after,
+                    // Only what was disclosed to (or deleted from) the central record itself: disclosures to PKB or
+                    // a partner's feed are not the central record's to know, least of all for someone who
+                    // refused it.
+                    destination: Some(dest.clone()),
                     actions: vec!["disclosed".into(), "retracted".into()],
                     limit: 500,
                     ..Default::default()

@@ -425,8 +425,12 @@ key = ["contact_id"]
 
 [fields]
 contact_id = { from = "Contact", required = true }
+client_id = { from = "Client ID", required = true }
 status = { from = "Outcome", map = "status", required = true }
 kept = { from = "Outcome", map = "kept" }
+
+[refs]
+patient = { kind = "person", resource = "patient", key = ["client_id"] }
 
 [maps.status]
 Attended = "finished"
@@ -445,15 +449,35 @@ type = "Encounter"
 identifier = [{ system = "{partner.identifier_system}/contact", value = "{contact_id}" }]
 status = "{status}"
 class = { system = "http://terminology.hl7.org/CodeSystem/v3-ActCode", code = "AMB" }
+subject = { reference = "{ref.patient}" }
 extension = [{ url = "https://id.example/slot-kept", valueBoolean = "{kept}" }]
 "#;
 
-const P1_CONTACT_REVERSE: &str = "[reverse]\nkind = \"contact\"\nresource = \"encounter\"\nfile = \"contacts.csv\"\ncolumns = [\"Contact\", \"Outcome\"]\n";
+/// The person every p1 record is about (everything but an Organization must refer to a Patient).
+const P1_PERSON: &str = r#"
+[mapping]
+partner = "p1"
+kind = "person"
+version = "1.0.0"
+key = ["client_id"]
+
+[fields]
+client_id = { from = "Client ID", required = true }
+
+[[resource]]
+name = "patient"
+type = "Patient"
+[resource.template]
+identifier = [{ system = "{partner.identifier_system}/client", value = "{client_id}" }]
+"#;
+
+const P1_CONTACT_REVERSE: &str = "[reverse]\nkind = \"contact\"\nresource = \"encounter\"\nfile = \"contacts.csv\"\ncolumns = [\"Contact\", \"Client ID\", \"Outcome\"]\n";
 
 fn p1(name: &str, files: &[(&str, &str)]) -> (Dir, Result<Catalog, Vec<String>>) {
     let dir = scratch(name);
     std::fs::create_dir_all(dir.0.join("p1")).unwrap();
     std::fs::write(dir.0.join("p1/partner.toml"), P1).unwrap();
+    std::fs::write(dir.0.join("p1/person.toml"), P1_PERSON).unwrap();
     for (file, text) in files {
         std::fs::write(dir.0.join("p1").join(file), text).unwrap();
     }
@@ -470,10 +494,13 @@ fn fields_sharing_a_column_agree_on_one_wording() {
         json!({"resourceType": "Encounter", "id": "e1", "status": status,
             "identifier": [{"system": "https://id.example/p1/contact", "value": "K1"}],
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": "Patient/p-1"},
             "extension": [{"url": "https://id.example/slot-kept", "valueBoolean": kept}]})
     };
+    let anchors =
+        Anchors::from([("Patient/p-1".to_string(), BTreeMap::from([("client_id".to_string(), "P-1".to_string())]))]);
     // `cancelled` is DNA or "Cancelled by us"; only "Cancelled by us" did not keep the slot.
-    let outcome = |r: Value| p.reverse["Encounter"].row(p, &r, &Anchors::new()).unwrap()[1].clone();
+    let outcome = |r: Value| p.reverse["Encounter"].row(p, &r, &anchors).unwrap()[2].clone();
     assert_eq!(outcome(encounter("cancelled", true)), "DNA");
     assert_eq!(outcome(encounter("cancelled", false)), "Cancelled by us");
     assert_eq!(outcome(encounter("finished", true)), "Attended");
