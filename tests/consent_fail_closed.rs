@@ -196,6 +196,13 @@ fn a_consent_export_that_cannot_be_read_holds_the_partners_sends() {
     }
 }
 
+/// Rows of the Hub's consent export quarantined in a run.
+fn consent_quarantined(report: &Value) -> u64 {
+    let files = report["ingest"][0]["mapping"]["files"].as_array().cloned().unwrap_or_default();
+    let consent = files.iter().find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("consent.csv")));
+    consent.and_then(|f| f["quarantined"].as_u64()).expect("the consent export was mapped")
+}
+
 #[test]
 fn consent_dated_in_the_future_cannot_outrank_a_withdrawal() {
     let dir = TempDir::new("consent-future");
@@ -208,16 +215,17 @@ fn consent_dated_in_the_future_cannot_outrank_a_withdrawal() {
     // A second record giving consent, dated three days ahead (within the tolerance): pending, not in force.
     let soon = (chrono::Utc::now() + chrono::Duration::days(3)).format("%d/%m/%Y").to_string();
     edit_consent(dir.path(), |t| format!("{t}CN-798,HUB-1005,{soon},Yes,Yes,,,Active,\n"));
-    let (code, explained, _, stderr) = explain(&cfg);
-    assert_eq!(code, Some(0), "not quarantined: {stderr}");
+    let (_, explained, report, stderr) = explain(&cfg);
+    assert_eq!(consent_quarantined(&report), 0, "within the tolerance: read, not quarantined: {stderr}");
     let (decision, why) = decision_for(&explained, "HUB-1005");
     assert_eq!(decision, "withhold", "a statement dated after today must not beat the withdrawal: {why}");
     assert!(why.contains("withdrawn"), "{why}");
 
     // A typo years ahead (2033 for 2023): quarantined with what to do, and the person is held.
     edit_consent(dir.path(), |t| t.replace(&format!("CN-798,HUB-1005,{soon}"), "CN-798,HUB-1005,24/03/2033"));
-    let (code, explained, _, stderr) = explain(&cfg);
+    let (code, explained, report, stderr) = explain(&cfg);
     assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(consent_quarantined(&report), 1, "{stderr}");
     let (decision, why) = decision_for(&explained, "HUB-1005");
     assert_eq!(decision, "withhold", "{why}");
     assert!(why.contains("consent record unreadable"), "{why}");
