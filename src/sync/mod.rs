@@ -36,6 +36,9 @@ pub struct Engine {
     pub explain: bool,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::ops::http::Metrics>,
+    /// Partners whose consent this process has read: until then a delivery reads it first, so a restart cannot
+    /// send rows queued earlier without knowing whether the partner's consent export is still readable.
+    consent_read: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One decision, for `sync --dry-run --explain`.
@@ -306,6 +309,7 @@ impl Engine {
             policy,
             explain: false,
             metrics: Arc::new(crate::ops::http::Metrics::default()),
+            consent_read: std::sync::Mutex::default(),
         })
     }
 
@@ -454,6 +458,7 @@ impl Engine {
             .filter(|i| matches!(i.kind, RecordKind::Person | RecordKind::Consent))
             .map(|i| Input { kind: i.kind, path: i.path.clone() })
             .collect();
+        self.consent_read.lock().unwrap_or_else(|p| p.into_inner()).insert(partner_id.to_string());
         if inputs.is_empty() {
             return Ok(overlay);
         }
@@ -932,6 +937,14 @@ impl Engine {
     /// Delivers one destination's outbox.
     pub async fn deliver(&self, name: &str, shutdown: &watch::Receiver<bool>) -> anyhow::Result<DeliveryReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
+        let unread: Vec<String> = {
+            let read = self.consent_read.lock().unwrap_or_else(|p| p.into_inner());
+            self.config.partners.iter().map(|p| p.id.clone()).filter(|p| !read.contains(p)).collect()
+        };
+        for p in unread {
+            let mut r = IngestReport { partner: p.clone(), ..Default::default() };
+            self.read_consent(&p, &self.inputs(&p)?, &mut r).await?;
+        }
         if self.config.audit.fhir_destination.as_deref() == Some(name) {
             self.export_audit().await?;
         }
