@@ -158,9 +158,12 @@ fn audit_reasons(dir: &Path) -> Vec<(String, String)> {
     })
 }
 
+/// What is done to the export, and how.
+type Damage = (&'static str, fn(&Path));
+
 #[test]
 fn a_consent_export_that_cannot_be_read_holds_the_partners_sends() {
-    let damages: [(&str, fn(&Path)); 2] = [
+    let damages: [Damage; 2] = [
         ("renamed header column", |d| edit_consent(d, |t| t.replacen("Consent Status", "Status", 1))),
         ("missing file", |d| std::fs::remove_file(d.join("hub/consent.csv")).unwrap()),
     ];
