@@ -71,19 +71,25 @@ impl Run {
     }
 }
 
-/// Runs `connector mappings preview` on the inputs, watching the child's peak memory (VmHWM) while it runs.
+/// Runs `connector mappings preview` on the inputs.
 fn preview(scratch: &Scratch, partner: &str, inputs: &[&Path]) -> Run {
-    let out = scratch.0.join("stdout");
-    let err = scratch.0.join("stderr");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector"));
     cmd.args(["mappings", "preview", "--partner", partner]);
     for i in inputs {
         cmd.arg("--input").arg(i);
     }
     cmd.arg("--quarantine-dir").arg(scratch.0.join("q"));
+    watch(scratch, cmd)
+}
+
+/// Runs the connector, watching the child's peak memory (VmHWM) while it runs.
+fn watch(scratch: &Scratch, mut cmd: Command) -> Run {
+    let out = scratch.0.join("stdout");
+    let err = scratch.0.join("stderr");
     let mut child = cmd
         .env("CONNECTOR_MAPPINGS", root().join("mappings"))
-        .env("CONNECTOR_LOG", "trace")
+        // Everything the connector logs; sqlx's statement log (migrations' SQL, no bound values) is left out.
+        .env("CONNECTOR_LOG", "trace,sqlx=warn")
         .env_remove("RUST_BACKTRACE")
         .current_dir(&scratch.0)
         .stdin(Stdio::null())
@@ -317,6 +323,59 @@ fn a_giant_cell_quarantines_its_row_within_bounded_memory() {
     let (read, mapped, quarantined) = run.counts(&input).expect("the file is mapped");
     assert_eq!((read, mapped + quarantined), (HUB_PERSON_ROWS, HUB_PERSON_ROWS), "{}", run.stderr);
     assert!(run.stderr.contains("row 15"), "{}", run.stderr);
+}
+
+/// `connector sync --once --dry-run` over the Hub's exports, the person export replaced by `person`: the daemon's
+/// own path (config, state store, consent, sharing rules), which maps, plans and sends nothing. The destination is
+/// a loopback address nothing listens on: a dry run compares with the state store, not the server.
+fn dry_run_sync(s: &Scratch, person: &Path) -> (Run, Value) {
+    let fixtures = root().join("tests/fixtures/hub");
+    let config = format!(
+        "[state]\nurl = \"sqlite://{state}\"\n[mappings]\ndir = \"{mappings}\"\n\
+         [destination.cito]\nprofile = \"cito\"\nbase_url = \"http://127.0.0.1:9/fhir\"\n\
+         [[partner]]\nid = \"hub\"\nsource = [\n\
+           {{ kind = \"person\", path = \"{person}\" }},\n\
+           {{ kind = \"consent\", path = \"{consent}\" }},\n]\n\
+         [[sharing]]\nname = \"ISA test\"\npartner = \"hub\"\ndestination = \"cito\"\n\
+         categories = [\"general_health\", \"mental_health\", \"social_care\"]\nlawful_basis = \"test\"\n",
+        state = s.0.join("state.db").display(),
+        mappings = root().join("mappings").display(),
+        person = person.display(),
+        consent = fixtures.join("consent.csv").display(),
+    );
+    let cfg = s.write("config.toml", config.as_bytes());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector"));
+    cmd.args(["sync", "--once", "--dry-run", "--format", "json", "--config"]).arg(&cfg);
+    let run = watch(s, cmd);
+    let report: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+    (run, report)
+}
+
+#[test]
+fn dry_run_sync_of_an_unclosed_quote_plans_nobody_merged() {
+    let s = Scratch::new("dry-run-unclosed");
+    let text = hub_person_text().replace(",4 Heslington Lane,", ",\"4 Heslington Lane,");
+    let person = s.write("person.csv", text.as_bytes());
+    let (run, report) = dry_run_sync(&s, &person);
+    let people = hub_people();
+    let check = Run { stdout: String::new(), ..run };
+    assert_safe(&check, "dry-run sync, unclosed quote", &people);
+    assert!(!check.stderr.contains("Heslington"), "{}", check.stderr);
+    assert_eq!(check.code, Some(3), "rows were quarantined\n{}", check.stderr);
+    let files = report["ingest"][0]["mapping"]["files"].as_array().unwrap();
+    let f = files.iter().find(|f| f["kind"] == "person").unwrap();
+    assert_eq!((f["read"].as_u64(), f["quarantined"].as_u64()), (Some(HUB_PERSON_ROWS), Some(9)), "{report}");
+    assert_eq!(f["read"].as_u64().unwrap(), f["mapped"].as_u64().unwrap() + f["quarantined"].as_u64().unwrap());
+    for p in &people {
+        for v in &p.personal {
+            assert!(!run_stdout_has(&report, v), "personal data of {} in the report", p.client_id);
+        }
+    }
+}
+
+fn run_stdout_has(report: &Value, needle: &str) -> bool {
+    report.to_string().contains(needle)
 }
 
 /// The Hub's consent export with one cell changed, mapped with the person export it refers to.
