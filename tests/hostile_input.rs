@@ -374,6 +374,30 @@ fn dry_run_sync_of_an_unclosed_quote_plans_nobody_merged() {
     }
 }
 
+#[test]
+fn dry_run_sync_of_a_header_less_export_logs_no_record() {
+    let s = Scratch::new("dry-run-noheader");
+    let text = hub_person_text();
+    let person = s.write("person.csv", text[text.find('\n').unwrap() + 1..].as_bytes());
+    let (run, report) = dry_run_sync(&s, &person);
+    let check = Run { stdout: String::new(), ..run };
+    assert_safe(&check, "dry-run sync, header missing", &hub_people());
+    assert_eq!(check.code, Some(1), "{}", check.stderr);
+    assert!(
+        check.stderr.contains("Export not mapped.") && check.stderr.contains("header row is probably missing"),
+        "{}",
+        check.stderr
+    );
+    let files = report["ingest"][0]["mapping"]["files"].as_array().unwrap();
+    let f = files.iter().find(|f| f["kind"] == "person").unwrap();
+    assert!(f["error"].as_str().is_some_and(|e| e.chars().count() <= 320), "{report}");
+    for p in &hub_people() {
+        for v in &p.personal {
+            assert!(!run_stdout_has(&report, v), "personal data of {} in the report", p.client_id);
+        }
+    }
+}
+
 fn run_stdout_has(report: &Value, needle: &str) -> bool {
     report.to_string().contains(needle)
 }
