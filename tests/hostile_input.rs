@@ -378,7 +378,7 @@ fn dry_run_sync_of_an_unclosed_quote_plans_nobody_merged() {
 fn dry_run_sync_of_a_header_less_export_logs_no_record() {
     let s = Scratch::new("dry-run-noheader");
     let text = hub_person_text();
-    let person = s.write("person.csv", text[text.find('\n').unwrap() + 1..].as_bytes());
+    let person = s.write("person.csv", &text.as_bytes()[text.find('\n').unwrap() + 1..]);
     let (run, report) = dry_run_sync(&s, &person);
     let check = Run { stdout: String::new(), ..run };
     assert_safe(&check, "dry-run sync, header missing", &hub_people());
