@@ -7,8 +7,11 @@ use std::path::Path;
 
 use encoding_rs::{Decoder, Encoding, UTF_8, UTF_16BE, UTF_16LE, WINDOWS_1252};
 
-/// Picks the encoding of a file: a byte order mark wins; otherwise UTF-8 if the whole file is valid UTF-8,
-/// else Windows-1252. The check streams, so a large file costs time, not memory.
+/// Picks the encoding of a file: a byte order mark wins; otherwise UTF-8 unless the file is mostly not UTF-8, in
+/// which case Windows-1252. One stray byte in a UTF-8 file must not turn every "Brontë" into "BrontÃ«": a file
+/// whose valid multi-byte sequences are not far outnumbered by invalid bytes stays UTF-8, and the CSV reader
+/// quarantines the rows that hold the invalid bytes. The check streams, so a large file costs time, not memory.
+/// Every fallback is logged with the file and the encoding chosen.
 pub fn detect(path: &Path) -> io::Result<&'static Encoding> {
     let mut f = BufReader::with_capacity(64 * 1024, File::open(path)?);
     let mut head = [0u8; 3];
@@ -16,23 +19,85 @@ pub fn detect(path: &Path) -> io::Result<&'static Encoding> {
     if let Some((enc, _)) = Encoding::for_bom(&head[..n]) {
         return Ok(enc);
     }
-    // Validate as a stream; an incomplete sequence at a chunk boundary is carried into the next chunk.
+    let mut scan = Utf8Scan::default();
     let mut carry: Vec<u8> = head[..n].to_vec();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let read = f.read(&mut buf)?;
         carry.extend_from_slice(&buf[..read]);
-        match std::str::from_utf8(&carry) {
-            Ok(_) => carry.clear(),
-            Err(e) if e.error_len().is_none() && read > 0 => {
-                let tail = carry.split_off(e.valid_up_to());
-                carry = tail;
-            }
-            Err(_) => return Ok(WINDOWS_1252),
-        }
+        let kept = scan.feed(&carry, read == 0);
+        carry.drain(..carry.len() - kept);
         if read == 0 {
-            return Ok(if carry.is_empty() { UTF_8 } else { WINDOWS_1252 });
+            break;
         }
+    }
+    let enc = scan.choose();
+    let file = path.display();
+    if enc == WINDOWS_1252 {
+        tracing::warn!(
+            %file,
+            encoding = "windows-1252",
+            invalid_utf8_bytes = scan.invalid,
+            "File is not UTF-8; reading it as Windows-1252."
+        );
+    } else if scan.invalid > 0 {
+        tracing::warn!(
+            %file,
+            encoding = "utf-8",
+            invalid_utf8_bytes = scan.invalid,
+            "File is UTF-8 apart from a few bytes; reading it as UTF-8 and quarantining the rows that hold them."
+        );
+    }
+    Ok(enc)
+}
+
+/// Counts of what a UTF-8 validation found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Utf8Scan {
+    /// Valid sequences of two to four bytes: the accented letters a UTF-8 export holds.
+    pub multi_byte: u64,
+    /// Bytes that are not part of any valid sequence.
+    pub invalid: u64,
+}
+
+impl Utf8Scan {
+    /// Scans `bytes`; returns how many bytes at the end were left unscanned (an incomplete sequence that the next
+    /// chunk may finish). At the end of input nothing is left: an incomplete sequence counts as invalid.
+    fn feed(&mut self, bytes: &[u8], last: bool) -> usize {
+        let mut rest = bytes;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.count_multi(s);
+                    return 0;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    self.count_multi(std::str::from_utf8(good).unwrap_or_default());
+                    match e.error_len() {
+                        Some(len) => {
+                            self.invalid += len as u64;
+                            rest = &bad[len..];
+                        }
+                        None if last => {
+                            self.invalid += bad.len() as u64;
+                            return 0;
+                        }
+                        None => return bad.len(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_multi(&mut self, s: &str) {
+        self.multi_byte += s.bytes().filter(|&b| b >= 0xC0).count() as u64;
+    }
+
+    /// UTF-8 unless invalid bytes outnumber valid multi-byte sequences four to one (a Windows-1252 file has
+    /// high bytes and almost never a valid sequence).
+    pub fn choose(&self) -> &'static Encoding {
+        if self.invalid == 0 || self.multi_byte.saturating_mul(4) >= self.invalid { UTF_8 } else { WINDOWS_1252 }
     }
 }
 
@@ -101,6 +166,21 @@ impl<R: Read> Read for Utf8Reader<R> {
         self.out_pos += n;
         Ok(n)
     }
+}
+
+/// Opens a text file for a reader that checks UTF-8 itself: a UTF-8 file comes through byte for byte (without
+/// its byte order mark), so invalid bytes reach the reader, which can name the row and column that hold them;
+/// any other encoding is decoded to UTF-8.
+pub fn open_checked(path: &Path) -> io::Result<Box<dyn Read + Send>> {
+    let enc = detect(path)?;
+    let mut file = File::open(path)?;
+    if enc != UTF_8 {
+        return Ok(Box::new(Utf8Reader::new(file, enc)));
+    }
+    let mut head = [0u8; 3];
+    let n = read_up_to(&mut file, &mut head)?;
+    let skip = if head[..n] == [0xEF, 0xBB, 0xBF] { 3 } else { 0 };
+    Ok(Box::new(io::Cursor::new(head[skip..n].to_vec()).chain(file)))
 }
 
 /// Opens a text file as a UTF-8 stream, whatever its encoding.

@@ -68,7 +68,7 @@ pub enum IngestError {
     UnknownFormat { path: PathBuf },
     #[error("{path}: the file has no header row; exports must start with the column names")]
     NoHeader { path: PathBuf },
-    #[error("{path}: {message}")]
+    #[error("{path}: {}", cap_message(message.clone()))]
     Malformed { path: PathBuf, message: String },
 }
 
@@ -99,6 +99,10 @@ pub enum Values {
     Json(serde_json::Value),
     /// The reader could not make a record of this row (bad JSON line, broken CSV quoting).
     Unreadable { raw: String, reason: String },
+    /// Cells the reader could split but must not be trusted (inside a quote left open, invalid UTF-8, a cell over
+    /// the limit): the row is quarantined with `reason`, never mapped; its cells still give the record's key, so
+    /// whatever holds on a quarantined record (consent) can find the person.
+    Untrusted { cells: Vec<String>, reason: String },
 }
 
 /// One record of an export, with where it came from.
@@ -116,7 +120,7 @@ impl Row {
     pub fn raw_hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         match &self.values {
-            Values::Cells(cells) => {
+            Values::Cells(cells) | Values::Untrusted { cells, .. } => {
                 for c in cells {
                     h.update(c.as_bytes());
                     h.update([0x1f]);
@@ -131,7 +135,7 @@ impl Row {
     /// The raw content as JSON, for the quarantine (which must keep what it holds so nothing is lost).
     pub fn raw_json(&self, header: Option<&Header>) -> serde_json::Value {
         match &self.values {
-            Values::Cells(cells) => {
+            Values::Cells(cells) | Values::Untrusted { cells, .. } => {
                 let mut m = serde_json::Map::new();
                 for (i, c) in cells.iter().enumerate() {
                     let name =
@@ -181,6 +185,38 @@ pub fn open(path: &Path, opts: &ReadOptions) -> Result<Rows, IngestError> {
         Format::Ndjson => json::open_lines(path)?,
     };
     Ok(Rows { path: path.to_path_buf(), format, header, iter })
+}
+
+/// The longest error message ingest and mapping write, in characters. A message names things (file, row,
+/// column, mapping); a longer one is carrying something it should not, such as a whole record.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
+/// Cuts a message to [`MAX_MESSAGE_CHARS`] on a character boundary, saying that it did.
+pub fn cap_message(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => message,
+        Some((end, _)) => format!("{} (message cut)", &message[..end]),
+    }
+}
+
+/// Whether a header cell looks like a value rather than a column name: a date, or ten digits in the
+/// shapes NHS numbers come in. A header that holds one is probably the first record of a header-less export.
+pub fn looks_like_data(cell: &str) -> bool {
+    let t = cell.trim_start_matches('\u{feff}').trim();
+    let digits = t.bytes().filter(u8::is_ascii_digit).count();
+    let only = |allowed: &[u8]| t.bytes().all(|b| b.is_ascii_digit() || allowed.contains(&b));
+    // 999 012 3403, 999-012-3403, 9990123403, 9.990123403E+09
+    let nhs_like = (digits == 10 && only(b" -")) || (digits >= 9 && only(b".eE+") && t.contains(['e', 'E']));
+    // 3/4/1987, 03-04-1987, 1987-04-03, 2023-03-24T10:00
+    let date_like = {
+        let parts: Vec<&str> = t.split(['/', '-', '.']).collect();
+        parts.len() == 3
+            && parts.iter().all(|p| {
+                let p = p.split(['T', ' ']).next().unwrap_or_default();
+                !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit())
+            })
+    };
+    nhs_like || date_like
 }
 
 /// Looks up a dotted path (`client.name.first`, `phones.0.number`) in a JSON record.

@@ -226,16 +226,22 @@ fn bind(mapping: &Mapping, header: &Header, path: &Path) -> Result<Binding, Stri
         binding.push(found);
     }
     if missing.is_empty() {
-        Ok(binding)
-    } else {
-        Err(format!(
-            "{}: required column {} not in the header (mapping {}); the header has: {}",
-            path.display(),
-            missing.join(", "),
-            mapping.file.display(),
-            header.names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
-        ))
+        return Ok(binding);
     }
+    // The header's own cells are never quoted: when the header row is missing they are the first person's record.
+    // What to do comes first, so the cap on message length never cuts it.
+    let hint = if header.names.iter().any(|n| ingest::looks_like_data(n)) {
+        "the first row looks like data, not column names: the header row is probably missing; re-export with the \
+         column names on row 1. "
+    } else {
+        ""
+    };
+    Err(ingest::cap_message(format!(
+        "{}: {hint}Required column(s) not in the header: {} (mapping {})",
+        path.display(),
+        missing.join(", "),
+        mapping.file.display(),
+    )))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -252,14 +258,15 @@ fn map_file(
     sink: &mut dyn Sink,
 ) -> Result<(), FileError> {
     let read = ingest::ReadOptions { max_bytes, ..mapping.read.clone() };
-    let rows = ingest::open(&input.path, &read).map_err(|e| FileError::Unreadable(e.to_string()))?;
+    let rows =
+        ingest::open(&input.path, &read).map_err(|e| FileError::Unreadable(ingest::cap_message(e.to_string())))?;
     let header = rows.header.clone();
     let binding = match &header {
         Some(h) => Some(bind(mapping, h, &input.path).map_err(FileError::Unreadable)?),
         None => None,
     };
     for row in rows {
-        let row = row.map_err(|e| FileError::Unreadable(e.to_string()))?;
+        let row = row.map_err(|e| FileError::Unreadable(ingest::cap_message(e.to_string())))?;
         counts.read += 1;
         match map_row(partner, mapping, &row, header.as_deref(), binding.as_ref(), state, paths) {
             Ok(out) => {
@@ -368,7 +375,19 @@ fn map_row(
 ) -> Result<RowOut, RowFailure> {
     let mut reasons = Vec::new();
     if let Values::Unreadable { reason, .. } = &row.values {
-        return Err((None, vec![Reason::row(format!("the reader could not make a record of this row: {reason}"))]));
+        return Err((
+            None,
+            vec![Reason::row(ingest::cap_message(format!("the reader could not make a record of this row: {reason}")))],
+        ));
+    }
+    if let Values::Untrusted { reason, .. } = &row.values {
+        // Never mapped; the key is read only so that the quarantined record names its person.
+        let mut values: Vec<Option<Value>> = vec![None; mapping.fields.len()];
+        for &k in &mapping.key {
+            let v = field_value(&mapping.fields[k], k, row, binding, &values).ok().flatten();
+            values[k] = v;
+        }
+        return Err((key_string(&values, &mapping.key), vec![Reason::row(ingest::cap_message(reason.clone()))]));
     }
     if row.extra_cells > 0 {
         let width = header.map_or(0, |h| h.names.len());
@@ -650,6 +669,10 @@ fn first_column(f: &Field) -> Option<String> {
     }
 }
 
+/// The longest value a field may hold, in characters, when its transforms set no tighter limit: longer than any
+/// name, address line or code, and short enough that no resource carries a swallowed record or a pasted document.
+pub const MAX_FIELD_CHARS: usize = 1000;
+
 /// Reads, cleans and checks one field of a row.
 fn field_value(
     f: &Field,
@@ -705,6 +728,19 @@ fn field_value(
             None => Ok(None),
         };
     };
+    // Length limits before any parsing: tight where the transform knows the shape, a global cap otherwise.
+    if let Value::String(s) = &v {
+        let limit = f.transforms.iter().filter_map(|t| t.max_chars()).min().unwrap_or(MAX_FIELD_CHARS);
+        if s.chars().nth(limit).is_some() {
+            return Err(fail(
+                column,
+                format!(
+                    "longer than {limit} characters, the limit for this field; the value is probably in the wrong \
+                     column or the export is damaged: correct the source"
+                ),
+            ));
+        }
+    }
     for t in &f.transforms {
         v = t.apply(v).map_err(|m| fail(column.clone(), m))?;
     }
@@ -716,11 +752,11 @@ fn field_value(
         v = match map.entries.get(&code).or(map.fallback.as_ref()) {
             Some(mapped) => mapped.clone(),
             None => {
-                let shown: String = code.chars().take(40).collect();
+                // The cell is not quoted: a value in the wrong column may be anyone's personal data.
                 return Err(fail(
                     column,
                     format!(
-                        "code \"{shown}\" is not in value map \"{}\"; add it to [maps.{}] or correct the source",
+                        "the value is not in value map \"{}\"; add the partner's code to [maps.{}] or correct the source",
                         map.name, map.name
                     ),
                 ));
@@ -740,7 +776,7 @@ fn field_value(
 /// Reads one cell (tabular) or path (JSON); an empty value is absent.
 fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Option<Value>, String> {
     let v = match &row.values {
-        Values::Cells(cells) => match position.flatten() {
+        Values::Cells(cells) | Values::Untrusted { cells, .. } => match position.flatten() {
             Some(i) => cells.get(i).map(|s| Value::String(s.clone())),
             None => None,
         },

@@ -137,6 +137,80 @@ K3,C99,30/03/2026,11:00\n\
 K4,C6,29/03/2026,01:30\n";
 
 #[test]
+fn header_less_export_names_missing_columns_and_not_the_first_record() {
+    // The first line is a person, not the column names.
+    let people = "C1,999 012 3403,Brontë,Zoë,3/4/1987,F\nC2,,Plain,Person,02/02/1992,M\n";
+    let d = setup(
+        "noheader",
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", PERSON),
+            ("mappings/p1/contact.toml", CONTACT),
+            ("person.csv", people),
+            ("contact.csv", "Contact,Client ID,Date,Time\n"),
+        ],
+    );
+    let (report, _) = run_all(&d.0);
+    let err = report.files.iter().find(|f| f.kind == Some(RecordKind::Person)).unwrap().error.clone().unwrap();
+    assert!(err.contains("\"Client ID\" (fields.client_id)") && err.contains("\"DOB\" (fields.dob)"), "{err}");
+    assert!(err.contains("header row is probably missing"), "says the first row looks like data: {err}");
+    for leaked in ["999 012 3403", "Bront", "Zo", "3/4/1987", "C1"] {
+        assert!(!err.contains(leaked), "the error quotes the first record: {err}");
+    }
+    assert!(err.chars().count() <= crate::ingest::MAX_MESSAGE_CHARS + 20, "{err}");
+}
+
+#[test]
+fn field_length_limits_are_tight_where_the_transform_knows_the_shape() {
+    let long_nhs = "9".repeat(40);
+    // 40 characters: short enough for the reader's cell limit, too long for any NHS number, even with spaces.
+    let people = format!("Client ID,NHS,Surname,Forename,DOB,Sex\nC1,{long_nhs},Plain,Person,3/4/1987,F\n");
+    let d = setup(
+        "lengths",
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", PERSON),
+            ("mappings/p1/contact.toml", CONTACT),
+            ("person.csv", &people),
+            ("contact.csv", "Contact,Client ID,Date,Time\n"),
+        ],
+    );
+    let (report, got) = run_all(&d.0);
+    assert_eq!(report.files.iter().find(|f| f.kind == Some(RecordKind::Person)).unwrap().quarantined, 1);
+    let text = |row: u64| {
+        let q = got.quarantined.iter().find(|q| q.row == row).expect("quarantined");
+        q.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
+    };
+    assert!(text(2).contains("column \"NHS\" (field nhs): longer than 32 characters"), "{}", text(2));
+    assert!(!text(2).contains("9999"));
+}
+
+#[test]
+fn value_map_failure_names_the_column_and_map_but_not_the_value() {
+    // An unquoted comma shifted the NHS number into the Sex column: the reason must not repeat it.
+    let people = "Client ID,NHS,Surname,Forename,DOB,Sex\nC1,,Brontë,Zoë,3/4/1987,999 012 3403\n";
+    let d = setup(
+        "valuemap",
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", PERSON),
+            ("mappings/p1/contact.toml", CONTACT),
+            ("person.csv", people),
+            ("contact.csv", "Contact,Client ID,Date,Time\n"),
+        ],
+    );
+    let (_, got) = run_all(&d.0);
+    let q = got.quarantined.iter().find(|q| q.row == 2).expect("row 2 quarantined");
+    let text: Vec<String> = q.reasons.iter().map(ToString::to_string).collect();
+    let text = text.join(" | ");
+    assert!(text.contains("column \"Sex\" (field gender): the value is not in value map \"gender\""), "{text}");
+    assert!(text.contains("[maps.gender]"), "says what to do: {text}");
+    for leaked in ["999 012 3403", "9990123403", "Bront"] {
+        assert!(!text.contains(leaked), "the reason quotes the cell: {text}");
+    }
+}
+
+#[test]
 fn messy_rows_are_quarantined_with_reasons_and_counts_add_up() {
     let d = setup(
         "messy",
@@ -165,7 +239,10 @@ fn messy_rows_are_quarantined_with_reasons_and_counts_add_up() {
     assert!(reasons(4, RecordKind::Person).contains("column \"DOB\" (field dob): required"));
     assert!(reasons(5, RecordKind::Person).contains("duplicate of row 2"));
     assert!(reasons(6, RecordKind::Person).contains("1 more cell(s)"));
-    assert!(reasons(7, RecordKind::Person).contains("code \"q\" is not in value map \"gender\""));
+    assert!(
+        reasons(7, RecordKind::Person)
+            .contains("column \"Sex\" (field gender): the value is not in value map \"gender\"")
+    );
     assert!(
         reasons(3, RecordKind::Contact).contains("quarantined (") && reasons(3, RecordKind::Contact).contains("row 3")
     );

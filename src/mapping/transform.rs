@@ -59,6 +59,19 @@ impl Transform {
         })
     }
 
+    /// The longest value this transform can make sense of, in characters: a value longer than this is not a
+    /// date, code or number at all (a shifted column, a broken quote) and is refused before it is parsed.
+    pub fn max_chars(self) -> Option<usize> {
+        match self {
+            Self::Trim | Self::Upper | Self::Lower => None,
+            Self::Postcode => Some(16),
+            Self::NhsNumber | Self::UkPhone | Self::Integer | Self::Decimal | Self::Boolean => Some(32),
+            Self::UkDate | Self::UkDateTime => Some(40),
+            // RFC 5321's limit on an address.
+            Self::Email => Some(254),
+        }
+    }
+
     /// Applies the transform to a present value.
     pub fn apply(self, value: Value) -> Result<Value, String> {
         let text = match &value {

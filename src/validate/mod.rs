@@ -24,7 +24,7 @@ fn structure(resource: &Value) -> Vec<String> {
     };
     let back = match serde_json::to_value(&typed) {
         Ok(v) => v,
-        Err(e) => return vec![format!("could not be written back as FHIR: {e}")],
+        Err(e) => return vec![format!("could not be written back as FHIR: {}", without_values(&e.to_string()))],
     };
     let mut problems = Vec::new();
     unknown_elements(resource, &back, String::new(), &mut problems);
@@ -44,7 +44,25 @@ fn without_values(message: &str) -> String {
             return format!("{kind}{expected}");
         }
     }
-    message.to_string()
+    unquoted(message)
+}
+
+/// Drops every `"..."` and `` `...` `` span of a message: what parsers quote is the value they refused.
+fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut closing: Option<char> = None;
+    for c in message.chars() {
+        match closing {
+            Some(q) if c == q => {
+                closing = None;
+                out.push_str("(value left out)");
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => closing = Some(c),
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 fn unknown_elements(original: &Value, back: &Value, path: String, out: &mut Vec<String>) {
@@ -100,7 +118,8 @@ fn rules(resource_type: &str, resource: &Value, problems: &mut Vec<String>) {
             t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() && !id.contains('/')
         });
         if !ok {
-            problems.push(format!("{path}: \"{reference}\" is not a plain relative reference (Type/id)"));
+            problems
+                .push(format!("{path}: not a plain relative reference (Type/id); check the template that builds it"));
         }
     });
 }
@@ -160,5 +179,13 @@ mod tests {
         bad["managingOrganization"]["reference"] = json!("http://elsewhere/Organization/x");
         let p = super::resource("Patient", &bad);
         assert!(p.iter().any(|p| p.contains("Modulus 11")) && p.iter().any(|p| p.contains("relative")), "{p:?}");
+        assert!(!p.iter().any(|p| p.contains("elsewhere")), "references are not echoed: {p:?}");
+    }
+
+    #[test]
+    fn parser_messages_lose_what_they_quote() {
+        let m = super::without_values("input contains invalid characters: \"Brontë 3/4/1987\" at `birthDate`");
+        assert!(!m.contains("Bront") && !m.contains("1987") && !m.contains("birthDate"), "{m}");
+        assert!(m.starts_with("input contains invalid characters"), "{m}");
     }
 }
