@@ -426,7 +426,6 @@ fn an_impossible_consent_date_is_quarantined() {
 }
 
 #[test]
-#[ignore = "needs consent fixes (issue 12 item 3: a consent date far in the future is quarantined)"]
 fn a_future_consent_date_is_quarantined() {
     let (_s, run, input) = consent_case("consent-future", "CN-702,HUB-1002,20/03/2023", "CN-702,HUB-1002,20/03/2033");
     assert_safe(&run, "future consent date", &hub_people());
