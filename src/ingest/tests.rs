@@ -209,8 +209,12 @@ mod json_limits {
         let big = "x".repeat(MAX_JSON_RECORD_BYTES + 10);
         let p = write_tmp("bigstr.json", format!("[{{\"a\":1}},\n{{\"note\":\"{big}\"}}]").as_bytes());
         let e = err(open(&p, &ReadOptions::default()));
-        assert!(e.contains("line 2: a string is longer than 1024 KiB"), "{e}");
+        assert!(e.contains("line 2: a record is longer than 1024 KiB"), "{e}");
         assert!(!e.contains("xxxx"), "the value is not quoted: {e}");
+        // Outside the records, a string is not kept either, but it still has the same limit.
+        let p = write_tmp("bigkey.json", format!("{{\"meta\":\"{big}\",\"data\":[]}}").as_bytes());
+        let e = err(open(&p, &ReadOptions { records: Some("data".into()), ..Default::default() }));
+        assert!(e.contains("line 1: a string is longer than 1024 KiB"), "{e}");
         let many: String = (0..MAX_JSON_RECORD_BYTES / 2 + 10).map(|_| "1,").collect();
         let p = write_tmp("bigrec.json", format!("[{{\"a\":[{many}1]}}]").as_bytes());
         assert!(err(open(&p, &ReadOptions::default())).contains("a record is longer than 1024 KiB"));
