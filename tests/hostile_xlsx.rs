@@ -62,6 +62,7 @@ fn preview(dir: &Path, partner: &str, input: &Path) -> Run {
         }
         std::thread::sleep(Duration::from_millis(2));
     };
+    eprintln!("{}: peak {} MiB", input.display(), peak / MIB);
     Run {
         code: status.code(),
         stdout: std::fs::read_to_string(out).unwrap(),
