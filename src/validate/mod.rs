@@ -190,4 +190,16 @@ mod tests {
         let p = super::resource("Patient", &bad);
         assert!(p.iter().any(|p| p.contains("Modulus 11")) && p.iter().any(|p| p.contains("relative")), "{p:?}");
     }
+
+    /// Issue 12, item 9: however a value was put together (joined columns, a template), none is longer than a
+    /// spreadsheet cell; the problem names the element, never the value.
+    #[test]
+    fn no_value_longer_than_the_field_limit() {
+        let long = "Q".repeat(crate::ingest::limits::MAX_VALUE_CHARS + 1);
+        let r = json!({"resourceType": "Patient", "id": "a", "managingOrganization": {"reference": "Organization/x"},
+            "address": [{"line": ["1 High St", long]}]});
+        let p = super::resource("Patient", &r);
+        assert!(p.iter().any(|p| p.starts_with("address.line: the value is 32768 characters long")), "{p:?}");
+        assert!(p.iter().all(|p| !p.contains("QQQQ")), "{p:?}");
+    }
 }
