@@ -192,7 +192,7 @@ fn an_over_long_cell_quarantines_its_row() {
 }
 
 /// Issue 12, item 10: a workbook saved with the 1904 date system shifted every date by four years and a
-/// day (1961-09-14 became 1965-09-15). The date of birth comes out as the spreadsheet shows it.
+/// day (1961-09-14 became 1957-09-13). The date of birth comes out as the spreadsheet shows it.
 #[test]
 fn a_1904_workbook_gives_the_right_date_of_birth() {
     let dir = scratch("d1904");
