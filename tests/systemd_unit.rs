@@ -60,7 +60,7 @@ fn the_units_verify_without_errors() {
 /// The value of `key=` in a unit file (the last one wins, as in systemd).
 fn setting(unit: &Path, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(unit).unwrap();
-    text.lines().filter_map(|l| l.trim().strip_prefix(&format!("{key}="))).last().map(|v| v.trim().to_string())
+    text.lines().filter_map(|l| l.trim().strip_prefix(&format!("{key}="))).next_back().map(|v| v.trim().to_string())
 }
 
 fn bytes(value: &str) -> u64 {
