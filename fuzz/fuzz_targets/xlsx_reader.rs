@@ -12,13 +12,13 @@ use york_connector::ingest::zip_writer::{edited, workbook, workbook_parts};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     common::drain("xlsx", Format::Xlsx, None, data);
     let Some((&pick, rest)) = data.split_first() else { return };
-    let text = String::from_utf8_lossy(rest);
+    let text = String::from_utf8_lossy(rest).into_owned();
     let book = match pick % 4 {
         0 => workbook("Sheet1", &text, &[], pick & 4 != 0),
         1 => workbook(
             "Sheet1",
             r#"<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c></row>"#,
-            &[&text, "x"],
+            &[text.as_str(), "x"],
             false,
         ),
         2 => {
