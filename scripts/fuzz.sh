@@ -15,6 +15,11 @@ seconds=${1:-600}
 toolchain=${FUZZ_TOOLCHAIN:-nightly}
 targets=${TARGETS:-"csv_reader json_reader xlsx_reader mapping_engine"}
 cache="${CONNECTOR_TEST_CACHE:-$HOME/.cache/connector-test}"
+# The readers keep to fixed limits (src/ingest/limits.rs): no input may make the process use more than
+# rss_limit_mb, nor ask for more than malloc_limit_mb in one allocation (a dense row for a far-away cell, a
+# string the size of an unpacked part). Either is reported as a crash, with its input kept.
+rss_limit_mb=${FUZZ_RSS_LIMIT_MB:-1024}
+malloc_limit_mb=${FUZZ_MALLOC_LIMIT_MB:-64}
 
 if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
     echo "fuzz: no '$toolchain' toolchain; install one with: rustup toolchain install nightly" >&2
@@ -53,7 +58,8 @@ for t in $targets; do
     echo "== $t for ${seconds}s" >&2
     log=out/fuzz/$t.log
     if cargo "+$toolchain" fuzz run --fuzz-dir fuzz "$t" "out/fuzz/corpus/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+        -max_total_time="$seconds" -rss_limit_mb="$rss_limit_mb" -malloc_limit_mb="$malloc_limit_mb" \
+        -print_final_stats=1 >"$log" 2>&1; then
         result=ok
     else
         result=CRASH

@@ -599,7 +599,6 @@ fn a_hand_built_workbook_maps() {
 }
 
 #[test]
-#[ignore = "needs xlsx fixes (issue 12 item 10: the 1904 date system)"]
 fn a_1904_workbook_keeps_dates_of_birth() {
     let s = Scratch::new("xlsx-1904");
     // The same dates in the 1904 system are 1462 days smaller.
@@ -612,7 +611,6 @@ fn a_1904_workbook_keeps_dates_of_birth() {
 }
 
 #[test]
-#[ignore = "needs xlsx fixes (issue 12 item 9: a cell at a far-away column)"]
 fn a_far_away_xlsx_cell_is_refused_within_bounded_memory() {
     let s = Scratch::new("xlsx-far");
     let input = s.write("person.xlsx", &carers_workbook(false, [31868, 33003], &inline("ZZZZZ2", "x")));

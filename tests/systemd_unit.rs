@@ -56,3 +56,43 @@ fn the_units_verify_without_errors() {
         text.lines().filter(|l| l.contains("connector.service") || l.contains("connector-reconcile")).collect();
     assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify: {text}");
 }
+
+/// The value of `key=` in a unit file (the last one wins, as in systemd).
+fn setting(unit: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(unit).unwrap();
+    text.lines().filter_map(|l| l.trim().strip_prefix(&format!("{key}="))).next_back().map(|v| v.trim().to_string())
+}
+
+fn bytes(value: &str) -> u64 {
+    let (n, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("not a size: {value}"));
+    n * match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => panic!("unit {other} in {value}"),
+    }
+}
+
+/// Issue 12, item 9: memory and file descriptors are bounded, so one hostile export (or a descriptor leak)
+/// cannot take the host down; personal data is never swapped out.
+#[test]
+fn the_units_bound_memory_and_file_descriptors() {
+    for unit in [unit(), unit_named("connector-reconcile.service")] {
+        let name = unit.display().to_string();
+        let max = setting(&unit, "MemoryMax").unwrap_or_else(|| panic!("{name}: no MemoryMax="));
+        let max = bytes(&max);
+        assert!((512 << 20..=4 << 30).contains(&max), "{name}: MemoryMax={max} bytes");
+        // The readers' own worst case (XLSX open parts, one JSON record, the read-ahead) fits well below it.
+        let open_parts = york_connector::ingest::limits::MAX_XLSX_OPEN_PARTS_BYTES;
+        assert!(max >= 8 * open_parts, "{name}: MemoryMax leaves no room for the XLSX reader's bound");
+        if let Some(high) = setting(&unit, "MemoryHigh") {
+            assert!(bytes(&high) < max, "{name}: MemoryHigh should throttle before MemoryMax kills");
+        }
+        assert_eq!(setting(&unit, "MemorySwapMax").as_deref(), Some("0"), "{name}: personal data must not be swapped");
+        let nofile = setting(&unit, "LimitNOFILE").unwrap_or_else(|| panic!("{name}: no LimitNOFILE="));
+        let nofile: u64 = nofile.split(':').next_back().unwrap().parse().unwrap_or_else(|_| panic!("{name}: {nofile}"));
+        assert!((256..=65_536).contains(&nofile), "{name}: LimitNOFILE={nofile}");
+    }
+}

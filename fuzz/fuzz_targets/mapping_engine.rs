@@ -1,7 +1,8 @@
 #![no_main]
 //! The mapping engine over the shipped mappings: the input is a Hub export (the first byte picks the record
 //! kind), mapped end to end (transforms, templates, validation, references, quarantine). Every row must map
-//! or be quarantined with reasons; the engine must never panic, and rows read = mapped + quarantined.
+//! or be quarantined with reasons; the engine must never panic, rows read = mapped + quarantined, and no
+//! resource holds a value longer than the field limit (`ingest::limits::MAX_VALUE_CHARS`).
 #[path = "common.rs"]
 mod common;
 
@@ -20,7 +21,8 @@ fn catalog() -> &'static Catalog {
 struct Count(u64, u64);
 
 impl Sink for Count {
-    fn resource(&mut self, _: &MappedResource<'_>) -> std::io::Result<()> {
+    fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
+        common::assert_no_overlong_value(r.resource);
         self.0 += 1;
         Ok(())
     }

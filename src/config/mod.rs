@@ -103,14 +103,18 @@ impl Default for ScheduleConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest export file accepted, in bytes; a larger one is refused with a clear error.
+    /// Largest export file accepted, in bytes; a larger one is refused with a clear error. The default,
+    /// 256 MiB, is about ten times the largest export a partner sends today (the Hub's full contact history,
+    /// ~25 MB as CSV): room to grow, while a runaway or hostile file is refused before it costs a cycle. The
+    /// readers stream, so memory does not follow this number (see the README's limits), but time and the
+    /// quarantine's size do.
     #[serde(default = "LimitsConfig::default_max_input_bytes")]
     pub max_input_bytes: u64,
 }
 
 impl LimitsConfig {
-    const fn default_max_input_bytes() -> u64 {
-        4 * 1024 * 1024 * 1024
+    pub const fn default_max_input_bytes() -> u64 {
+        256 * 1024 * 1024
     }
 }
 

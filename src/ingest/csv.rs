@@ -21,9 +21,11 @@ use super::{Header, IngestError, Row, Values, encoding};
 
 type RowIter = Box<dyn Iterator<Item = Result<Row, IngestError>> + Send>;
 
-/// The longest cell read, in characters: longer than any name, address line or code, and short enough that a
-/// broken quote cannot hide many rows inside one cell. A longer cell quarantines its row.
-pub const MAX_CELL_CHARS: usize = 1000;
+/// The longest cell read, in characters: a spreadsheet cell's own limit, the same as XLSX, so a long free-text
+/// column the mappings never read (a contact's notes) does not quarantine its row. Mapped values have tighter
+/// limits (`mapping::engine::MAX_FIELD_CHARS` and per transform); a broken quote is caught by the shape of the
+/// lines it swallows long before this. A longer cell quarantines its row.
+pub const MAX_CELL_CHARS: usize = super::limits::MAX_VALUE_CHARS;
 /// The longest physical line kept, in bytes; the rest of a longer line is skipped (and its row quarantined), so
 /// a file that is one enormous line costs no more memory than this.
 const MAX_LINE_BYTES: usize = 1 << 20;

@@ -7,7 +7,11 @@
 mod csv;
 mod encoding;
 mod json;
+pub mod limits;
 mod xlsx;
+mod xlsx_scan;
+#[doc(hidden)]
+pub mod zip_writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

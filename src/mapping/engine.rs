@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::template::{self, Slot};
 use super::{Category, ConsentFacts, ConsentSpec, Decision, Field, FieldSource, Mapping, Partner, RecordKind, ids};
+use crate::ingest::limits::MAX_VALUE_CHARS;
 use crate::ingest::{self, Header, Row, Values};
 use crate::validate;
 
@@ -785,6 +786,10 @@ fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Opti
     };
     match v {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS => Err(format!(
+            "the cell holds {} characters, over the limit of {MAX_VALUE_CHARS} (a spreadsheet cell's own limit); the export is damaged or the column holds something else: fix it at the source",
+            s.chars().count()
+        )),
         Some(Value::String(s)) => {
             let trimmed = s.trim().len();
             Ok(match trimmed {

@@ -11,7 +11,36 @@ const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 pub fn resource(resource_type: &str, resource: &Value) -> Vec<String> {
     let mut problems = structure(resource);
     rules(resource_type, resource, &mut problems);
+    overlong(resource, &mut String::new(), &mut problems);
     problems
+}
+
+/// No value may be longer than a spreadsheet cell, however it was put together (joined columns, templates).
+fn overlong(v: &Value, path: &mut String, problems: &mut Vec<String>) {
+    use crate::ingest::limits::MAX_VALUE_CHARS;
+    match v {
+        Value::String(s) if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS => problems.push(format!(
+            "{path}: the value is {} characters long, over the limit of {MAX_VALUE_CHARS} for one value; shorten it at the source",
+            s.chars().count()
+        )),
+        Value::Object(m) => {
+            for (k, child) in m {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                overlong(child, path, problems);
+                path.truncate(len);
+            }
+        }
+        Value::Array(a) => {
+            for child in a {
+                overlong(child, path, problems);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Checks the resource against the typed FHIR model. The model ignores elements it does not know, so the
@@ -187,5 +216,17 @@ mod tests {
         let m = super::without_values("input contains invalid characters: \"Brontë 3/4/1987\" at `birthDate`");
         assert!(!m.contains("Bront") && !m.contains("1987") && !m.contains("birthDate"), "{m}");
         assert!(m.starts_with("input contains invalid characters"), "{m}");
+    }
+
+    /// Issue 12, item 9: however a value was put together (joined columns, a template), none is longer than a
+    /// spreadsheet cell; the problem names the element, never the value.
+    #[test]
+    fn no_value_longer_than_the_field_limit() {
+        let long = "Q".repeat(crate::ingest::limits::MAX_VALUE_CHARS + 1);
+        let r = json!({"resourceType": "Patient", "id": "a", "managingOrganization": {"reference": "Organization/x"},
+            "address": [{"line": ["1 High St", long]}]});
+        let p = super::resource("Patient", &r);
+        assert!(p.iter().any(|p| p.starts_with("address.line: the value is 32768 characters long")), "{p:?}");
+        assert!(p.iter().all(|p| !p.contains("QQQQ")), "{p:?}");
     }
 }
