@@ -630,7 +630,7 @@ fn bounded(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String, Str
 /// `allow_insecure` names the key that allows it (and then a warning is logged). User-info
 /// (`user:password@`) is refused: credentials belong in secret files, and `@` is how a URL hides its real host.
 pub fn check_url(url: &str, allow_insecure: Option<&str>) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL ({e})"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not contain user-info (user:password@); put credentials in a secret file".into());
     }
