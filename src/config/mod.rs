@@ -457,11 +457,10 @@ impl Config {
         for (name, d) in &self.destinations {
             let key = |k: &str| format!("destination.{name}.{k}");
             let insecure_key = format!("destination.{name}.allow_insecure_http");
-            check_url(&d.base_url, d.allow_insecure_http.then_some(insecure_key.as_str()))
-                .map_err(|m| invalid(key("base_url"), m))?;
+            check_url(&d.base_url, &insecure_key, d.allow_insecure_http).map_err(|m| invalid(key("base_url"), m))?;
             if let Some(a) = &d.auth {
                 // The client secret goes here: the same rule as the data, under the destination's own key.
-                check_url(&a.token_url, d.allow_insecure_http.then_some(insecure_key.as_str()))
+                check_url(&a.token_url, &insecure_key, d.allow_insecure_http)
                     .map_err(|m| invalid(key("auth.token_url"), m))?;
                 bounded(&key("auth.renew_before_seconds"), a.renew_before_seconds, 0, MAX_SECONDS_DAY)
                     .map_err(|(k, m)| invalid(k, m))?;
@@ -524,8 +523,7 @@ impl Config {
             let insecure_key = key("allow_insecure_http");
             for (k, url) in [("fhir_url", &f.fhir_url), ("webhook_url", &f.webhook_url)] {
                 if let Some(url) = url {
-                    check_url(url, f.allow_insecure_http.then_some(insecure_key.as_str()))
-                        .map_err(|m| invalid(key(k), m))?;
+                    check_url(url, &insecure_key, f.allow_insecure_http).map_err(|m| invalid(key(k), m))?;
                 }
             }
             bounded(&key("max_attempts"), f.max_attempts as u64, 1, 100).map_err(|(k, m)| invalid(k, m))?;
@@ -627,9 +625,9 @@ fn bounded(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String, Str
 
 /// The rule for every URL the connector calls (destinations, token endpoints, partner feeds): parsed as a URL
 /// (never matched as text), `https://`, or `http://` to a loopback host; plain http to another host only when
-/// `allow_insecure` names the key that allows it (and then a warning is logged). User-info
+/// the setting `insecure_key` allows it (`allow_insecure`; then a warning is logged). User-info
 /// (`user:password@`) is refused: credentials belong in secret files, and `@` is how a URL hides its real host.
-pub fn check_url(url: &str, allow_insecure: Option<&str>) -> Result<reqwest::Url, String> {
+pub fn check_url(url: &str, insecure_key: &str, allow_insecure: bool) -> Result<reqwest::Url, String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not contain user-info (user:password@); put credentials in a secret file".into());
@@ -640,17 +638,17 @@ pub fn check_url(url: &str, allow_insecure: Option<&str>) -> Result<reqwest::Url
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if is_loopback(&parsed) => Ok(parsed),
-        "http" => match allow_insecure {
-            Some(key) => {
-                tracing::warn!(key, "Plain http:// to a host that is not loopback: data and secrets go unencrypted.");
-                Ok(parsed)
-            }
-            None => Err(
-                "plain http:// to a non-loopback host would send personal data and secrets unencrypted; use https:// \
-                 (or set allow_insecure_http = true where the section has it, if this network is protected otherwise)"
-                    .into(),
-            ),
-        },
+        "http" if allow_insecure => {
+            tracing::warn!(
+                key = insecure_key,
+                "Plain http:// to a host that is not loopback: data and secrets go unencrypted."
+            );
+            Ok(parsed)
+        }
+        "http" => Err(format!(
+            "plain http:// to a non-loopback host would send personal data and secrets unencrypted; use https://, \
+             or set {insecure_key} = true if this network is protected otherwise"
+        )),
         other => Err(format!("must start with https:// (or http:// for loopback), not {other}://")),
     }
 }
@@ -738,13 +736,13 @@ mod tests {
             ["http://remote-host?@127.0.0.1/", "http://remote-host#@127.0.0.1/", "http://remote-host\\@127.0.0.1/"]
         {
             assert!(!is_loopback_url(url), "{url}");
-            assert!(check_url(url, None).is_err(), "{url}");
+            assert!(check_url(url, "k", false).is_err(), "{url}");
         }
-        let err = check_url("https://user:pw@cito.example/fhir", None).unwrap_err();
+        let err = check_url("https://user:pw@cito.example/fhir", "k", false).unwrap_err();
         assert!(err.contains("user-info"), "{err}");
-        assert!(check_url("http://127.0.0.1@evil.example/", None).is_err());
-        assert!(check_url("ftp://127.0.0.1/", None).is_err());
-        assert!(check_url("https://cito.example/fhir", None).is_ok());
+        assert!(check_url("http://127.0.0.1@evil.example/", "k", false).is_err());
+        assert!(check_url("ftp://127.0.0.1/", "k", false).is_err());
+        assert!(check_url("https://cito.example/fhir", "k", false).is_ok());
     }
 
     /// `token_url` and the feed's `fhir_url` / `webhook_url` follow the same https-or-loopback rule as a
