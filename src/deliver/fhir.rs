@@ -226,7 +226,9 @@ impl Transport for FhirTransport {
                         .filter(|e| e["search"]["mode"].as_str().is_none_or(|m| m == "match"))
                         .filter_map(|e| {
                             let r = e["resource"].clone();
-                            (r["resourceType"] == resource_type).then(|| Found {
+                            // Kept only when it does carry the identifier: a server that ignored the
+                            // search (or the form body) must not make another person's record a match.
+                            (r["resourceType"] == resource_type && carries(&r, identifier)).then(|| Found {
                                 id: r["id"].as_str().unwrap_or_default().to_string(),
                                 version_id: r["meta"]["versionId"].as_str().map(str::to_string),
                                 resource: r,
@@ -310,6 +312,17 @@ impl FhirTransport {
             Ok(Some(Found { id: id.to_string(), version_id: version_of(etag.as_deref(), None, Some(&r)), resource: r }))
         }
     }
+}
+
+/// Whether `resource` has the identifier `system|value` (or `value`, any system).
+fn carries(resource: &Value, identifier: &str) -> bool {
+    let (system, value) = match identifier.split_once('|') {
+        Some((s, v)) => (Some(s), v),
+        None => (None, identifier),
+    };
+    resource["identifier"].as_array().into_iter().flatten().any(|i| {
+        i["value"].as_str() == Some(value) && system.is_none_or(|s| s.is_empty() || i["system"].as_str() == Some(s))
+    })
 }
 
 /// Percent-encodes a query value (identifier `system|value`).
@@ -440,6 +453,35 @@ mod tests {
         assert_eq!(err.to_string(), "the destination answered 503 Service Unavailable (issue codes: exception)");
         assert!(err.full_text().contains("Brontë"), "{}", err.full_text());
         assert_eq!(err.retry_after(), Some(http::MAX_RETRY_AFTER));
+    }
+
+    /// A search answer holding records without the identifier searched for (a server that ignored the
+    /// search) yields only the records that carry it.
+    #[tokio::test]
+    async fn search_results_must_carry_the_identifier() {
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "other", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9992115785"}]}},
+            {"resource": {"resourceType": "Patient", "id": "same", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990123403"}]}}
+        ]})
+        .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bundle.len()
+                );
+                let _ = s.write_all(format!("{head}{bundle}").as_bytes()).await;
+            }
+        });
+        let found = transport(&format!("http://{addr}"))
+            .find("Patient", "https://fhir.nhs.uk/Id/nhs-number|9990123403")
+            .await
+            .unwrap();
+        assert_eq!(found.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["same"]);
     }
 
     /// A `next` link is parsed: user-info tricks and other servers are refused before the token goes there.
