@@ -460,25 +460,30 @@ impl Config {
         }
         for (name, d) in &self.destinations {
             let key = |k: &str| format!("destination.{name}.{k}");
-            if !(d.base_url.starts_with("http://") || d.base_url.starts_with("https://")) {
-                return Err(invalid(key("base_url"), "must start with https:// (or http:// for loopback)".into()));
+            let insecure_key = format!("destination.{name}.allow_insecure_http");
+            check_url(&d.base_url, &insecure_key, d.allow_insecure_http).map_err(|m| invalid(key("base_url"), m))?;
+            if let Some(a) = &d.auth {
+                // The client secret goes here: the same rule as the data, under the destination's own key.
+                check_url(&a.token_url, &insecure_key, d.allow_insecure_http)
+                    .map_err(|m| invalid(key("auth.token_url"), m))?;
+                bounded(&key("auth.renew_before_seconds"), a.renew_before_seconds, 0, MAX_SECONDS_DAY)
+                    .map_err(|(k, m)| invalid(k, m))?;
             }
-            if d.base_url.starts_with("http://") && !is_loopback_url(&d.base_url) && !d.allow_insecure_http {
-                return Err(invalid(
-                    key("base_url"),
-                    format!(
-                        "plain http:// to a non-loopback host would send personal data unencrypted; use https://, or set destination.{name}.allow_insecure_http = true if this network is protected otherwise"
-                    ),
-                ));
+            for (k, v, min, max) in [
+                ("batch_size", d.batch_size as u64, 1, 1000),
+                ("concurrency", d.concurrency as u64, 1, 64),
+                ("max_attempts", d.max_attempts as u64, 1, 100),
+                ("timeout_seconds", d.timeout_seconds, 1, MAX_SECONDS_HOUR),
+                ("defer_seconds", d.defer_seconds, 0, MAX_SECONDS_WEEK),
+                ("breaker_cooldown_seconds", d.breaker_cooldown_seconds, 0, MAX_SECONDS_DAY),
+            ] {
+                bounded(&key(k), v, min, max).map_err(|(k, m)| invalid(k, m))?;
             }
-            if d.batch_size == 0 || d.concurrency == 0 || d.max_attempts == 0 {
-                return Err(invalid(
-                    key("batch_size"),
-                    "batch_size, concurrency and max_attempts must be at least 1".into(),
-                ));
-            }
-            if d.rate_limit_per_second.is_nan() || d.rate_limit_per_second <= 0.0 {
-                return Err(invalid(key("rate_limit_per_second"), "must be above 0".into()));
+            if !d.rate_limit_per_second.is_finite()
+                || d.rate_limit_per_second <= 0.0
+                || d.rate_limit_per_second > 10_000.0
+            {
+                return Err(invalid(key("rate_limit_per_second"), "must be above 0 and at most 10000".into()));
             }
             if d.retract && d.profile == Profile::Pkb {
                 tracing::info!(destination = %name, "retract = true: records this destination may no longer hold will be deleted from it.");
@@ -519,22 +524,14 @@ impl Config {
             if f.fhir_url.is_some() && f.format != FeedFormat::Bundle {
                 return Err(invalid(key("format"), "a FHIR endpoint takes format = \"bundle\"".into()));
             }
-            for url in [&f.fhir_url, &f.webhook_url].into_iter().flatten() {
-                let plain = url.starts_with("http://");
-                if !plain && !url.starts_with("https://") {
-                    return Err(invalid(key("fhir_url"), format!("\"{url}\" must start with https://")));
-                }
-                if plain && !is_loopback_url(url) && !f.allow_insecure_http {
-                    return Err(invalid(
-                        key("webhook_url"),
-                        "plain http:// to a non-loopback host would send personal data unencrypted; use https://"
-                            .into(),
-                    ));
+            let insecure_key = key("allow_insecure_http");
+            for (k, url) in [("fhir_url", &f.fhir_url), ("webhook_url", &f.webhook_url)] {
+                if let Some(url) = url {
+                    check_url(url, &insecure_key, f.allow_insecure_http).map_err(|m| invalid(key(k), m))?;
                 }
             }
-            if f.max_attempts == 0 {
-                return Err(invalid(key("max_attempts"), "must be at least 1".into()));
-            }
+            bounded(&key("max_attempts"), f.max_attempts as u64, 1, 100).map_err(|(k, m)| invalid(k, m))?;
+            bounded(&key("timeout_seconds"), f.timeout_seconds, 1, MAX_SECONDS_HOUR).map_err(|(k, m)| invalid(k, m))?;
         }
         let mut names = std::collections::HashSet::new();
         for (i, a) in self.sharing.iter().enumerate() {
@@ -576,6 +573,8 @@ impl Config {
         {
             return Err(invalid("audit.fhir_destination".into(), format!("\"{d}\" is not a [destination.*]")));
         }
+        bounded("ops.unready_after_seconds", self.ops.unready_after_seconds, 0, MAX_SECONDS_WEEK)
+            .map_err(|(k, m)| invalid(k, m))?;
         if let Some(listen) = &self.ops.listen {
             match listen.parse::<std::net::SocketAddr>() {
                 Ok(a) if a.ip().is_loopback() => {}
@@ -614,17 +613,62 @@ impl Config {
     }
 }
 
-/// True when the URL's host is a loopback address or `localhost`.
-pub fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
+const MAX_SECONDS_HOUR: u64 = 3600;
+const MAX_SECONDS_DAY: u64 = 86_400;
+const MAX_SECONDS_WEEK: u64 = 7 * 86_400;
+
+/// `Ok` when `min <= value <= max`; else the key and a message saying the range. Bounds keep every
+/// duration and count the connector computes with far from overflow.
+fn bounded(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String, String)> {
+    if (min..=max).contains(&value) {
+        Ok(())
     } else {
-        authority.split(':').next().unwrap_or_default()
-    };
+        Err((key.to_string(), format!("is {value}; it must be between {min} and {max}")))
+    }
+}
+
+/// The rule for every URL the connector calls (destinations, token endpoints, partner feeds): parsed as a URL
+/// (never matched as text), `https://`, or `http://` to a loopback host; plain http to another host only when
+/// the setting `insecure_key` allows it (`allow_insecure`; then a warning is logged). User-info
+/// (`user:password@`) is refused: credentials belong in secret files, and `@` is how a URL hides its real host.
+pub fn check_url(url: &str, insecure_key: &str, allow_insecure: bool) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not contain user-info (user:password@); put credentials in a secret file".into());
+    }
+    if parsed.host().is_none() {
+        return Err("has no host name".into());
+    }
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if is_loopback(&parsed) => Ok(parsed),
+        "http" if allow_insecure => {
+            tracing::warn!(
+                key = insecure_key,
+                "Plain http:// to a host that is not loopback: data and secrets go unencrypted."
+            );
+            Ok(parsed)
+        }
+        "http" => Err(format!(
+            "plain http:// to a non-loopback host would send personal data and secrets unencrypted; use https://, \
+             or set {insecure_key} = true if this network is protected otherwise"
+        )),
+        other => Err(format!("must start with https:// (or http:// for loopback), not {other}://")),
+    }
+}
+
+/// True when the parsed URL's host is a loopback address or `localhost`.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    // `host_str` is the parsed host: an IPv6 address in brackets, a domain lower-cased.
+    let Some(host) = url.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True when the URL's host, as a URL parser reads it (so `http://remote?@127.0.0.1/` is `remote`), is a
+/// loopback address or `localhost`. Unparseable URLs are not loopback.
+pub fn is_loopback_url(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| is_loopback(&u))
 }
 
 impl AuthConfig {
@@ -683,7 +727,80 @@ mod tests {
     fn loopback_detection() {
         assert!(is_loopback_url("http://localhost:8080/fhir"));
         assert!(is_loopback_url("http://127.0.0.2/"));
+        assert!(is_loopback_url("http://[::1]:8080/"));
         assert!(!is_loopback_url("http://127.0.0.1.evil.example/"));
         assert!(!is_loopback_url("http://10.0.0.1/"));
+    }
+
+    /// `http://remote-host?@127.0.0.1/` (and `#@`, `\@`) used to pass as loopback: the text after the last
+    /// `@` was taken as the host, but a URL parser (and reqwest) sends to `remote-host`.
+    #[test]
+    fn user_info_tricks_are_not_loopback() {
+        for url in
+            ["http://remote-host?@127.0.0.1/", "http://remote-host#@127.0.0.1/", "http://remote-host\\@127.0.0.1/"]
+        {
+            assert!(!is_loopback_url(url), "{url}");
+            assert!(check_url(url, "k", false).is_err(), "{url}");
+        }
+        let err = check_url("https://user:pw@cito.example/fhir", "k", false).unwrap_err();
+        assert!(err.contains("user-info"), "{err}");
+        assert!(check_url("http://127.0.0.1@evil.example/", "k", false).is_err());
+        assert!(check_url("ftp://127.0.0.1/", "k", false).is_err());
+        assert!(check_url("https://cito.example/fhir", "k", false).is_ok());
+    }
+
+    /// `token_url` and the feed's `fhir_url` / `webhook_url` follow the same https-or-loopback rule as a
+    /// destination's `base_url`.
+    #[test]
+    fn every_called_url_is_https_or_loopback() {
+        std::fs::create_dir_all(std::env::temp_dir().join("ccfg")).unwrap();
+        let secret = std::env::temp_dir().join("ccfg/secret");
+        std::fs::write(&secret, "s").unwrap();
+        let base = "[state]\nurl = \"sqlite://x.db\"\n[destination.pkb]\nprofile = \"pkb\"\nbase_url = \"https://pkb.example/fhir\"\n";
+        let auth = |url: &str| {
+            format!(
+                "{base}[destination.pkb.auth]\ntoken_url = \"{url}\"\nclient_id = \"c\"\nclient_secret_file = \"{}\"\n",
+                secret.display()
+            )
+        };
+        let err = load(&auth("http://login.pkb.example/token")).unwrap_err().to_string();
+        assert!(err.contains("destination.pkb.auth.token_url") && err.contains("unencrypted"), "{err}");
+        let err = load(&auth("http://evil.example?@127.0.0.1/token")).unwrap_err().to_string();
+        assert!(err.contains("destination.pkb.auth.token_url"), "{err}");
+        assert!(load(&auth("https://login.pkb.example/token")).is_ok());
+        assert!(load(&auth("http://127.0.0.1:9/token")).is_ok());
+
+        let feed = |target: &str| {
+            format!(
+                "[state]\nurl = \"sqlite://x.db\"\n[[partner]]\nid = \"mind\"\n[destination.cito]\nprofile = \"cito\"\nbase_url = \"https://cito.example/fhir\"\n[[feed]]\npartner = \"mind\"\nresources = [\"Patient\"]\n{target}\n"
+            )
+        };
+        let err = load(&feed("fhir_url = \"http://mind.example/fhir\"")).unwrap_err().to_string();
+        assert!(err.contains(".fhir_url") && err.contains("unencrypted"), "{err}");
+        let err = load(&feed("format = \"ndjson\"\nwebhook_url = \"http://mind.example#@localhost/hook\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".webhook_url"), "{err}");
+        assert!(load(&feed("fhir_url = \"https://mind.example/fhir\"")).is_ok());
+    }
+
+    /// Numbers that feed durations and counts are bounded, with an error naming the key (extreme values used
+    /// to pass the check and panic at delivery).
+    #[test]
+    fn extreme_numbers_are_refused_naming_the_key() {
+        let base = "[state]\nurl = \"sqlite://x.db\"\n[destination.cito]\nprofile = \"cito\"\nbase_url = \"https://cito.example/fhir\"\n";
+        for (k, v) in [
+            ("defer_seconds", "18446744073709551615"),
+            ("timeout_seconds", "18446744073709551615"),
+            ("timeout_seconds", "0"),
+            ("breaker_cooldown_seconds", "9223372036854775807"),
+            ("max_attempts", "100000"),
+            ("batch_size", "0"),
+        ] {
+            let err = load(&format!("{base}{k} = {v}\n")).unwrap_err().to_string();
+            assert!(err.contains(&format!("destination.cito.{k}")) && err.contains("between"), "{k}: {err}");
+        }
+        assert!(load(&format!("{base}rate_limit_per_second = inf\n")).is_err());
+        assert!(load(&format!("{base}defer_seconds = 3600\ntimeout_seconds = 60\n")).is_ok());
     }
 }

@@ -9,6 +9,7 @@ use reqwest::{Client, Method as HttpMethod, RequestBuilder, Response, StatusCode
 use serde_json::{Value, json};
 
 use super::auth::TokenProvider;
+use super::http::{self, MAX_METADATA_BYTES, MAX_PAGE_BYTES, MAX_SMALL_BYTES};
 use super::limit::RateLimiter;
 use super::transport::{BoxFuture, Found, Method, Transport, TransportError, Write, Written};
 
@@ -30,12 +31,7 @@ impl FhirTransport {
         token: Option<TokenProvider>,
         org_public_id: Option<String>,
     ) -> Result<Self, TransportError> {
-        let client = Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("york-connector/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| TransportError::Setup(format!("cannot build the HTTP client: {e}")))?;
+        let client = http::client(timeout)?;
         Ok(Self { base: base_url.trim_end_matches('/').to_string(), client, limiter, token, org_public_id })
     }
 
@@ -44,13 +40,24 @@ impl FhirTransport {
     }
 
     async fn request(&self, method: HttpMethod, path: &str, body: Option<&Value>) -> Result<Response, TransportError> {
+        self.request_with(method, path, body.map(|b| (FHIR_JSON, b.to_string()))).await
+    }
+
+    /// Sends a request with an optional body (content type, text); the token is renewed once on a 401. A
+    /// redirect is an error: it is never followed.
+    async fn request_with(
+        &self,
+        method: HttpMethod,
+        path: &str,
+        body: Option<(&'static str, String)>,
+    ) -> Result<Response, TransportError> {
         let mut retried_auth = false;
         loop {
             self.limiter.acquire().await;
             let mut req: RequestBuilder =
                 self.client.request(method.clone(), self.url(path)).header(header::ACCEPT, FHIR_JSON);
-            if let Some(b) = body {
-                req = req.header(header::CONTENT_TYPE, FHIR_JSON).body(b.to_string());
+            if let Some((content_type, b)) = &body {
+                req = req.header(header::CONTENT_TYPE, *content_type).body(b.clone());
             }
             if let Some(org) = &self.org_public_id {
                 req = req.header("X-Org-Public-Id", org);
@@ -58,7 +65,10 @@ impl FhirTransport {
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t.token().await?);
             }
-            let resp = req.send().await.map_err(network_error)?;
+            let resp = req.send().await.map_err(|e| http::network_error("the destination", e))?;
+            if resp.status().is_redirection() {
+                return Err(http::redirect_error("the destination", resp.status()));
+            }
             if resp.status() == StatusCode::UNAUTHORIZED && self.token.is_some() && !retried_auth {
                 // The token may have been revoked or expired early: get a fresh one, once.
                 if let Some(t) = &self.token {
@@ -80,10 +90,7 @@ impl FhirTransport {
         if !resp.status().is_success() {
             return Err(failure(resp).await);
         }
-        let body: Value = resp.json().await.map_err(|e| TransportError::Transient {
-            message: format!("the metadata answer is not JSON: {e}"),
-            retry_after: None,
-        })?;
+        let body = http::read_json(resp, MAX_METADATA_BYTES, "the metadata answer").await?;
         if body["resourceType"] != "CapabilityStatement" {
             return Err(TransportError::Setup(format!(
                 "metadata answered with {} instead of a CapabilityStatement",
@@ -94,27 +101,14 @@ impl FhirTransport {
     }
 }
 
-fn network_error(e: reqwest::Error) -> TransportError {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "network error"
-    };
-    TransportError::Transient { message: format!("{kind}: {e}"), retry_after: None }
-}
-
-/// Reads `Retry-After` as seconds (the HTTP-date form is rare from FHIR servers; it falls back to backoff).
-fn retry_after(resp: &Response) -> Option<Duration> {
-    resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// Turns a non-success response into the right kind of error.
+/// Turns a non-success response into the right kind of error. The server's text (OperationOutcome
+/// diagnostics, which often quote the refused resource) goes into the error's detail, kept for `last_error`;
+/// what is logged is the status and the issue codes.
 async fn failure(resp: Response) -> TransportError {
     let status = resp.status();
-    let wait = retry_after(&resp);
-    let text = resp.text().await.unwrap_or_default();
+    let wait = http::retry_after(resp.headers());
+    let body = http::read_body(resp, MAX_SMALL_BYTES, "the error answer").await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).into_owned();
     let outcome: Option<Value> = serde_json::from_str(&text).ok();
     let message = outcome
         .as_ref()
@@ -131,7 +125,13 @@ async fn failure(resp: Response) -> TransportError {
     match status.as_u16() {
         412 => TransportError::PreconditionFailed { outcome },
         408 | 429 | 500..=599 => {
-            TransportError::Transient { message: format!("{status}: {message}"), retry_after: wait }
+            let codes = http::issue_codes(outcome.as_ref());
+            let codes = if codes.is_empty() { String::new() } else { format!(" (issue codes: {})", codes.join(", ")) };
+            TransportError::Unavailable {
+                message: format!("the destination answered {status}{codes}"),
+                detail: message,
+                retry_after: wait,
+            }
         }
         // A failed transaction may report an entry's 412 inside a 400.
         400 if message.contains("412") || message.to_lowercase().contains("precondition") => {
@@ -177,16 +177,14 @@ impl Transport for FhirTransport {
             if !resp.status().is_success() {
                 return Err(failure(resp).await);
             }
-            let body: Value = resp.json().await.map_err(|e| TransportError::Transient {
-                message: format!("unreadable transaction response: {e}"),
-                retry_after: None,
-            })?;
+            let body = http::read_json(resp, MAX_PAGE_BYTES, "the transaction response").await?;
             let answers = body["entry"].as_array().cloned().unwrap_or_default();
             if answers.len() != writes.len() {
-                return Err(TransportError::Transient {
-                    message: format!("transaction response has {} entries for {} writes", answers.len(), writes.len()),
-                    retry_after: None,
-                });
+                return Err(TransportError::transient(format!(
+                    "transaction response has {} entries for {} writes",
+                    answers.len(),
+                    writes.len()
+                )));
             }
             Ok(answers
                 .iter()
@@ -207,15 +205,20 @@ impl Transport for FhirTransport {
         identifier: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Found>, TransportError>> {
         Box::pin(async move {
-            let query: String = url_encode(identifier);
-            let resp = self.request(HttpMethod::GET, &format!("{resource_type}?identifier={query}"), None).await?;
+            // POST _search with a form body: the identifier (an NHS number) stays out of the URL, so out of
+            // error messages and the destination's access logs.
+            let form = format!("identifier={}", url_encode(identifier));
+            let resp = self
+                .request_with(
+                    HttpMethod::POST,
+                    &format!("{resource_type}/_search"),
+                    Some(("application/x-www-form-urlencoded", form)),
+                )
+                .await?;
             if !resp.status().is_success() {
                 return Err(failure(resp).await);
             }
-            let bundle: Value = resp.json().await.map_err(|e| TransportError::Transient {
-                message: format!("unreadable search response: {e}"),
-                retry_after: None,
-            })?;
+            let bundle = http::read_json(resp, MAX_PAGE_BYTES, "the search response").await?;
             Ok(bundle["entry"]
                 .as_array()
                 .map(|es| {
@@ -223,7 +226,9 @@ impl Transport for FhirTransport {
                         .filter(|e| e["search"]["mode"].as_str().is_none_or(|m| m == "match"))
                         .filter_map(|e| {
                             let r = e["resource"].clone();
-                            (r["resourceType"] == resource_type).then(|| Found {
+                            // Kept only when it does carry the identifier: a server that ignored the
+                            // search (or the form body) must not make another person's record a match.
+                            (r["resourceType"] == resource_type && carries(&r, identifier)).then(|| Found {
                                 id: r["id"].as_str().unwrap_or_default().to_string(),
                                 version_id: r["meta"]["versionId"].as_str().map(str::to_string),
                                 resource: r,
@@ -255,37 +260,42 @@ impl Transport for FhirTransport {
             if !resp.status().is_success() {
                 return Err(failure(resp).await);
             }
-            resp.json()
-                .await
-                .map_err(|e| TransportError::Transient { message: format!("unreadable page: {e}"), retry_after: None })
+            http::read_json(resp, MAX_PAGE_BYTES, "the page").await
         })
     }
 }
 
 impl FhirTransport {
-    /// A `next` link as a path under our base: the server may name itself differently (another host name
-    /// for the same address), but a link elsewhere is refused, so the token never goes to another server.
+    /// A `next` link as a path under our base: the server may name itself differently (another loopback
+    /// name for the same address), but a link elsewhere is refused, so the token never goes to another server.
+    /// The link is parsed (never matched as text), so user-info tricks such as `http://evil?@127.0.0.1/` fail.
     fn relative(&self, link: &str) -> Result<String, TransportError> {
         if !link.contains("://") {
             return Ok(link.trim_start_matches('/').to_string());
         }
-        if let Some(rest) = link.strip_prefix(&self.base) {
-            return Ok(rest.trim_start_matches('/').to_string());
+        let refuse = || TransportError::Setup(format!("the server's next link is not under {}", self.base));
+        let (Ok(l), Ok(b)) = (reqwest::Url::parse(link), reqwest::Url::parse(&self.base)) else {
+            return Err(refuse());
+        };
+        let loopback = crate::config::is_loopback_url;
+        let same_server = l.host() == b.host() && l.port_or_known_default() == b.port_or_known_default();
+        // Only a loopback server may call itself by another loopback name (localhost for 127.0.0.1).
+        let both_loopback = loopback(link) && loopback(&self.base);
+        if l.scheme() != b.scheme()
+            || !l.username().is_empty()
+            || l.password().is_some()
+            || !(same_server || both_loopback)
+        {
+            return Err(refuse());
         }
-        let base_path = self.base.splitn(4, '/').nth(3).unwrap_or("");
-        let link_path = link.splitn(4, '/').nth(3).unwrap_or("");
-        let same_scheme = link.split("://").next() == self.base.split("://").next();
-        match link_path.strip_prefix(base_path) {
-            // Only a loopback server may call itself by another loopback name (localhost for 127.0.0.1).
-            Some(rest)
-                if same_scheme
-                    && crate::config::is_loopback_url(link)
-                    && crate::config::is_loopback_url(&self.base) =>
-            {
-                Ok(rest.trim_start_matches('/').to_string())
-            }
-            _ => Err(TransportError::Setup(format!("the server's next link {link} is not under {}", self.base))),
-        }
+        let base_path = b.path().trim_end_matches('/');
+        let Some(rest) = l.path().strip_prefix(base_path).filter(|r| r.is_empty() || r.starts_with('/')) else {
+            return Err(refuse());
+        };
+        Ok(match l.query() {
+            Some(q) => format!("{}?{q}", rest.trim_start_matches('/')),
+            None => rest.trim_start_matches('/').to_string(),
+        })
     }
 
     async fn read_path(&self, path: String, id: &str) -> Result<Option<Found>, TransportError> {
@@ -298,13 +308,21 @@ impl FhirTransport {
                 return Err(failure(resp).await);
             }
             let etag = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let r: Value = resp.json().await.map_err(|e| TransportError::Transient {
-                message: format!("unreadable resource: {e}"),
-                retry_after: None,
-            })?;
+            let r = http::read_json(resp, MAX_PAGE_BYTES, "the resource").await?;
             Ok(Some(Found { id: id.to_string(), version_id: version_of(etag.as_deref(), None, Some(&r)), resource: r }))
         }
     }
+}
+
+/// Whether `resource` has the identifier `system|value` (or `value`, any system).
+fn carries(resource: &Value, identifier: &str) -> bool {
+    let (system, value) = match identifier.split_once('|') {
+        Some((s, v)) => (Some(s), v),
+        None => (None, identifier),
+    };
+    resource["identifier"].as_array().into_iter().flatten().any(|i| {
+        i["value"].as_str() == Some(value) && system.is_none_or(|s| s.is_empty() || i["system"].as_str() == Some(s))
+    })
 }
 
 /// Percent-encodes a query value (identifier `system|value`).
@@ -322,6 +340,172 @@ pub(crate) fn url_encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server answering every request with `head` (status line and headers, without the blank line)
+    /// and then `body_len` bytes of JSON-ish filler, counting connections.
+    async fn server(head: String, body_len: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let head = head.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+                    let chunk = vec![b' '; 64 * 1024];
+                    let mut sent = 0;
+                    while sent < body_len {
+                        let n = chunk.len().min(body_len - sent);
+                        if s.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+
+    fn transport(base: &str) -> FhirTransport {
+        FhirTransport::new(base, Duration::from_secs(5), Arc::new(RateLimiter::per_second(1000.0)), None, None).unwrap()
+    }
+
+    /// A 307/308 used to be followed, re-sending the bundle (personal data) to wherever it pointed.
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let (elsewhere, hits) = server("HTTP/1.1 200 OK\r\nContent-Length: 2".into(), 2).await;
+        for status in ["307 Temporary Redirect", "308 Permanent Redirect", "302 Found"] {
+            let (base, _) =
+                server(format!("HTTP/1.1 {status}\r\nLocation: {elsewhere}/\r\nContent-Length: 0"), 0).await;
+            let err = transport(&base)
+                .send(&[Write {
+                    resource_type: "Patient".into(),
+                    id: "p1".into(),
+                    method: Method::Put,
+                    body: Some(json!({"resourceType": "Patient", "id": "p1"})),
+                    if_match: None,
+                }])
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("redirect") && !err.to_string().contains(&elsewhere), "{err}");
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing reached the redirect's target");
+    }
+
+    /// A 300 MB `metadata` answer used to be read whole; now reading stops at the limit, by the
+    /// `Content-Length` or, without one, as the bytes arrive.
+    #[tokio::test]
+    async fn response_bodies_are_read_up_to_a_limit() {
+        let big = MAX_METADATA_BYTES + 1024 * 1024;
+        let (base, _) = server(format!("HTTP/1.1 200 OK\r\nContent-Length: {big}"), big).await;
+        let err = transport(&base).capability().await.unwrap_err().to_string();
+        assert!(err.contains("larger than 8 MB"), "{err}");
+        // No Content-Length: the body ends when the connection closes.
+        let (base, _) = server("HTTP/1.1 200 OK".into(), big).await;
+        let err = transport(&base).capability().await.unwrap_err().to_string();
+        assert!(err.contains("larger than 8 MB"), "{err}");
+    }
+
+    /// A network error names what was called and never the URL (a search URL used to carry the NHS number).
+    #[tokio::test]
+    async fn network_errors_carry_no_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let t = transport(&format!("http://127.0.0.1:{port}/fhir"));
+        let err = t.find("Patient", "https://fhir.nhs.uk/Id/nhs-number|9990123403").await.unwrap_err();
+        let text = err.full_text();
+        assert!(text.contains("could not connect"), "{text}");
+        assert!(!text.contains("9990123403") && !text.contains("/fhir") && !text.contains("nhs-number"), "{text}");
+    }
+
+    /// A 5xx's diagnostics (which quote the resource) are in `full_text` for `last_error`, not in the
+    /// message that is logged.
+    #[tokio::test]
+    async fn server_text_is_kept_out_of_the_logged_message() {
+        let body = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception","diagnostics":"Patient Zoë Brontë 9990123403 failed"}]}"#;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 99999999999\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let err = transport(&format!("http://{addr}")).read("Patient", "p1").await.unwrap_err();
+        assert_eq!(err.to_string(), "the destination answered 503 Service Unavailable (issue codes: exception)");
+        assert!(err.full_text().contains("Brontë"), "{}", err.full_text());
+        assert_eq!(err.retry_after(), Some(http::MAX_RETRY_AFTER));
+    }
+
+    /// A search answer holding records without the identifier searched for (a server that ignored the
+    /// search) yields only the records that carry it.
+    #[tokio::test]
+    async fn search_results_must_carry_the_identifier() {
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "other", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9992115785"}]}},
+            {"resource": {"resourceType": "Patient", "id": "same", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990123403"}]}}
+        ]})
+        .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bundle.len()
+                );
+                let _ = s.write_all(format!("{head}{bundle}").as_bytes()).await;
+            }
+        });
+        let found = transport(&format!("http://{addr}"))
+            .find("Patient", "https://fhir.nhs.uk/Id/nhs-number|9990123403")
+            .await
+            .unwrap();
+        assert_eq!(found.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["same"]);
+    }
+
+    /// A `next` link is parsed: user-info tricks and other servers are refused before the token goes there.
+    #[test]
+    fn next_links_elsewhere_are_refused() {
+        let t = transport("http://127.0.0.1:8080/fhir");
+        assert_eq!(t.relative("http://127.0.0.1:8080/fhir/Patient?page=2").unwrap(), "Patient?page=2");
+        assert_eq!(t.relative("http://localhost:9999/fhir/Patient?page=2").unwrap(), "Patient?page=2");
+        assert_eq!(t.relative("Patient?page=2").unwrap(), "Patient?page=2");
+        for link in [
+            "http://evil.example?@127.0.0.1:8080/fhir/Patient",
+            "http://evil.example#@127.0.0.1:8080/fhir/Patient",
+            "http://evil.example/fhir/Patient",
+            "https://127.0.0.1:8080/fhir/Patient",
+            "http://127.0.0.1:8080/fhirevil/Patient",
+            "http://u:p@127.0.0.1:8080/fhir/Patient",
+        ] {
+            assert!(t.relative(link).is_err(), "{link}");
+        }
+        let t = transport("https://cito.example/fhir");
+        assert!(t.relative("https://cito.example:8443/fhir/Patient").is_err());
+        assert_eq!(t.relative("https://cito.example/fhir/Patient?p=1").unwrap(), "Patient?p=1");
+    }
+
     #[test]
     fn versions_from_etag_location_or_meta() {
         use super::version_of;

@@ -7,7 +7,9 @@
 
 pub mod auth;
 pub mod fhir;
+pub mod http;
 pub mod limit;
+pub mod paging;
 pub mod profile;
 pub mod transport;
 
@@ -527,6 +529,9 @@ async fn match_patient(
     Ok(Some(other.id.clone()))
 }
 
+/// The longest `Retry-After` waited for within a delivery pass; a longer one defers the rows instead.
+const MAX_WAIT_IN_PASS: Duration = Duration::from_secs(60);
+
 /// Calls the destination with retries on transient failures: exponential backoff with jitter, honouring
 /// `Retry-After`.
 async fn send_retrying<T, F, Fut>(dest: &Destination, call: F) -> Result<T, TransportError>
@@ -542,7 +547,13 @@ where
     call.retry(backoff)
         .when(TransportError::is_transient)
         .adjust(|e: &TransportError, next: Option<Duration>| {
-            next.map(|d| e.retry_after().map_or(d, |ra| ra.max(d.min(ra))))
+            // A wait longer than a worker should hold its lease ends this pass: the rows are deferred
+            // until then instead (the server's value is already clamped to an hour).
+            match e.retry_after() {
+                Some(ra) if ra > MAX_WAIT_IN_PASS => None,
+                Some(ra) => next.map(|d| ra.max(d.min(ra))),
+                None => next,
+            }
         })
         .notify(|e: &TransportError, after: Duration| {
             warn!(destination = %dest.name, error = %e, retry_in_ms = after.as_millis() as u64, "Retrying.");
@@ -631,9 +642,10 @@ async fn send_rows(
                 // Transient after every retry, or a setup problem: everything left waits for a later pass.
                 let opened = dest.breaker.failure();
                 error!(destination = %dest.name, error = %e, circuit_opened = opened, "Delivery failed; rows deferred.");
-                let later = Utc::now() + dest.defer;
+                let wait = e.retry_after().and_then(|ra| chrono::Duration::from_std(ra).ok()).unwrap_or_default();
+                let later = Utc::now() + dest.defer.max(wait);
                 for (row, _) in chunk.iter().chain(stack.iter().flatten()) {
-                    store.retry_later(row.seq, later, &e.to_string()).await?;
+                    store.retry_later(row.seq, later, &e.full_text()).await?;
                     report.deferred += 1;
                 }
                 return Ok(());

@@ -41,14 +41,31 @@ pub struct Found {
     pub resource: Value,
 }
 
+/// Why a call to a destination failed. The `Display` text is safe for logs: it names statuses and
+/// OperationOutcome issue codes, never a URL or the server's own words (which often quote the refused
+/// resource); [`TransportError::full_text`] adds those for the outbox's `last_error` and dead letters.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
-    /// Worth trying again: network errors, timeouts, 408, 429, 5xx.
+    /// Worth trying again: network errors, timeouts. The message is safe to log (no URL, no server text).
     #[error("{message}")]
     Transient { message: String, retry_after: Option<Duration> },
+    /// Worth trying again: the server answered 408, 429 or 5xx.
+    #[error("{message}")]
+    Unavailable {
+        /// The status and OperationOutcome issue codes: safe to log.
+        message: String,
+        /// The server's own text, for `last_error` only.
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     /// The destination refused the batch for good (a 4xx other than 408, 409-on-busy, 412, 429).
-    #[error("rejected with {status}: {message}")]
-    Rejected { status: u16, message: String, outcome: Option<Value> },
+    #[error("rejected with {status}{}", codes(outcome.as_ref()))]
+    Rejected {
+        status: u16,
+        /// The server's own text, for the dead letter only.
+        message: String,
+        outcome: Option<Value>,
+    },
     /// `If-Match` failed: someone changed the resource since our last write.
     #[error("changed on the destination since the connector last wrote it (412)")]
     PreconditionFailed { outcome: Option<Value> },
@@ -57,15 +74,38 @@ pub enum TransportError {
     Setup(String),
 }
 
+fn codes(outcome: Option<&Value>) -> String {
+    let codes = super::http::issue_codes(outcome);
+    if codes.is_empty() { String::new() } else { format!(" (issue codes: {})", codes.join(", ")) }
+}
+
 impl TransportError {
+    /// A transient failure with a message safe to log.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient { message: message.into(), retry_after: None }
+    }
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient { .. })
+        matches!(self, Self::Transient { .. } | Self::Unavailable { .. })
     }
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Transient { retry_after, .. } => *retry_after,
+            Self::Transient { retry_after, .. } | Self::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+    /// The message with the server's own text, capped: for `last_error` and dead letters in the state
+    /// store (shown by `connector outbox list`), never for logs.
+    pub fn full_text(&self) -> String {
+        let detail = match self {
+            Self::Unavailable { detail, .. } => detail.as_str(),
+            Self::Rejected { message, .. } => message.as_str(),
+            _ => "",
+        };
+        if detail.is_empty() {
+            return self.to_string();
+        }
+        let detail: String = detail.chars().take(2000).collect();
+        format!("{self}: {detail}")
     }
 }
 

@@ -166,12 +166,12 @@ async fn send_row(
             let wait = e.retry_after().unwrap_or(Duration::from_secs(60 << row.attempts.clamp(0, 6)));
             let not_before = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::minutes(1));
             warn!(feed = %name, seq = row.seq, attempt = row.attempts + 1, error = %e, "Feed delivery failed; will retry.");
-            engine.store.retry_later(row.seq, not_before, &e.to_string()).await?;
+            engine.store.retry_later(row.seq, not_before, &e.full_text()).await?;
             report.deferred += 1;
         }
         Err(e) => {
             error!(feed = %name, seq = row.seq, error = %e, "Feed document not delivered; kept as a dead letter for an admin (connector outbox list --dead).");
-            engine.store.dead_letter(row.seq, &e.to_string()).await?;
+            engine.store.dead_letter(row.seq, &e.full_text()).await?;
             report.dead += 1;
         }
     }

@@ -39,6 +39,8 @@ const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 const OPEN_EPISODE: [&str; 4] = ["planned", "waitlist", "active", "onhold"];
 const OPEN_REFERRAL: [&str; 3] = ["draft", "active", "on-hold"];
 
+/// Pages of one resource type read for one client: far more than one person's record fills.
+const MAX_PAGES_PER_CLIENT: usize = 1000;
 /// Search results per page when reading a client's record.
 const PAGE: usize = 200;
 
@@ -428,6 +430,7 @@ async fn read_record(
         }
         for t in feed.resources.iter().filter(|t| *t != "Patient") {
             let mut link = format!("{t}?{}=Patient/{pid}&_count={PAGE}", patient_param(t));
+            let mut pages = crate::deliver::paging::Pages::new(&feed.from, &link, MAX_PAGES_PER_CLIENT);
             loop {
                 let page =
                     source.page(&link).await.with_context(|| format!("reading {t} of a client from {}", feed.from))?;
@@ -441,12 +444,8 @@ async fn read_record(
                         out.push(r.clone());
                     }
                 }
-                let next = page["link"]
-                    .as_array()
-                    .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-                    .and_then(|l| l["url"].as_str());
-                match next {
-                    Some(n) => link = n.to_string(),
+                match pages.next(&page).with_context(|| format!("reading {t} of a client from {}", feed.from))? {
+                    Some(n) => link = n,
                     None => break,
                 }
             }

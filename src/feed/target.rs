@@ -9,6 +9,7 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, FeedConfig};
+use crate::deliver::http;
 use crate::deliver::transport::TransportError;
 
 /// One file or request body of a feed document.
@@ -58,11 +59,8 @@ impl Target {
             }
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(feed.timeout_seconds.max(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("building the HTTP client")?;
+        let client = http::client(Duration::from_secs(feed.timeout_seconds.max(1)))
+            .map_err(|e| anyhow::anyhow!("feed for {}: {e}", feed.partner))?;
         Ok(Target::Http { url: url.trim_end_matches('/').to_string(), client, token, fhir })
     }
 
@@ -84,7 +82,8 @@ impl Target {
         for doc in docs {
             match self {
                 Target::Folder(dir) => write_file(dir, doc)?,
-                Target::Http { url, client, token, .. } => {
+                Target::Http { url, client, token, fhir } => {
+                    let what = if *fhir { "the partner's FHIR endpoint" } else { "the partner's webhook" };
                     let mut req = client
                         .post(url)
                         .header(reqwest::header::CONTENT_TYPE, doc.content_type)
@@ -93,29 +92,37 @@ impl Target {
                     if let Some(t) = token {
                         req = req.bearer_auth(t.expose_secret());
                     }
-                    let resp = req.send().await.map_err(|e| TransportError::Transient {
-                        message: format!(
-                            "{url}: {}",
-                            if e.is_timeout() { "timed out".to_string() } else { e.to_string() }
-                        ),
-                        retry_after: None,
-                    })?;
+                    let resp = req.send().await.map_err(|e| http::network_error(what, e))?;
                     let status = resp.status();
                     if status.is_success() {
+                        // Drained within a bound, so the connection can be reused and a huge answer is not held.
+                        let _ = http::read_body(resp, http::MAX_SMALL_BYTES, what).await;
                         continue;
                     }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let text: String = resp.text().await.unwrap_or_default().chars().take(2000).collect();
+                    if status.is_redirection() {
+                        return Err(http::redirect_error(what, status));
+                    }
+                    let retry_after = http::retry_after(resp.headers());
+                    // The answer's text often quotes what was sent: kept for `last_error`, never logged.
+                    let body = http::read_body(resp, http::MAX_SMALL_BYTES, what).await.unwrap_or_default();
+                    let text: String = String::from_utf8_lossy(&body).chars().take(2000).collect();
+                    let outcome: Option<serde_json::Value> =
+                        serde_json::from_slice(&body).ok().filter(|o: &serde_json::Value| o["issue"].is_array());
                     let code = status.as_u16();
                     return Err(if code == 408 || code == 429 || status.is_server_error() {
-                        TransportError::Transient { message: format!("{url} answered {status}: {text}"), retry_after }
+                        let codes = http::issue_codes(outcome.as_ref());
+                        let codes = if codes.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (issue codes: {})", codes.join(", "))
+                        };
+                        TransportError::Unavailable {
+                            message: format!("{what} answered {status}{codes}"),
+                            detail: text,
+                            retry_after,
+                        }
                     } else {
-                        TransportError::Rejected { status: code, message: text, outcome: None }
+                        TransportError::Rejected { status: code, message: text, outcome }
                     });
                 }
             }

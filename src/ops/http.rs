@@ -49,17 +49,17 @@ impl Metrics {
 
     /// Adds what one ingest did.
     pub fn ingest(&self, r: &crate::sync::IngestReport) {
-        let p = format!("partner=\"{}\"", r.partner);
+        let p = label("partner", &r.partner);
         self.add("connector_records_ingested_total", p.clone(), r.mapping.read());
         self.add("connector_records_quarantined_total", p.clone(), r.mapping.quarantined());
         for (d, n) in &r.withheld {
-            self.add("connector_resources_withheld_total", format!("{p},destination=\"{d}\""), *n);
+            self.add("connector_resources_withheld_total", format!("{p},{}", label("destination", d)), *n);
         }
     }
 
     /// Adds what one delivery pass did.
     pub fn delivery(&self, r: &crate::deliver::DeliveryReport) {
-        let d = format!("destination=\"{}\"", r.destination);
+        let d = label("destination", &r.destination);
         self.add("connector_resources_sent_total", d.clone(), r.written);
         self.add("connector_resources_withheld_at_send_total", d.clone(), r.withheld);
         self.add("connector_resources_retried_total", d.clone(), r.deferred);
@@ -76,6 +76,24 @@ impl Metrics {
     pub fn mark_cycle_ok(&self) {
         *self.last_cycle_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(chrono::Utc::now());
     }
+}
+
+/// `name="value"` with the value escaped as the Prometheus text format requires (backslash, double quote,
+/// line feed), so a partner or destination name cannot break or forge a line of `/metrics`.
+pub fn label(name: &str, value: &str) -> String {
+    let mut out = String::with_capacity(name.len() + value.len() + 3);
+    out.push_str(name);
+    out.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The text of `/metrics`.
@@ -96,8 +114,9 @@ pub async fn render(engine: &Engine) -> String {
     let mut dead = String::new();
     for d in &engine.destinations {
         let q = depths.iter().find(|q| q.destination == d.name);
-        let _ = writeln!(out, "connector_outbox_pending{{destination=\"{}\"}} {}", d.name, q.map_or(0, |q| q.pending));
-        let _ = writeln!(dead, "connector_outbox_dead{{destination=\"{}\"}} {}", d.name, q.map_or(0, |q| q.dead));
+        let l = label("destination", &d.name);
+        let _ = writeln!(out, "connector_outbox_pending{{{l}}} {}", q.map_or(0, |q| q.pending));
+        let _ = writeln!(dead, "connector_outbox_dead{{{l}}} {}", q.map_or(0, |q| q.dead));
     }
     let _ = writeln!(
         out,
@@ -107,8 +126,8 @@ pub async fn render(engine: &Engine) -> String {
     for d in &engine.destinations {
         let _ = writeln!(
             out,
-            "connector_circuit_open{{destination=\"{}\"}} {}",
-            d.name,
+            "connector_circuit_open{{{}}} {}",
+            label("destination", &d.name),
             u8::from(d.breaker.open_since().is_some())
         );
     }
@@ -127,7 +146,7 @@ pub async fn render(engine: &Engine) -> String {
     );
     for d in &engine.destinations {
         let n = open.iter().find(|(name, _)| *name == d.name).map_or(0, |(_, n)| *n);
-        let _ = writeln!(out, "connector_conflicts_open{{destination=\"{}\"}} {n}", d.name);
+        let _ = writeln!(out, "connector_conflicts_open{{{}}} {n}", label("destination", &d.name));
     }
     out
 }
@@ -145,12 +164,64 @@ pub async fn ready(engine: &Engine, unready_after: Duration) -> Result<(), Strin
     Ok(())
 }
 
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+
+/// The wait after a failed `accept` (file descriptors exhausted, say): growing from 100 ms to 5 s, so the
+/// loop never spins a core while the failure lasts; back to the start after a connection is accepted.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    /// The wait after one more failure.
+    pub fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        wait
+    }
+
+    pub fn accepted(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Serves the endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>, unready_after: Duration) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = AcceptBackoff::new();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        // A slot first, so at most MAX_CONNECTIONS are open; the rest wait in the kernel's backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.accepted();
+                stream
+            }
+            Err(e) => {
+                let wait = backoff.failed();
+                warn!(error = %e, wait_ms = wait.as_millis() as u64, "Ops endpoint: accepting a connection failed; waiting.");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
         let engine = engine.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; 2048];
             let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
                 Ok(Ok(n)) => n,
@@ -178,5 +249,29 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, unready_after: Du
                 warn!("ops endpoint: the client went away");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("partner", "hub"), "partner=\"hub\"");
+        assert_eq!(label("partner", "a\"b\\c\nd"), "partner=\"a\\\"b\\\\c\\nd\"");
+        let m = Metrics::default();
+        m.add("connector_resources_sent_total", label("destination", "x\"} 1\nforged_total{a=\""), 1);
+        let key = m.counters.lock().unwrap().keys().next().unwrap().1.clone();
+        assert!(!key.contains('\n') && key.starts_with("destination=\"x\\\"}"), "{key}");
+    }
+
+    #[test]
+    fn accept_failures_back_off_and_reset() {
+        let mut b = AcceptBackoff::new();
+        let waits: Vec<u128> = (0..8).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.accepted();
+        assert_eq!(b.failed(), Duration::from_millis(100));
     }
 }

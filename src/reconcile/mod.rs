@@ -379,7 +379,9 @@ impl Run<'_> {
             Some(p) => format!("{TAG_SYSTEM}|{p}"),
             None => format!("{TAG_SYSTEM}|"),
         };
-        let mut next = Some(format!("{resource_type}?_tag={}&_count={PAGE}", crate::deliver::fhir::url_encode(&tag)));
+        let first = format!("{resource_type}?_tag={}&_count={PAGE}", crate::deliver::fhir::url_encode(&tag));
+        let mut pages = crate::deliver::paging::Pages::new(&dest.name, &first, crate::deliver::paging::MAX_PAGES);
+        let mut next = Some(first);
         while let Some(path) = next.take() {
             let page = dest
                 .transport
@@ -407,11 +409,7 @@ impl Run<'_> {
                     self.started.elapsed().as_secs_f64()
                 );
             }
-            next = page["link"]
-                .as_array()
-                .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-                .and_then(|l| l["url"].as_str())
-                .map(str::to_string);
+            next = pages.next(&page).with_context(|| format!("reading {resource_type} from {}", dest.name))?;
         }
         Ok(())
     }

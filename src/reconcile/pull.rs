@@ -139,6 +139,11 @@ pub async fn pull(store: &Store, dest: &Destination) -> anyhow::Result<PullRepor
         };
         let mut newest = since;
         let mut done: HashSet<String> = HashSet::new();
+        let mut pages = crate::deliver::paging::Pages::new(
+            &dest.name,
+            next.as_deref().unwrap_or_default(),
+            crate::deliver::paging::MAX_PAGES,
+        );
         while let Some(path) = next.take() {
             let page = dest.transport.page(&path).await?;
             let entries = page["entry"].as_array().cloned().unwrap_or_default();
@@ -178,11 +183,7 @@ pub async fn pull(store: &Store, dest: &Destination) -> anyhow::Result<PullRepor
                     },
                 }
             }
-            next = page["link"]
-                .as_array()
-                .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-                .and_then(|l| l["url"].as_str())
-                .map(str::to_string);
+            next = pages.next(&page)?;
         }
         if newest > since {
             store.cursor_set(&cursor, newest).await?;

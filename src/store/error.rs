@@ -58,20 +58,43 @@ impl StoreError {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
+/// `url` with any password replaced by `***`, for messages and logs: the user-info password
+/// (`user:secret@host`) and any query parameter naming a password (`?password=secret`, `sslpassword=`), which
+/// PostgreSQL accepts too.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+        return redact_query(url);
     };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let head = match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &authority[at..]),
+                None => url[..scheme_end + 3 + authority_end].to_string(),
+            }
+        }
+        None => url[..scheme_end + 3 + authority_end].to_string(),
     };
-    let userinfo = &authority[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
-        None => url.to_string(),
-    }
+    format!("{head}{}", redact_query(&rest[authority_end..]))
+}
+
+/// The path, query and fragment with the value of every query parameter whose name contains "password"
+/// replaced by `***`.
+fn redact_query(tail: &str) -> String {
+    let Some(q) = tail.find('?') else {
+        return tail.to_string();
+    };
+    let (path, query) = tail.split_at(q + 1);
+    let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((name, _)) if name.to_ascii_lowercase().contains("password") => format!("{name}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{path}{}{fragment}", params.join("&"))
 }

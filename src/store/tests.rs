@@ -109,6 +109,16 @@ fn passwords_are_redacted() {
     assert_eq!(redact_url("postgres://conn@db/state"), "postgres://conn@db/state");
     assert_eq!(redact_url("sqlite:///var/lib/connector/state.db"), "sqlite:///var/lib/connector/state.db");
     assert_eq!(redact_url("postgres://u:p@h/d?x=a@b"), "postgres://u:***@h/d?x=a@b");
+    // A password given as a query parameter (libpq and sqlx accept it) used to be printed as is.
+    assert_eq!(
+        redact_url("postgres://conn@db/state?password=s3cret&sslmode=require"),
+        "postgres://conn@db/state?password=***&sslmode=require"
+    );
+    assert_eq!(
+        redact_url("postgres://db/state?sslmode=require&Password=s3cret"),
+        "postgres://db/state?sslmode=require&Password=***"
+    );
+    assert_eq!(redact_url("postgres://u:p@db/state?sslpassword=k#x"), "postgres://u:***@db/state?sslpassword=***#x");
 }
 
 #[test]
