@@ -200,7 +200,10 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
             let existing = if force { Existing::Replace } else { Existing::Refuse };
             files::write_atomic(&html, page.as_bytes(), 0o600, existing).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    anyhow::anyhow!("{} exists; nothing was written. Choose another name, or pass --force to replace it", html.display())
+                    anyhow::anyhow!(
+                        "{} exists; nothing was written. Choose another name, or pass --force to replace it",
+                        html.display()
+                    )
                 } else {
                     anyhow::Error::new(e).context(format!("writing {}", html.display()))
                 }

@@ -260,8 +260,19 @@ mod tests {
     fn this_process_is_named_by_its_real_uid() {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-        let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let who = super::who();
-        assert!(who.starts_with(&who_from(&status, &passwd, None)) || who.ends_with("(via sudo)"), "{who} for uid {uid}");
+        assert!(
+            who.starts_with(&who_from(&status, &passwd, None)) || who.ends_with("(via sudo)"),
+            "{who} for uid {uid}"
+        );
     }
 }

@@ -59,7 +59,9 @@ fn random_hex() -> String {
         use std::hash::{BuildHasher as _, Hasher as _};
         for chunk in bytes.chunks_mut(8) {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+            );
             h.write_u32(std::process::id());
             chunk.copy_from_slice(&h.finish().to_le_bytes());
         }

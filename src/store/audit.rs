@@ -271,7 +271,9 @@ impl Store {
             } else if report.chained > head_count || prev != head_hash {
                 report.broken = Some(Break {
                     id: last_id,
-                    reason: "the last entries do not match the chain's recorded head: replaced, or added past the connector".into(),
+                    reason:
+                        "the last entries do not match the chain's recorded head: replaced, or added past the connector"
+                            .into(),
                 });
             }
         }

@@ -383,7 +383,8 @@ fn write_csv(partner: &Partner, rm: &ReverseMapping, rows: &[Vec<String>]) -> Re
         .from_writer(Vec::new());
     w.write_record(&rm.header).map_err(|e| fail(e.to_string()))?;
     for record in rows {
-        w.write_record(record.iter().map(|cell| neutralise_formula(cell).into_owned())).map_err(|e| fail(e.to_string()))?;
+        w.write_record(record.iter().map(|cell| neutralise_formula(cell).into_owned()))
+            .map_err(|e| fail(e.to_string()))?;
     }
     let bytes = w.into_inner().map_err(|e| fail(e.to_string()))?;
     String::from_utf8(bytes).map_err(|e| fail(e.to_string()))

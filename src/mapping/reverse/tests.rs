@@ -548,7 +548,9 @@ fn other_partners_records_render_in_the_hubs_layout_and_import_there() {
 #[test]
 fn csv_feed_cells_that_a_spreadsheet_would_run_are_made_text() {
     use super::neutralise_formula as n;
-    for formula in ["=HYPERLINK(\"http://x\")", "@SUM(A1)", "+cmd|' /C calc'!A0", "-2+3+cmd|x!A0", "\t=1", "\r=1", "-", "+"] {
+    for formula in
+        ["=HYPERLINK(\"http://x\")", "@SUM(A1)", "+cmd|' /C calc'!A0", "-2+3+cmd|x!A0", "\t=1", "\r=1", "-", "+"]
+    {
         assert_eq!(n(formula), format!("'{formula}"), "{formula:?}");
     }
     for data in ["+44 7700 900345", "-12.5", "-3", "07700 900123", "O'Brien", "", "Zoë", "a=b"] {
