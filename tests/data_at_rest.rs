@@ -179,3 +179,41 @@ fn the_conflict_report_never_writes_through_a_planted_symlink_nor_over_a_file_wi
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(std::fs::read_to_string(&report).unwrap().contains("<html"), "a report was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_the_first_entry_edited_past_the_triggers() {
+    use sqlx::Connection;
+    use york_connector::store::{AuditEntry, AuditFilter, Store};
+    let dir = TempDir::new("audit-verify");
+    let config = write_config(dir.path(), "");
+    let url = format!("sqlite://{}/state/state.db", dir.path().display());
+    let store = Store::connect(&url).await.unwrap();
+    for i in 0..3 {
+        let entry = AuditEntry {
+            at: chrono::Utc::now(),
+            action: "consent".into(),
+            reason: Some(format!("entry {i}")),
+            ..AuditEntry::default()
+        };
+        store.audit_append(&entry).await.unwrap();
+    }
+    let ids: Vec<i64> = store.audit_list(&AuditFilter::default()).await.unwrap().iter().map(|e| e.id).collect();
+    store.close().await;
+    let out = connector(&config, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("intact: 3 chained entries"), "{}", text(&out));
+
+    // Someone with the file drops the append-only trigger and rewrites an entry.
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TRIGGER audit_append_only_update; UPDATE audit SET reason = 'nothing' WHERE id = {}",
+        ids[1]
+    )))
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    raw.close().await.unwrap();
+    let out = connector(&config, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains(&format!("BROKEN at entry {}: it was edited", ids[1])), "{}", text(&out));
+}
