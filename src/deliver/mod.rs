@@ -797,6 +797,8 @@ async fn merge_and_send(
                 let mut w = write.clone();
                 w.body = Some(body.clone());
                 w.if_match = found.version_id.clone();
+                let intent: Vec<SendIntent> = intent_of(dest, row, &w, permit).into_iter().collect();
+                store.intents_record(&intent).await?;
                 match send_retrying(dest, || dest.transport.send(std::slice::from_ref(&w))).await {
                     Ok(results) => {
                         let version = results.into_iter().next().and_then(|r| r.version_id);
