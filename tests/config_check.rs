@@ -1,6 +1,6 @@
 //! `connector config check` against a real Helios FHIR Server (metadata) and a small stand-in for PKB's
 //! OAuth2 token endpoint (no local server has one): ready when everything answers; a secret readable by
-//! others is warned about; a refused secret or an unreachable destination fails the check (exit 1), and the
+//! its group or others fails the check; a refused secret or an unreachable destination fails the check (exit 1), and the
 //! secret itself is never printed.
 
 mod common;
@@ -92,8 +92,12 @@ async fn config_check_passes_warns_and_fails_as_it_should() {
 
     let dir = TempDir::new("config-check-mode");
     let (code, out) = check(&write_config(dir.path(), &hfs.url(""), &token, SECRET, 0o644));
-    assert_eq!(code, 0, "a warning does not fail the check: {out}");
-    assert!(out.contains("WARN") && out.contains("readable by everyone") && out.contains("chmod 600"), "{out}");
+    assert_eq!(code, 1, "a secret others can read fails the check: {out}");
+    assert!(out.contains("FAIL") && out.contains("readable by everyone") && out.contains("chmod 600"), "{out}");
+    let dir = TempDir::new("config-check-group");
+    let (code, out) = check(&write_config(dir.path(), &hfs.url(""), &token, SECRET, 0o640));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL") && out.contains("readable by its group"), "{out}");
 
     let dir = TempDir::new("config-check-bad-secret");
     let (code, out) = check(&write_config(dir.path(), &hfs.url(""), &token, "wrong-secret", 0o600));

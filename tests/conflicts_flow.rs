@@ -175,13 +175,32 @@ async fn remote_edits_are_merged_or_kept_as_conflicts_and_resolved_by_an_admin()
     assert!(r.written);
     let kept_source = patient(&cito, "HUB-1008").await;
     assert!(mobile(&kept_source).iter().any(|m| m.replace(' ', "") == "07700900679"), "{kept_source}");
-    // Keep remote: the clinician's number stays; nothing is written.
-    let r = resolve::resolve(&engine, by_client("HUB-1010"), Keep::Remote, "admin-test").await.unwrap();
-    assert!(!r.written);
+    // Keep remote, from the command line of someone whose environment claims another user: nothing is
+    // written, the clinician's number stays, and the audit names the account of the real user id.
+    let out = Command::new(env!("CARGO_BIN_EXE_connector"))
+        .arg("--config")
+        .arg(&config)
+        .args(["conflicts", "resolve", &by_client("HUB-1010").to_string(), "--keep", "remote"])
+        .env("USER", "mallory")
+        .env("LOGNAME", "mallory")
+        .env("SUDO_USER", "mallory")
+        .env_remove("SUDO_UID")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("was kept"), "{said}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(patient(&cito, "HUB-1010").await["telecom"], clinician_phone);
+    let real = resolve::who_from(
+        &std::fs::read_to_string("/proc/self/status").unwrap(),
+        &std::fs::read_to_string("/etc/passwd").unwrap(),
+        None,
+    );
     let decided = audit(&engine, "conflict-resolved").await;
     assert_eq!(decided.len(), 2);
-    assert!(decided.iter().all(|a| a.reason.as_deref().unwrap_or_default().contains("admin-test")));
+    let reason = |a: &york_connector::store::AuditEntry| a.reason.clone().unwrap_or_default();
+    assert!(decided.iter().any(|a| reason(a).contains("admin-test")), "{decided:?}");
+    assert!(decided.iter().any(|a| reason(a).ends_with(&format!("decided by {real}"))), "{real}: {decided:?}");
+    assert!(decided.iter().all(|a| !reason(a).contains("mallory")), "{decided:?}");
     assert!(decided.iter().any(|a| a.reason.as_deref().unwrap_or_default().contains("partner's version")));
     assert!(decided.iter().any(|a| a.reason.as_deref().unwrap_or_default().contains("version on cito")));
     assert!(engine.store.conflicts_list(false, None, 100).await.unwrap().is_empty());

@@ -84,6 +84,15 @@ impl Raw {
         .unwrap_or_else(|e| panic!("raw SQL failed: {e}"));
     }
 
+    /// Runs SQL that may fail (an append-only trigger refusing it).
+    async fn try_exec(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            Raw::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+            Raw::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+        }
+    }
+
     async fn scalar_i64(&mut self, sql: &'static str) -> i64 {
         match self {
             Raw::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await,
@@ -162,6 +171,7 @@ suite!(
     job_runs,
     quarantine_round_trip,
     feed_ledger_round_trip,
+    audit_chain_detects_edits_deletions_and_truncation,
 );
 
 // ---------------------------------------------------------------------------------------------------------
@@ -893,4 +903,101 @@ async fn feed_ledger_round_trip(db: &Db) {
     assert_eq!(store.feed_forget(feed).await.unwrap(), (1, 1));
     assert!(store.feed_items(feed, "Person/p").await.unwrap().is_empty());
     assert!(pending(&store, feed).await.is_empty());
+}
+
+async fn audit_chain_detects_edits_deletions_and_truncation(db: &Db) {
+    use york_connector::store::{AuditEntry, AuditFilter};
+    let store = db.connect().await;
+    let entry = |i: i64| AuditEntry {
+        at: at(i),
+        action: "disclosed".into(),
+        destination: Some(CITO.into()),
+        resource_type: Some("Patient".into()),
+        resource_id: Some(format!("p{i}")),
+        reason: Some(format!("entry {i}")),
+        ..Default::default()
+    };
+    let intact = store.audit_verify().await.unwrap();
+    assert_eq!((intact.chained, &intact.broken), (0, &None), "an empty trail is whole");
+    // Two instances appending at once: the appends are serialised, the chain stays one line.
+    let other = db.connect().await;
+    let (a, b) = tokio::join!(
+        async {
+            for i in 1..=5 {
+                store.audit_append(&entry(i)).await.unwrap();
+            }
+        },
+        async {
+            for i in 11..=15 {
+                other.audit_append(&entry(i)).await.unwrap();
+            }
+        }
+    );
+    let ((), ()) = (a, b);
+    other.close().await;
+    let intact = store.audit_verify().await.unwrap();
+    assert_eq!((intact.chained, intact.head_count, &intact.broken), (10, 10, &None), "{intact:?}");
+    let ids: Vec<i64> = store.audit_list(&AuditFilter::default()).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 10);
+
+    // The triggers refuse edits and deletes (and, on PostgreSQL, TRUNCATE)...
+    let mut raw = db.raw().await;
+    assert!(raw.try_exec("UPDATE audit SET reason = 'x'").await.is_err());
+    assert!(raw.try_exec("DELETE FROM audit").await.is_err());
+    if db.backend() == Backend::Postgres {
+        assert!(raw.try_exec("TRUNCATE audit").await.is_err(), "TRUNCATE is refused");
+    }
+    // ...but the file's or table's owner can take them away. The chain still tells.
+    raw.exec("CREATE TABLE audit_copy AS SELECT * FROM audit").await;
+    raw.exec(match db.backend() {
+        Backend::Sqlite => "DROP TRIGGER audit_append_only_update; DROP TRIGGER audit_append_only_delete",
+        Backend::Postgres => "ALTER TABLE audit DISABLE TRIGGER USER",
+    })
+    .await;
+    let broken =
+        |r: york_connector::store::ChainReport| r.broken.clone().unwrap_or_else(|| panic!("not detected: {r:?}"));
+
+    // An edited entry is named.
+    raw.exec(&format!("UPDATE audit SET reason = 'nothing happened' WHERE id = {}", ids[2])).await;
+    let b = broken(store.audit_verify().await.unwrap());
+    assert_eq!(b.id, ids[2], "{b:?}");
+    assert!(b.reason.contains("edited"), "{b:?}");
+    raw.exec(&format!(
+        "UPDATE audit SET reason = (SELECT c.reason FROM audit_copy c WHERE c.id = audit.id) WHERE id = {}",
+        ids[2]
+    ))
+    .await;
+    assert_eq!(store.audit_verify().await.unwrap().broken, None, "restored");
+
+    // A deleted entry: the next one no longer follows the one before.
+    raw.exec(&format!("DELETE FROM audit WHERE id = {}", ids[4])).await;
+    let b = broken(store.audit_verify().await.unwrap());
+    assert_eq!(b.id, ids[5], "{b:?}");
+    assert!(b.reason.contains(&format!("entry {}", ids[3])) && b.reason.contains("deleted"), "{b:?}");
+    raw.exec(&format!("INSERT INTO audit SELECT * FROM audit_copy WHERE id = {}", ids[4])).await;
+    assert_eq!(store.audit_verify().await.unwrap().broken, None, "restored");
+
+    // The last entry deleted: missing against the recorded head.
+    raw.exec(&format!("DELETE FROM audit WHERE id = {}", ids[9])).await;
+    let b = broken(store.audit_verify().await.unwrap());
+    assert_eq!(b.id, ids[8], "{b:?}");
+    assert!(b.reason.contains("missing"), "{b:?}");
+    raw.exec(&format!("INSERT INTO audit SELECT * FROM audit_copy WHERE id = {}", ids[9])).await;
+
+    // The whole table emptied.
+    raw.exec(match db.backend() {
+        Backend::Sqlite => "DELETE FROM audit",
+        Backend::Postgres => "TRUNCATE audit",
+    })
+    .await;
+    let r = store.audit_verify().await.unwrap();
+    assert_eq!(r.chained, 0);
+    assert!(broken(r).reason.contains("truncated"));
+
+    // Put back as it was, the trail verifies and grows on.
+    raw.exec("INSERT INTO audit SELECT * FROM audit_copy").await;
+    store.audit_append(&entry(20)).await.unwrap();
+    let intact = store.audit_verify().await.unwrap();
+    assert_eq!((intact.chained, &intact.broken), (11, &None), "{intact:?}");
+    store.close().await;
 }

@@ -1,7 +1,8 @@
 //! `connector config check`: is this installation ready? Validates the config and the mappings, finds each
 //! secret and checks who can read it, opens the state store, and reaches each destination's metadata and
 //! token endpoints, without sending any personal data. Exit 0 only when everything passes; warnings (a
-//! secret readable by others, a missing export) do not fail the check but are printed.
+//! missing export) do not fail the check but are printed. A state database, secret or feed token file that
+//! its group or others can read fails it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -82,6 +83,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     } else {
         o.ok(&format!("{} information sharing agreement(s)", config.sharing.len()));
     }
+    for path in sqlite_files(&config.state_url()) {
+        if let Some(why) = readable_by_others(&path) {
+            o.fail(&format!(
+                "state database file {} {why}: it holds personal data; chmod 600 it (and its -wal and -shm files) and chmod 700 its folder",
+                path.display()
+            ));
+        }
+    }
+    for feed in &config.feeds {
+        let Some(path) = feed.token_file.as_ref().map(|f| config.resolve(f)) else { continue };
+        if let Some(why) = readable_by_others(&path) {
+            o.fail(&format!("feed for {}: token file {} {why}; chmod 600 it", feed.partner, path.display()));
+        }
+    }
     match Store::connect(&config.state_url()).await {
         Ok(store) => {
             o.ok(&format!("state store opens ({}, schema up to date)", store.backend()));
@@ -102,7 +117,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
                     if let Some(path) = a.secret_path(&config)
                         && let Some(why) = readable_by_others(&path)
                     {
-                        o.warn(&format!("destination {name}: secret file {} {why}; chmod 600 it", path.display()));
+                        o.fail(&format!("destination {name}: secret file {} {why}; chmod 600 it", path.display()));
                     }
                     let provider =
                         TokenProvider::new(&a.token_url, &a.client_id, secret, Duration::from_secs(0), timeout);
@@ -129,6 +144,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     }
     println!("{}: {} failed, {} warning(s)", if o.failed == 0 { "ready" } else { "NOT READY" }, o.failed, o.warned);
     Ok(if o.failed == 0 { 0 } else { 1 })
+}
+
+/// The files of a SQLite state database that exist (the database, its WAL and shared-memory files).
+fn sqlite_files(url: &str) -> Vec<std::path::PathBuf> {
+    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else { return Vec::new() };
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    if path.is_empty() || path.starts_with(':') {
+        return Vec::new();
+    }
+    ["", "-wal", "-shm"].iter().map(|s| std::path::PathBuf::from(format!("{path}{s}"))).filter(|p| p.exists()).collect()
 }
 
 /// Why a file's permissions let people other than its owner read it, if they do.

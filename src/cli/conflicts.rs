@@ -9,6 +9,7 @@ use super::{EXIT_FOUND, Format};
 use crate::config::Config;
 use crate::conflict::report;
 use crate::conflict::resolve::{self, Keep};
+use crate::ops::files::{self, Existing};
 use crate::sync::Engine;
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +43,9 @@ pub enum ConflictsCommand {
     Report {
         #[arg(long, value_name = "FILE")]
         html: PathBuf,
+        /// Replace FILE if it exists (never the file a symlink there points to).
+        #[arg(long)]
+        force: bool,
         /// Resolved ones too (their versions are no longer kept).
         #[arg(long)]
         all: bool,
@@ -188,12 +192,22 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
             }
             Ok(0)
         }
-        ConflictsCommand::Report { html, all } => {
+        ConflictsCommand::Report { html, all, force } => {
             let store = crate::store::Store::connect(&config.state_url()).await?;
             let list = store.conflicts_list(all, None, 10_000).await?;
             store.close().await;
             let page = report::html(&list, chrono::Utc::now());
-            write_private(&html, &page).with_context(|| format!("writing {}", html.display()))?;
+            let existing = if force { Existing::Replace } else { Existing::Refuse };
+            files::write_atomic(&html, page.as_bytes(), 0o600, existing).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    anyhow::anyhow!(
+                        "{} exists; nothing was written. Choose another name, or pass --force to replace it",
+                        html.display()
+                    )
+                } else {
+                    anyhow::Error::new(e).context(format!("writing {}", html.display()))
+                }
+            })?;
             eprintln!(
                 "Wrote {} ({} conflict(s)). It holds personal data: delete it after use.",
                 html.display(),
@@ -215,12 +229,4 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         return vec![String::new()];
     }
     chars.chunks(width.saturating_sub(1).max(1)).map(|c| c.iter().collect()).collect()
-}
-
-/// Writes a file only its owner can read (it holds personal data).
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())
 }

@@ -27,7 +27,10 @@ pub enum ConsentCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<super::audit::AuditCommand>,
     /// Only this person (NHS number or partner client reference).
     #[arg(long)]
     pub person: Option<String>,

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 "ran fine but found something" (quarantined
 //! rows, drift, open conflicts) so that cron and monitoring can act on it.
 
+mod audit;
 mod config_check;
 mod conflicts;
 mod consent;
@@ -75,7 +76,8 @@ pub enum Command {
     /// A person's consent to share: in force, history, and what each destination holds.
     #[command(subcommand)]
     Consent(consent::ConsentCommand),
-    /// The audit trail: every disclosure, withholding, cancellation and retraction.
+    /// The audit trail: every disclosure, withholding, cancellation and retraction; `audit verify` checks
+    /// that none was edited or deleted.
     Audit(consent::AuditArgs),
     /// Check the installation: config, mappings, secrets, state store, destinations (sends no data).
     #[command(subcommand)]
@@ -121,6 +123,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Reconcile(args) => runtime().and_then(|rt| rt.block_on(reconcile::run(&cli.config, args))),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(reconcile::pull(&cli.config, args))),
         Command::Feed(cmd) => runtime().and_then(|rt| rt.block_on(feed::run(&cli.config, cmd))),
+        Command::Audit(consent::AuditArgs { command: Some(cmd), .. }) => {
+            runtime().and_then(|rt| rt.block_on(audit::run(&cli.config, cmd)))
+        }
         Command::Audit(args) => {
             runtime().and_then(|rt| rt.block_on(consent::run_audit(&cli.config, &cli.mappings, args)))
         }

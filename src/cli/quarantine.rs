@@ -98,21 +98,30 @@ pub async fn run(config_path: &Path, cmd: QuarantineCommand) -> anyhow::Result<u
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no quarantined row {id}; see `connector quarantine list`"))?;
             let report = engine.ingest(&q.partner, false).await?;
-            let file = Path::new(&q.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let again = report.quarantined_rows.iter().any(|(kind, f, row, key)| {
-                *kind == q.kind
-                    && (key.is_some() && *key == q.key || (*f == file && i64::try_from(*row).ok() == Some(q.row)))
-            });
-            // The run above quarantined afresh whatever still fails, so the old entry goes either way.
-            engine.store.quarantine_delete(id).await?;
-            if again {
+            let again = crate::quarantine::find_again(&q, &report.quarantined_rows);
+            // The run above quarantined afresh whatever still fails, so the old entry goes, unless the run kept
+            // the row under the same entry (same place, same content).
+            if !again.is_some_and(|r| crate::quarantine::is_entry(&q, r)) {
+                engine.store.quarantine_delete(id).await?;
+            }
+            let which = match &q.key {
+                Some(k) => format!("The row with key {k} (row {} of {} when quarantined)", q.row, q.file),
+                None => format!("Row {} of {} (no key; found by its content)", q.row, q.file),
+            };
+            if let Some(now) = again {
                 println!(
-                    "Row {} of {} still does not map; it is quarantined again with the current reasons (`connector quarantine list --partner {}`).",
-                    q.row, q.file, q.partner
+                    "{which} still does not map; it is quarantined again, now as row {} of {}, with the current reasons (`connector quarantine list --partner {}`).",
+                    now.row, now.file, q.partner
                 );
                 Ok(EXIT_FOUND)
+            } else if q.key.is_none() {
+                println!(
+                    "{which} is no longer quarantined as it was: it maps now, or it was changed (a changed row without a key cannot be told from a new one: see `connector quarantine list --partner {}`).",
+                    q.partner
+                );
+                Ok(0)
             } else {
-                println!("Row {} of {} maps now: its resources are queued for the next delivery.", q.row, q.file);
+                println!("{which} maps now: its resources are queued for the next delivery.");
                 Ok(0)
             }
         }

@@ -49,12 +49,45 @@ pub struct Resolved {
     pub written: bool,
 }
 
-/// Who is deciding: the login behind sudo, else the user.
+/// Who is deciding: the account of the process's real user id, from `/proc/self/status` and `/etc/passwd`.
+/// `USER`, `LOGNAME` and `SUDO_USER` are not trusted (anyone can set them), except `SUDO_USER` when the real
+/// user is root and `SUDO_UID` names that same account: that is sudo saying who ran it.
 pub fn who() -> String {
-    ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let sudo = std::env::var("SUDO_USER").ok().zip(std::env::var("SUDO_UID").ok());
+    who_from(&status, &passwd, sudo.as_ref().map(|(u, id)| (u.as_str(), id.as_str())))
+}
+
+/// [`who`] on given texts: `status` as in `/proc/self/status`, `passwd` as in `/etc/passwd`, and sudo's
+/// `SUDO_USER`/`SUDO_UID` when both are set.
+pub fn who_from(status: &str, passwd: &str, sudo: Option<(&str, &str)>) -> String {
+    let Some(uid) = real_uid(status) else { return "unknown (no real user id)".into() };
+    let name = account(passwd, uid);
+    if uid == 0
+        && let Some((user, sudo_uid)) = sudo
+        && let Ok(sudo_uid) = sudo_uid.trim().parse::<u32>()
+        && sudo_uid != 0
+        && account(passwd, sudo_uid).as_deref() == Some(user)
+    {
+        return format!("{user} (via sudo)");
+    }
+    name.unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// The real user id: the first number of the `Uid:` line.
+fn real_uid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// The account name `/etc/passwd` gives `uid`.
+fn account(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::Result<Resolved> {
@@ -205,4 +238,49 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
         version,
         written,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::who_from;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n\
+                          bob:x:1001:1001::/home/bob:/bin/sh\n";
+
+    fn status(uid: u32) -> String {
+        format!("Name:\tconnector\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t0\t0\t0\t0\n")
+    }
+
+    #[test]
+    fn the_deciding_user_is_the_real_uids_account_not_what_the_environment_claims() {
+        // alice claims to be bob through SUDO_USER without being root: ignored.
+        assert_eq!(who_from(&status(1000), PASSWD, Some(("bob", "1001"))), "alice");
+        assert_eq!(who_from(&status(1000), PASSWD, None), "alice");
+        // Root through sudo: sudo's word is taken when SUDO_UID names the same account.
+        assert_eq!(who_from(&status(0), PASSWD, Some(("alice", "1000"))), "alice (via sudo)");
+        assert_eq!(who_from(&status(0), PASSWD, Some(("bob", "1000"))), "root");
+        assert_eq!(who_from(&status(0), PASSWD, None), "root");
+        // A uid with no account is named by number.
+        assert_eq!(who_from(&status(4242), PASSWD, None), "uid 4242");
+    }
+
+    #[test]
+    fn this_process_is_named_by_its_real_uid() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let who = super::who();
+        assert!(
+            who.starts_with(&who_from(&status, &passwd, None)) || who.ends_with("(via sudo)"),
+            "{who} for uid {uid}"
+        );
+    }
 }

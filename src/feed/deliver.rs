@@ -72,6 +72,12 @@ pub async fn deliver(
             "Feed delivered."
         );
     }
+    // Delivered documents took their bodies (personal data) out of the outbox: out of the WAL too.
+    if report.documents > 0
+        && let Err(e) = engine.store.checkpoint().await
+    {
+        tracing::warn!(feed = %name, error = %e, "Checkpoint after the feed failed; it is tried again after the next run.");
+    }
     Ok(report)
 }
 

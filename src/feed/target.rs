@@ -1,7 +1,6 @@
 //! Where a partner feed's documents go: a folder (for SFTP pick-up), the partner's FHIR endpoint, or its
 //! webhook. One enum, one match arm each: a new kind of target is one variant here.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -131,24 +130,20 @@ impl Target {
     }
 }
 
-/// Writes a document whole under a temporary name, then renames it into place, so a partner's pick-up job
-/// never sees half a file. Owner and group may read it (the SFTP account is usually in the group).
+/// Writes a document whole under a random temporary name, then renames it into place, so a partner's pick-up
+/// job never sees half a file, and nothing planted in the folder (which the partner's account can write) is
+/// written through. Owner and group may read it (the SFTP account is usually in the group).
 fn write_file(dir: &std::path::Path, doc: &Document) -> Result<(), TransportError> {
-    let setup = |e: std::io::Error, what: &str| TransportError::Transient {
-        message: format!("{what} in {}: {e}", dir.display()),
-        retry_after: None,
-    };
-    let tmp = dir.join(format!(".{}.part", doc.name));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o640);
+    if doc.name.is_empty() || doc.name.contains('/') || doc.name.starts_with('.') {
+        return Err(TransportError::Rejected {
+            status: 0,
+            message: format!("feed document name {:?} is not a plain file name", doc.name),
+            outcome: None,
+        });
     }
-    let mut f = opts.open(&tmp).map_err(|e| setup(e, "creating a feed file"))?;
-    f.write_all(&doc.body).map_err(|e| setup(e, "writing a feed file"))?;
-    f.sync_all().map_err(|e| setup(e, "writing a feed file"))?;
-    std::fs::rename(&tmp, dir.join(&doc.name)).map_err(|e| setup(e, "renaming a feed file into place"))?;
-    Ok(())
+    crate::ops::files::write_atomic(&dir.join(&doc.name), &doc.body, 0o640, crate::ops::files::Existing::Replace)
+        .map_err(|e| TransportError::Transient {
+            message: format!("writing feed file {} in {}: {e}", doc.name, dir.display()),
+            retry_after: None,
+        })
 }

@@ -294,7 +294,8 @@ impl Store {
                 consent::append_audit(&mut *tx, audit).await?;
             }
         });
-        Ok(())
+        // The versions just cleared hold personal data.
+        self.checkpoint().await
     }
 
     // -----------------------------------------------------------------------------------------------------

@@ -163,10 +163,6 @@ struct AuditDb {
     reason: Option<String>,
 }
 
-const AUDIT_INSERT: &str = "INSERT INTO audit (at, action, destination, person, resource_type, resource_id, \
-     version_id, content_hash, partner, category, agreement, lawful_basis, consent, reason) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-
 /// Which audit entries to list.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -180,35 +176,12 @@ pub struct AuditFilter {
     pub limit: usize,
 }
 
-/// Appends `entry` inside an open transaction.
-pub(crate) async fn append_audit<'c, E, DB>(conn: E, entry: &AuditEntry) -> Result<()>
+/// Appends `entry` inside an open transaction, chained to the entry before it (see `store/audit.rs`).
+pub(crate) async fn append_audit<C>(conn: &mut C, entry: &AuditEntry) -> Result<()>
 where
-    E: sqlx::Executor<'c, Database = DB>,
-    DB: sqlx::Database,
-    for<'q> DB::Arguments: sqlx::IntoArguments<DB>,
-    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    C: super::audit::AuditConn + Send,
 {
-    sqlx::query::<DB>(AUDIT_INSERT)
-        .bind(ms(entry.at))
-        .bind(entry.action.clone())
-        .bind(entry.destination.clone())
-        .bind(entry.person.clone())
-        .bind(entry.resource_type.clone())
-        .bind(entry.resource_id.clone())
-        .bind(entry.version_id.clone())
-        .bind(entry.content_hash.clone())
-        .bind(entry.partner.clone())
-        .bind(entry.category.clone())
-        .bind(entry.agreement.clone())
-        .bind(entry.lawful_basis.clone())
-        .bind(entry.consent.clone())
-        .bind(entry.reason.clone())
-        .execute(conn)
-        .await
-        .map_err(StoreError::query("writing the audit trail"))?;
-    Ok(())
+    conn.append_chained(entry).await
 }
 
 /// Records, inside the caller's transaction, that `key` is kept from `destination` for `reason` (since the
@@ -559,7 +532,8 @@ impl Store {
 
     /// Appends one entry to the audit trail.
     pub async fn audit_append(&self, entry: &AuditEntry) -> Result<()> {
-        with_pool!(self, |pool| append_audit(pool, entry).await)
+        in_tx!(self, "audit_append", |tx| append_audit(&mut *tx, entry).await?);
+        Ok(())
     }
 
     /// Audit entries matching `filter`, oldest first.

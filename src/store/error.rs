@@ -20,6 +20,13 @@ pub enum StoreError {
     CreateDir { dir: PathBuf, source: std::io::Error },
 
     #[error(
+        "cannot create the SQLite state database {} (owner-only): {source}. Fix the folder's permissions, \
+         or point [state] url elsewhere",
+        file.display()
+    )]
+    CreateFile { file: PathBuf, source: std::io::Error },
+
+    #[error(
         "cannot open the state database {url}: {source}. Check that the file or server is reachable and \
          that the connector may read and write it"
     )]

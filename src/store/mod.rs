@@ -35,11 +35,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, SqlitePool};
 
+pub use audit::{Break, ChainReport};
 pub use conflict::{ConflictRecord, Expected};
 pub use consent::{AuditEntry, AuditFilter, StatementRecord, UNREADABLE, consent_today, prevails};
 pub use error::StoreError;
 use error::redact_url;
 pub use feed::FeedItem;
+pub use intent::SendIntent;
 use plan::{KeyState, StoredRow};
 
 /// `Result` with a [`StoreError`].
@@ -287,9 +289,11 @@ macro_rules! finish_leased_row {
 }
 
 // Declared after the macros above, which they use.
+mod audit;
 mod conflict;
 mod consent;
 mod feed;
+mod intent;
 
 // ---------------------------------------------------------------------------------------------------------
 // Row shapes as stored; converted to the public types (validating what came from disk).
@@ -704,6 +708,14 @@ impl Store {
                     .await
                     .map_err(StoreError::query("complete: clearing the withholding"))?;
             }
+            // Recorded: no write of this key is in doubt any more.
+            sqlx::query(intent::DELETE_KEY)
+                .bind(&item.destination)
+                .bind(&item.key.resource_type)
+                .bind(&item.key.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("complete: clearing the send intent"))?;
             // The row as leased (same seq), or replaced meanwhile by a plan that came back to the same content.
             finish_leased_row!(tx, row, "complete");
         });
@@ -1063,13 +1075,27 @@ impl Store {
         Ok(row.map(QuarantineDb::into_record).transpose()?.map(|(_, r)| r))
     }
 
-    /// Deletes a quarantined row (after replay, or to purge it). `false` if there was none.
+    /// Deletes a quarantined row (after replay, or to purge it), leaving none of its content in the SQLite
+    /// file or WAL. `false` if there was none.
     pub async fn quarantine_delete(&self, id: i64) -> Result<bool> {
         let n = with_pool!(self, |pool| {
             sqlx::query("DELETE FROM quarantine WHERE id = $1").bind(id).execute(pool).await.map(|r| r.rows_affected())
         })
         .map_err(StoreError::query("quarantine_delete"))?;
+        if n > 0 {
+            self.checkpoint().await?;
+        }
         Ok(n > 0)
+    }
+
+    /// After personal data was deleted (SQLite, where `secure_delete` is on): copies the WAL into the
+    /// database file and truncates the WAL, so the deleted rows are gone from both files. PostgreSQL: nothing
+    /// (its dead row versions are reclaimed by VACUUM). Backups taken before keep what was deleted.
+    pub async fn checkpoint(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(pool) => sqlite::checkpoint(pool).await,
+            Inner::Postgres(_) => Ok(()),
+        }
     }
 }
 

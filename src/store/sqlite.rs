@@ -29,17 +29,16 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
     let mut options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::BadUrl { url: shown.clone(), reason: e.to_string() })?
         .foreign_keys(true)
-        .busy_timeout(BUSY_TIMEOUT);
+        .busy_timeout(BUSY_TIMEOUT)
+        // Deleted rows (replayed quarantine rows, delivered bodies, cleared conflict versions) hold personal
+        // data: overwrite their bytes instead of leaving them in free pages. See [`checkpoint`] for the WAL.
+        .pragma("secure_delete", "ON");
     let pool_options = if in_memory {
         // An in-memory database lives as long as a connection to it: keep exactly one, for ever.
         SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
     } else {
         let file = options.get_filename().to_path_buf();
-        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { dir: dir.to_path_buf(), source })?;
-        }
+        create_private(&file)?;
         // FULL keeps the last commits across a power cut: the ledger is the record of what went where.
         options =
             options.create_if_missing(true).journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Full);
@@ -54,6 +53,46 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
         return Err(e);
     }
     Ok(pool)
+}
+
+/// Creates the database's missing folders owner-only (0700) and a missing database file owner-only (0600),
+/// whatever the umask: the file holds personal data. SQLite gives its `-wal` and `-shm` files the database
+/// file's mode. An existing file keeps its mode (`connector config check` fails when others can read it).
+fn create_private(file: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::CreateDir { dir: dir.to_path_buf(), source })?;
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(meta) = std::fs::metadata(file) {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(file = %file.display(), mode = %format!("{mode:o}"), "State database readable by others than its owner; chmod 600 it and its -wal and -shm files.");
+                }
+            }
+            Ok(())
+        }
+        Err(source) => Err(StoreError::CreateFile { file: file.to_path_buf(), source }),
+    }
+}
+
+/// Moves every committed page from the WAL into the database file and truncates the WAL, so that rows just
+/// deleted (with `secure_delete` on) no longer sit in the WAL's copies of their pages. Waits for readers.
+pub(super) async fn checkpoint(pool: &SqlitePool) -> Result<()> {
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(StoreError::query("checkpointing the WAL after a purge"))
 }
 
 async fn migrate(pool: &SqlitePool, shown: &str) -> Result<()> {

@@ -174,10 +174,16 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
             "outbox",
             "persons",
             "quarantine",
+            "send_intent",
             "settings",
             "withheld"
         ]
     );
+    // Owner-only, whatever the umask: it holds personal data.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(scratch.path().join("nested")).unwrap().permissions().mode() & 0o777, 0o700);
 }
 
 #[tokio::test]

@@ -96,9 +96,9 @@ pub struct IngestReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explained: Vec<Explained>,
     pub dry_run: bool,
-    /// The rows quarantined in this run: kind, file name, row and key (never their content).
+    /// The rows quarantined in this run: kind, file name, row, key and content hash (never their content).
     #[serde(skip)]
-    pub quarantined_rows: Vec<(String, String, u64, Option<String>)>,
+    pub quarantined_rows: Vec<crate::quarantine::QuarantinedRow>,
     /// Record what each destination should hold in the `expected` table (reconcile's dry run).
     #[serde(skip)]
     pub collect_expected: bool,
@@ -401,8 +401,7 @@ impl Engine {
                     }
                 }
                 Msg::Quarantined(q) => {
-                    let file = q.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    report.quarantined_rows.push((q.kind.to_string(), file, q.row, q.key.clone()));
+                    report.quarantined_rows.push(crate::quarantine::QuarantinedRow::of(&q));
                     if !dry_run {
                         self.keep_quarantined(&q).await?;
                     }

@@ -381,11 +381,46 @@ fn write_csv(partner: &Partner, rm: &ReverseMapping, rows: &[Vec<String>]) -> Re
         .terminator(csv::Terminator::CRLF)
         .quote_style(csv::QuoteStyle::Necessary)
         .from_writer(Vec::new());
-    for record in std::iter::once(&rm.header).chain(rows) {
-        w.write_record(record).map_err(|e| fail(e.to_string()))?;
+    w.write_record(&rm.header).map_err(|e| fail(e.to_string()))?;
+    for record in rows {
+        w.write_record(record.iter().map(|cell| neutralise_formula(cell).into_owned()))
+            .map_err(|e| fail(e.to_string()))?;
     }
     let bytes = w.into_inner().map_err(|e| fail(e.to_string()))?;
     String::from_utf8(bytes).map_err(|e| fail(e.to_string()))
+}
+
+/// A cell a spreadsheet would run as a formula, made text (OWASP "CSV injection"): a cell starting with `=`,
+/// `@`, a tab or a carriage return, or with `+` or `-` not followed by a plain number, gets a leading `'`.
+/// Plain numbers and phone numbers (`-12.5`, `+44 7700 900345`: a sign, then digits and spaces with at most
+/// one decimal point) are data and stay as they are, so feeds still round-trip them. A cell starting with
+/// `'` is left alone only if it would be safe without it, so what a reader strips is never a formula.
+pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+    let mut chars = cell.chars();
+    let risky = match chars.next() {
+        Some('=' | '@' | '\t' | '\r') => true,
+        Some('+' | '-') => !plain_number(chars.as_str()),
+        _ => false,
+    };
+    if risky { std::borrow::Cow::Owned(format!("'{cell}")) } else { std::borrow::Cow::Borrowed(cell) }
+}
+
+/// Digits and spaces, starting with a digit, with at most one `.` between digits.
+fn plain_number(text: &str) -> bool {
+    let mut seen_point = false;
+    let mut previous_digit = false;
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            '0'..='9' => previous_digit = true,
+            ' ' if i > 0 => previous_digit = false,
+            '.' if previous_digit && !seen_point => {
+                seen_point = true;
+                previous_digit = false;
+            }
+            _ => return false,
+        }
+    }
+    previous_digit
 }
 
 /// The field values (as partner text) of one resource under the partner's reverse mapping of its type, e.g.

