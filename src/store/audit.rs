@@ -11,7 +11,7 @@
 //! connector's PostgreSQL role with INSERT and SELECT only on `audit` (it is not the table's owner), and keep
 //! the head `connector audit verify` prints somewhere else, to compare.
 
-use super::{AuditEntry, Inner, Result, Store, StoreError, from_ms, ms, sha256_hex};
+use super::{AuditEntry, Inner, Result, Store, StoreError, ms, sha256_hex};
 
 /// `settings` name of the chain head: `"<entries chained> <hash of the last>"`.
 const HEAD: &str = "audit_chain_head";
@@ -134,46 +134,18 @@ pub struct Break {
     pub reason: String,
 }
 
+/// An audit row with its chain links: the entry's own columns are the same as `audit list` reads.
 #[derive(sqlx::FromRow)]
 struct ChainDb {
-    id: i64,
-    at: i64,
-    action: String,
-    destination: Option<String>,
-    person: Option<String>,
-    resource_type: Option<String>,
-    resource_id: Option<String>,
-    version_id: Option<String>,
-    content_hash: Option<String>,
-    partner: Option<String>,
-    category: Option<String>,
-    agreement: Option<String>,
-    lawful_basis: Option<String>,
-    consent: Option<String>,
-    reason: Option<String>,
+    #[sqlx(flatten)]
+    row: super::consent::AuditDb,
     prev_hash: Option<String>,
     hash: Option<String>,
 }
 
 impl ChainDb {
     fn entry(&self) -> Result<AuditEntry> {
-        Ok(AuditEntry {
-            id: self.id,
-            at: from_ms("audit.at", self.at)?,
-            action: self.action.clone(),
-            destination: self.destination.clone(),
-            person: self.person.clone(),
-            resource_type: self.resource_type.clone(),
-            resource_id: self.resource_id.clone(),
-            version_id: self.version_id.clone(),
-            content_hash: self.content_hash.clone(),
-            partner: self.partner.clone(),
-            category: self.category.clone(),
-            agreement: self.agreement.clone(),
-            lawful_basis: self.lawful_basis.clone(),
-            consent: self.consent.clone(),
-            reason: self.reason.clone(),
-        })
+        self.row.entry()
     }
 }
 
@@ -230,30 +202,30 @@ impl Store {
             })
             .map_err(StoreError::query(op))?;
             let Some(last) = rows.last() else { break };
-            after = last.id;
+            after = last.row.id;
             for row in &rows {
                 let (Some(row_prev), Some(row_hash)) = (&row.prev_hash, &row.hash) else {
                     report.broken = Some(Break {
-                        id: row.id,
+                        id: row.row.id,
                         reason: "it is not chained: it was inserted past the connector".into(),
                     });
                     break 'pages;
                 };
                 if chain_hash(row_prev, &row.entry()?) != *row_hash {
-                    report.broken = Some(Break { id: row.id, reason: "it was edited after it was written".into() });
+                    report.broken = Some(Break { id: row.row.id, reason: "it was edited after it was written".into() });
                     break 'pages;
                 }
                 if *row_prev != prev {
                     let before =
                         if last_id == 0 { "the start of the chain".to_string() } else { format!("entry {last_id}") };
                     report.broken = Some(Break {
-                        id: row.id,
+                        id: row.row.id,
                         reason: format!("it does not follow {before}: entries between them were deleted or edited"),
                     });
                     break 'pages;
                 }
                 prev = row_hash.clone();
-                last_id = row.id;
+                last_id = row.row.id;
                 report.chained += 1;
             }
         }

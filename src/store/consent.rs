@@ -145,8 +145,8 @@ pub struct AuditEntry {
 }
 
 #[derive(sqlx::FromRow)]
-struct AuditDb {
-    id: i64,
+pub(super) struct AuditDb {
+    pub(super) id: i64,
     at: i64,
     action: String,
     destination: Option<String>,
@@ -161,6 +161,28 @@ struct AuditDb {
     lawful_basis: Option<String>,
     consent: Option<String>,
     reason: Option<String>,
+}
+
+impl AuditDb {
+    pub(super) fn entry(&self) -> Result<AuditEntry> {
+        Ok(AuditEntry {
+            id: self.id,
+            at: from_ms("audit.at", self.at)?,
+            action: self.action.clone(),
+            destination: self.destination.clone(),
+            person: self.person.clone(),
+            resource_type: self.resource_type.clone(),
+            resource_id: self.resource_id.clone(),
+            version_id: self.version_id.clone(),
+            content_hash: self.content_hash.clone(),
+            partner: self.partner.clone(),
+            category: self.category.clone(),
+            agreement: self.agreement.clone(),
+            lawful_basis: self.lawful_basis.clone(),
+            consent: self.consent.clone(),
+            reason: self.reason.clone(),
+        })
+    }
 }
 
 /// Which audit entries to list.
@@ -570,26 +592,6 @@ impl Store {
             qb.build_query_as().fetch_all(pool).await
         })
         .map_err(StoreError::query("audit_list"))?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    id: r.id,
-                    at: from_ms("audit.at", r.at)?,
-                    action: r.action,
-                    destination: r.destination,
-                    person: r.person,
-                    resource_type: r.resource_type,
-                    resource_id: r.resource_id,
-                    version_id: r.version_id,
-                    content_hash: r.content_hash,
-                    partner: r.partner,
-                    category: r.category,
-                    agreement: r.agreement,
-                    lawful_basis: r.lawful_basis,
-                    consent: r.consent,
-                    reason: r.reason,
-                })
-            })
-            .collect()
+        rows.into_iter().map(|r| r.entry()).collect()
     }
 }
