@@ -435,55 +435,11 @@ fn a_future_consent_date_is_quarantined() {
     assert!(run.stderr.contains("key CN-702"), "{}", run.stderr);
 }
 
-// ---- XLSX, built by hand: a zip of stored (uncompressed) entries ----
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
+// ---- XLSX, built by hand: a zip of stored (uncompressed) entries (ingest::zip_writer) ----
 
 fn zip_stored(entries: &[(&str, String)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for (name, body) in entries {
-        let (name, body) = (name.as_bytes(), body.as_bytes());
-        let offset = out.len() as u32;
-        let crc = crc32(body);
-        let len = body.len() as u32;
-        let mut header = Vec::new();
-        header.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        header.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // version, flags, method 0 (stored), time, date
-        header.extend_from_slice(&crc.to_le_bytes());
-        header.extend_from_slice(&len.to_le_bytes());
-        header.extend_from_slice(&len.to_le_bytes());
-        header.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        header.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(name);
-        out.extend_from_slice(body);
-        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        central.extend_from_slice(&[20, 0]);
-        central.extend_from_slice(&header[4..]);
-        central.extend_from_slice(&[0; 10]); // comment length, disk, internal and external attributes
-        central.extend_from_slice(&offset.to_le_bytes());
-        central.extend_from_slice(name);
-    }
-    let at = out.len() as u32;
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-    out.extend_from_slice(&at.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out
+    let parts: Vec<(&str, &[u8])> = entries.iter().map(|(name, body)| (*name, body.as_bytes())).collect();
+    york_connector::ingest::zip_writer::stored_zip(&parts)
 }
 
 fn inline(cell: &str, text: &str) -> String {
