@@ -251,10 +251,13 @@ async fn faults_are_survived_and_a_refused_resource_is_dead_lettered_alone() {
     std::fs::write(&config, text).unwrap();
     let engine = engine(&config).await;
 
-    // A resource the server refuses (a code outside the value set), queued among good ones.
+    // A resource the server refuses (a code outside the value set), queued among good ones. It is about
+    // HUB-1001 (consent given to the central record): a resource about no one is withheld before sending.
     let bad_id = "00000000-0000-4000-8000-00000000bad1";
+    let hub_1001 = "Patient/85ddeb14-b63a-5283-9836-66d129438d3f";
     let bad = json!({"resourceType": "Encounter", "id": bad_id, "status": "not-a-status",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": hub_1001}})
     .to_string();
     engine
         .store
@@ -262,7 +265,7 @@ async fn faults_are_survived_and_a_refused_resource_is_dead_lettered_alone() {
             &[OutboxItem {
                 destination: "cito".into(),
                 key: ResourceKey { resource_type: "Encounter".into(), id: bad_id.into() },
-                patient: None,
+                patient: Some(hub_1001.into()),
                 op: Op::Upsert,
                 content_hash: content_hash(&bad),
                 body: Some(bad),
