@@ -34,6 +34,8 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 mkdir -p out/fuzz
+# LeakSanitizer suppressions (fuzz/lsan.supp): glibc's own registration of thread-local destructors.
+export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 seed() {
     local target=$1 dir=out/fuzz/corpus/$1
     mkdir -p "$dir"
