@@ -53,7 +53,11 @@ async fn metrics_match_the_cycle_and_readyz_follows_the_circuit() {
     let engine = Arc::new(Engine::start(Config::load(&config).unwrap()).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(york_connector::ops::http::serve(listener, engine.clone(), Duration::from_secs(1)));
+    tokio::spawn(york_connector::ops::http::serve(
+        std::sync::Arc::new(listener),
+        engine.clone(),
+        Duration::from_secs(1),
+    ));
 
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     assert_eq!(get(&format!("{base}/readyz")).await.0, 200, "ready before anything failed");

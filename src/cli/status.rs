@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 
 use super::{EXIT_FOUND, Format};
 use crate::config::Config;
-use crate::schedule::Schedule;
 use crate::store::Store;
 
 fn when(t: Option<DateTime<Utc>>, tz: chrono_tz::Tz) -> String {
@@ -24,11 +23,12 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
     let schedules = config
         .partners
         .iter()
-        .map(|p| (format!("ingest:{}", p.id), p.schedule.clone()))
-        .chain(config.destinations.iter().map(|(n, d)| (format!("deliver:{n}"), d.schedule.clone())))
-        .chain(config.feeds.iter().map(|f| (f.name(), f.schedule.clone())));
-    for (job, expr) in schedules {
-        let next = Schedule::parse(&expr, tz).ok().and_then(|s| s.next_after(now));
+        .map(|p| (format!("ingest:{}", p.id), &p.schedule))
+        .chain(config.destinations.iter().map(|(n, d)| (format!("deliver:{n}"), &d.schedule)))
+        .chain(config.feeds.iter().map(|f| (f.name(), &f.schedule)));
+    for (job, schedule) in schedules {
+        let next = schedule.next_after(now);
+        let expr = schedule.expression();
         let last = runs.iter().find(|r| r.job == job);
         jobs.push(serde_json::json!({
             "job": job,

@@ -9,6 +9,12 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::mapping::RecordKind;
+use crate::schedule::{DEFAULT_TIMEZONE, Schedule};
+
+/// A default schedule written in this file (a constant expression, known to parse).
+fn every(expr: &str) -> Schedule {
+    Schedule::parse(expr, DEFAULT_TIMEZONE).unwrap_or_else(|e| unreachable!("default schedule {expr}: {e}"))
+}
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -84,19 +90,27 @@ impl Default for MappingsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// IANA time zone that cron expressions are read in; Europe/London follows the UK clock changes.
-    #[serde(default = "ScheduleConfig::default_tz")]
-    pub timezone: String,
+    #[serde(default = "ScheduleConfig::default_tz", deserialize_with = "crate::schedule::deserialize_timezone")]
+    pub timezone: chrono_tz::Tz,
+    /// A job (one partner's ingest, one destination's delivery, a feed) that has been running this long is
+    /// taken to be stuck: the connector logs an error naming it and stops feeding the systemd watchdog, so
+    /// systemd restarts it (the outbox is durable and leases are reclaimed, so nothing is lost or sent twice).
+    #[serde(default = "ScheduleConfig::default_stuck_after")]
+    pub stuck_after_seconds: u64,
 }
 
 impl ScheduleConfig {
-    fn default_tz() -> String {
-        "Europe/London".into()
+    const fn default_tz() -> chrono_tz::Tz {
+        DEFAULT_TIMEZONE
+    }
+    const fn default_stuck_after() -> u64 {
+        6 * 3600
     }
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { timezone: Self::default_tz() }
+        Self { timezone: Self::default_tz(), stuck_after_seconds: Self::default_stuck_after() }
     }
 }
 
@@ -131,15 +145,15 @@ pub struct PartnerConfig {
     pub id: String,
     /// When to read this partner's sources (cron: `min hour day month weekday`, in `[schedule] timezone`).
     #[serde(default = "PartnerConfig::default_schedule")]
-    pub schedule: String,
+    pub schedule: Schedule,
     /// The exports this partner delivers.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
 }
 
 impl PartnerConfig {
-    fn default_schedule() -> String {
-        "*/15 * * * *".into()
+    fn default_schedule() -> Schedule {
+        every("*/15 * * * *")
     }
 }
 
@@ -210,7 +224,7 @@ pub struct DestinationConfig {
     pub breaker_cooldown_seconds: u64,
     /// When to deliver the outbox (cron, in `[schedule] timezone`).
     #[serde(default = "DestinationConfig::default_schedule")]
-    pub schedule: String,
+    pub schedule: Schedule,
     /// OAuth2 client credentials (PKB).
     pub auth: Option<AuthConfig>,
     /// PKB: the organisation's public id, sent as X-Org-Public-Id.
@@ -220,7 +234,7 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub retract: bool,
     /// When to read back what others changed there (cron, in `[schedule] timezone`); none: no pull.
-    pub pull_schedule: Option<String>,
+    pub pull_schedule: Option<Schedule>,
 }
 
 /// `[[feed]]`: what one partner receives of the unified record, how often and where.
@@ -238,7 +252,7 @@ pub struct FeedConfig {
     pub resources: Vec<String>,
     /// How often (cron: `min hour day month weekday`, in `[schedule] timezone`).
     #[serde(default = "FeedConfig::default_schedule")]
-    pub schedule: String,
+    pub schedule: Schedule,
     /// `bundle` (a FHIR Bundle of type collection per person), `ndjson` (one resource a line, per person)
     /// or `csv` (the partner's own column layout, through its reverse mappings, `<kind>.reverse.toml`).
     #[serde(default)]
@@ -266,8 +280,8 @@ impl FeedConfig {
     fn default_from() -> String {
         "cito".into()
     }
-    fn default_schedule() -> String {
-        "0 * * * *".into()
+    fn default_schedule() -> Schedule {
+        every("0 * * * *")
     }
     const fn default_attempts() -> usize {
         5
@@ -332,7 +346,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct OpsConfig {
     /// A loopback address and port to serve them on, e.g. "127.0.0.1:9464"; none: not served.
-    pub listen: Option<String>,
+    pub listen: Option<std::net::SocketAddr>,
     /// `/readyz` reports unready once a destination's circuit has stayed open this long.
     #[serde(default = "OpsConfig::default_unready_after")]
     pub unready_after_seconds: u64,
@@ -383,8 +397,8 @@ impl DestinationConfig {
     const fn default_breaker_cooldown() -> u64 {
         60
     }
-    fn default_schedule() -> String {
-        "*/5 * * * *".into()
+    fn default_schedule() -> Schedule {
+        every("*/5 * * * *")
     }
 }
 
@@ -440,18 +454,15 @@ impl Config {
             message: e.message().to_string(),
         })?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.zone_schedules();
         config.check(path)?;
         Ok(config)
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), key, message };
-        if self.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
-            return Err(invalid(
-                "schedule.timezone".into(),
-                format!("\"{}\" is not an IANA time zone such as Europe/London", self.schedule.timezone),
-            ));
-        }
+        bounded("schedule.stuck_after_seconds", self.schedule.stuck_after_seconds, 60, MAX_SECONDS_WEEK)
+            .map_err(|(k, m)| invalid(k, m))?;
         let mut seen = std::collections::HashSet::new();
         for p in &self.partners {
             if !seen.insert(&p.id) {
@@ -575,17 +586,13 @@ impl Config {
         }
         bounded("ops.unready_after_seconds", self.ops.unready_after_seconds, 0, MAX_SECONDS_WEEK)
             .map_err(|(k, m)| invalid(k, m))?;
-        if let Some(listen) = &self.ops.listen {
-            match listen.parse::<std::net::SocketAddr>() {
-                Ok(a) if a.ip().is_loopback() => {}
-                Ok(_) => {
-                    return Err(invalid(
-                        "ops.listen".into(),
-                        "must be a loopback address (127.0.0.1:PORT or [::1]:PORT); put a proxy in front to reach it from elsewhere".into(),
-                    ));
-                }
-                Err(_) => return Err(invalid("ops.listen".into(), format!("\"{listen}\" is not an address:port"))),
-            }
+        if let Some(listen) = &self.ops.listen
+            && !listen.ip().is_loopback()
+        {
+            return Err(invalid(
+                "ops.listen".into(),
+                "must be a loopback address (127.0.0.1:PORT or [::1]:PORT); put a proxy in front to reach it from elsewhere".into(),
+            ));
         }
         if self.sharing.is_empty() && !self.destinations.is_empty() {
             tracing::warn!("No [[sharing]] agreements in the config: nothing will be sent to any destination.");
@@ -609,7 +616,19 @@ impl Config {
     }
 
     pub fn timezone(&self) -> chrono_tz::Tz {
-        self.schedule.timezone.parse().unwrap_or(chrono_tz::Europe::London)
+        self.schedule.timezone
+    }
+
+    /// Moves every schedule into `[schedule] timezone` (they are parsed before it is known).
+    fn zone_schedules(&mut self) {
+        let tz = self.schedule.timezone;
+        let rezone = |s: &mut Schedule| *s = s.clone().in_timezone(tz);
+        self.partners.iter_mut().for_each(|p| rezone(&mut p.schedule));
+        for d in self.destinations.values_mut() {
+            rezone(&mut d.schedule);
+            d.pull_schedule.iter_mut().for_each(rezone);
+        }
+        self.feeds.iter_mut().for_each(|f| rezone(&mut f.schedule));
     }
 }
 
@@ -711,6 +730,31 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("config.toml:6:") && msg.contains("unknown field `shedule`"), "{msg}");
+    }
+
+    #[test]
+    fn schedules_zones_and_addresses_are_refused_as_the_file_is_read() {
+        let base = "[state]\nurl = \"sqlite://x.db\"\n";
+        for (text, line, says) in [
+            ("[[partner]]\nid = \"hub\"\nschedule = \"61 * * * *\"\n", 5, "61 * * * *"),
+            ("[[partner]]\nid = \"hub\"\nschedule = \"0 0 30 2 *\"\n", 5, "never fires"),
+            ("[schedule]\ntimezone = \"Europe/Lundun\"\n", 4, "Europe/Lundun"),
+            ("[ops]\nlisten = \"localhost-9464\"\n", 4, "socket address"),
+        ] {
+            let msg = load(&format!("{base}{text}")).unwrap_err().to_string();
+            assert!(msg.contains(&format!("config.toml:{line}:")) && msg.contains(says), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn schedules_are_read_in_the_configured_zone() {
+        let c = load(
+            "[state]\nurl = \"sqlite://x.db\"\n[schedule]\ntimezone = \"America/New_York\"\n\
+             [[partner]]\nid = \"hub\"\nschedule = \"30 1 * * *\"\n[[partner]]\nid = \"mind\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.partners[0].schedule.to_string(), "30 1 * * * (America/New_York)");
+        assert_eq!(c.partners[1].schedule.to_string(), "*/15 * * * * (America/New_York)", "defaults too");
     }
 
     #[test]

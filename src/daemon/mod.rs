@@ -8,17 +8,20 @@
 //! - With PostgreSQL, several instances may run: all deliver (rows are leased, never sent twice), and only
 //!   the instance holding the scheduler lock ingests and plans.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::ops::notify::{notify, watchdog_interval};
-use crate::schedule::{Clock, Schedule, Scheduler};
+use crate::schedule::{Clock, Scheduler, Watchdog};
 use crate::store::LeaderGuard;
 use crate::sync::Engine;
 
@@ -28,10 +31,9 @@ fn scheduler(
     leader: &Arc<Mutex<Option<LeaderGuard>>>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Scheduler> {
-    let tz = engine.config.timezone();
     let mut s = Scheduler::new();
     for p in &engine.config.partners {
-        let schedule = Schedule::parse(&p.schedule, tz).with_context(|| format!("partner {}: schedule", p.id))?;
+        let schedule = p.schedule.clone();
         let (engine, leader, id) = (engine.clone(), leader.clone(), p.id.clone());
         s.add(format!("ingest:{id}"), schedule, move || {
             let (engine, leader, id) = (engine.clone(), leader.clone(), id.clone());
@@ -46,7 +48,7 @@ fn scheduler(
         })?;
     }
     for (name, d) in &engine.config.destinations {
-        let schedule = Schedule::parse(&d.schedule, tz).with_context(|| format!("destination {name}: schedule"))?;
+        let schedule = d.schedule.clone();
         let (engine_d, name_d, stop) = (engine.clone(), name.clone(), stop.clone());
         s.add(format!("deliver:{name}"), schedule, move || {
             let (engine, name, stop) = (engine_d.clone(), name_d.clone(), stop.clone());
@@ -57,7 +59,7 @@ fn scheduler(
             }
         })?;
         if let Some(pull) = &d.pull_schedule {
-            let schedule = Schedule::parse(pull, tz).with_context(|| format!("destination {name}: pull_schedule"))?;
+            let schedule = pull.clone();
             let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
             s.add(format!("pull:{name}"), schedule, move || {
                 let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
@@ -73,7 +75,7 @@ fn scheduler(
         }
     }
     for f in &engine.config.feeds {
-        let schedule = Schedule::parse(&f.schedule, tz).with_context(|| format!("feed for {}: schedule", f.partner))?;
+        let schedule = f.schedule.clone();
         crate::feed::check(engine, f)?;
         let (engine, leader, feed, stop) = (engine.clone(), leader.clone(), f.clone(), stop.clone());
         s.add(f.name(), schedule, move || {
@@ -116,85 +118,146 @@ async fn lead(engine: &Engine, leader: &Mutex<Option<LeaderGuard>>) -> bool {
     }
 }
 
+/// Everything one configuration runs with, built whole before anything running is touched: the engine
+/// (mappings, state store, destinations, sharing rules), the scheduler with every job, and the ops listener.
+struct Generation {
+    engine: Arc<Engine>,
+    scheduler: Scheduler,
+    leader: Arc<Mutex<Option<LeaderGuard>>>,
+    stop: watch::Sender<bool>,
+    /// The ops listener and the address it was bound to.
+    listener: Option<(SocketAddr, Arc<TcpListener>)>,
+}
+
+/// Proves a configuration whole: builds its engine, its jobs and its listener. `running` is the listener
+/// of the configuration in use, taken over when the address is unchanged (the port cannot be bound twice).
+async fn prepare(config: Config, running: Option<&(SocketAddr, Arc<TcpListener>)>) -> anyhow::Result<Generation> {
+    let engine = Arc::new(Engine::start(config).await?);
+    match finish(&engine, running).await {
+        Ok((scheduler, leader, stop, listener)) => Ok(Generation { engine, scheduler, leader, stop, listener }),
+        Err(e) => {
+            engine.store.close().await;
+            Err(e)
+        }
+    }
+}
+
+type Parts = (Scheduler, Arc<Mutex<Option<LeaderGuard>>>, watch::Sender<bool>, Option<(SocketAddr, Arc<TcpListener>)>);
+
+async fn finish(engine: &Arc<Engine>, running: Option<&(SocketAddr, Arc<TcpListener>)>) -> anyhow::Result<Parts> {
+    let leader = Arc::new(Mutex::new(None));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut sched = scheduler(engine, &leader, &stop_rx)?;
+    if let Some(every) = watchdog_interval() {
+        sched.watchdog(Watchdog {
+            every,
+            stuck_after: Duration::from_secs(engine.config.schedule.stuck_after_seconds),
+            ping: Arc::new(|| {
+                notify("WATCHDOG=1");
+            }),
+        });
+    }
+    let listener = match engine.config.ops.listen {
+        Some(addr) => match running {
+            Some((old, l)) if *old == addr => Some((addr, l.clone())),
+            _ => {
+                let l =
+                    TcpListener::bind(addr).await.with_context(|| format!("ops.listen: cannot listen on {addr}"))?;
+                Some((addr, Arc::new(l)))
+            }
+        },
+        None => None,
+    };
+    Ok((sched, leader, stop, listener))
+}
+
+/// A configuration at work.
+struct Running {
+    engine: Arc<Engine>,
+    leader: Arc<Mutex<Option<LeaderGuard>>>,
+    stop: watch::Sender<bool>,
+    listener: Option<(SocketAddr, Arc<TcpListener>)>,
+    ops: Option<tokio::task::JoinHandle<()>>,
+    scheduler: tokio::task::JoinHandle<()>,
+}
+
+fn start(g: Generation) -> Running {
+    let ops = g.listener.as_ref().map(|(addr, l)| {
+        info!(address = %addr, "Serving /healthz, /readyz and /metrics.");
+        let unready = Duration::from_secs(g.engine.config.ops.unready_after_seconds);
+        tokio::spawn(crate::ops::http::serve(l.clone(), g.engine.clone(), unready))
+    });
+    let scheduler = tokio::spawn(g.scheduler.run(Clock::system(), g.stop.subscribe()));
+    notify("READY=1");
+    notify(&format!(
+        "STATUS=Running: {} partner(s), {} destination(s)",
+        g.engine.config.partners.len(),
+        g.engine.destinations.len()
+    ));
+    info!(partners = g.engine.config.partners.len(), destinations = g.engine.destinations.len(), "Connector running.");
+    Running { engine: g.engine, leader: g.leader, stop: g.stop, listener: g.listener, ops, scheduler }
+}
+
+/// Stops a configuration: no new runs; running jobs finish their current unit of work; leases are released.
+async fn stop(r: Running) {
+    let _ = r.stop.send(true);
+    if let Some(o) = r.ops {
+        o.abort();
+        let _ = o.await;
+    }
+    if let Err(e) = r.scheduler.await {
+        error!(error = %e, "The scheduler stopped abnormally.");
+    }
+    if let Err(e) = r.engine.store.release(&r.engine.owner).await {
+        warn!(error = %e, "Could not release outbox leases; they expire on their own.");
+    }
+    if let Some(g) = r.leader.lock().await.take() {
+        let _ = g.release().await;
+    }
+    r.engine.store.close().await;
+}
+
 /// Runs until SIGTERM/SIGINT. Returns the exit code.
+///
+/// A reload (SIGHUP) reads the configuration and proves it whole (mappings, schedules, state store,
+/// destinations, the ops address) while the running one carries on; only then is the running one stopped
+/// and the new one started. A configuration that does not prove is logged and the running one stays.
 pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let mut config = Config::load(config_path)?;
-    let watchdog = watchdog_interval().map(|every| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                notify("WATCHDOG=1");
-            }
-        })
-    });
-    let result = loop {
-        let engine = Arc::new(Engine::start(config).await?);
-        let ops = match &engine.config.ops.listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("ops.listen: cannot listen on {addr}"))?;
-                info!(address = %addr, "Serving /healthz, /readyz and /metrics.");
-                let unready = std::time::Duration::from_secs(engine.config.ops.unready_after_seconds);
-                Some(tokio::spawn(crate::ops::http::serve(listener, engine.clone(), unready)))
-            }
-            None => None,
-        };
-        let leader = Arc::new(Mutex::new(None));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let sched = scheduler(&engine, &leader, &stop_rx)?;
-        let task = tokio::spawn(sched.run(Clock::system(), stop_rx.clone()));
-        notify("READY=1");
-        notify(&format!(
-            "STATUS=Running: {} partner(s), {} destination(s)",
-            engine.config.partners.len(),
-            engine.destinations.len()
-        ));
-        info!(partners = engine.config.partners.len(), destinations = engine.destinations.len(), "Connector running.");
-
-        let next = loop {
-            tokio::select! {
-                _ = term.recv() => break None,
-                _ = int.recv() => break None,
-                _ = hup.recv() => match Config::load(config_path) {
-                    Ok(c) => break Some(c),
-                    Err(e) => error!(error = %e, "Reload refused: the new configuration is not valid; carrying on with the old one."),
-                },
+    let config = Config::load(config_path)?;
+    let mut running = start(prepare(config, None).await?);
+    loop {
+        let next = tokio::select! {
+            _ = term.recv() => None,
+            _ = int.recv() => None,
+            _ = hup.recv() => {
+                info!("Reloading the configuration.");
+                let proved = match Config::load(config_path) {
+                    Ok(c) => prepare(c, running.listener.as_ref()).await,
+                    Err(e) => Err(e.into()),
+                };
+                match proved {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        error!(error = %format!("{e:#}").replace('\n', "; "), "Reload refused: the new configuration does not work; carrying on with the old one.");
+                        continue;
+                    }
+                }
             }
         };
         notify(if next.is_some() { "RELOADING=1" } else { "STOPPING=1" });
         info!(reload = next.is_some(), "Finishing running jobs.");
-        let _ = stop_tx.send(true);
-        if let Some(o) = ops {
-            // Let go of the port, so a reloaded configuration can listen on it again.
-            o.abort();
-            let _ = o.await;
-        }
-        if let Err(e) = task.await {
-            error!(error = %e, "The scheduler stopped abnormally.");
-        }
-        if let Err(e) = engine.store.release(&engine.owner).await {
-            warn!(error = %e, "Could not release outbox leases; they expire on their own.");
-        }
-        if let Some(g) = leader.lock().await.take() {
-            let _ = g.release().await;
-        }
-        engine.store.close().await;
+        stop(running).await;
         match next {
-            Some(c) => {
+            Some(g) => {
                 info!("Configuration reloaded.");
-                config = c;
+                running = start(g);
             }
-            None => break Ok(0),
+            None => break,
         }
-    };
-    if let Some(w) = watchdog {
-        w.abort();
     }
     info!("Connector stopped.");
-    result
+    Ok(0)
 }

@@ -201,7 +201,7 @@ impl Default for AcceptBackoff {
 }
 
 /// Serves the endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>, unready_after: Duration) {
+pub async fn serve(listener: Arc<TcpListener>, engine: Arc<Engine>, unready_after: Duration) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = AcceptBackoff::new();
     loop {

@@ -82,6 +82,14 @@ impl Schedule {
         Ok(Self { expr: trimmed.to_owned(), tz, cron, kind })
     }
 
+    /// The same expression read in another zone (a config's schedules are parsed before its
+    /// `[schedule] timezone` is known, then moved into it).
+    #[must_use]
+    pub fn in_timezone(mut self, tz: Tz) -> Self {
+        self.tz = tz;
+        self
+    }
+
     /// The expression as written (trimmed).
     pub fn expression(&self) -> &str {
         &self.expr
@@ -205,6 +213,21 @@ impl FromStr for Schedule {
     fn from_str(expr: &str) -> Result<Self, Self::Err> {
         Self::parse(expr, DEFAULT_TIMEZONE)
     }
+}
+
+/// A config value: the expression is parsed (and refused) as the file is read, in [`DEFAULT_TIMEZONE`]
+/// until [`Schedule::in_timezone`] moves it into the config's zone.
+impl<'de> serde::Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let expr = <String as serde::Deserialize>::deserialize(deserializer)?;
+        Self::parse(&expr, DEFAULT_TIMEZONE).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads an IANA zone name in a config file (`[schedule] timezone`), refusing an unknown one.
+pub fn deserialize_timezone<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Tz, D::Error> {
+    let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+    parse_timezone(&name).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ mod cron;
 mod scheduler;
 
 pub use clock::Clock;
-pub use cron::{DEFAULT_TIMEZONE, Schedule, ScheduleKind, parse_timezone};
-pub use scheduler::{JobFn, JobFuture, JobStatus, Scheduler, SchedulerHandle};
+pub use cron::{DEFAULT_TIMEZONE, Schedule, ScheduleKind, deserialize_timezone, parse_timezone};
+pub use scheduler::{JobFn, JobFuture, JobStatus, Scheduler, SchedulerHandle, Watchdog};
 
 /// Errors from reading schedules and registering jobs; each names the expression, zone or job at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -73,6 +73,19 @@ struct Job {
     run: JobFn,
 }
 
+/// The systemd watchdog, fed by the scheduler's own loop: a scheduler that stops turning (a blocked runtime,
+/// a deadlock) or a job that has been running longer than `stuck_after` stops the pings, and systemd
+/// restarts the service after `WatchdogSec`.
+#[derive(Clone)]
+pub struct Watchdog {
+    /// How often to ping (half systemd's `WATCHDOG_USEC`).
+    pub every: Duration,
+    /// A run this long is stuck.
+    pub stuck_after: Duration,
+    /// Sends one ping (`WATCHDOG=1`).
+    pub ping: Arc<dyn Fn() + Send + Sync>,
+}
+
 /// Runs named jobs on their schedules.
 ///
 /// Each job has its own loop: it sleeps until the next fire, runs the job to completion, and only then
@@ -84,6 +97,7 @@ struct Job {
 pub struct Scheduler {
     jobs: Vec<Job>,
     handle: SchedulerHandle,
+    watchdog: Option<Watchdog>,
 }
 
 impl Scheduler {
@@ -121,6 +135,12 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Feeds `watchdog` from the scheduler's loop while it runs (until every job has finished after
+    /// shutdown), unless a job is stuck.
+    pub fn watchdog(&mut self, watchdog: Watchdog) {
+        self.watchdog = Some(watchdog);
+    }
+
     /// A handle for reading job status while the scheduler runs.
     pub fn handle(&self) -> SchedulerHandle {
         self.handle.clone()
@@ -139,13 +159,45 @@ impl Scheduler {
         for (index, job) in self.jobs.into_iter().enumerate() {
             loops.spawn(job_loop(index, job, clock, shutdown.clone(), self.handle.clone()));
         }
-        while let Some(result) = loops.join_next().await {
-            if let Err(e) = result {
-                error!(error = %e, "Scheduler job loop failed.");
+        let mut tick = self.watchdog.as_ref().map(|w| tokio::time::interval(w.every));
+        // The job last reported stuck, so the error is logged once per stuck run.
+        let mut reported: Option<(String, DateTime<Utc>)> = None;
+        loop {
+            tokio::select! {
+                joined = loops.join_next() => match joined {
+                    None => break,
+                    Some(Err(e)) => error!(error = %e, "Scheduler job loop failed."),
+                    Some(Ok(())) => {}
+                },
+                _ = async { tick.as_mut()?.tick().await; Some(()) }, if tick.is_some() => {
+                    let Some(w) = &self.watchdog else { continue };
+                    match stuck(&self.handle, clock.now(), w.stuck_after) {
+                        None => (w.ping)(),
+                        Some(run) => {
+                            if reported.as_ref() != Some(&run) {
+                                error!(
+                                    job = %run.0,
+                                    running_seconds = (clock.now() - run.1).num_seconds(),
+                                    "Job has been running longer than [schedule] stuck_after_seconds; no longer feeding the systemd watchdog, so systemd restarts the connector."
+                                );
+                                reported = Some(run);
+                            }
+                        }
+                    }
+                }
             }
         }
         info!("Scheduler stopped.");
     }
+}
+
+/// The first job whose current run started more than `limit` ago: its name and start.
+fn stuck(handle: &SchedulerHandle, now: DateTime<Utc>, limit: Duration) -> Option<(String, DateTime<Utc>)> {
+    let limit = chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+    handle.status().into_iter().find_map(|s| match s.last_run {
+        Some(started) if s.running && now - started > limit => Some((s.name, started)),
+        _ => None,
+    })
 }
 
 async fn job_loop(index: usize, job: Job, clock: Clock, mut shutdown: watch::Receiver<bool>, handle: SchedulerHandle) {
@@ -358,6 +410,65 @@ mod tests {
         runner.await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(handle.status()[0].last_run, Some(at(10, 20, 0)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_job_stops_the_watchdog_pings() {
+        let clock = Clock::starting_at(start());
+        let pings = Arc::new(AtomicUsize::new(0));
+        let mut scheduler = Scheduler::new();
+        // Fires at 10:01 and never finishes.
+        scheduler.add("stuck", Schedule::from_str("* * * * *").unwrap(), std::future::pending::<()>).unwrap();
+        let counted = pings.clone();
+        scheduler.watchdog(Watchdog {
+            every: Duration::from_secs(30),
+            stuck_after: Duration::from_secs(600),
+            ping: Arc::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+        });
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(scheduler.run(clock, stopped));
+
+        // Running, not yet stuck: pinged every 30 s.
+        tokio::time::sleep_until(clock.deadline(at(10, 5, 0))).await;
+        let early = pings.load(Ordering::SeqCst);
+        assert!(early >= 9, "pinged {early} times in the first 4.5 minutes");
+        // The run started at 10:01; from 10:11 it is stuck and the pings stop.
+        tokio::time::sleep_until(clock.deadline(at(10, 11, 10))).await;
+        let at_stuck = pings.load(Ordering::SeqCst);
+        tokio::time::sleep_until(clock.deadline(at(10, 30, 0))).await;
+        assert_eq!(pings.load(Ordering::SeqCst), at_stuck, "pinged while a job was stuck");
+        assert!(at_stuck > early);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_fed_while_jobs_finish_and_stops_with_the_scheduler() {
+        let clock = Clock::starting_at(start());
+        let pings = Arc::new(AtomicUsize::new(0));
+        let mut scheduler = Scheduler::new();
+        scheduler
+            .add("slow", Schedule::from_str("* * * * *").unwrap(), || tokio::time::sleep(Duration::from_secs(300)))
+            .unwrap();
+        let counted = pings.clone();
+        scheduler.watchdog(Watchdog {
+            every: Duration::from_secs(30),
+            stuck_after: Duration::from_secs(3600),
+            ping: Arc::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let runner = tokio::spawn(scheduler.run(clock, stopped));
+        // The run starts at 10:01 and lasts until 10:06; shutdown at 10:02 waits for it, still pinging.
+        tokio::time::sleep_until(clock.deadline(at(10, 2, 0))).await;
+        stop.send(true).unwrap();
+        let before = pings.load(Ordering::SeqCst);
+        runner.await.unwrap();
+        let after = pings.load(Ordering::SeqCst);
+        assert!(after >= before + 7, "{before} pings before shutdown, {after} after the run finished");
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(pings.load(Ordering::SeqCst), after, "pinged after the scheduler stopped");
     }
 
     #[test]
