@@ -11,6 +11,7 @@ pub mod deliver;
 pub mod feed;
 pub mod ingest;
 pub mod mapping;
+pub mod model;
 pub mod ops;
 pub mod policy;
 pub mod quarantine;

@@ -34,7 +34,7 @@ fn config(dir: &Path) -> Config {
 fn entry(action: &str, destination: &str, id: &str) -> AuditEntry {
     AuditEntry {
         at: chrono::Utc::now(),
-        action: action.into(),
+        action: action.parse().unwrap(),
         destination: Some(destination.into()),
         person: Some("Person/someone".into()),
         resource_type: Some("Encounter".into()),

@@ -154,7 +154,7 @@ fn audit_reasons(dir: &Path) -> Vec<(String, String)> {
         let store =
             york_connector::store::Store::connect(&format!("sqlite://{}/state.db", dir.display())).await.unwrap();
         let entries = store.audit_list(&york_connector::store::AuditFilter::default()).await.unwrap();
-        entries.into_iter().map(|e| (e.action, e.reason.unwrap_or_default())).collect()
+        entries.into_iter().map(|e| (e.action.to_string(), e.reason.unwrap_or_default())).collect()
     })
 }
 

@@ -181,7 +181,7 @@ async fn pkb_gets_exactly_one_privacy_label_and_never_a_not_for_the_patient_item
         .store
         .audit_list(&york_connector::store::AuditFilter {
             destination: Some("pkb".into()),
-            actions: vec!["withheld".into()],
+            actions: vec!["withheld".parse().unwrap()],
             ..Default::default()
         })
         .await
@@ -254,7 +254,7 @@ async fn a_withdrawal_stops_sends_reports_holdings_and_retracts_where_configured
         .store
         .audit_list(&york_connector::store::AuditFilter {
             persons: vec![person.clone()],
-            actions: vec!["retracted".into()],
+            actions: vec!["retracted".parse().unwrap()],
             ..Default::default()
         })
         .await
@@ -351,7 +351,7 @@ async fn audit_for_a_person_lists_exactly_the_versions_the_servers_received() {
         .store
         .audit_list(&york_connector::store::AuditFilter {
             destination: Some("cito".into()),
-            actions: vec!["disclosed".into(), "retracted".into()],
+            actions: vec!["disclosed".parse().unwrap(), "retracted".parse().unwrap()],
             ..Default::default()
         })
         .await

@@ -191,7 +191,7 @@ async fn audit_verify_names_the_first_entry_edited_past_the_triggers() {
     for i in 0..3 {
         let entry = AuditEntry {
             at: chrono::Utc::now(),
-            action: "consent".into(),
+            action: "consent".parse().unwrap(),
             reason: Some(format!("entry {i}")),
             ..AuditEntry::default()
         };

@@ -81,7 +81,7 @@ async fn a_write_that_landed_unrecorded_is_audited_even_after_a_withdrawal_cance
     engine.deliver("cito", &no_shutdown()).await.unwrap();
     let disclosed = engine
         .store
-        .audit_list(&AuditFilter { actions: vec!["disclosed".into()], ..Default::default() })
+        .audit_list(&AuditFilter { actions: vec!["disclosed".parse().unwrap()], ..Default::default() })
         .await
         .unwrap();
     let found: Vec<_> = disclosed.iter().filter(|a| a.resource_id.as_deref() == Some(id)).collect();
@@ -96,7 +96,7 @@ async fn a_write_that_landed_unrecorded_is_audited_even_after_a_withdrawal_cance
     engine.deliver("cito", &no_shutdown()).await.unwrap();
     let again = engine
         .store
-        .audit_list(&AuditFilter { actions: vec!["disclosed".into()], ..Default::default() })
+        .audit_list(&AuditFilter { actions: vec!["disclosed".parse().unwrap()], ..Default::default() })
         .await
         .unwrap();
     assert_eq!(again.len(), disclosed.len());

@@ -877,7 +877,7 @@ async fn feed_ledger_round_trip(db: &Db) {
         .iter()
         .map(|i| AuditEntry {
             at: at(1),
-            action: "disclosed".into(),
+            action: "disclosed".parse().unwrap(),
             destination: Some(feed.into()),
             person: Some(i.person.clone()),
             resource_type: Some(i.key.resource_type.clone()),
@@ -910,7 +910,7 @@ async fn audit_chain_detects_edits_deletions_and_truncation(db: &Db) {
     let store = db.connect().await;
     let entry = |i: i64| AuditEntry {
         at: at(i),
-        action: "disclosed".into(),
+        action: "disclosed".parse().unwrap(),
         destination: Some(CITO.into()),
         resource_type: Some("Patient".into()),
         resource_id: Some(format!("p{i}")),

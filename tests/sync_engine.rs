@@ -111,7 +111,7 @@ async fn assert_all_delivered(engine: &Engine, dest: &str, hfs: &Hfs) {
         .store
         .audit_list(&york_connector::store::AuditFilter {
             destination: Some(dest.to_string()),
-            actions: vec!["withheld".into()],
+            actions: vec!["withheld".parse().unwrap()],
             ..Default::default()
         })
         .await

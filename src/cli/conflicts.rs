@@ -9,6 +9,7 @@ use super::{EXIT_FOUND, Format};
 use crate::config::Config;
 use crate::conflict::report;
 use crate::conflict::resolve::{self, Keep};
+use crate::model::ConflictStatus;
 use crate::ops::files::{self, Existing};
 use crate::sync::Engine;
 
@@ -58,7 +59,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
         ConflictsCommand::List { all, destination, format } => {
             let store = crate::store::Store::connect(&config.state_url()).await?;
             let list = store.conflicts_list(all, destination.as_deref(), 10_000).await?;
-            let open = list.iter().filter(|c| c.status == "open").count();
+            let open = list.iter().filter(|c| c.status == ConflictStatus::Open).count();
             match format {
                 Format::Json => {
                     let rows: Vec<serde_json::Value> = list
@@ -86,7 +87,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
                         for c in &list {
                             let status = match &c.resolution {
                                 Some(r) => format!("resolved: {r}"),
-                                None => c.status.clone(),
+                                None => c.status.to_string(),
                             };
                             println!(
                                 "{:>5}  {:<8}  {:<52}  {:<14}  {:<24}  {:<17}  {status}",
@@ -137,7 +138,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
                     );
                     println!("  since:    {}", c.created_at.to_rfc3339());
                     println!("  changed on both sides: {}", c.elements.join(", "));
-                    if c.status != "open" {
+                    if c.status != ConflictStatus::Open {
                         println!("  (the versions are cleared once a conflict is resolved)");
                     }
                     let base = format!("LAST SENT (v{})", c.base_version.as_deref().unwrap_or("?"));

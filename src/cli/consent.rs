@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use super::{EXIT_FOUND, Format};
 use crate::config::Config;
 use crate::mapping::{self, Catalog, RecordKind, ids};
+use crate::model::AuditAction;
 use crate::store::{AuditEntry, AuditFilter, Store};
 
 #[derive(Debug, Subcommand)]
@@ -40,9 +41,10 @@ pub struct AuditArgs {
     /// Only entries from this date (YYYY-MM-DD, UTC) or time (RFC 3339) on.
     #[arg(long)]
     pub since: Option<String>,
-    /// Only these actions: disclosed, linked, withheld, cancelled, retracted, consent (repeatable).
+    /// Only these actions: disclosed, linked, withheld, cancelled, retracted, consent, conflict,
+    /// conflict-resolved, remote-change (repeatable).
     #[arg(long)]
-    pub action: Vec<String>,
+    pub action: Vec<AuditAction>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -116,7 +118,11 @@ pub async fn run_consent(config_path: &Path, mappings: &Path, cmd: ConsentComman
     let current = store.consent_current(std::slice::from_ref(&id)).await?.remove(&id);
     let holdings = store.ledger_for_person(&id).await?;
     let withheld = store
-        .audit_list(&AuditFilter { persons: vec![id.clone()], actions: vec!["withheld".into()], ..Default::default() })
+        .audit_list(&AuditFilter {
+            persons: vec![id.clone()],
+            actions: vec![AuditAction::Withheld],
+            ..Default::default()
+        })
         .await?;
     match format {
         Format::Json => {

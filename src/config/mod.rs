@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::mapping::RecordKind;
+use crate::model::RecordKind;
 use crate::schedule::{DEFAULT_TIMEZONE, Schedule};
 
 /// A default schedule written in this file (a constant expression, known to parse).
@@ -291,7 +291,7 @@ impl FeedConfig {
     }
     /// The feed's name in the outbox, the audit trail and sharing agreements: `feed:<partner>`.
     pub fn name(&self) -> String {
-        format!("feed:{}", self.partner)
+        crate::model::JobName::Feed(self.partner.clone()).to_string()
     }
 }
 
@@ -327,7 +327,7 @@ pub struct SharingConfig {
     /// The destination it may go to.
     pub destination: String,
     /// general_health, mental_health, sexual_health, social_care.
-    pub categories: Vec<crate::mapping::Category>,
+    pub categories: Vec<crate::model::Category>,
     /// The lawful basis, as the agreement states it (UK GDPR articles 6 and 9).
     pub lawful_basis: String,
     /// True (the default): the person's explicit consent to share with this destination is needed.
@@ -519,10 +519,10 @@ impl Config {
             if f.resources.is_empty() {
                 return Err(invalid(key("resources"), "lists no resource type, so the feed would be empty".into()));
             }
-            if let Some(t) = f.resources.iter().find(|t| !crate::mapping::RESOURCE_TYPES.contains(&t.as_str())) {
+            if let Some(t) = f.resources.iter().find(|t| !crate::model::RESOURCE_TYPES.contains(&t.as_str())) {
                 return Err(invalid(
                     key("resources"),
-                    format!("\"{t}\" is not one of {}", crate::mapping::RESOURCE_TYPES.join(", ")),
+                    format!("\"{t}\" is not one of {}", crate::model::RESOURCE_TYPES.join(", ")),
                 ));
             }
             let targets = [f.folder.is_some(), f.fhir_url.is_some(), f.webhook_url.is_some()];

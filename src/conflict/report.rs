@@ -150,7 +150,7 @@ fn section(out: &mut String, c: &ConflictRecord) {
         e(&c.resource_id),
         e(&c.destination)
     );
-    let mut status = e(&c.status);
+    let mut status = e(c.status.as_str());
     if let Some(r) = &c.resolution {
         let _ = write!(status, " ({}", e(r));
         if let Some(by) = &c.resolved_by {
@@ -269,7 +269,7 @@ mod tests {
             source_json: Some(patient("01904 000002", "York", "3")),
             remote_version: Some("5".into()),
             remote_json: Some(patient("01904 000003", "Selby", "5")),
-            status: "open".into(),
+            status: crate::model::ConflictStatus::Open,
             created_at: t,
             updated_at: t,
             ..Default::default()

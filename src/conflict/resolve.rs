@@ -14,6 +14,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::deliver::transport::{Method, TransportError, Write};
+use crate::model::{AuditAction, ConflictStatus};
 use crate::policy::{Origin, Verdict};
 use crate::store::{AuditEntry, LedgerEntry};
 use crate::sync::Engine;
@@ -95,7 +96,7 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
     let Some(c) = store.conflict_get(id).await? else {
         bail!("no conflict {id}: `connector conflicts list` shows them")
     };
-    if c.status != "open" {
+    if c.status != ConflictStatus::Open {
         bail!(
             "conflict {id} is already resolved ({} by {} at {})",
             c.resolution.as_deref().unwrap_or("?"),
@@ -134,7 +135,7 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
     entry.updated_at = now;
     let mut decision = AuditEntry {
         at: now,
-        action: "conflict-resolved".into(),
+        action: AuditAction::ConflictResolved,
         destination: Some(dest.name.clone()),
         person: c.patient.clone(),
         resource_type: Some(c.resource_type.clone()),
@@ -217,7 +218,7 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
             decision.reason =
                 Some(format!("conflict {id}: kept the partner's version for {elements}; decided by {by}"));
             let disclosed = AuditEntry {
-                action: "disclosed".into(),
+                action: AuditAction::Disclosed,
                 content_hash: Some(c.source_hash.clone()),
                 category: Some(origin.category.as_str().to_string()),
                 agreement: Some(permit.agreement.clone()),

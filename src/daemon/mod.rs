@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::model::JobName;
 use crate::ops::notify::{notify, watchdog_interval};
 use crate::schedule::{Clock, Scheduler, Watchdog};
 use crate::store::LeaderGuard;
@@ -35,7 +36,7 @@ fn scheduler(
     for p in &engine.config.partners {
         let schedule = p.schedule.clone();
         let (engine, leader, id) = (engine.clone(), leader.clone(), p.id.clone());
-        s.add(format!("ingest:{id}"), schedule, move || {
+        s.add(JobName::Ingest(id.clone()).to_string(), schedule, move || {
             let (engine, leader, id) = (engine.clone(), leader.clone(), id.clone());
             async move {
                 if !lead(&engine, &leader).await {
@@ -50,7 +51,7 @@ fn scheduler(
     for (name, d) in &engine.config.destinations {
         let schedule = d.schedule.clone();
         let (engine_d, name_d, stop) = (engine.clone(), name.clone(), stop.clone());
-        s.add(format!("deliver:{name}"), schedule, move || {
+        s.add(JobName::Deliver(name.clone()).to_string(), schedule, move || {
             let (engine, name, stop) = (engine_d.clone(), name_d.clone(), stop.clone());
             async move {
                 if let Err(e) = engine.deliver(&name, &stop).await {
@@ -61,7 +62,7 @@ fn scheduler(
         if let Some(pull) = &d.pull_schedule {
             let schedule = pull.clone();
             let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
-            s.add(format!("pull:{name}"), schedule, move || {
+            s.add(JobName::Pull(name.clone()).to_string(), schedule, move || {
                 let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
                 async move {
                     if !lead(&engine, &leader).await {
@@ -78,7 +79,7 @@ fn scheduler(
         let schedule = f.schedule.clone();
         crate::feed::check(engine, f)?;
         let (engine, leader, feed, stop) = (engine.clone(), leader.clone(), f.clone(), stop.clone());
-        s.add(f.name(), schedule, move || {
+        s.add(JobName::Feed(f.partner.clone()).to_string(), schedule, move || {
             let (engine, leader, feed, stop) = (engine.clone(), leader.clone(), feed.clone(), stop.clone());
             async move {
                 // Planning reads the central record for each client: one instance at a time.

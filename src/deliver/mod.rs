@@ -23,6 +23,7 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, DestinationConfig, Profile};
+use crate::model::{AuditAction, ConflictStatus};
 use crate::policy::{Origin, Permit, Policy, Verdict};
 use crate::store::{AuditEntry, LedgerEntry, Op, OutboxRow, ResourceKey, SendIntent, Store, StoreError};
 use limit::{Breaker, RateLimiter};
@@ -174,7 +175,7 @@ pub async fn settle_intents(store: &Store, dest: &Destination) -> Result<usize, 
                 };
                 let audit = AuditEntry {
                     at: Utc::now(),
-                    action: "disclosed".into(),
+                    action: AuditAction::Disclosed,
                     destination: Some(dest.name.clone()),
                     person: intent.patient.clone(),
                     resource_type: Some(intent.resource_type.clone()),
@@ -380,14 +381,14 @@ fn held_entry(
 fn audit_entry(
     dest: &str,
     row: &OutboxRow,
-    action: &str,
+    action: AuditAction,
     version: Option<&str>,
     permit: Option<&Permit>,
 ) -> AuditEntry {
     let origin = row.item.origin.as_deref().and_then(Origin::decode);
     AuditEntry {
         at: Utc::now(),
-        action: action.to_string(),
+        action,
         destination: Some(dest.to_string()),
         person: row.item.patient.clone(),
         resource_type: Some(row.item.key.resource_type.clone()),
@@ -450,7 +451,7 @@ async fn check_policy(
                 keep.push(row);
             }
             Verdict::Withhold(reason) => {
-                let mut audit = audit_entry(&dest.name, &row, "withheld", None, None);
+                let mut audit = audit_entry(&dest.name, &row, AuditAction::Withheld, None, None);
                 audit.reason = Some(reason.clone());
                 audit.content_hash = None;
                 store.withhold_row(&row, &reason, &audit).await?;
@@ -523,7 +524,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
             let identifier = body.as_ref().and_then(match_identifier);
             if let Some(first) = identifier.as_ref().and_then(|i| batch_patients.get(i)).cloned() {
                 let entry = ledger_entry(&dest.name, &row, &first, None, true);
-                let audit = audit_entry(&dest.name, &row, "linked", None, permits.get(&row.seq));
+                let audit = audit_entry(&dest.name, &row, AuditAction::Linked, None, permits.get(&row.seq));
                 store.complete(&row, Some(&entry), Some(&audit)).await?;
                 links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{first}"));
                 report.linked += 1;
@@ -614,7 +615,7 @@ async fn match_patient(
     }
     let other = others[0];
     let entry = ledger_entry(&dest.name, row, &other.id, other.version_id.clone(), true);
-    let audit = audit_entry(&dest.name, row, "linked", other.version_id.as_deref(), permit);
+    let audit = audit_entry(&dest.name, row, AuditAction::Linked, other.version_id.as_deref(), permit);
     store.complete(row, Some(&entry), Some(&audit)).await.map_err(|e| Outcome::Defer(e.to_string()))?;
     info!(destination = %dest.name, resource = %row.item.key.id, remote = %other.id, "Linked to an existing Patient.");
     Ok(Some(other.id.clone()))
@@ -676,7 +677,8 @@ async fn send_rows(
             Ok(results) => {
                 dest.breaker.success();
                 for ((row, write), Written { version_id }) in chunk.iter().zip(results) {
-                    let action = if write.method == Method::Put { "disclosed" } else { "retracted" };
+                    let action =
+                        if write.method == Method::Put { AuditAction::Disclosed } else { AuditAction::Retracted };
                     let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
                     let audited = row.item.origin.as_deref() != Some(crate::policy::AUDIT_ORIGIN);
                     let entry = match &write.body {
@@ -802,9 +804,10 @@ async fn merge_and_send(
                     false,
                 );
                 let audit = if kept_remote.is_empty() {
-                    audit_entry(&dest.name, row, "disclosed", found.version_id.as_deref(), permit)
+                    audit_entry(&dest.name, row, AuditAction::Disclosed, found.version_id.as_deref(), permit)
                 } else {
-                    let mut a = audit_entry(&dest.name, row, "remote-change", found.version_id.as_deref(), None);
+                    let mut a =
+                        audit_entry(&dest.name, row, AuditAction::RemoteChange, found.version_id.as_deref(), None);
                     a.reason = Some(format!("kept changes made on {} to: {}", dest.name, kept_remote.join(", ")));
                     a.content_hash = None;
                     a
@@ -832,7 +835,8 @@ async fn merge_and_send(
                             !kept_remote.is_empty(),
                             true,
                         );
-                        let mut audit = audit_entry(&dest.name, row, "disclosed", version.as_deref(), permit);
+                        let mut audit =
+                            audit_entry(&dest.name, row, AuditAction::Disclosed, version.as_deref(), permit);
                         if !kept_remote.is_empty() {
                             audit.reason = Some(format!(
                                 "merged: kept changes made on {} to: {}",
@@ -901,7 +905,7 @@ fn conflict_record(
         source_json: write.body.as_ref().map(Value::to_string),
         remote_version: remote.and_then(|r| r.version_id.clone()),
         remote_json: remote.map(|r| r.resource.to_string()),
-        status: "open".into(),
+        status: ConflictStatus::Open,
         created_at: now,
         updated_at: now,
         ..Default::default()
@@ -918,7 +922,7 @@ async fn open_conflict(
     c: crate::store::ConflictRecord,
     report: &mut DeliveryReport,
 ) -> Result<(), StoreError> {
-    let mut audit = audit_entry(&dest.name, row, "conflict", c.remote_version.as_deref(), None);
+    let mut audit = audit_entry(&dest.name, row, AuditAction::Conflict, c.remote_version.as_deref(), None);
     audit.content_hash = Some(row.item.content_hash.clone());
     audit.reason = Some(format!("changed on both sides: {}; nothing was written", c.elements.join(", ")));
     let (id, new) = store.conflict_open(&c, &audit).await?;
@@ -945,7 +949,7 @@ async fn conflict_refresh(
         c.source_hash = row.item.content_hash.clone();
         c.source_json = write.body.as_ref().map(Value::to_string);
         c.updated_at = Utc::now();
-        let audit = audit_entry(&dest.name, row, "conflict", None, None);
+        let audit = audit_entry(&dest.name, row, AuditAction::Conflict, None, None);
         store.conflict_open(&c, &audit).await?;
     }
     let mut entry = known.cloned().unwrap_or_else(|| ledger_entry(&dest.name, row, &write.id, None, false));

@@ -16,6 +16,7 @@ use super::target::{Document, Target};
 use super::{Doc, DocItem, collection};
 use crate::config::{FeedConfig, FeedFormat};
 use crate::deliver::transport::TransportError;
+use crate::model::AuditAction;
 use crate::policy::{Audience, Origin, Permit, Verdict};
 use crate::store::{AuditEntry, FeedItem, OutboxRow, ResourceKey};
 use crate::sync::Engine;
@@ -148,7 +149,7 @@ async fn send_row(
                 });
                 audit.push(AuditEntry {
                     at: now,
-                    action: "disclosed".into(),
+                    action: AuditAction::Disclosed,
                     destination: Some(name.clone()),
                     person: Some(doc.person.clone()),
                     resource_type: Some(item.resource_type.clone()),

@@ -33,7 +33,8 @@ use crate::policy::{Audience, Origin, V3_ACT_CODE, V3_CONFIDENTIALITY, Verdict};
 use crate::store::{Op, OutboxItem, ResourceKey};
 use crate::sync::{Engine, patient_of, person_group};
 
-const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+use crate::model::JobName;
+use crate::model::fhir::NHS_NUMBER_SYSTEM as NHS_SYSTEM;
 
 /// Statuses of an episode or referral that is still open.
 const OPEN_EPISODE: [&str; 4] = ["planned", "waitlist", "active", "onhold"];
@@ -471,7 +472,7 @@ pub async fn run(
     rebuild: bool,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<FeedRun> {
-    let job = engine.store.job_started(&feed.name(), Utc::now()).await?;
+    let job = engine.store.job_started(&JobName::Feed(feed.partner.clone()).to_string(), Utc::now()).await?;
     let result = async {
         let plan = plan(engine, feed, rebuild, false).await?;
         let delivery = deliver::deliver(engine, feed, shutdown).await?;

@@ -21,40 +21,8 @@ use crate::config::{Config, Profile, SharingConfig};
 use crate::mapping::{Catalog, Category, Decision, RecordKind, Restriction};
 use crate::store::StatementRecord;
 
-pub const V3_CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
-pub const V3_ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
-
-/// Where a planned write came from: what the rules need to decide again before it is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub partner: String,
-    pub category: Category,
-    pub not_for_patient: bool,
-    /// True for the person's own Patient resource.
-    pub is_patient: bool,
-}
-
-impl Origin {
-    /// `partner|category|nfp|patient`, as kept in the outbox.
-    pub fn encode(&self) -> String {
-        format!(
-            "{}|{}|{}|{}",
-            self.partner,
-            self.category.as_str(),
-            u8::from(self.not_for_patient),
-            u8::from(self.is_patient)
-        )
-    }
-
-    pub fn decode(s: &str) -> Option<Origin> {
-        let mut parts = s.split('|');
-        let partner = parts.next().filter(|p| !p.is_empty())?.to_string();
-        let category = Category::parse(parts.next()?)?;
-        let not_for_patient = parts.next()? == "1";
-        let is_patient = parts.next().is_some_and(|p| p == "1");
-        Some(Origin { partner, category, not_for_patient, is_patient })
-    }
-}
+pub use crate::model::Origin;
+pub use crate::model::fhir::{V3_ACT_CODE, V3_CONFIDENTIALITY};
 
 /// What allowed a disclosure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,9 +348,11 @@ pub const AUDIT_ORIGIN: &str = "audit";
 /// `reason` texts, and the consent relied on is the `source` entity.
 pub fn provenance(e: &crate::store::AuditEntry) -> Value {
     let id = crate::mapping::ids::resource_id("connector", "audit", "provenance", &e.id.to_string());
-    let operation = if e.action == "retracted" { "DELETE" } else { "UPDATE" };
+    let operation = if e.action == crate::model::AuditAction::Retracted { "DELETE" } else { "UPDATE" };
     let target = match (&e.resource_type, &e.resource_id, &e.version_id) {
-        (Some(t), Some(i), Some(v)) if e.action != "retracted" => format!("{t}/{i}/_history/{v}"),
+        (Some(t), Some(i), Some(v)) if e.action != crate::model::AuditAction::Retracted => {
+            format!("{t}/{i}/_history/{v}")
+        }
         (Some(t), Some(i), _) => format!("{t}/{i}"),
         _ => String::new(),
     };

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::deliver::Destination;
 use crate::deliver::transport::Found;
+use crate::model::AuditAction;
 use crate::store::{AuditEntry, LedgerEntry, ResourceKey, Store};
 
 /// Entries per history page.
@@ -78,7 +79,7 @@ pub async fn note_remote(
     e.updated_at = Utc::now();
     let audit = AuditEntry {
         at: Utc::now(),
-        action: "remote-change".into(),
+        action: AuditAction::RemoteChange,
         destination: Some(dest.name.clone()),
         person: entry.patient.clone(),
         resource_type: Some(entry.key.resource_type.clone()),

@@ -31,7 +31,7 @@ const INSERT: &str = "INSERT INTO audit (at, action, destination, person, resour
 pub(crate) fn canonical(e: &AuditEntry) -> String {
     serde_json::json!([
         ms(e.at),
-        e.action,
+        e.action.as_str(),
         e.destination,
         e.person,
         e.resource_type,
@@ -81,7 +81,7 @@ macro_rules! audit_conn {
                 let hash = chain_hash(&prev, entry);
                 sqlx::query(INSERT)
                     .bind(ms(entry.at))
-                    .bind(&entry.action)
+                    .bind(entry.action.as_str())
                     .bind(&entry.destination)
                     .bind(&entry.person)
                     .bind(&entry.resource_type)
@@ -259,7 +259,11 @@ mod tests {
 
     #[test]
     fn the_hash_covers_every_field_and_the_entry_before() {
-        let e = AuditEntry { action: "disclosed".into(), reason: Some("r".into()), ..AuditEntry::default() };
+        let e = AuditEntry {
+            action: crate::model::AuditAction::Disclosed,
+            reason: Some("r".into()),
+            ..AuditEntry::default()
+        };
         let h = chain_hash("", &e);
         assert_eq!(h.len(), 64);
         assert_ne!(h, chain_hash("x", &e));

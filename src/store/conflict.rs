@@ -7,6 +7,7 @@ use super::{
     AuditEntry, Inner, KEY_CHUNK, LedgerEntry, ResourceKey, Result, Store, StoreError, bind_ledger, consent, from_ms,
     limit, ms, with_keys,
 };
+use crate::model::ConflictStatus;
 
 /// One conflict as stored.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
@@ -29,7 +30,7 @@ pub struct ConflictRecord {
     pub remote_version: Option<String>,
     pub remote_json: Option<String>,
     /// open | resolved
-    pub status: String,
+    pub status: ConflictStatus,
     /// source | remote | retracted
     pub resolution: Option<String>,
     pub resolved_by: Option<String>,
@@ -86,7 +87,10 @@ impl ConflictDb {
             source_json: self.source_json,
             remote_version: self.remote_version,
             remote_json: self.remote_json,
-            status: self.status,
+            status: ConflictStatus::parse(&self.status).ok_or_else(|| StoreError::Corrupt {
+                what: "conflicts.status",
+                detail: format!("unknown status {:?}", self.status),
+            })?,
             resolution: self.resolution,
             resolved_by: self.resolved_by,
             resolved_at: self.resolved_at.map(|t| from_ms("conflicts.resolved_at", t)).transpose()?,

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Inner, LedgerEntry, OUTBOX_CANCEL, OutboxRow, ResourceKey, Result, Store, StoreError, from_ms, limit, ms};
+use crate::model::AuditAction;
 
 /// One consent statement as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -129,7 +130,7 @@ pub struct AuditEntry {
     /// Store id (0 before it is stored).
     pub id: i64,
     pub at: DateTime<Utc>,
-    pub action: String,
+    pub action: AuditAction,
     pub destination: Option<String>,
     pub person: Option<String>,
     pub resource_type: Option<String>,
@@ -168,7 +169,10 @@ impl AuditDb {
         Ok(AuditEntry {
             id: self.id,
             at: from_ms("audit.at", self.at)?,
-            action: self.action.clone(),
+            action: AuditAction::parse(&self.action).ok_or_else(|| StoreError::Corrupt {
+                what: "audit.action",
+                detail: format!("unknown action {:?}", self.action),
+            })?,
             destination: self.destination.clone(),
             person: self.person.clone(),
             resource_type: self.resource_type.clone(),
@@ -193,7 +197,7 @@ pub struct AuditFilter {
     pub destination: Option<String>,
     pub since: Option<DateTime<Utc>>,
     /// Only these actions; empty: all.
-    pub actions: Vec<String>,
+    pub actions: Vec<AuditAction>,
     pub after_id: i64,
     pub limit: usize,
 }
@@ -467,7 +471,7 @@ impl Store {
                 let mut parts = origin.as_deref().unwrap_or_default().split('|');
                 let entry = AuditEntry {
                     at: now,
-                    action: "cancelled".into(),
+                    action: AuditAction::Cancelled,
                     destination: Some(destination.clone()),
                     person: Some(person.to_string()),
                     resource_type: Some(resource_type.clone()),
@@ -583,7 +587,7 @@ impl Store {
                 qb.push(" AND action IN (");
                 let mut sep = qb.separated(", ");
                 for a in &filter.actions {
-                    sep.push_bind(a.clone());
+                    sep.push_bind(a.as_str());
                 }
                 qb.push(")");
             }

@@ -16,6 +16,7 @@ use crate::deliver::{self, DeliveryReport, Destination, profile};
 use crate::mapping::{
     self, Catalog, Category, ConsentFacts, Decision, Input, MappedResource, Quarantined, RecordKind, RunReport, Sink,
 };
+use crate::model::{AuditAction, JobName};
 use crate::policy::{self, Origin, Policy, Verdict};
 use crate::store::{AuditEntry, Op, OutboxItem, QuarantineRecord, ResourceKey, StatementRecord, Store};
 
@@ -195,7 +196,7 @@ impl Sink for ConsentSink {
 /// partners can never both create the same person. The NHS number itself is not kept: the group is a UUID v5.
 pub fn person_group(patient_ref: &str, patient: &Value) -> String {
     let nhs = patient["identifier"].as_array().and_then(|ids| {
-        ids.iter().find(|i| i["system"] == "https://fhir.nhs.uk/Id/nhs-number").and_then(|i| i["value"].as_str())
+        ids.iter().find(|i| i["system"] == crate::model::fhir::NHS_NUMBER_SYSTEM).and_then(|i| i["value"].as_str())
     });
     match nhs {
         Some(n) => format!("Person/{}", crate::mapping::ids::resource_id("person", "nhs-number", "group", n)),
@@ -323,7 +324,7 @@ impl Engine {
         if dry_run {
             return self.ingest_inner(partner_id, true, false).await;
         }
-        let job = format!("ingest:{partner_id}");
+        let job = JobName::Ingest(partner_id.to_string()).to_string();
         let run = self.store.job_started(&job, Utc::now()).await?;
         let result = self.ingest_inner(partner_id, false, false).await;
         let (ok, detail) = match &result {
@@ -538,7 +539,7 @@ impl Engine {
                 self.store
                     .audit_append(&AuditEntry {
                         at: now,
-                        action: "consent".into(),
+                        action: AuditAction::Consent,
                         person: Some(person.clone()),
                         resource_type: Some("Consent".into()),
                         resource_id: resource_id.strip_prefix("Consent/").map(String::from),
@@ -664,7 +665,7 @@ impl Engine {
                 self.store
                     .audit_append(&AuditEntry {
                         at: now,
-                        action: "consent".into(),
+                        action: AuditAction::Consent,
                         person: Some(person),
                         partner: Some(partner_id.to_string()),
                         consent: Some(policy::cite(&record)),
@@ -850,7 +851,7 @@ impl Engine {
                         let m = &pending[*n];
                         let audit = AuditEntry {
                             at: now,
-                            action: "withheld".into(),
+                            action: AuditAction::Withheld,
                             destination: Some(dest.name.clone()),
                             person: m.patient.clone(),
                             resource_type: Some(m.key.resource_type.clone()),
@@ -888,7 +889,7 @@ impl Engine {
                     // a partner's feed are not the central record's to know, least of all for someone who
                     // refused it.
                     destination: Some(dest.clone()),
-                    actions: vec!["disclosed".into(), "retracted".into()],
+                    actions: vec![AuditAction::Disclosed, AuditAction::Retracted],
                     limit: 500,
                     ..Default::default()
                 })
@@ -920,7 +921,7 @@ impl Engine {
     /// Reads back what others changed on one destination (see [`crate::reconcile::pull`]).
     pub async fn pull(&self, name: &str) -> anyhow::Result<crate::reconcile::pull::PullReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
-        let run = self.store.job_started(&format!("pull:{name}"), Utc::now()).await?;
+        let run = self.store.job_started(&JobName::Pull(name.to_string()).to_string(), Utc::now()).await?;
         let result = crate::reconcile::pull::pull(&self.store, dest).await;
         let (ok, detail) = match &result {
             Ok(r) => (
@@ -947,7 +948,7 @@ impl Engine {
         if self.config.audit.fhir_destination.as_deref() == Some(name) {
             self.export_audit().await?;
         }
-        let run = self.store.job_started(&format!("deliver:{name}"), Utc::now()).await?;
+        let run = self.store.job_started(&JobName::Deliver(name.to_string()).to_string(), Utc::now()).await?;
         let result = deliver::deliver(&self.store, dest, &self.owner, shutdown).await;
         let (ok, detail) = match &result {
             Ok(r) => (

@@ -293,9 +293,9 @@ fn patient_visible(resource: &Value) -> Option<bool> {
                 && code.is_none_or(|c| l.get("code").and_then(Value::as_str) == Some(c))
         })
     };
-    if has(crate::policy::V3_ACT_CODE, Some("NOPAT")) {
+    if has(crate::model::fhir::V3_ACT_CODE, Some("NOPAT")) {
         Some(false)
-    } else if has(crate::policy::V3_CONFIDENTIALITY, None) {
+    } else if has(crate::model::fhir::V3_CONFIDENTIALITY, None) {
         Some(true)
     } else {
         None

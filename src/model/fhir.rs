@@ -1,0 +1,10 @@
+//! FHIR systems the connector writes and reads, each defined once.
+
+/// The NHS number identifier system (UK Core).
+pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+/// HL7 v3 confidentiality codes (`meta.security`), e.g. `R` (restricted).
+pub const V3_CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+/// HL7 v3 act codes (`meta.security`), e.g. `NOPAT` (not for the patient).
+pub const V3_ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+/// PKB's privacy label code system (`meta.security` on resources sent to PKB).
+pub const PKB_LABEL_SYSTEM: &str = "http://fhir.patientsknowbest.com/codesystem/privacy-label";
