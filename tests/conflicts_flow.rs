@@ -91,7 +91,11 @@ fn mobile(p: &Value) -> Vec<String> {
 }
 
 async fn audit(engine: &Engine, action: &str) -> Vec<york_connector::store::AuditEntry> {
-    engine.store.audit_list(&AuditFilter { actions: vec![action.parse().unwrap()], ..Default::default() }).await.unwrap()
+    engine
+        .store
+        .audit_list(&AuditFilter { actions: vec![action.parse().unwrap()], ..Default::default() })
+        .await
+        .unwrap()
 }
 
 fn connector(config: &Path, args: &[&str]) -> (i32, String) {
