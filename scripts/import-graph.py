@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
-"""Prints which top-level modules of src/ import which (`crate::<module>` paths, in `use` lines and inline
+"""Prints which modules of src/ import which (`crate::<module>[::<file>]` paths, in `use` lines and inline
 paths), and every cycle between them. Exit 1 when there is a cycle.
+
+A node is a top-level module, or one file of a folder module when an import names it
+(`crate::ops::metrics`): `ops/metrics.rs` importing nothing while `ops/http.rs` imports `context` is not a
+cycle. Imports within one top-level module (a folder's files using each other) are not edges.
 
     scripts/import-graph.py            the graph and its cycles
     scripts/import-graph.py --dot      Graphviz
@@ -13,12 +17,30 @@ from pathlib import Path
 src = Path(__file__).resolve().parent.parent / "src"
 mods = sorted(p.stem if p.is_file() else p.name for p in src.iterdir()
               if (p.is_dir() or p.suffix == ".rs") and p.stem not in ("lib", "main"))
-graph = {m: set() for m in mods}
+# Files of folder modules that can be named as nodes: ops/metrics.rs -> "ops::metrics".
+subs = {f"{d.name}::{f.stem}" for d in src.iterdir() if d.is_dir() for f in d.glob("*.rs")
+        if f.stem not in ("mod", "tests")}
+graph = {}
 
 
-def owner(path: Path) -> str:
+def node_of(path: Path) -> str:
     rel = path.relative_to(src).parts
-    return rel[0][:-3] if rel[0].endswith(".rs") else rel[0]
+    if len(rel) == 1:
+        return rel[0][:-3]
+    sub = f"{rel[0]}::{Path(rel[1]).stem}"
+    return sub if sub in subs else rel[0]
+
+
+def target(path: str) -> str | None:
+    parts = path.split("::")
+    if parts[0] not in mods:
+        return None
+    sub = "::".join(parts[:2])
+    return sub if sub in subs else parts[0]
+
+
+def top(node: str) -> str:
+    return node.split("::")[0]
 
 
 def strip_tests(text: str) -> str:
@@ -38,20 +60,24 @@ def strip_tests(text: str) -> str:
 
 
 for f in src.rglob("*.rs"):
-    if f.name == "tests.rs" or f.name in ("lib.rs", "main.rs"):
+    if f.name == "tests.rs" or f.parent == src and f.name in ("lib.rs", "main.rs"):
         continue
-    m = owner(f)
-    if m not in graph:
-        continue
+    me = node_of(f)
+    graph.setdefault(me, set())
     text = strip_tests(f.read_text())
-    for used in re.findall(r"crate::(\w+)", text):
-        if used in graph and used != m:
-            graph[m].add(used)
+    # Comments (doc links among them) are not imports.
+    text = re.sub(r"//.*", "", text)
+    used = re.findall(r"crate::(\w+(?:::\w+)?)", text)
     # `use crate::{a, b::c}` groups.
     for group in re.findall(r"use crate::\{([^;]*)\};", text, re.S):
-        for used in re.findall(r"(?:^|[,{\s])(\w+)(?=::|\s*[,}]|\s*$)", group):
-            if used in graph and used != m:
-                graph[m].add(used)
+        used += re.findall(r"(?:^|[,{\s])(\w+(?:::\w+)?)", group)
+    for u in used:
+        t = target(u)
+        if t and top(t) != top(me):
+            graph[me].add(t)
+for uses in list(graph.values()):
+    for u in uses:
+        graph.setdefault(u, set())
 
 if "--dot" in sys.argv:
     print("digraph modules {")
@@ -61,8 +87,8 @@ if "--dot" in sys.argv:
     print("}")
     sys.exit(0)
 
-for m, uses in graph.items():
-    print(f"{m:<12} -> {', '.join(sorted(uses)) or '-'}")
+for m, uses in sorted(graph.items()):
+    print(f"{m:<20} -> {', '.join(sorted(uses)) or '-'}")
 
 # Strongly connected components (Tarjan): every component of more than one module is a cycle.
 index, low, stack, on, sccs, n = {}, {}, [], set(), [], [0]

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod conflict;
+pub mod context;
 pub mod daemon;
 pub mod deliver;
 pub mod feed;
@@ -13,6 +14,7 @@ pub mod ingest;
 pub mod mapping;
 pub mod model;
 pub mod ops;
+pub mod plan;
 pub mod policy;
 pub mod quarantine;
 pub mod reconcile;

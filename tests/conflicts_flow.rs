@@ -16,8 +16,8 @@ use std::process::Command;
 use common::{Hfs, TempDir};
 use serde_json::{Value, json};
 use york_connector::config::Config;
-use york_connector::conflict::resolve::{self, Keep};
-use york_connector::reconcile::{self, Options};
+use york_connector::reconcile::Options;
+use york_connector::reconcile::resolve::{self, Keep};
 use york_connector::store::AuditFilter;
 use york_connector::sync::Engine;
 
@@ -224,7 +224,7 @@ async fn reconcile_finds_each_kind_of_drift_and_fix_repairs_all_but_conflicts() 
     let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
     sync(&engine).await;
     let opts = Options { destination: Some("cito".into()), ..Default::default() };
-    let clean = reconcile::run(&engine, &opts).await.unwrap();
+    let clean = engine.reconcile(&opts).await.unwrap();
     assert_eq!(clean.drift(), 0, "{:?}", clean.findings);
     assert!(clean.read > 20);
     let (code, out) = connector(&config, &["reconcile"]);
@@ -262,7 +262,7 @@ async fn reconcile_finds_each_kind_of_drift_and_fix_repairs_all_but_conflicts() 
     let r = sync(&engine).await;
     assert_eq!(r.delivery[0].conflicts, 1);
 
-    let found = reconcile::run(&engine, &opts).await.unwrap();
+    let found = engine.reconcile(&opts).await.unwrap();
     let count = |class: &str| found.findings.iter().filter(|f| f.class.as_str() == class).count();
     assert_eq!(
         (count("missing"), count("unexpected"), count("drifted"), count("stale"), count("conflict")),
@@ -278,7 +278,7 @@ async fn reconcile_finds_each_kind_of_drift_and_fix_repairs_all_but_conflicts() 
     let (code, out) = connector(&config, &["reconcile", "--format", "json"]);
     assert_eq!(code, 3, "{out}");
 
-    let fixed = reconcile::run(&engine, &Options { fix: true, ..opts.clone() }).await.unwrap();
+    let fixed = engine.reconcile(&Options { fix: true, ..opts.clone() }).await.unwrap();
     assert!(fixed.fixed.is_some());
     let (code, out) = connector(&config, &["reconcile"]);
     assert_eq!(code, 0, "after --fix:\n{out}");

@@ -55,7 +55,7 @@ async fn metrics_match_the_cycle_and_readyz_follows_the_circuit() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(york_connector::ops::http::serve(
         std::sync::Arc::new(listener),
-        engine.clone(),
+        engine.context(),
         Duration::from_secs(1),
     ));
 

@@ -333,8 +333,10 @@ async fn two_instances_on_one_postgres_never_send_a_resource_twice() {
     std::fs::write(&config, text).unwrap();
 
     let a = engine(&config).await;
-    let mut b = engine(&config).await;
-    b.owner = format!("{}-second", b.owner);
+    // A second instance: its own name in leases.
+    let mut second = york_connector::context::Context::start(Config::load(&config).unwrap()).await.unwrap();
+    second.owner = format!("{}-second", second.owner);
+    let b = Engine::new(second);
     assert_eq!(a.store.backend(), york_connector::store::Backend::Postgres);
 
     // Only the scheduler's leader ingests and plans; both deliver at once.

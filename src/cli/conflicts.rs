@@ -8,9 +8,9 @@ use clap::Subcommand;
 use super::{EXIT_FOUND, Format};
 use crate::config::Config;
 use crate::conflict::report;
-use crate::conflict::resolve::{self, Keep};
 use crate::model::ConflictStatus;
 use crate::ops::files::{self, Existing};
+use crate::reconcile::resolve::{self, Keep};
 use crate::sync::Engine;
 
 #[derive(Debug, Subcommand)]

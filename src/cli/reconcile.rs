@@ -43,7 +43,7 @@ pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> 
         fix: args.fix,
         progress: reconcile::progress_wanted(),
     };
-    let report = reconcile::run(&engine, &opts).await;
+    let report = engine.reconcile(&opts).await;
     engine.store.release(&engine.owner).await.ok();
     engine.store.close().await;
     let report = report?;

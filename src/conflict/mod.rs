@@ -12,7 +12,6 @@
 //! never overwrites it: an admin decides (`connector conflicts resolve`).
 
 pub mod report;
-pub mod resolve;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -186,7 +186,7 @@ fn start(g: Generation) -> Running {
     let ops = g.listener.as_ref().map(|(addr, l)| {
         info!(address = %addr, "Serving /healthz, /readyz and /metrics.");
         let unready = Duration::from_secs(g.engine.config.ops.unready_after_seconds);
-        tokio::spawn(crate::ops::http::serve(l.clone(), g.engine.clone(), unready))
+        tokio::spawn(crate::ops::http::serve(l.clone(), g.engine.context(), unready))
     });
     let scheduler = tokio::spawn(g.scheduler.run(Clock::system(), g.stop.subscribe()));
     notify("READY=1");

@@ -31,6 +31,17 @@ use transport::{Method, Transport, TransportError, Write, Written};
 
 const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
+/// What every destination of one configuration shares, given when it is built.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// The sharing rules.
+    pub policy: Arc<Policy>,
+    /// The installation's salt for element fingerprints (the state store's).
+    pub salt: Arc<str>,
+    /// Resource types whose changes on both sides are merged when they touch different elements.
+    pub auto_merge: Arc<std::collections::HashSet<String>>,
+}
+
 /// A destination as the delivery loop sees it.
 pub struct Destination {
     pub name: String,
@@ -54,7 +65,7 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn from_config(name: &str, d: &DestinationConfig, config: &Config) -> anyhow::Result<Self> {
+    pub fn from_config(name: &str, d: &DestinationConfig, config: &Config, shared: &Shared) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(d.timeout_seconds.max(1));
         let limiter = Arc::new(RateLimiter::per_second(d.rate_limit_per_second));
         let token = match &d.auth {
@@ -72,10 +83,10 @@ impl Destination {
                 Box::new(fhir::FhirTransport::new(&d.base_url, timeout, limiter, token, d.org_public_id.clone())?)
             }
         };
-        Ok(Self::new(name, d, transport))
+        Ok(Self::new(name, d, transport, shared))
     }
 
-    pub fn new(name: &str, d: &DestinationConfig, transport: Box<dyn Transport>) -> Self {
+    pub fn new(name: &str, d: &DestinationConfig, transport: Box<dyn Transport>, shared: &Shared) -> Self {
         Self {
             name: name.to_string(),
             profile: d.profile,
@@ -86,10 +97,10 @@ impl Destination {
             defer: chrono::Duration::seconds(i64::try_from(d.defer_seconds).unwrap_or(60)),
             transport,
             breaker: Breaker::new(d.breaker_failures, Duration::from_secs(d.breaker_cooldown_seconds)),
-            policy: Arc::new(Policy::default()),
+            policy: shared.policy.clone(),
             retract: d.retract,
-            salt: Arc::from(""),
-            auto_merge: Arc::default(),
+            salt: shared.salt.clone(),
+            auto_merge: shared.auto_merge.clone(),
         }
     }
 

@@ -15,11 +15,11 @@ use tracing::{error, info, warn};
 use super::target::{Document, Target};
 use super::{Doc, DocItem, collection};
 use crate::config::{FeedConfig, FeedFormat};
+use crate::context::Context as Engine;
 use crate::deliver::transport::TransportError;
 use crate::model::AuditAction;
 use crate::policy::{Audience, Origin, Permit, Verdict};
 use crate::store::{AuditEntry, FeedItem, OutboxRow, ResourceKey};
-use crate::sync::Engine;
 
 /// Documents leased at a time.
 const LEASE: usize = 16;

@@ -27,11 +27,12 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::config::{FeedConfig, FeedFormat};
+use crate::context::Context as Engine;
 use crate::deliver::transport::Transport;
 use crate::mapping::{self, MappedResource, Quarantined, Sink};
+use crate::plan::{patient_of, person_group};
 use crate::policy::{Audience, Origin, V3_ACT_CODE, V3_CONFIDENTIALITY, Verdict};
 use crate::store::{Op, OutboxItem, ResourceKey};
-use crate::sync::{Engine, patient_of, person_group};
 
 use crate::model::JobName;
 use crate::model::fhir::NHS_NUMBER_SYSTEM as NHS_SYSTEM;

@@ -3,101 +3,19 @@
 //! unready_after_seconds`) and `/metrics` (Prometheus text format). A tiny HTTP/1.1 responder on tokio: GET
 //! only, one request per connection, no request bodies; it never serves personal data.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::sync::{CycleReport, Engine};
-
-/// Counters the engine adds to as it works, by metric name and label set.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
-    last_cycle_ok: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
-}
-
-/// Counter names and their help text.
-const COUNTERS: &[(&str, &str)] = &[
-    ("connector_records_ingested_total", "Source rows read, per partner."),
-    ("connector_records_quarantined_total", "Source rows quarantined, per partner."),
-    ("connector_resources_withheld_total", "Resources the sharing rules kept from a destination while planning."),
-    ("connector_resources_sent_total", "Resources written to a destination (created, updated or deleted)."),
-    ("connector_resources_withheld_at_send_total", "Resources the sharing rules stopped just before sending."),
-    ("connector_resources_retried_total", "Resources put back for a later attempt after transient failures."),
-    ("connector_resources_dead_lettered_total", "Resources a destination refused (dead letters)."),
-];
-
-impl Metrics {
-    pub fn add(&self, name: &'static str, labels: String, n: u64) {
-        if n == 0 {
-            // Still create the series, so a scrape shows it at 0.
-            self.counters.lock().unwrap_or_else(|p| p.into_inner()).entry((name, labels)).or_insert(0);
-            return;
-        }
-        *self.counters.lock().unwrap_or_else(|p| p.into_inner()).entry((name, labels)).or_insert(0) += n;
-    }
-
-    pub fn get(&self, name: &str, labels: &str) -> u64 {
-        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        c.iter().find(|((n, l), _)| *n == name && l == labels).map_or(0, |(_, v)| *v)
-    }
-
-    /// Adds what one ingest did.
-    pub fn ingest(&self, r: &crate::sync::IngestReport) {
-        let p = label("partner", &r.partner);
-        self.add("connector_records_ingested_total", p.clone(), r.mapping.read());
-        self.add("connector_records_quarantined_total", p.clone(), r.mapping.quarantined());
-        for (d, n) in &r.withheld {
-            self.add("connector_resources_withheld_total", format!("{p},{}", label("destination", d)), *n);
-        }
-    }
-
-    /// Adds what one delivery pass did.
-    pub fn delivery(&self, r: &crate::deliver::DeliveryReport) {
-        let d = label("destination", &r.destination);
-        self.add("connector_resources_sent_total", d.clone(), r.written);
-        self.add("connector_resources_withheld_at_send_total", d.clone(), r.withheld);
-        self.add("connector_resources_retried_total", d.clone(), r.deferred);
-        self.add("connector_resources_dead_lettered_total", d, r.dead_lettered);
-    }
-
-    /// A cycle that finished without failures.
-    pub fn cycle_ok(&self, report: &CycleReport) {
-        if report.failed_files() == 0 && report.delivery.iter().all(|d| !d.breaker_open) {
-            *self.last_cycle_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(chrono::Utc::now());
-        }
-    }
-
-    pub fn mark_cycle_ok(&self) {
-        *self.last_cycle_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(chrono::Utc::now());
-    }
-}
-
-/// `name="value"` with the value escaped as the Prometheus text format requires (backslash, double quote,
-/// line feed), so a partner or destination name cannot break or forge a line of `/metrics`.
-pub fn label(name: &str, value: &str) -> String {
-    let mut out = String::with_capacity(name.len() + value.len() + 3);
-    out.push_str(name);
-    out.push_str("=\"");
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+use super::metrics::{COUNTERS, label};
+use crate::context::Context;
 
 /// The text of `/metrics`.
-pub async fn render(engine: &Engine) -> String {
+pub async fn render(engine: &Context) -> String {
     let mut out = String::new();
     let counters = engine.metrics.counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for (name, help) in COUNTERS {
@@ -152,7 +70,7 @@ pub async fn render(engine: &Engine) -> String {
 }
 
 /// Whether the connector is ready: `Err(why)` when not.
-pub async fn ready(engine: &Engine, unready_after: Duration) -> Result<(), String> {
+pub async fn ready(engine: &Context, unready_after: Duration) -> Result<(), String> {
     engine.store.queue_depths().await.map_err(|e| format!("state store: {e}"))?;
     for d in &engine.destinations {
         if let Some(since) = d.breaker.open_since()
@@ -201,7 +119,7 @@ impl Default for AcceptBackoff {
 }
 
 /// Serves the endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: Arc<TcpListener>, engine: Arc<Engine>, unready_after: Duration) {
+pub async fn serve(listener: Arc<TcpListener>, engine: Arc<Context>, unready_after: Duration) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = AcceptBackoff::new();
     loop {
@@ -255,16 +173,6 @@ pub async fn serve(listener: Arc<TcpListener>, engine: Arc<Engine>, unready_afte
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("partner", "hub"), "partner=\"hub\"");
-        assert_eq!(label("partner", "a\"b\\c\nd"), "partner=\"a\\\"b\\\\c\\nd\"");
-        let m = Metrics::default();
-        m.add("connector_resources_sent_total", label("destination", "x\"} 1\nforged_total{a=\""), 1);
-        let key = m.counters.lock().unwrap().keys().next().unwrap().1.clone();
-        assert!(!key.contains('\n') && key.starts_with("destination=\"x\\\"}"), "{key}");
-    }
 
     #[test]
     fn accept_failures_back_off_and_reset() {

@@ -17,6 +17,7 @@
 //! queued again; then a sync cycle plans and delivers.
 
 pub mod pull;
+pub mod resolve;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write as _};
@@ -26,10 +27,10 @@ use anyhow::Context;
 use chrono::Utc;
 use serde_json::{Value, json};
 
+use crate::context::Context as Engine;
 use crate::deliver::Destination;
 use crate::deliver::transport::Found;
 use crate::store::{Expected, LedgerEntry, Op, OutboxItem, ResourceKey};
-use crate::sync::Engine;
 
 /// The code system of the tag that marks resources the connector writes; the code is the partner's id.
 pub const TAG_SYSTEM: &str = "https://id.york-connector.example/CodeSystem/source-partner";
@@ -489,17 +490,27 @@ fn page_next(page: &Value) -> Option<&str> {
     page["link"].as_array()?.iter().find(|l| l["relation"] == "next")?["url"].as_str()
 }
 
-/// Runs a reconcile (and, with `fix`, the repairs).
-pub async fn run(engine: &Engine, opts: &Options) -> anyhow::Result<ReconcileReport> {
+/// Runs a reconcile. `expect` maps one partner's sources into the `expected` table (the planning stage's
+/// `Engine::expect` in `sync`). With `fix`, the repairs are queued and counted in `fixed.queued`; the
+/// caller delivers them (`Engine::reconcile` runs the cycle).
+pub async fn run<E, F>(engine: &Engine, opts: &Options, expect: E) -> anyhow::Result<ReconcileReport>
+where
+    E: Fn(String) -> F,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     let Some(lock) = engine.store.try_lead("reconcile").await? else {
         anyhow::bail!("another reconcile is running against this state store; try again when it has finished");
     };
-    let result = run_locked(engine, opts).await;
+    let result = run_locked(engine, opts, expect).await;
     let _ = lock.release().await;
     result
 }
 
-async fn run_locked(engine: &Engine, opts: &Options) -> anyhow::Result<ReconcileReport> {
+async fn run_locked<E, F>(engine: &Engine, opts: &Options, expect: E) -> anyhow::Result<ReconcileReport>
+where
+    E: Fn(String) -> F,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     let dests: Vec<&std::sync::Arc<Destination>> =
         engine.destinations.iter().filter(|d| opts.destination.as_deref().is_none_or(|only| only == d.name)).collect();
     if dests.is_empty() {
@@ -528,7 +539,7 @@ async fn run_locked(engine: &Engine, opts: &Options) -> anyhow::Result<Reconcile
     }
     // What should be there: the source under today's consent (recorded for every destination at once).
     for p in &partners {
-        engine.expect(p).await.with_context(|| format!("mapping partner {p}"))?;
+        expect(p.clone()).await.with_context(|| format!("mapping partner {p}"))?;
     }
     for d in &dests {
         let mut types: Vec<String> = engine.store.ledger_types(&d.name).await?;
@@ -546,23 +557,8 @@ async fn run_locked(engine: &Engine, opts: &Options) -> anyhow::Result<Reconcile
         eprintln!();
     }
     if opts.fix {
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let cycle = engine
-            .cycle(opts.partner.as_deref(), opts.destination.as_deref(), false, &rx)
-            .await
-            .context("delivering the repairs")?;
-        let mut f = FixReport { queued: run.queued, ..Default::default() };
-        for i in &cycle.ingest {
-            f.queued += i.queued.values().sum::<u64>();
-        }
-        for d in &cycle.delivery {
-            f.written += d.written;
-            f.merged += d.merged;
-            f.conflicts += d.conflicts;
-            f.dead_lettered += d.dead_lettered;
-            f.deferred += d.deferred;
-        }
-        run.report.fixed = Some(f);
+        // The re-sends and deletions are queued; the caller runs the cycle that delivers them.
+        run.report.fixed = Some(FixReport { queued: run.queued, ..Default::default() });
     }
     run.report.summaries = run.counts.into_values().collect();
     run.report.seconds = run.started.elapsed().as_secs_f64();

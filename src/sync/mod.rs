@@ -5,41 +5,42 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::deliver::{self, DeliveryReport, Destination, profile};
+pub use crate::context::{Context, reclaim_dead_leases};
+use crate::deliver::{self, DeliveryReport, profile};
 use crate::mapping::{
-    self, Catalog, Category, ConsentFacts, Decision, Input, MappedResource, Quarantined, RecordKind, RunReport, Sink,
+    self, Category, ConsentFacts, Decision, Input, MappedResource, Quarantined, RecordKind, RunReport, Sink,
 };
 use crate::model::{AuditAction, JobName};
-use crate::policy::{self, Origin, Policy, Verdict};
-use crate::store::{AuditEntry, Op, OutboxItem, QuarantineRecord, ResourceKey, StatementRecord, Store};
+use crate::ops::metrics::{Metrics, label};
+pub use crate::plan::{patient_of, person_group};
+use crate::policy::{self, Origin, Verdict};
+use crate::store::{AuditEntry, Op, OutboxItem, QuarantineRecord, ResourceKey, StatementRecord};
 
 /// Resources planned per call to the store.
 const PLAN_CHUNK: usize = 500;
 
-/// Everything a running connector needs.
+/// The planner and the cycle over a [`Context`] (which it dereferences to, so `engine.store` reads as before).
 pub struct Engine {
-    pub config: Arc<Config>,
-    pub catalog: Arc<Catalog>,
-    pub store: Store,
-    pub destinations: Vec<Arc<Destination>>,
-    /// This instance's name in leases: host and process id.
-    pub owner: String,
-    /// The sharing rules (agreements from the config).
-    pub policy: Arc<Policy>,
+    ctx: Arc<Context>,
     /// Print every send/withhold decision while planning (`sync --dry-run --explain`).
     pub explain: bool,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<crate::ops::http::Metrics>,
     /// Partners whose consent this process has read: until then a delivery reads it first, so a restart cannot
     /// send rows queued earlier without knowing whether the partner's consent export is still readable.
     consent_read: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
 }
 
 /// One decision, for `sync --dry-run --explain`.
@@ -191,58 +192,23 @@ impl Sink for ConsentSink {
     }
 }
 
-/// The ordering group of a Patient: the person. With an NHS number, every partner's Patient for that person
-/// shares one group, so their writes (and the look-up before creating) go one after another and two
-/// partners can never both create the same person. The NHS number itself is not kept: the group is a UUID v5.
-pub fn person_group(patient_ref: &str, patient: &Value) -> String {
-    let nhs = patient["identifier"].as_array().and_then(|ids| {
-        ids.iter().find(|i| i["system"] == crate::model::fhir::NHS_NUMBER_SYSTEM).and_then(|i| i["value"].as_str())
-    });
-    match nhs {
-        Some(n) => format!("Person/{}", crate::mapping::ids::resource_id("person", "nhs-number", "group", n)),
-        None => patient_ref.to_string(),
+/// Adds what one ingest did to the metrics.
+fn count_ingest(m: &Metrics, r: &IngestReport) {
+    let p = label("partner", &r.partner);
+    m.add("connector_records_ingested_total", p.clone(), r.mapping.read());
+    m.add("connector_records_quarantined_total", p.clone(), r.mapping.quarantined());
+    for (d, n) in &r.withheld {
+        m.add("connector_resources_withheld_total", format!("{p},{}", label("destination", d)), *n);
     }
 }
 
-/// The Patient a resource belongs to: itself, or the first Patient it refers to.
-pub fn patient_of(resource_type: &str, id: &str, resource: &Value) -> Option<String> {
-    if resource_type == "Patient" {
-        return Some(format!("Patient/{id}"));
-    }
-    for field in ["subject", "patient", "beneficiary"] {
-        if let Some(r) = resource[field]["reference"].as_str().filter(|r| r.starts_with("Patient/")) {
-            return Some(r.to_string());
-        }
-    }
-    let mut found = None;
-    crate::validate::each_reference(resource, &mut |_, r| {
-        if found.is_none() && r.starts_with("Patient/") {
-            found = Some(r.to_string());
-        }
-    });
-    found
-}
-
-/// Releases outbox leases held by connector processes on this host that no longer exist (killed, crashed).
-/// Without this their rows, and every later write for the same people, would wait for the leases to expire.
-/// Owners on other hosts are left to their lease expiry.
-pub async fn reclaim_dead_leases(store: &Store, host: &str) -> anyhow::Result<usize> {
-    let prefix = format!("{host}-");
-    let mut released = 0;
-    let mut seen = std::collections::HashSet::new();
-    for owner in store.lease_owners().await? {
-        let base = owner.split('/').next().unwrap_or_default().to_string();
-        let Some(pid) = base.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid == std::process::id() || !seen.insert(base.clone()) {
-            continue;
-        }
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            store.release(&base).await?;
-            warn!(owner = %base, "Released outbox leases of a connector process that is gone; its rows will be sent again.");
-            released += 1;
-        }
-    }
-    Ok(released)
+/// Adds what one delivery pass did to the metrics.
+fn count_delivery(m: &Metrics, r: &DeliveryReport) {
+    let d = label("destination", &r.destination);
+    m.add("connector_resources_sent_total", d.clone(), r.written);
+    m.add("connector_resources_withheld_at_send_total", d.clone(), r.withheld);
+    m.add("connector_resources_retried_total", d.clone(), r.deferred);
+    m.add("connector_resources_dead_lettered_total", d, r.dead_lettered);
 }
 
 /// The hash planning compares with the ledger: of exactly the text that is sent.
@@ -251,71 +217,18 @@ pub fn content_hash(body: &str) -> String {
 }
 
 impl Engine {
-    /// Loads the mappings, opens the state store (running migrations) and prepares the destinations.
+    /// Builds the context (mappings, state store, destinations, sharing rules) for `config`.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
-        let mappings_dir = config.resolve(&config.mappings.dir);
-        let catalog = mapping::load_catalog(&mappings_dir).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("the mappings do not load:\n{}", list.join("\n"))
-        })?;
-        for p in &config.partners {
-            if catalog.partner(&p.id).is_none() {
-                anyhow::bail!(
-                    "partner \"{}\" in the config has no mappings folder under {}",
-                    p.id,
-                    mappings_dir.display()
-                );
-            }
-            for s in &p.sources {
-                if !catalog.partners[&p.id].mappings.contains_key(&s.kind) {
-                    anyhow::bail!(
-                        "partner \"{}\": source {} is kind \"{}\", which has no mapping",
-                        p.id,
-                        s.path.display(),
-                        s.kind
-                    );
-                }
-            }
-        }
-        let store = Store::connect(&config.state_url()).await.context("opening the state store")?;
-        let mut destinations = Vec::new();
-        for (name, d) in &config.destinations {
-            if d.allow_insecure_http && !crate::config::is_loopback_url(&d.base_url) {
-                warn!(destination = %name, "Plain http to a non-loopback destination is allowed by allow_insecure_http; personal data travels unencrypted.");
-            }
-            destinations.push(Arc::new(
-                Destination::from_config(name, d, &config).with_context(|| format!("destination {name}"))?,
-            ));
-        }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let owner = format!("{}-{}", host.trim(), std::process::id());
-        reclaim_dead_leases(&store, host.trim()).await?;
-        let policy = Arc::new(Policy::new(&config, &catalog));
-        let salt: Arc<str> = Arc::from(store.salt());
-        let auto_merge: Arc<std::collections::HashSet<String>> =
-            Arc::new(config.conflicts.auto_merge.iter().cloned().collect());
-        for d in &mut destinations {
-            if let Some(d) = Arc::get_mut(d) {
-                d.policy = policy.clone();
-                d.salt = salt.clone();
-                d.auto_merge = auto_merge.clone();
-            }
-        }
-        Ok(Engine {
-            config: Arc::new(config),
-            catalog: Arc::new(catalog),
-            store,
-            destinations,
-            owner,
-            policy,
-            explain: false,
-            metrics: Arc::new(crate::ops::http::Metrics::default()),
-            consent_read: std::sync::Mutex::default(),
-        })
+        Ok(Engine::new(Context::start(config).await?))
     }
 
-    pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
-        self.destinations.iter().find(|d| d.name == name)
+    pub fn new(ctx: Context) -> Engine {
+        Engine { ctx: Arc::new(ctx), explain: false, consent_read: std::sync::Mutex::default() }
+    }
+
+    /// The context, to hand to a task that outlives this borrow (the ops endpoints).
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
     }
 
     /// Maps one partner's sources and plans every destination's outbox. With `dry_run`, compares with the ledger
@@ -341,20 +254,9 @@ impl Engine {
         };
         self.store.job_finished(run, ok, &detail, Utc::now()).await?;
         if let Ok(r) = &result {
-            self.metrics.ingest(r);
+            count_ingest(&self.metrics, r);
         }
         result
-    }
-
-    /// The partner's sources as mapping inputs.
-    pub(crate) fn inputs(&self, partner_id: &str) -> anyhow::Result<Vec<Input>> {
-        let pc = self
-            .config
-            .partners
-            .iter()
-            .find(|p| p.id == partner_id)
-            .with_context(|| format!("no [[partner]] \"{partner_id}\" in the config"))?;
-        Ok(pc.sources.iter().map(|s| Input { kind: s.kind, path: self.config.resolve(&s.path) }).collect())
     }
 
     /// Maps a partner's sources and records, in the `expected` table, what each destination should hold of
@@ -918,6 +820,33 @@ impl Engine {
         Ok(queued)
     }
 
+    /// Reconciles the destinations with the source (see [`crate::reconcile`]); with `fix`, then runs the
+    /// cycle that delivers the repairs and adds what it did to the report.
+    pub async fn reconcile(
+        &self,
+        opts: &crate::reconcile::Options,
+    ) -> anyhow::Result<crate::reconcile::ReconcileReport> {
+        let mut report = crate::reconcile::run(self, opts, |p| async move { self.expect(&p).await.map(drop) }).await?;
+        if let Some(f) = report.fixed.as_mut() {
+            let (_tx, rx) = watch::channel(false);
+            let cycle = self
+                .cycle(opts.partner.as_deref(), opts.destination.as_deref(), false, &rx)
+                .await
+                .context("delivering the repairs")?;
+            for i in &cycle.ingest {
+                f.queued += i.queued.values().sum::<u64>();
+            }
+            for d in &cycle.delivery {
+                f.written += d.written;
+                f.merged += d.merged;
+                f.conflicts += d.conflicts;
+                f.dead_lettered += d.dead_lettered;
+                f.deferred += d.deferred;
+            }
+        }
+        Ok(report)
+    }
+
     /// Reads back what others changed on one destination (see [`crate::reconcile::pull`]).
     pub async fn pull(&self, name: &str) -> anyhow::Result<crate::reconcile::pull::PullReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
@@ -962,7 +891,7 @@ impl Engine {
         };
         self.store.job_finished(run, ok, &detail, Utc::now()).await?;
         let r = result?;
-        self.metrics.delivery(&r);
+        count_delivery(&self.metrics, &r);
         if ok {
             self.metrics.mark_cycle_ok();
         }

@@ -9,15 +9,15 @@
 //! Either way the decision is audited (`conflict-resolved`, naming who decided) in the same transaction that
 //! closes the conflict and updates the ledger.
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use chrono::Utc;
 use serde_json::Value;
 
+use crate::context::Context;
 use crate::deliver::transport::{Method, TransportError, Write};
 use crate::model::{AuditAction, ConflictStatus};
 use crate::policy::{Origin, Verdict};
 use crate::store::{AuditEntry, LedgerEntry};
-use crate::sync::Engine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,8 +91,8 @@ fn account(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
-pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::Result<Resolved> {
-    let store = &engine.store;
+pub async fn resolve(ctx: &Context, id: i64, keep: Keep, by: &str) -> anyhow::Result<Resolved> {
+    let store = &ctx.store;
     let Some(c) = store.conflict_get(id).await? else {
         bail!("no conflict {id}: `connector conflicts list` shows them")
     };
@@ -104,7 +104,7 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
             c.resolved_at.map(|t| t.to_rfc3339()).unwrap_or_default()
         );
     }
-    let dest = engine.destination(&c.destination).with_context(|| {
+    let dest = ctx.destination(&c.destination).with_context(|| {
         format!("conflict {id} is at destination \"{}\", which is not in the config", c.destination)
     })?;
     let source: Value = c
@@ -164,7 +164,7 @@ pub async fn resolve(engine: &Engine, id: i64, keep: Keep, by: &str) -> anyhow::
                 None => Default::default(),
             };
             let consent = c.patient.as_ref().and_then(|p| consents.get(p));
-            let verdict = engine.policy.decide_resource(
+            let verdict = ctx.policy.decide_resource(
                 &dest.name,
                 dest.profile,
                 &origin,
