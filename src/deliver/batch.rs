@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
+use tokio::sync::watch;
 use tracing::{error, info};
 
 use super::intents::intent_of;
@@ -24,6 +25,7 @@ pub(super) async fn send_rows(
     ledger: &HashMap<ResourceKey, LedgerEntry>,
     permits: &HashMap<i64, Permit>,
     report: &mut DeliveryReport,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let mut stack: Vec<Vec<(OutboxRow, Write)>> = vec![rows];
     while let Some(chunk) = stack.pop() {
@@ -36,7 +38,7 @@ pub(super) async fn send_rows(
         let intents: Vec<SendIntent> =
             chunk.iter().filter_map(|(row, write)| intent_of(dest, row, write, permits.get(&row.seq))).collect();
         store.intents_record(&intents).await?;
-        match send_retrying(dest, || dest.transport.send(&writes)).await {
+        match send_retrying(dest, stop, || dest.transport.send(&writes)).await {
             Ok(results) => {
                 dest.breaker.success();
                 for ((row, write), Written { version_id }) in chunk.iter().zip(results) {
@@ -95,15 +97,21 @@ pub(super) async fn send_rows(
                     stack.push(vec![(row.clone(), again)]);
                     continue;
                 }
-                merge_and_send(store, dest, row, write, ledger.get(&row.item.key), permits.get(&row.seq), report)
-                    .await?;
+                let known = ledger.get(&row.item.key);
+                merge_and_send(store, dest, row, write, known, permits.get(&row.seq), report, stop).await?;
+            }
+            Err(TransportError::Stopped) => {
+                // The daemon is stopping: nothing failed. The rows keep their leases until the daemon releases
+                // them on the way out; the intents just recorded are settled by the next pass.
+                report.deferred += chunk.len() as u64 + stack.iter().map(|c| c.len() as u64).sum::<u64>();
+                return Ok(());
             }
             Err(e) => {
                 // Transient after every retry, or a setup problem: everything left waits for a later pass.
                 let opened = dest.breaker.failure();
                 error!(destination = %dest.name, error = %e, circuit_opened = opened, "Delivery failed; rows deferred.");
-                let wait = e.retry_after().and_then(|ra| chrono::Duration::from_std(ra).ok()).unwrap_or_default();
-                let later = Utc::now() + dest.defer.max(wait);
+                let wait = dest.retry_policy().defer_for(0, e.retry_after());
+                let later = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(dest.defer);
                 for (row, _) in chunk.iter().chain(stack.iter().flatten()) {
                     store.retry_later(row.seq, later, &e.full_text()).await?;
                     report.deferred += 1;

@@ -4,6 +4,7 @@
 
 use chrono::Utc;
 use serde_json::Value;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::intents::intent_of;
@@ -20,6 +21,7 @@ use crate::store::{LedgerEntry, OutboxRow, SendIntent, Store, StoreError};
 /// written with `If-Match` on the version read; the same element changed on both sides is a conflict, recorded
 /// for an admin, and nothing is written. Our own earlier write that landed without the ledger knowing (a crash
 /// in between) shows up as "already holds the outcome" and is adopted.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn merge_and_send(
     store: &Store,
     dest: &Destination,
@@ -28,12 +30,17 @@ pub(super) async fn merge_and_send(
     known: Option<&LedgerEntry>,
     permit: Option<&Permit>,
     report: &mut DeliveryReport,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let Some(source) = write.body.as_ref() else { return Ok(()) };
     let base = known.and_then(|k| crate::conflict::decode(k.source_fp.as_deref()));
     for _ in 0..3 {
-        let current = match send_retrying(dest, || dest.transport.read(&write.resource_type, &write.id)).await {
+        let current = match send_retrying(dest, stop, || dest.transport.read(&write.resource_type, &write.id)).await {
             Ok(c) => c,
+            Err(TransportError::Stopped) => {
+                report.deferred += 1;
+                return Ok(());
+            }
             Err(e) => {
                 store.retry_later(row.seq, Utc::now() + dest.defer, &e.to_string()).await?;
                 report.deferred += 1;
@@ -81,7 +88,7 @@ pub(super) async fn merge_and_send(
                 w.if_match = found.version_id.clone();
                 let intent: Vec<SendIntent> = intent_of(dest, row, &w, permit).into_iter().collect();
                 store.intents_record(&intent).await?;
-                match send_retrying(dest, || dest.transport.send(std::slice::from_ref(&w))).await {
+                match send_retrying(dest, stop, || dest.transport.send(std::slice::from_ref(&w))).await {
                     Ok(results) => {
                         let version = results.into_iter().next().and_then(|r| r.version_id);
                         let entry = held_entry(
@@ -110,6 +117,10 @@ pub(super) async fn merge_and_send(
                         return Ok(());
                     }
                     Err(TransportError::PreconditionFailed { .. }) => continue, // changed again meanwhile
+                    Err(TransportError::Stopped) => {
+                        report.deferred += 1;
+                        return Ok(());
+                    }
                     Err(TransportError::Rejected { status, message, outcome }) => {
                         let detail = serde_json::json!({ "status": status, "message": message, "outcome": outcome });
                         store.dead_letter(row.seq, &detail.to_string()).await?;

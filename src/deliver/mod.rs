@@ -1,7 +1,7 @@
 //! Deliver: drains a destination's outbox. Rows are leased in order (per patient), Patients are matched to
 //! ones that already exist there, references to linked Patients are rewritten, and writes go out as
 //! transaction bundles with `If-Match`. Transient failures are retried with exponential backoff and jitter
-//! (honouring `Retry-After`); a bundle the server refuses is split until the refused resource is found, and
+//! (honouring `Retry-After`; a backoff ends at once when the daemon stops); a bundle the server refuses is split until the refused resource is found, and
 //! that one alone goes to the dead letter with the server's OperationOutcome. A destination that keeps failing
 //! trips its circuit breaker and is paused.
 //!
@@ -13,7 +13,8 @@
 //! - `patients.rs`: matching Patients that already exist there, and rewriting references to them.
 //! - `records.rs`: the ledger and audit entries a result is recorded with.
 //! - `intents.rs`: writes in flight, and settling those in doubt ([`settle_intents`]).
-//! - `retry.rs`: calling the destination with retries.
+//! - `retry.rs`: the retry vocabulary shared with partner feeds: one classifier of HTTP answers and
+//!   `Retry-After`, one [`retry::RetryPolicy`], backoff sleeps that end when the daemon stops.
 //! - The transport seam and its plumbing: `transport.rs` (the trait and its errors), `fhir.rs` (FHIR REST),
 //!   `http.rs` (shared HTTP rules), `auth.rs` (tokens), `limit.rs` (rate limiter, circuit breaker),
 //!   `paging.rs` (following `next` links), `profile.rs` (destination profiles).
@@ -24,6 +25,7 @@ pub mod http;
 pub mod limit;
 pub mod paging;
 pub mod profile;
+pub mod retry;
 pub mod transport;
 
 mod batch;
@@ -31,7 +33,6 @@ mod intents;
 mod merge;
 mod patients;
 mod records;
-mod retry;
 mod worker;
 
 use std::sync::Arc;
@@ -105,6 +106,12 @@ impl Destination {
             salt: Arc::from(""),
             auto_merge: Arc::default(),
         }
+    }
+
+    /// How calls to this destination are retried, and how long rows wait once a pass gives up on them.
+    pub fn retry_policy(&self) -> retry::RetryPolicy {
+        let defer = self.defer.to_std().unwrap_or(Duration::from_secs(60));
+        retry::RetryPolicy::destination(self.max_attempts, defer)
     }
 
     /// How long a lease must last to cover a bundle's retries.

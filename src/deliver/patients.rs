@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tracing::info;
 
 use super::Destination;
 use super::records::{audit_entry, ledger_entry};
 use super::retry::send_retrying;
+use super::transport::TransportError;
 use crate::policy::Permit;
 use crate::store::{OutboxRow, ResourceKey, Store};
 
@@ -52,6 +54,8 @@ pub(super) fn rewrite_references(v: &mut Value, links: &HashMap<String, String>)
 pub(super) enum Outcome {
     Defer(String),
     Dead(String),
+    /// The daemon is stopping: the row is left as it is (its lease is released on the way out).
+    Stopped,
 }
 
 /// Looks the person up on the destination before creating them. Returns the id of someone else's Patient
@@ -62,11 +66,14 @@ pub(super) async fn match_patient(
     row: &OutboxRow,
     body: Option<&Value>,
     permit: Option<&Permit>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<Option<String>, Outcome> {
     let Some(identifier) = body.and_then(match_identifier) else { return Ok(None) };
-    let found = send_retrying(dest, || dest.transport.find("Patient", &identifier))
-        .await
-        .map_err(|e| Outcome::Defer(format!("looking the Patient up on {}: {e}", dest.name)))?;
+    let found =
+        send_retrying(dest, stop, || dest.transport.find("Patient", &identifier)).await.map_err(|e| match e {
+            TransportError::Stopped => Outcome::Stopped,
+            e => Outcome::Defer(format!("looking the Patient up on {}: {e}", dest.name)),
+        })?;
     let others: Vec<_> = found.iter().filter(|f| f.id != row.item.key.id).collect();
     if found.iter().any(|f| f.id == row.item.key.id) || others.is_empty() {
         return Ok(None);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use serde_json::Value;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::batch::send_rows;
@@ -90,7 +91,7 @@ async fn worker(
             return Ok(false);
         }
         bundles += 1;
-        let r = process(&store, &dest, rows).await?;
+        let r = process(&store, &dest, rows, &shutdown).await?;
         let mut total = report.lock().unwrap_or_else(|p| p.into_inner());
         total.written += r.written;
         total.linked += r.linked;
@@ -166,7 +167,12 @@ async fn check_policy(
 }
 
 /// Sends one leased batch.
-async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Result<DeliveryReport, StoreError> {
+async fn process(
+    store: &Store,
+    dest: &Destination,
+    rows: Vec<OutboxRow>,
+    stop: &watch::Receiver<bool>,
+) -> Result<DeliveryReport, StoreError> {
     let mut report = DeliveryReport { bundles: 1, ..Default::default() };
     let (rows, permits) = check_policy(store, dest, rows, &mut report).await?;
     if rows.is_empty() {
@@ -205,6 +211,11 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
     // person in the same batch links to the first instead of searching before it exists (and duplicating).
     let mut batch_patients: HashMap<String, String> = HashMap::new();
     for (row, body) in rows.into_iter().zip(bodies) {
+        if *stop.borrow() {
+            // Stopping: what is left keeps its lease until the daemon releases it on the way out.
+            report.deferred += 1;
+            continue;
+        }
         let known = ledger.get(&row.item.key);
         if let Some(entry) = known.filter(|e| e.linked) {
             // Someone else's record (a hospital's Patient in PKB, say): we reference it and never write it.
@@ -232,7 +243,7 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
                 report.linked += 1;
                 continue;
             }
-            let matched = match_patient(store, dest, &row, body.as_ref(), permits.get(&row.seq)).await;
+            let matched = match_patient(store, dest, &row, body.as_ref(), permits.get(&row.seq), stop).await;
             if let (Some(i), Ok(found)) = (&identifier, &matched) {
                 batch_patients.insert(i.clone(), found.clone().unwrap_or_else(|| row.item.key.id.clone()));
             }
@@ -245,6 +256,10 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
                 Ok(None) => {}
                 Err(Outcome::Defer(msg)) => {
                     store.retry_later(row.seq, Utc::now() + dest.defer, &msg).await?;
+                    report.deferred += 1;
+                    continue;
+                }
+                Err(Outcome::Stopped) => {
                     report.deferred += 1;
                     continue;
                 }
@@ -276,11 +291,15 @@ async fn process(store: &Store, dest: &Destination, rows: Vec<OutboxRow>) -> Res
         }
         if write.method == Method::Put && known.is_some_and(|e| e.remote_edits) {
             // The destination holds others' changes (kept): read and merge, never write over them.
-            merge_and_send(store, dest, &row, &write, known, permits.get(&row.seq), &mut report).await?;
+            merge_and_send(store, dest, &row, &write, known, permits.get(&row.seq), &mut report, stop).await?;
             continue;
         }
         to_send.push((row, write));
     }
-    send_rows(store, dest, to_send, &ledger, &permits, &mut report).await?;
+    if *stop.borrow() {
+        report.deferred += to_send.len() as u64;
+        return Ok(report);
+    }
+    send_rows(store, dest, to_send, &ledger, &permits, &mut report, stop).await?;
     Ok(report)
 }
