@@ -68,10 +68,11 @@ impl TokenProvider {
         }
         if !status.is_success() {
             let msg = format!("token endpoint answered {status}; check the client id and secret");
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                TransportError::Transient { message: msg, retry_after: http::retry_after(resp.headers()) }
-            } else {
-                TransportError::Setup(msg)
+            return Err(match super::retry::classify(status, resp.headers()) {
+                super::retry::Answer::Unavailable { retry_after } => {
+                    TransportError::Transient { message: msg, retry_after }
+                }
+                _ => TransportError::Setup(msg),
             });
         }
         let body = http::read_json(resp, MAX_SMALL_BYTES, "the token endpoint's answer").await?;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::auth::TokenProvider;
 use super::http::{self, MAX_METADATA_BYTES, MAX_PAGE_BYTES, MAX_SMALL_BYTES};
 use super::limit::RateLimiter;
+use super::retry::{self, Answer};
 use super::transport::{BoxFuture, Found, Method, Transport, TransportError, Write, Written};
 
 const FHIR_JSON: &str = "application/fhir+json";
@@ -106,7 +107,7 @@ impl FhirTransport {
 /// what is logged is the status and the issue codes.
 async fn failure(resp: Response) -> TransportError {
     let status = resp.status();
-    let wait = http::retry_after(resp.headers());
+    let answer = retry::classify(status, resp.headers());
     let body = http::read_body(resp, MAX_SMALL_BYTES, "the error answer").await.unwrap_or_default();
     let text = String::from_utf8_lossy(&body).into_owned();
     let outcome: Option<Value> = serde_json::from_str(&text).ok();
@@ -122,22 +123,25 @@ async fn failure(resp: Response) -> TransportError {
         })
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| text.chars().take(500).collect());
-    match status.as_u16() {
-        412 => TransportError::PreconditionFailed { outcome },
-        408 | 429 | 500..=599 => {
+    match answer {
+        Answer::PreconditionFailed => TransportError::PreconditionFailed { outcome },
+        Answer::Unavailable { retry_after } => {
             let codes = http::issue_codes(outcome.as_ref());
             let codes = if codes.is_empty() { String::new() } else { format!(" (issue codes: {})", codes.join(", ")) };
             TransportError::Unavailable {
                 message: format!("the destination answered {status}{codes}"),
                 detail: message,
-                retry_after: wait,
+                retry_after,
             }
         }
         // A failed transaction may report an entry's 412 inside a 400.
-        400 if message.contains("412") || message.to_lowercase().contains("precondition") => {
+        Answer::Permanent
+            if status == StatusCode::BAD_REQUEST
+                && (message.contains("412") || message.to_lowercase().contains("precondition")) =>
+        {
             TransportError::PreconditionFailed { outcome }
         }
-        s => TransportError::Rejected { status: s, message, outcome },
+        Answer::Permanent => TransportError::Rejected { status: status.as_u16(), message, outcome },
     }
 }
 

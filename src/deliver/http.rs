@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use reqwest::{Client, Response, header};
+use reqwest::{Client, Response};
 use serde_json::Value;
 
 use super::transport::TransportError;
@@ -17,9 +17,8 @@ pub const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_METADATA_BYTES: usize = 8 * 1024 * 1024;
 /// Largest token answer, error body or webhook answer read.
 pub const MAX_SMALL_BYTES: usize = 1024 * 1024;
-/// The longest a server's `Retry-After` is honoured: beyond it the outbox's own deferral takes over, so a
-/// worker never sits on its lease for a server-chosen eternity.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+// `Retry-After` is read and clamped by the retry vocabulary (`retry.rs`); re-exported where it always was.
+pub use super::retry::{MAX_RETRY_AFTER, retry_after};
 
 /// An HTTP client that never follows redirects, with the connector's user agent and timeouts.
 pub fn client(timeout: Duration) -> Result<Client, TransportError> {
@@ -69,12 +68,6 @@ pub fn redirect_error(what: &str, status: reqwest::StatusCode) -> TransportError
     ))
 }
 
-/// `Retry-After` in seconds, clamped to [`MAX_RETRY_AFTER`] (the HTTP-date form falls back to backoff).
-pub fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
-    let secs = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
-}
-
 /// Reads a response body, refusing one longer than `limit` bytes (by its `Content-Length`, or as it
 /// arrives). `what` names the answer in the error.
 pub async fn read_body(mut resp: Response, limit: usize, what: &str) -> Result<Vec<u8>, TransportError> {
@@ -122,17 +115,6 @@ pub fn issue_codes(outcome: Option<&Value>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_is_clamped_to_an_hour() {
-        let mut h = header::HeaderMap::new();
-        h.insert(header::RETRY_AFTER, "18446744073709551615".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
-        h.insert(header::RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert(header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
-    }
 
     #[test]
     fn issue_codes_leave_the_diagnostics_out() {

@@ -72,6 +72,10 @@ pub enum TransportError {
     /// The connector itself cannot talk to the destination (bad configuration, credentials).
     #[error("{0}")]
     Setup(String),
+    /// The daemon is stopping: a retry's backoff was cut short. Nothing failed; the rows stay as they
+    /// were (their leases are released on the way out).
+    #[error("stopped before trying again: the connector is shutting down")]
+    Stopped,
 }
 
 fn codes(outcome: Option<&Value>) -> String {

@@ -1,13 +1,14 @@
 //! Delivers a partner feed's queued documents: each item is checked against the sharing rules once more
 //! (consent may have changed since the plan), the document is rendered in the feed's format and sent to its
 //! target, and every item sent is recorded as an audited disclosure in the same transaction as the feed's
-//! ledger. Failures that may pass are retried with backoff, then left in the outbox for the next run; a
-//! document the target refuses, or that keeps failing, becomes a dead letter (`connector outbox list`).
+//! ledger. Failures that may pass are retried under the feed's [`RetryPolicy`] (shared with destinations), then
+//! left in the outbox for a later run; a document the target refuses, or that keeps failing, becomes a dead
+//! letter (`connector outbox list`). A backoff ends at once when the daemon stops; the document is then left
+//! leased, and the daemon releases it on the way out.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
@@ -16,6 +17,7 @@ use super::target::{Document, Target};
 use super::{Doc, DocItem, collection};
 use crate::config::{FeedConfig, FeedFormat};
 use crate::context::Context as Engine;
+use crate::deliver::retry::RetryPolicy;
 use crate::deliver::transport::TransportError;
 use crate::model::AuditAction;
 use crate::policy::{Audience, Origin, Permit, Verdict};
@@ -59,7 +61,11 @@ pub async fn deliver(
             break;
         }
         for row in rows {
-            send_row(engine, feed, &target, &row, &mut report).await?;
+            if *shutdown.borrow() {
+                // Left leased: the daemon releases its leases on the way out.
+                break;
+            }
+            send_row(engine, feed, &target, &row, &mut report, shutdown).await?;
         }
     }
     if report.documents + report.dead + report.deferred > 0 {
@@ -88,6 +94,7 @@ async fn send_row(
     target: &Target,
     row: &OutboxRow,
     report: &mut FeedDelivery,
+    stop: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let name = feed.name();
     let doc: Doc = match row.item.body.as_deref().map(serde_json::from_str) {
@@ -131,9 +138,16 @@ async fn send_row(
             return Ok(());
         }
     };
-    let sent = (|| target.send(&docs))
-        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(500)).with_max_times(2).with_jitter())
-        .when(TransportError::is_transient)
+    let policy = RetryPolicy::feed();
+    let sent = policy
+        .call(
+            stop,
+            || target.send(&docs),
+            |e, after| {
+                let retry_in_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                warn!(feed = %name, seq = row.seq, error = %e, retry_in_ms, "Retrying.");
+            },
+        )
         .await;
     match sent {
         Ok(()) => {
@@ -169,8 +183,9 @@ async fn send_row(
             report.documents += 1;
             report.items += delivered.len();
         }
+        Err(TransportError::Stopped) => report.deferred += 1,
         Err(e) if e.is_transient() && row.attempts + 1 < i32::try_from(feed.max_attempts).unwrap_or(i32::MAX) => {
-            let wait = e.retry_after().unwrap_or(Duration::from_secs(60 << row.attempts.clamp(0, 6)));
+            let wait = policy.defer_for(row.attempts, e.retry_after());
             let not_before = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::minutes(1));
             warn!(feed = %name, seq = row.seq, attempt = row.attempts + 1, error = %e, "Feed delivery failed; will retry.");
             engine.store.retry_later(row.seq, not_before, &e.full_text()).await?;

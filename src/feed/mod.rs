@@ -140,6 +140,18 @@ pub fn check(engine: &Engine, feed: &FeedConfig) -> anyhow::Result<()> {
 /// Plans one feed run (see the module documentation). With `rebuild`, everything the feed delivered is
 /// forgotten first, so every client's whole record is queued again. With `dry_run`, nothing is written.
 pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bool) -> anyhow::Result<FeedPlan> {
+    plan_until(engine, feed, rebuild, dry_run, None).await
+}
+
+/// [`plan`], stopping between clients once `stop` is true: the clients planned so far are queued, the rest
+/// wait for the next run. (Never within a client: a record read in part would look like resources gone.)
+async fn plan_until(
+    engine: &Engine,
+    feed: &FeedConfig,
+    rebuild: bool,
+    dry_run: bool,
+    stop: Option<&tokio::sync::watch::Receiver<bool>>,
+) -> anyhow::Result<FeedPlan> {
     check(engine, feed)?;
     let name = feed.name();
     let mut report = FeedPlan { feed: name.clone(), partner: feed.partner.clone(), rebuild, ..Default::default() };
@@ -155,6 +167,10 @@ pub async fn plan(engine: &Engine, feed: &FeedConfig, rebuild: bool, dry_run: bo
     let partner = &engine.catalog.partners[&feed.partner];
     let mut queue = Vec::new();
     for client in &clients {
+        if stop.is_some_and(|s| *s.borrow()) {
+            info!(feed = %name, "Stopping: the remaining clients are planned on the next run.");
+            break;
+        }
         let statement = consent.get(&client.person);
         let delivered = engine.store.feed_items(&name, &client.person).await?;
         // First the person: without their agreement that this partner receives their record, nothing.
@@ -475,7 +491,7 @@ pub async fn run(
 ) -> anyhow::Result<FeedRun> {
     let job = engine.store.job_started(&JobName::Feed(feed.partner.clone()).to_string(), Utc::now()).await?;
     let result = async {
-        let plan = plan(engine, feed, rebuild, false).await?;
+        let plan = plan_until(engine, feed, rebuild, false, Some(shutdown)).await?;
         let delivery = deliver::deliver(engine, feed, shutdown).await?;
         anyhow::Ok(FeedRun { plan, delivery })
     }

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, FeedConfig};
 use crate::deliver::http;
+use crate::deliver::retry::{self, Answer};
 use crate::deliver::transport::TransportError;
 
 /// One file or request body of a feed document.
@@ -101,14 +102,13 @@ impl Target {
                     if status.is_redirection() {
                         return Err(http::redirect_error(what, status));
                     }
-                    let retry_after = http::retry_after(resp.headers());
+                    let answer = retry::classify(status, resp.headers());
                     // The answer's text often quotes what was sent: kept for `last_error`, never logged.
                     let body = http::read_body(resp, http::MAX_SMALL_BYTES, what).await.unwrap_or_default();
                     let text: String = String::from_utf8_lossy(&body).chars().take(2000).collect();
                     let outcome: Option<serde_json::Value> =
                         serde_json::from_slice(&body).ok().filter(|o: &serde_json::Value| o["issue"].is_array());
-                    let code = status.as_u16();
-                    return Err(if code == 408 || code == 429 || status.is_server_error() {
+                    return Err(if let Answer::Unavailable { retry_after } = answer {
                         let codes = http::issue_codes(outcome.as_ref());
                         let codes = if codes.is_empty() {
                             String::new()
@@ -121,7 +121,7 @@ impl Target {
                             retry_after,
                         }
                     } else {
-                        TransportError::Rejected { status: code, message: text, outcome }
+                        TransportError::Rejected { status: status.as_u16(), message: text, outcome }
                     });
                 }
             }

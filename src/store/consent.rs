@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Inner, LedgerEntry, OUTBOX_CANCEL, OutboxRow, ResourceKey, Result, Store, StoreError, from_ms, limit, ms};
+use super::{Inner, OUTBOX_CANCEL, OutboxRow, ResourceKey, Result, Store, StoreError, from_ms, limit, ms};
 use crate::model::AuditAction;
 
 /// One consent statement as stored.
@@ -486,74 +486,6 @@ impl Store {
             rows.len()
         });
         Ok(n)
-    }
-
-    /// After our Patient `remote_id` was deleted from `destination`: other partners' Patients linked to it
-    /// there would point at nothing. Forgets what the destination holds for `person` (apart from what was
-    /// just deleted) when any was linked, so the next cycle sends the person's records again and they find
-    /// (or create) a Patient that exists. Returns how many ledger entries were forgotten.
-    pub async fn forget_links_to(&self, destination: &str, remote_id: &str, person: &str) -> Result<u64> {
-        let n = in_tx!(self, "forget_links_to", |tx| {
-            let linked: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM ledger WHERE destination = $1 AND resource_type = 'Patient' \
-                 AND remote_id = $2 AND linked = TRUE",
-            )
-            .bind(destination)
-            .bind(remote_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::query("forget_links_to"))?;
-            if linked == 0 {
-                0
-            } else {
-                sqlx::query("DELETE FROM ledger WHERE destination = $1 AND patient = $2")
-                    .bind(destination)
-                    .bind(person)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("forget_links_to"))?
-                    .rows_affected()
-            }
-        });
-        Ok(n)
-    }
-
-    /// What every destination holds for `person`, by destination.
-    pub async fn ledger_for_person(&self, person: &str) -> Result<Vec<LedgerEntry>> {
-        let rows: Vec<super::LedgerDb> = with_pool!(self, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} FROM ledger WHERE patient = $1 ORDER BY destination, resource_type, resource_id",
-                super::LEDGER_COLUMNS
-            )))
-            .bind(person)
-            .fetch_all(pool)
-            .await
-        })
-        .map_err(StoreError::query("ledger_for_person"))?;
-        rows.into_iter().map(super::LedgerDb::into_entry).collect()
-    }
-
-    /// A named position (0 when never set).
-    pub async fn cursor_get(&self, name: &str) -> Result<i64> {
-        let v: Option<i64> = with_pool!(self, |pool| {
-            sqlx::query_scalar("SELECT value FROM cursors WHERE name = $1").bind(name).fetch_optional(pool).await
-        })
-        .map_err(StoreError::query("cursor_get"))?;
-        Ok(v.unwrap_or(0))
-    }
-
-    pub async fn cursor_set(&self, name: &str, value: i64) -> Result<()> {
-        with_pool!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            )
-            .bind(name)
-            .bind(value)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(StoreError::query("cursor_set"))
     }
 
     /// Appends one entry to the audit trail.

@@ -8,6 +8,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::{Connection, SqliteConnection};
 
 use super::error::redact_url;
+use super::ledger::KEYS_LEDGER_ENTRIES;
+use super::outbox::{KEYS_LEDGER_HASHES, KEYS_OUTBOX_ROWS};
 use super::plan::{Action, DeadRow, KeyState, PendingRow, decide, last_per_key};
 use super::*;
 

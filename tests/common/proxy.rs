@@ -5,7 +5,8 @@
 //! (so every request is one connection: simple, and a client's retry is always visible as a new request).
 //! A [`FaultPlan`] decides, with a seeded PRNG so runs repeat, whether a matching request instead gets:
 //!
-//! - [`Fault::Unavailable`]: `503` with an OperationOutcome, not forwarded;
+//! - [`Fault::Unavailable`]: `503` with an OperationOutcome (and `Retry-After` if
+//!   [`FaultPlan::retry_after_on_unavailable`] says so), not forwarded;
 //! - [`Fault::TooManyRequests`]: `429` with `Retry-After: N` (seconds), not forwarded;
 //! - [`Fault::Timeout`]: no answer for [`FaultPlan::hang_for`], longer than any client timeout, not forwarded;
 //! - [`Fault::Reset`]: the connection reset (RST, `SO_LINGER` 0) after the request is read, not forwarded;
@@ -81,6 +82,7 @@ type Filter = Arc<dyn Fn(&RequestHead) -> bool + Send + Sync>;
 pub struct FaultPlan {
     faults: Vec<(Fault, f64)>,
     retry_after_secs: u64,
+    unavailable_retry_after_secs: Option<u64>,
     hang_for: Duration,
     seed: u64,
     filter: Option<Filter>,
@@ -97,6 +99,7 @@ impl fmt::Debug for FaultPlan {
         f.debug_struct("FaultPlan")
             .field("faults", &self.faults)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("unavailable_retry_after_secs", &self.unavailable_retry_after_secs)
             .field("hang_for", &self.hang_for)
             .field("seed", &self.seed)
             .field("filtered", &self.filter.is_some())
@@ -110,6 +113,7 @@ impl FaultPlan {
         Self {
             faults: Vec::new(),
             retry_after_secs: 1,
+            unavailable_retry_after_secs: None,
             hang_for: Duration::from_secs(30),
             seed: 0x5eed_1e55_c0ff_ee00,
             filter: None,
@@ -138,6 +142,12 @@ impl FaultPlan {
     /// The `Retry-After` seconds of [`Fault::TooManyRequests`] (default 1).
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_secs = seconds;
+        self
+    }
+
+    /// [`Fault::Unavailable`] answers with `Retry-After: seconds` too (default: no `Retry-After`).
+    pub fn retry_after_on_unavailable(mut self, seconds: u64) -> Self {
+        self.unavailable_retry_after_secs = Some(seconds);
         self
     }
 
@@ -457,11 +467,13 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
 
     match fault {
         Some(Fault::Unavailable) => {
+            let retry_after = lock(&shared.state).plan.unavailable_retry_after_secs.map(|s| s.to_string());
+            let headers: Vec<(&str, &str)> = retry_after.iter().map(|s| ("Retry-After", s.as_str())).collect();
             let _ = write_simple(
                 &mut client,
                 503,
                 "Service Unavailable",
-                &[],
+                &headers,
                 "transient",
                 "Injected by the test fault proxy: the server is unavailable.",
             )

@@ -1,0 +1,126 @@
+//! Sending rows as transaction bundles: intents first, then the bundle; a bundle the server refuses is split
+//! until the refused resource is found (that one alone is dead-lettered); a transient failure defers what is
+//! left.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::intents::intent_of;
+use super::merge::merge_and_send;
+use super::records::{audit_entry, held_entry, ledger_entry};
+use super::retry::send_retrying;
+use super::transport::{Method, TransportError, Write, Written};
+use super::{DeliveryReport, Destination};
+use crate::model::AuditAction;
+use crate::policy::Permit;
+use crate::store::{LedgerEntry, OutboxRow, ResourceKey, SendIntent, Store, StoreError};
+
+/// Sends rows as bundles, splitting a refused bundle to find the resource the server refuses.
+pub(super) async fn send_rows(
+    store: &Store,
+    dest: &Destination,
+    rows: Vec<(OutboxRow, Write)>,
+    ledger: &HashMap<ResourceKey, LedgerEntry>,
+    permits: &HashMap<i64, Permit>,
+    report: &mut DeliveryReport,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let mut stack: Vec<Vec<(OutboxRow, Write)>> = vec![rows];
+    while let Some(chunk) = stack.pop() {
+        if chunk.is_empty() {
+            continue;
+        }
+        let writes: Vec<Write> = chunk.iter().map(|(_, w)| w.clone()).collect();
+        // Before anything leaves: should the answer never be recorded (a crash, a lost answer), the next pass
+        // finds out whether it landed and audits it then.
+        let intents: Vec<SendIntent> =
+            chunk.iter().filter_map(|(row, write)| intent_of(dest, row, write, permits.get(&row.seq))).collect();
+        store.intents_record(&intents).await?;
+        match send_retrying(dest, stop, || dest.transport.send(&writes)).await {
+            Ok(results) => {
+                dest.breaker.success();
+                for ((row, write), Written { version_id }) in chunk.iter().zip(results) {
+                    let action =
+                        if write.method == Method::Put { AuditAction::Disclosed } else { AuditAction::Retracted };
+                    let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
+                    let audited = row.item.origin.as_deref() != Some(crate::policy::AUDIT_ORIGIN);
+                    let entry = match &write.body {
+                        Some(body) => held_entry(
+                            dest,
+                            row,
+                            &write.id,
+                            version_id,
+                            body,
+                            body,
+                            ledger.get(&row.item.key),
+                            false,
+                            true,
+                        ),
+                        None => ledger_entry(&dest.name, row, &write.id, version_id, false),
+                    };
+                    let entry = (write.method == Method::Put).then_some(&entry);
+                    store.complete(row, entry, audited.then_some(&audit)).await?;
+                    if write.method == Method::Delete
+                        && write.resource_type == "Patient"
+                        && let Some(person) = &row.item.patient
+                    {
+                        let n = store.forget_links_to(&dest.name, &write.id, person).await?;
+                        report.relink += n;
+                        if n > 0 {
+                            info!(destination = %dest.name, person = %person, forgotten = n, "A retracted Patient had others linked to it; the person's records will be sent again.");
+                        }
+                    }
+                    report.written += 1;
+                }
+            }
+            Err(TransportError::Rejected { .. } | TransportError::PreconditionFailed { .. }) if chunk.len() > 1 => {
+                let mut first = chunk;
+                let second = first.split_off(first.len() / 2);
+                stack.push(second);
+                stack.push(first);
+            }
+            Err(TransportError::Rejected { status, message, outcome }) => {
+                let (row, write) = &chunk[0];
+                error!(destination = %dest.name, resource_type = %write.resource_type, resource = %write.id, status, "Rejected; dead-lettered.");
+                let detail = serde_json::json!({ "status": status, "message": message, "outcome": outcome });
+                store.dead_letter(row.seq, &detail.to_string()).await?;
+                report.dead_lettered += 1;
+            }
+            Err(TransportError::PreconditionFailed { .. }) => {
+                let (row, write) = &chunk[0];
+                if write.method == Method::Delete {
+                    // Retracting something changed there since: the person's consent still rules; delete the
+                    // current version.
+                    let mut again = write.clone();
+                    again.if_match = None;
+                    stack.push(vec![(row.clone(), again)]);
+                    continue;
+                }
+                let known = ledger.get(&row.item.key);
+                merge_and_send(store, dest, row, write, known, permits.get(&row.seq), report, stop).await?;
+            }
+            Err(TransportError::Stopped) => {
+                // The daemon is stopping: nothing failed. The rows keep their leases until the daemon releases
+                // them on the way out; the intents just recorded are settled by the next pass.
+                report.deferred += chunk.len() as u64 + stack.iter().map(|c| c.len() as u64).sum::<u64>();
+                return Ok(());
+            }
+            Err(e) => {
+                // Transient after every retry, or a setup problem: everything left waits for a later pass.
+                let opened = dest.breaker.failure();
+                error!(destination = %dest.name, error = %e, circuit_opened = opened, "Delivery failed; rows deferred.");
+                let wait = dest.retry_policy().defer_for(0, e.retry_after());
+                let later = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(dest.defer);
+                for (row, _) in chunk.iter().chain(stack.iter().flatten()) {
+                    store.retry_later(row.seq, later, &e.full_text()).await?;
+                    report.deferred += 1;
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

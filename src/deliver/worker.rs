@@ -1,0 +1,306 @@
+//! The delivery pass: settles writes in doubt, then leases batches from the outbox (the first alone, then
+//! `concurrency` workers), checks the sharing rules once more, turns rows into writes (linking Patients,
+//! rewriting references, routing conflicts and merges) and hands them to `batch::send_rows`, until the
+//! outbox is empty, the circuit opens, rows are deferred or shutdown is asked for.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::batch::send_rows;
+use super::intents::settle_intents;
+use super::merge::{conflict_refresh, merge_and_send};
+use super::patients::{Outcome, match_identifier, match_patient, patient_key, rewrite_references};
+use super::records::{audit_entry, ledger_entry};
+use super::transport::{Method, Write};
+use super::{DeliveryReport, Destination};
+use crate::model::AuditAction;
+use crate::policy::{Origin, Permit, Verdict};
+use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
+
+/// Drains the destination's outbox until it is empty, the circuit opens, or shutdown is asked for.
+/// The first bundle goes alone (it carries the lowest rows, Organizations among them), then `concurrency`
+/// workers share the rest.
+pub async fn deliver(
+    store: &Store,
+    dest: &Arc<Destination>,
+    owner: &str,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<DeliveryReport, StoreError> {
+    let report = Arc::new(Mutex::new(DeliveryReport { destination: dest.name.clone(), ..Default::default() }));
+    settle_intents(store, dest).await?;
+    let more =
+        worker(store.clone(), dest.clone(), owner.to_string(), shutdown.clone(), report.clone(), Some(1)).await?;
+    if more {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..dest.concurrency {
+            set.spawn(worker(
+                store.clone(),
+                dest.clone(),
+                format!("{owner}/{i}"),
+                shutdown.clone(),
+                report.clone(),
+                None,
+            ));
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(r) => {
+                    r?;
+                }
+                Err(e) => error!(destination = %dest.name, error = %e, "Delivery worker failed."),
+            }
+        }
+    }
+    let r = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // Delivered rows took their bodies (personal data) with them: see them gone from the WAL as well.
+    if r.written + r.linked + r.withheld + r.merged > 0
+        && let Err(e) = store.checkpoint().await
+    {
+        warn!(destination = %dest.name, error = %e, "Checkpoint after delivery failed; it is tried again after the next pass.");
+    }
+    Ok(r)
+}
+
+/// Leases and sends bundles; returns whether the outbox may hold more.
+async fn worker(
+    store: Store,
+    dest: Arc<Destination>,
+    owner: String,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    report: Arc<Mutex<DeliveryReport>>,
+    max_bundles: Option<usize>,
+) -> Result<bool, StoreError> {
+    let mut bundles = 0usize;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(false);
+        }
+        if !dest.breaker.allows() {
+            report.lock().unwrap_or_else(|p| p.into_inner()).breaker_open = true;
+            return Ok(false);
+        }
+        if max_bundles.is_some_and(|m| bundles >= m) {
+            return Ok(true);
+        }
+        let rows = store.lease(&dest.name, &owner, dest.batch_size, dest.lease_for(), Utc::now()).await?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        bundles += 1;
+        let r = process(&store, &dest, rows, &shutdown).await?;
+        let mut total = report.lock().unwrap_or_else(|p| p.into_inner());
+        total.written += r.written;
+        total.linked += r.linked;
+        total.dead_lettered += r.dead_lettered;
+        total.withheld += r.withheld;
+        total.relink += r.relink;
+        total.deferred += r.deferred;
+        total.merged += r.merged;
+        total.conflicts += r.conflicts;
+        total.bundles += r.bundles;
+        if r.deferred > 0 {
+            // Transient trouble: stop this pass; the rows wait for their not-before time.
+            return Ok(false);
+        }
+    }
+}
+
+/// The rules again, for rows about to go out: the person's consent may have changed since they were
+/// planned. Rows the rules now refuse are withheld (removed from the outbox, audited); returns the
+/// permits of the rest. Deletes (retractions) always go.
+async fn check_policy(
+    store: &Store,
+    dest: &Destination,
+    rows: Vec<OutboxRow>,
+    report: &mut DeliveryReport,
+) -> Result<(Vec<OutboxRow>, HashMap<i64, Permit>), StoreError> {
+    let persons: Vec<String> = {
+        let mut v: Vec<String> = rows.iter().filter_map(|r| r.item.patient.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let consents = store.consent_current(&persons).await?;
+    let mut permits = HashMap::new();
+    let mut keep = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.item.op == Op::Delete || row.item.origin.as_deref() == Some(crate::policy::AUDIT_ORIGIN) {
+            keep.push(row);
+            continue;
+        }
+        let verdict = match row.item.origin.as_deref().and_then(Origin::decode) {
+            Some(origin) => {
+                let consent = row.item.patient.as_ref().and_then(|p| consents.get(p));
+                dest.policy.decide_resource(
+                    &dest.name,
+                    dest.profile,
+                    &origin,
+                    &row.item.key.resource_type,
+                    row.item.patient.as_deref(),
+                    consent,
+                )
+            }
+            None => {
+                Verdict::Withhold("planned without its origin (by an older connector); it will be planned again".into())
+            }
+        };
+        match verdict {
+            Verdict::Send(permit) => {
+                permits.insert(row.seq, permit);
+                keep.push(row);
+            }
+            Verdict::Withhold(reason) => {
+                let mut audit = audit_entry(&dest.name, &row, AuditAction::Withheld, None, None);
+                audit.reason = Some(reason.clone());
+                audit.content_hash = None;
+                store.withhold_row(&row, &reason, &audit).await?;
+                info!(destination = %dest.name, resource_type = %row.item.key.resource_type, resource = %row.item.key.id, reason = %reason, "Withheld before sending.");
+                report.withheld += 1;
+            }
+        }
+    }
+    Ok((keep, permits))
+}
+
+/// Sends one leased batch.
+async fn process(
+    store: &Store,
+    dest: &Destination,
+    rows: Vec<OutboxRow>,
+    stop: &watch::Receiver<bool>,
+) -> Result<DeliveryReport, StoreError> {
+    let mut report = DeliveryReport { bundles: 1, ..Default::default() };
+    let (rows, permits) = check_policy(store, dest, rows, &mut report).await?;
+    if rows.is_empty() {
+        return Ok(report);
+    }
+    let keys: Vec<ResourceKey> = rows.iter().map(|r| r.item.key.clone()).collect();
+    let ledger: HashMap<ResourceKey, LedgerEntry> =
+        store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
+    let open_conflicts = store.conflicts_open_among(&dest.name, &keys).await?;
+
+    // Patient references of this batch that point at linked (someone else's) Patients.
+    let mut links: HashMap<String, String> = HashMap::new();
+    // Each queued body, parsed once: `None` for a delete, `Err` for a body that is not JSON.
+    let bodies: Vec<Result<Option<Value>, String>> = rows
+        .iter()
+        .map(|r| r.item.body.as_deref().map(serde_json::from_str::<Value>).transpose().map_err(|e| e.to_string()))
+        .collect();
+    // (The rows' ordering group is the person, not a Patient: read the references from the bodies.)
+    let referenced: Vec<ResourceKey> = {
+        let mut v: Vec<ResourceKey> = Vec::new();
+        for body in bodies.iter().filter_map(|b| b.as_ref().ok().and_then(Option::as_ref)) {
+            crate::validate::each_reference(body, &mut |_, reference| v.extend(patient_key(reference)));
+        }
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.dedup();
+        v
+    };
+    for e in store.ledger_get_many(&dest.name, &referenced).await? {
+        if e.remote_id != e.key.id {
+            links.insert(format!("Patient/{}", e.key.id), format!("Patient/{}", e.remote_id));
+        }
+    }
+
+    let mut to_send: Vec<(OutboxRow, Write)> = Vec::new();
+    // Patients this batch creates or links, by matching identifier: a second partner's Patient for the same
+    // person in the same batch links to the first instead of searching before it exists (and duplicating).
+    let mut batch_patients: HashMap<String, String> = HashMap::new();
+    for (row, body) in rows.into_iter().zip(bodies) {
+        if *stop.borrow() {
+            // Stopping: what is left keeps its lease until the daemon releases it on the way out.
+            report.deferred += 1;
+            continue;
+        }
+        let known = ledger.get(&row.item.key);
+        if let Some(entry) = known.filter(|e| e.linked) {
+            // Someone else's record (a hospital's Patient in PKB, say): we reference it and never write it.
+            let mut updated = entry.clone();
+            updated.content_hash = row.item.content_hash.clone();
+            updated.updated_at = Utc::now();
+            store.complete(&row, Some(&updated), None).await?;
+            continue;
+        }
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                store.dead_letter(row.seq, &format!("the queued body is not JSON: {e}")).await?;
+                report.dead_lettered += 1;
+                continue;
+            }
+        };
+        if row.item.op == Op::Upsert && row.item.key.resource_type == "Patient" && known.is_none() {
+            let identifier = body.as_ref().and_then(match_identifier);
+            if let Some(first) = identifier.as_ref().and_then(|i| batch_patients.get(i)).cloned() {
+                let entry = ledger_entry(&dest.name, &row, &first, None, true);
+                let audit = audit_entry(&dest.name, &row, AuditAction::Linked, None, permits.get(&row.seq));
+                store.complete(&row, Some(&entry), Some(&audit)).await?;
+                links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{first}"));
+                report.linked += 1;
+                continue;
+            }
+            let matched = match_patient(store, dest, &row, body.as_ref(), permits.get(&row.seq), stop).await;
+            if let (Some(i), Ok(found)) = (&identifier, &matched) {
+                batch_patients.insert(i.clone(), found.clone().unwrap_or_else(|| row.item.key.id.clone()));
+            }
+            match matched {
+                Ok(Some(remote_id)) => {
+                    links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{remote_id}"));
+                    report.linked += 1;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(Outcome::Defer(msg)) => {
+                    store.retry_later(row.seq, Utc::now() + dest.defer, &msg).await?;
+                    report.deferred += 1;
+                    continue;
+                }
+                Err(Outcome::Stopped) => {
+                    report.deferred += 1;
+                    continue;
+                }
+                Err(Outcome::Dead(msg)) => {
+                    error!(destination = %dest.name, resource = %row.item.key.id, "Patient match is ambiguous; dead-lettered.");
+                    store.dead_letter(row.seq, &msg).await?;
+                    report.dead_lettered += 1;
+                    continue;
+                }
+            }
+        }
+        let remote_id = known.map_or(row.item.key.id.clone(), |e| e.remote_id.clone());
+        let body = body.map(|mut b| {
+            rewrite_references(&mut b, &links);
+            b["id"] = Value::String(remote_id.clone());
+            b
+        });
+        let write = Write {
+            resource_type: row.item.key.resource_type.clone(),
+            id: remote_id,
+            method: if row.item.op == Op::Delete { Method::Delete } else { Method::Put },
+            body,
+            if_match: known.and_then(|e| e.version_id.clone()),
+        };
+        if write.method == Method::Put && open_conflicts.contains(&row.item.key) {
+            conflict_refresh(store, dest, &row, &write, known).await?;
+            report.conflicts += 1;
+            continue;
+        }
+        if write.method == Method::Put && known.is_some_and(|e| e.remote_edits) {
+            // The destination holds others' changes (kept): read and merge, never write over them.
+            merge_and_send(store, dest, &row, &write, known, permits.get(&row.seq), &mut report, stop).await?;
+            continue;
+        }
+        to_send.push((row, write));
+    }
+    if *stop.borrow() {
+        report.deferred += to_send.len() as u64;
+        return Ok(report);
+    }
+    send_rows(store, dest, to_send, &ledger, &permits, &mut report, stop).await?;
+    Ok(report)
+}

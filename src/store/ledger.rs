@@ -1,0 +1,297 @@
+//! The ledger: what each destination holds of our resources (by our key and its remote id), the hash of what
+//! the connector last sent, and what merging needs (the partner's fingerprints, the held and previous hashes).
+//! Delivery writes it as it finishes a row (`outbox.rs`, in the same transaction); pull, reconcile and
+//! retraction read, accept and forget here.
+
+use chrono::{DateTime, Utc};
+
+use super::{AuditEntry, Inner, KEY_CHUNK, ResourceKey, Result, Store, StoreError, consent, from_ms, ms, with_keys};
+
+/// What a destination holds of one of our resources.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LedgerEntry {
+    pub destination: String,
+    pub key: ResourceKey,
+    /// Equals `key.id` unless we linked to a pre-existing remote resource.
+    pub remote_id: String,
+    /// The server's `meta.versionId` / ETag after our last write.
+    pub version_id: Option<String>,
+    /// Hex sha256 of what we last sent (empty for a linked resource we never wrote).
+    pub content_hash: String,
+    /// Someone else's resource (e.g. a Patient a hospital created): we reference it, never write it.
+    pub linked: bool,
+    /// `"Patient/<our id>"` the resource belongs to.
+    pub patient: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    /// Where what was sent came from (`partner|category|nfp|patient`, as in the outbox).
+    pub origin: Option<String>,
+    /// Salted hashes of each element of the partner's version last reflected there (JSON object): the base
+    /// of a three-way merge on the partner's side. `None` for entries written before conflicts were tracked.
+    pub source_fp: Option<String>,
+    /// Hash of what the destination holds, as last known (written or accepted).
+    pub held_hash: Option<String>,
+    /// Hash of what the connector wrote before that: a destination holding it again holds a stale copy.
+    pub prev_hash: Option<String>,
+    /// The destination holds changes made there by others (kept): an update must read and merge first.
+    pub remote_edits: bool,
+    /// The version the connector itself last wrote (`version_id` moves on when others' changes are kept).
+    pub sent_version: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct LedgerDb {
+    destination: String,
+    resource_type: String,
+    resource_id: String,
+    remote_id: String,
+    version_id: Option<String>,
+    content_hash: String,
+    linked: bool,
+    patient: Option<String>,
+    updated_at: i64,
+    origin: Option<String>,
+    source_fp: Option<String>,
+    held_hash: Option<String>,
+    prev_hash: Option<String>,
+    remote_edits: bool,
+    sent_version: Option<String>,
+}
+
+impl LedgerDb {
+    pub(super) fn into_entry(self) -> Result<LedgerEntry> {
+        Ok(LedgerEntry {
+            destination: self.destination,
+            key: ResourceKey { resource_type: self.resource_type, id: self.resource_id },
+            remote_id: self.remote_id,
+            version_id: self.version_id,
+            content_hash: self.content_hash,
+            linked: self.linked,
+            patient: self.patient,
+            updated_at: from_ms("ledger.updated_at", self.updated_at)?,
+            origin: self.origin,
+            source_fp: self.source_fp,
+            held_hash: self.held_hash,
+            prev_hash: self.prev_hash,
+            remote_edits: self.remote_edits,
+            sent_version: self.sent_version,
+        })
+    }
+}
+
+pub(super) const LEDGER_COLUMNS: &str = "destination, resource_type, resource_id, remote_id, version_id, content_hash, linked, \
+     patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits, sent_version";
+
+pub(super) const LEDGER_UPSERT: &str = "INSERT INTO ledger (destination, resource_type, resource_id, remote_id, \
+     version_id, content_hash, linked, patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits, \
+     sent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+     ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET remote_id = excluded.remote_id, \
+     version_id = excluded.version_id, content_hash = excluded.content_hash, linked = excluded.linked, \
+     patient = excluded.patient, updated_at = excluded.updated_at, origin = excluded.origin, \
+     source_fp = excluded.source_fp, held_hash = excluded.held_hash, prev_hash = excluded.prev_hash, \
+     remote_edits = excluded.remote_edits, sent_version = excluded.sent_version";
+
+/// Binds a ledger entry to [`LEDGER_UPSERT`]'s parameters.
+pub(super) fn bind_ledger<'q, DB: sqlx::Database>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    e: &'q LedgerEntry,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(e.destination.clone())
+        .bind(e.key.resource_type.clone())
+        .bind(e.key.id.clone())
+        .bind(e.remote_id.clone())
+        .bind(e.version_id.clone())
+        .bind(e.content_hash.clone())
+        .bind(e.linked)
+        .bind(e.patient.clone())
+        .bind(ms(e.updated_at))
+        .bind(e.origin.clone())
+        .bind(e.source_fp.clone())
+        .bind(e.held_hash.clone())
+        .bind(e.prev_hash.clone())
+        .bind(e.remote_edits)
+        .bind(e.sent_version.clone())
+}
+
+pub(super) const KEYS_LEDGER_ENTRIES: &str = "SELECT l.* FROM k CROSS JOIN ledger l \
+     WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
+
+impl Store {
+    // -----------------------------------------------------------------------------------------------------
+    // Ledger
+
+    pub async fn ledger_get(&self, destination: &str, key: &ResourceKey) -> Result<Option<LedgerEntry>> {
+        let row: Option<LedgerDb> = with_pool!(self, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {LEDGER_COLUMNS} FROM ledger \
+                 WHERE destination = $1 AND resource_type = $2 AND resource_id = $3"
+            )))
+            .bind(destination)
+            .bind(&key.resource_type)
+            .bind(&key.id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(StoreError::query("ledger_get"))?;
+        row.map(LedgerDb::into_entry).transpose()
+    }
+
+    /// The entries that exist among `keys` (in no particular order; missing keys are left out).
+    pub async fn ledger_get_many(&self, destination: &str, keys: &[ResourceKey]) -> Result<Vec<LedgerEntry>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let rows: Vec<LedgerDb> = with_pool!(self, |pool| {
+                let mut qb = with_keys(chunk);
+                qb.push(KEYS_LEDGER_ENTRIES);
+                qb.push_bind(destination.to_string());
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("ledger_get_many"))?;
+            for row in rows {
+                out.push(row.into_entry()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces the entry (e.g. when linking to a pre-existing Patient).
+    pub async fn ledger_put(&self, entry: &LedgerEntry) -> Result<()> {
+        with_pool!(self, |pool| {
+            bind_ledger(sqlx::query(LEDGER_UPSERT), entry).execute(pool).await.map(|r| r.rows_affected())
+        })
+        .map_err(StoreError::query("ledger_put"))?;
+        Ok(())
+    }
+
+    pub async fn ledger_count(&self, destination: &str) -> Result<u64> {
+        let n: i64 = with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE destination = $1")
+                .bind(destination)
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(StoreError::query("ledger_count"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Ledger, for pull and reconcile
+
+    /// Records what the destination now holds (a remote change accepted, or adopted by reconcile), with its
+    /// audit entry in the same transaction.
+    pub async fn ledger_accept(&self, entry: &LedgerEntry, audit: Option<&AuditEntry>) -> Result<()> {
+        in_tx!(self, "ledger_accept", |tx| {
+            bind_ledger(sqlx::query(LEDGER_UPSERT), entry)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("ledger_accept"))?;
+            if let Some(a) = audit {
+                consent::append_audit(&mut *tx, a).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Forgets what a destination holds of some resources, so the next plan sends them again.
+    pub async fn ledger_forget(&self, destination: &str, keys: &[ResourceKey]) -> Result<u64> {
+        let mut n = 0;
+        for key in keys {
+            n += with_pool!(self, |pool| {
+                sqlx::query("DELETE FROM ledger WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
+                    .bind(destination)
+                    .bind(&key.resource_type)
+                    .bind(&key.id)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
+            })
+            .map_err(StoreError::query("ledger_forget"))?;
+        }
+        Ok(n)
+    }
+
+    /// The resource types a destination holds of ours.
+    pub async fn ledger_types(&self, destination: &str) -> Result<Vec<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT DISTINCT resource_type FROM ledger WHERE destination = $1 ORDER BY resource_type",
+            )
+            .bind(destination)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("ledger_types"))
+    }
+
+    /// Entries whose remote id (not ours) is among `keys`: resources linked to someone else's. Pull and
+    /// reconcile see remote ids.
+    pub async fn ledger_by_remote_ids(&self, destination: &str, keys: &[ResourceKey]) -> Result<Vec<LedgerEntry>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let rows: Vec<LedgerDb> = with_pool!(self, |pool| {
+                let mut qb = with_keys(chunk);
+                qb.push(
+                    "SELECT l.* FROM k CROSS JOIN ledger l WHERE l.resource_type = k.t AND l.remote_id = k.i \
+                     AND l.remote_id <> l.resource_id AND l.destination = ",
+                );
+                qb.push_bind(destination.to_string());
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("ledger_by_remote_ids"))?;
+            for r in rows {
+                out.push(r.into_entry()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// After our Patient `remote_id` was deleted from `destination`: other partners' Patients linked to it
+    /// there would point at nothing. Forgets what the destination holds for `person` (apart from what was
+    /// just deleted) when any was linked, so the next cycle sends the person's records again and they find
+    /// (or create) a Patient that exists. Returns how many ledger entries were forgotten.
+    pub async fn forget_links_to(&self, destination: &str, remote_id: &str, person: &str) -> Result<u64> {
+        let n = in_tx!(self, "forget_links_to", |tx| {
+            let linked: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM ledger WHERE destination = $1 AND resource_type = 'Patient' \
+                 AND remote_id = $2 AND linked = TRUE",
+            )
+            .bind(destination)
+            .bind(remote_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::query("forget_links_to"))?;
+            if linked == 0 {
+                0
+            } else {
+                sqlx::query("DELETE FROM ledger WHERE destination = $1 AND patient = $2")
+                    .bind(destination)
+                    .bind(person)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("forget_links_to"))?
+                    .rows_affected()
+            }
+        });
+        Ok(n)
+    }
+
+    /// What every destination holds for `person`, by destination.
+    pub async fn ledger_for_person(&self, person: &str) -> Result<Vec<LedgerEntry>> {
+        let rows: Vec<LedgerDb> = with_pool!(self, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM ledger WHERE patient = $1 ORDER BY destination, resource_type, resource_id",
+                LEDGER_COLUMNS
+            )))
+            .bind(person)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("ledger_for_person"))?;
+        rows.into_iter().map(LedgerDb::into_entry).collect()
+    }
+}
