@@ -3,8 +3,12 @@
 //!
 //! - SIGTERM or SIGINT: no new work starts; running jobs finish their current bundle; leases are released;
 //!   the process exits 0.
-//! - SIGHUP: the configuration and mappings are read again. If they are good, running jobs finish and the
-//!   daemon carries on with the new ones; if not, the error is logged and the old configuration stays.
+//! - SIGHUP: the configuration and mappings are read again and proved whole (mappings, schedules, state
+//!   store, destinations, feeds, the ops listener) while the old configuration keeps running. If they are
+//!   good, running jobs finish and the daemon carries on with the new ones; if not, the error is logged and
+//!   the old configuration stays.
+//! - The systemd watchdog is fed by the scheduler's loop, not a timer of its own: a scheduler that stops
+//!   turning, or a job stuck longer than `[schedule] stuck_after_seconds`, stops the pings.
 //! - With PostgreSQL, several instances may run: all deliver (rows are leased, never sent twice), and only
 //!   the instance holding the scheduler lock ingests and plans.
 

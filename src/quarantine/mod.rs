@@ -1,6 +1,7 @@
 //! Quarantine: rows that could not be mapped, kept whole with every reason so that nothing is lost and an
-//! admin can fix the source and replay. Until the state store exists, the quarantine is an NDJSON file per run.
-//! It holds personal data (the raw row), so it is written with owner-only permissions.
+//! admin can fix the source and replay. A sync keeps them in the state store (`quarantine` table); `connector
+//! mappings run` writes them to an NDJSON file per run, owner-only because it holds personal data (the raw
+//! row). This module also finds a replayed row again among a run's quarantined rows.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
