@@ -4,12 +4,16 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+
 use anyhow::Context as _;
+use chrono::Utc;
 use tracing::warn;
 
 use crate::config::Config;
 use crate::deliver::{Destination, Shared};
 use crate::mapping::{self, Catalog, Input};
+use crate::model::JobName;
 use crate::ops::metrics::Metrics;
 use crate::policy::Policy;
 use crate::store::Store;
@@ -83,6 +87,24 @@ impl Context {
             metrics: Arc::new(Metrics::default()),
             owner,
         })
+    }
+
+    /// Runs one job with its record in `job_runs` (for `connector status`): started, then finished with the
+    /// verdict and one-line detail `summary` gives (never personal data), or with the error.
+    pub async fn run_job<T>(
+        &self,
+        job: &JobName,
+        work: impl Future<Output = anyhow::Result<T>>,
+        summary: impl FnOnce(&T) -> (bool, String),
+    ) -> anyhow::Result<T> {
+        let run = self.store.job_started(job, Utc::now()).await?;
+        let result = work.await;
+        let (ok, detail) = match &result {
+            Ok(r) => summary(r),
+            Err(e) => (false, e.to_string()),
+        };
+        self.store.job_finished(run, ok, &detail, Utc::now()).await?;
+        result
     }
 
     pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {

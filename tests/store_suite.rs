@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
+use york_connector::model::JobName;
 use york_connector::store::{
     Backend, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord, ResourceKey, Store, StoreError,
 };
@@ -803,16 +804,17 @@ async fn ledger_round_trip(db: &Db) {
 async fn job_runs(db: &Db) {
     let store = db.connect().await;
     assert!(store.last_runs().await.unwrap().is_empty());
-    let a = store.job_started("sync", t0()).await.unwrap();
+    let ingest = JobName::Ingest("hub".into());
+    let a = store.job_started(&ingest, t0()).await.unwrap();
     store.job_finished(a, false, "cito: 3 dead letters", at(5)).await.unwrap();
-    let b = store.job_started("sync", at(60)).await.unwrap();
+    let b = store.job_started(&ingest, at(60)).await.unwrap();
     store.job_finished(b, true, "cito: 120 sent", at(70)).await.unwrap();
-    let c = store.job_started("reconcile", at(80)).await.unwrap();
+    let c = store.job_started(&JobName::Reconcile, at(80)).await.unwrap();
 
     let runs = store.last_runs().await.unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!((runs[0].job.as_str(), runs[0].run_id, runs[0].finished_at, runs[0].ok), ("reconcile", c, None, None));
-    assert_eq!(runs[1].job, "sync");
+    assert_eq!(runs[1].job, "ingest:hub");
     assert_eq!(runs[1].run_id, b);
     assert_eq!((runs[1].started_at, runs[1].finished_at), (at(60), Some(at(70))));
     assert_eq!((runs[1].ok, runs[1].detail.as_deref()), (Some(true), Some("cito: 120 sent")));

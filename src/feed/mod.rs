@@ -489,25 +489,20 @@ pub async fn run(
     rebuild: bool,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<FeedRun> {
-    let job = engine.store.job_started(&JobName::Feed(feed.partner.clone()).to_string(), Utc::now()).await?;
-    let result = async {
+    let work = async {
         let plan = plan_until(engine, feed, rebuild, false, Some(shutdown)).await?;
         let delivery = deliver::deliver(engine, feed, shutdown).await?;
         anyhow::Ok(FeedRun { plan, delivery })
-    }
-    .await;
-    let (ok, detail) = match &result {
-        Ok(r) => (
-            r.delivery.dead == 0,
-            format!(
+    };
+    engine
+        .run_job(&JobName::Feed(feed.partner.clone()), work, |r| {
+            let detail = format!(
                 "{} clients, {} items queued, {} sent in {} documents, {} dead-lettered",
                 r.plan.clients, r.plan.queued_items, r.delivery.items, r.delivery.documents, r.delivery.dead
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
-    };
-    engine.store.job_finished(job, ok, &detail, Utc::now()).await?;
-    result
+            );
+            (r.delivery.dead == 0, detail)
+        })
+        .await
 }
 
 /// A FHIR Bundle of type collection holding `resources`.

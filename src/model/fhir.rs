@@ -8,3 +8,5 @@ pub const V3_CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-C
 pub const V3_ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 /// PKB's privacy label code system (`meta.security` on resources sent to PKB).
 pub const PKB_LABEL_SYSTEM: &str = "http://fhir.patientsknowbest.com/codesystem/privacy-label";
+/// The tag that marks resources the connector writes (`meta.tag`); the code is the partner's id.
+pub const SOURCE_PARTNER_TAG: &str = "https://id.york-connector.example/CodeSystem/source-partner";

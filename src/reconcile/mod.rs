@@ -25,31 +25,20 @@ use std::time::Instant;
 
 use anyhow::Context;
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::context::Context as Engine;
 use crate::deliver::Destination;
 use crate::deliver::transport::Found;
 use crate::store::{Expected, LedgerEntry, Op, OutboxItem, ResourceKey};
 
-/// The code system of the tag that marks resources the connector writes; the code is the partner's id.
-pub const TAG_SYSTEM: &str = "https://id.york-connector.example/CodeSystem/source-partner";
+pub use crate::model::fhir::SOURCE_PARTNER_TAG as TAG_SYSTEM;
+pub use crate::plan::shape::tag;
 
 /// Resources per page read from a destination (HFS serves at most 1000).
 const PAGE: usize = 1000;
 /// Findings listed one by one in a report; beyond that only counted.
 const MAX_LISTED: usize = 1000;
-
-/// Marks a resource as written by the connector for `partner` (so reconcile can find ours among others').
-pub fn tag(resource: &mut Value, partner: &str) {
-    let Some(obj) = resource.as_object_mut() else { return };
-    let meta = obj.entry("meta").or_insert_with(|| json!({}));
-    let Some(meta) = meta.as_object_mut() else { return };
-    let tags = meta.entry("tag").or_insert_with(|| json!([]));
-    let Some(list) = tags.as_array_mut() else { return };
-    list.retain(|c| c["system"] != TAG_SYSTEM);
-    list.push(json!({ "system": TAG_SYSTEM, "code": partner }));
-}
 
 fn partner_of(resource: &Value) -> Option<String> {
     resource["meta"]["tag"]

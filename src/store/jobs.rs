@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Inner, Result, Store, StoreError, from_ms, ms};
+use crate::model::JobName;
 
 /// The latest run of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +32,10 @@ impl Store {
     // Jobs
 
     /// Records the start of a run of `job`; returns its run id for [`Store::job_finished`].
-    pub async fn job_started(&self, job: &str, now: DateTime<Utc>) -> Result<i64> {
+    pub async fn job_started(&self, job: &JobName, now: DateTime<Utc>) -> Result<i64> {
         with_pool!(self, |pool| {
             sqlx::query_scalar("INSERT INTO job_runs (job, started_at) VALUES ($1, $2) RETURNING id")
-                .bind(job)
+                .bind(job.to_string())
                 .bind(ms(now))
                 .fetch_one(pool)
                 .await

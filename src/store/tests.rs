@@ -259,7 +259,7 @@ fn ledger_for(row: &OutboxRow) -> LedgerEntry {
 async fn times_round_trip_to_the_millisecond() {
     let store = Store::connect("sqlite::memory:").await.unwrap();
     let when = t0() + TimeDelta::microseconds(1_234_567);
-    let run = store.job_started("sync", when).await.unwrap();
+    let run = store.job_started(&crate::model::JobName::Reconcile, when).await.unwrap();
     let runs = store.last_runs().await.unwrap();
     assert_eq!(runs[0].run_id, run);
     assert_eq!(runs[0].started_at, t0() + TimeDelta::milliseconds(1_234));

@@ -1,0 +1,260 @@
+//! One chunk of mapped resources planned for every destination: **decide** (the sharing rules) and **shape**
+//! (labels, tag, profile), **compare** with the ledger (unchanged rows, holdings no longer allowed), then
+//! **record** (withheld notes and the outbox; a dry run records nothing and counts what would be queued).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{Explained, IngestReport, Mapped, Planner, content_hash, shape};
+use crate::deliver::Destination;
+use crate::model::AuditAction;
+use crate::policy::{self, Origin, Verdict};
+use crate::store::{AuditEntry, Expected, LedgerEntry, Op, OutboxItem, ResourceKey, StatementRecord};
+
+/// What the rules and the destination's profile decided for one destination, by index in the chunk.
+struct Decided {
+    /// The rows to queue, in the chunk's order.
+    items: Vec<OutboxItem>,
+    /// When explaining: why each sent resource may go.
+    sends: Vec<(usize, String)>,
+    /// Why each withheld resource may not go.
+    withheld: Vec<(usize, String)>,
+}
+
+/// What the destination holds of the chunk's resources, as the ledger says.
+type Held = HashMap<ResourceKey, LedgerEntry>;
+
+impl Planner<'_> {
+    /// Plans `pending` for every destination, then empties it.
+    pub(super) async fn chunk(
+        &self,
+        pending: &mut Vec<Mapped>,
+        overlay: &HashMap<String, StatementRecord>,
+        retractions: &mut Vec<OutboxItem>,
+        report: &mut IngestReport,
+    ) -> anyhow::Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let consents = self.consents(pending, overlay).await?;
+        let partner = report.partner.clone();
+        let now = Utc::now();
+        for dest in &self.ctx.destinations {
+            let decided = self.decide(dest, pending, &consents, &partner);
+            *report.withheld.entry(dest.name.clone()).or_default() += decided.withheld.len() as u64;
+            if report.collect_expected {
+                self.expect(dest, &decided, &partner).await?;
+            }
+            let held = self.held(dest, pending, &decided, report.dry_run).await?;
+            if self.explain {
+                explain(dest, pending, &decided, &held, report);
+            }
+            no_longer_allowed(dest, pending, &decided, &held, retractions, report);
+            let queued = if report.dry_run {
+                decided
+                    .items
+                    .iter()
+                    .filter(|i| held.get(&i.key).map(|e| &e.content_hash) != Some(&i.content_hash))
+                    .count()
+            } else {
+                self.record(dest, pending, &decided, &partner, now).await?
+            };
+            *report.queued.entry(dest.name.clone()).or_default() += queued as u64;
+        }
+        pending.clear();
+        Ok(())
+    }
+
+    /// The consent in force for each person in the chunk: the store's, or this run's new statement where
+    /// it prevails.
+    async fn consents(
+        &self,
+        pending: &[Mapped],
+        overlay: &HashMap<String, StatementRecord>,
+    ) -> anyhow::Result<HashMap<String, StatementRecord>> {
+        let mut persons: Vec<String> = pending.iter().filter_map(|m| m.patient.clone()).collect();
+        persons.sort();
+        persons.dedup();
+        let mut consents = self.ctx.store.consent_current(&persons).await?;
+        let today = crate::store::consent_today();
+        for (person, s) in overlay {
+            if crate::store::prevails(consents.get(person), s, today) {
+                consents.insert(person.clone(), s.clone());
+            }
+        }
+        Ok(consents)
+    }
+
+    /// Decides each resource for `dest` and shapes those it may send.
+    fn decide(
+        &self,
+        dest: &Destination,
+        pending: &[Mapped],
+        consents: &HashMap<String, StatementRecord>,
+        partner: &str,
+    ) -> Decided {
+        let mut d = Decided { items: Vec::with_capacity(pending.len()), sends: Vec::new(), withheld: Vec::new() };
+        for (n, m) in pending.iter().enumerate() {
+            let origin = Origin {
+                partner: partner.to_string(),
+                category: m.category,
+                not_for_patient: m.not_for_patient,
+                is_patient: m.key.resource_type == "Patient",
+            };
+            let consent = m.patient.as_ref().and_then(|p| consents.get(p));
+            let verdict = self.ctx.policy.decide_resource(
+                &dest.name,
+                dest.profile,
+                &origin,
+                &m.key.resource_type,
+                m.patient.as_deref(),
+                consent,
+            );
+            let permit = match verdict {
+                Verdict::Send(p) => p,
+                Verdict::Withhold(reason) => {
+                    d.withheld.push((n, reason));
+                    continue;
+                }
+            };
+            match shape::shape(dest.profile, &m.body, m.category, m.not_for_patient, partner) {
+                Ok(body) => {
+                    let text = body.to_string();
+                    d.items.push(OutboxItem {
+                        destination: dest.name.clone(),
+                        key: m.key.clone(),
+                        patient: m.patient.clone(),
+                        op: Op::Upsert,
+                        content_hash: content_hash(&text),
+                        body: Some(text),
+                        origin: Some(origin.encode()),
+                    });
+                    if self.explain {
+                        let consent = permit.consent.as_deref().unwrap_or("no consent needed");
+                        let why =
+                            format!("agreement \"{}\" ({}); consent {consent}", permit.agreement, permit.lawful_basis);
+                        d.sends.push((n, why));
+                    }
+                }
+                Err(why) => d.withheld.push((n, format!("{} rules: {why}", dest.name))),
+            }
+        }
+        d
+    }
+
+    /// Records what `dest` should hold of the chunk (reconcile's expected set).
+    async fn expect(&self, dest: &Destination, d: &Decided, partner: &str) -> anyhow::Result<()> {
+        let expected: Vec<Expected> = d
+            .items
+            .iter()
+            .map(|i| Expected {
+                key: i.key.clone(),
+                content_hash: i.content_hash.clone(),
+                partner: partner.to_string(),
+            })
+            .collect();
+        self.ctx.store.expected_put(&dest.name, &expected).await?;
+        Ok(())
+    }
+
+    /// The ledger entries the comparison needs: the withheld resources (is one held there?), and when
+    /// reporting what would change, the sent ones too.
+    async fn held(&self, dest: &Destination, pending: &[Mapped], d: &Decided, dry_run: bool) -> anyhow::Result<Held> {
+        let mut keys: Vec<ResourceKey> = d.withheld.iter().map(|(n, _)| pending[*n].key.clone()).collect();
+        if dry_run || self.explain {
+            keys.extend(d.items.iter().map(|i| i.key.clone()));
+        }
+        Ok(self.ctx.store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect())
+    }
+
+    /// Notes each withholding (audited) and queues what differs from the ledger; returns how many were queued.
+    async fn record(
+        &self,
+        dest: &Destination,
+        pending: &[Mapped],
+        d: &Decided,
+        partner: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<usize> {
+        let notes: Vec<(ResourceKey, String, AuditEntry)> = d
+            .withheld
+            .iter()
+            .map(|(n, reason)| {
+                let m = &pending[*n];
+                let audit = AuditEntry {
+                    at: now,
+                    action: AuditAction::Withheld,
+                    destination: Some(dest.name.clone()),
+                    person: m.patient.clone(),
+                    resource_type: Some(m.key.resource_type.clone()),
+                    resource_id: Some(m.key.id.clone()),
+                    partner: Some(partner.to_string()),
+                    category: Some(m.category.as_str().to_string()),
+                    reason: Some(reason.clone()),
+                    ..AuditEntry::default()
+                };
+                (m.key.clone(), reason.clone(), audit)
+            })
+            .collect();
+        self.ctx.store.withheld_note_many(&dest.name, &notes).await?;
+        Ok(self.ctx.store.enqueue(&d.items, now).await?)
+    }
+}
+
+/// Adds every decision for `dest` to the report (`sync --dry-run --explain`).
+fn explain(dest: &Destination, pending: &[Mapped], d: &Decided, held: &Held, report: &mut IngestReport) {
+    let partner = report.partner.clone();
+    let entry = |m: &Mapped, decision, unchanged, why: String| Explained {
+        destination: dest.name.clone(),
+        resource_type: m.key.resource_type.clone(),
+        id: m.key.id.clone(),
+        partner: partner.clone(),
+        category: m.category,
+        decision,
+        unchanged,
+        why,
+    };
+    for (n, why) in &d.sends {
+        let m = &pending[*n];
+        let hash = d.items.iter().find(|i| i.key == m.key).map(|i| i.content_hash.clone());
+        let unchanged = held.get(&m.key).map(|e| Some(e.content_hash.clone())) == Some(hash);
+        report.explained.push(entry(m, "send", unchanged, why.clone()));
+    }
+    for (n, why) in &d.withheld {
+        let m = &pending[*n];
+        report.explained.push(entry(m, "withhold", !held.contains_key(&m.key), why.clone()));
+    }
+}
+
+/// What `dest` holds but may no longer: deleted there with `retract`, else counted for the report. A hold for
+/// unreadable consent is not a decision against the person's data: what is there stays until it is read.
+fn no_longer_allowed(
+    dest: &Destination,
+    pending: &[Mapped],
+    d: &Decided,
+    held: &Held,
+    retractions: &mut Vec<OutboxItem>,
+    report: &mut IngestReport,
+) {
+    for (n, why) in &d.withheld {
+        if policy::is_unreadable_hold(why) {
+            continue;
+        }
+        let m = &pending[*n];
+        if let Some(e) = held.get(&m.key).filter(|e| !e.linked) {
+            *report.no_longer_allowed.entry(dest.name.clone()).or_default() += 1;
+            if dest.retract {
+                retractions.push(OutboxItem {
+                    destination: dest.name.clone(),
+                    key: e.key.clone(),
+                    patient: m.patient.clone(),
+                    op: Op::Delete,
+                    content_hash: String::new(),
+                    body: None,
+                    origin: None,
+                });
+            }
+        }
+    }
+}

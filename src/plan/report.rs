@@ -1,0 +1,68 @@
+//! What planning one partner reports.
+
+use std::collections::BTreeMap;
+
+use crate::mapping::{Category, RunReport};
+
+/// One decision, for `sync --dry-run --explain`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Explained {
+    pub destination: String,
+    pub resource_type: String,
+    pub id: String,
+    pub partner: String,
+    pub category: Category,
+    /// send | withhold
+    pub decision: &'static str,
+    /// Whether the destination already holds exactly this (nothing would be written).
+    pub unchanged: bool,
+    /// For a send: the agreement, lawful basis and consent; for a withholding: why.
+    pub why: String,
+}
+
+/// What a destination held for a person when their consent was withdrawn (or declined).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WithdrawalReport {
+    pub person: String,
+    pub statement: String,
+    /// Pending sends cancelled.
+    pub cancelled: usize,
+    /// Destination -> the resources it holds for the person (type/id).
+    pub holdings: BTreeMap<String, Vec<String>>,
+    /// Destinations where those are being deleted (`retract = true`).
+    pub retracting: Vec<String>,
+}
+
+/// What mapping and planning one partner did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct IngestReport {
+    pub partner: String,
+    pub mapping: RunReport,
+    /// Per destination: resources queued because they are new or changed.
+    pub queued: BTreeMap<String, u64>,
+    /// Per destination: resources that the sharing rules or the destination's profile do not allow.
+    pub withheld: BTreeMap<String, u64>,
+    /// Per destination: resources it holds that it may no longer hold (deleted there when `retract = true`).
+    pub no_longer_allowed: BTreeMap<String, u64>,
+    /// Consent statements newly read.
+    pub consent_statements: u64,
+    /// People whose consent is now withdrawn or declined, with what each destination holds of them.
+    pub withdrawals: Vec<WithdrawalReport>,
+    /// People held because one of their consent records could not be read (quarantined): person, record key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consent_held: Vec<(String, String)>,
+    /// Why the partner's consent export could not be read at all; everything about a person from this partner
+    /// is then held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent_unreadable: Option<String>,
+    /// Every decision, when explaining.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub explained: Vec<Explained>,
+    pub dry_run: bool,
+    /// The rows quarantined in this run: kind, file name, row, key and content hash (never their content).
+    #[serde(skip)]
+    pub quarantined_rows: Vec<crate::quarantine::QuarantinedRow>,
+    /// Record what each destination should hold in the `expected` table (reconcile's dry run).
+    #[serde(skip)]
+    pub collect_expected: bool,
+}
