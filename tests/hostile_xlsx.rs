@@ -233,7 +233,9 @@ fn a_large_json_array_streams_in_bounded_memory() {
     let n = 60_000;
     std::fs::write(&big, doc(n)).unwrap();
     let size = std::fs::metadata(&big).unwrap().len();
-    let base = preview(&dir, "york-mind", &small);
+    // The peak is sampled while the process runs, and a short run can end between two samples: the
+    // baseline is the highest of three runs of the small file.
+    let base = (0..3).map(|_| preview(&dir, "york-mind", &small)).max_by_key(|r| r.peak).unwrap();
     assert_eq!(base.code, Some(0), "{}", base.stderr);
     let run = preview(&dir, "york-mind", &big);
     assert_eq!(run.code, Some(0), "{}", run.stderr);

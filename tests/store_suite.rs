@@ -813,11 +813,12 @@ async fn job_runs(db: &Db) {
 
     let runs = store.last_runs().await.unwrap();
     assert_eq!(runs.len(), 2);
-    assert_eq!((runs[0].job.as_str(), runs[0].run_id, runs[0].finished_at, runs[0].ok), ("reconcile", c, None, None));
-    assert_eq!(runs[1].job, "ingest:hub");
-    assert_eq!(runs[1].run_id, b);
-    assert_eq!((runs[1].started_at, runs[1].finished_at), (at(60), Some(at(70))));
-    assert_eq!((runs[1].ok, runs[1].detail.as_deref()), (Some(true), Some("cito: 120 sent")));
+    // By job name: `ingest:hub` before `reconcile`.
+    assert_eq!((runs[1].job.as_str(), runs[1].run_id, runs[1].finished_at, runs[1].ok), ("reconcile", c, None, None));
+    assert_eq!(runs[0].job, "ingest:hub");
+    assert_eq!(runs[0].run_id, b);
+    assert_eq!((runs[0].started_at, runs[0].finished_at), (at(60), Some(at(70))));
+    assert_eq!((runs[0].ok, runs[0].detail.as_deref()), (Some(true), Some("cito: 120 sent")));
 }
 
 async fn quarantine_round_trip(db: &Db) {
