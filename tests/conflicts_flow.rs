@@ -118,12 +118,17 @@ async fn remote_edits_are_merged_or_kept_as_conflicts_and_resolved_by_an_admin()
     remote_edit(&cito, patient(&cito, "HUB-1008").await, "telecom", clinician_phone.clone()).await;
     remote_edit(&cito, patient(&cito, "HUB-1010").await, "telecom", clinician_phone.clone()).await;
 
+    // A pull asked to stop (the daemon is stopping) reads nothing and keeps its cursor, so the next pull
+    // still finds every change.
+    let stopping = engine.pull("cito", &tokio::sync::watch::channel(true).1).await.unwrap();
+    assert_eq!((stopping.read, stopping.changed), (0, 0), "{stopping:?}");
+
     // A pull notices the three changes made there and keeps them (the next updates merge instead of
     // writing over them); a second pull finds nothing new.
-    let pulled = engine.pull("cito").await.unwrap();
+    let pulled = engine.pull("cito", &tokio::sync::watch::channel(false).1).await.unwrap();
     assert_eq!((pulled.changed, pulled.stale, pulled.deleted), (3, 0, 0), "{pulled:?}");
     assert_eq!(audit(&engine, "remote-change").await.len(), 3);
-    assert_eq!(engine.pull("cito").await.unwrap().changed, 0);
+    assert_eq!(engine.pull("cito", &tokio::sync::watch::channel(false).1).await.unwrap().changed, 0);
 
     // The partner changes each one's mobile number.
     edit_export(dir.path(), "07700900567", "07700900568");

@@ -117,9 +117,11 @@ fn print_table(r: &ReconcileReport) {
 pub async fn pull(config_path: &Path, args: PullArgs) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     let engine = Engine::start(config).await?;
+    // A one-off command: Ctrl-C ends the process, so nothing needs to be told to stop.
+    let (_stop, no_stop) = tokio::sync::watch::channel(false);
     let mut reports = Vec::new();
     for d in engine.destinations.iter().filter(|d| args.destination.as_deref().is_none_or(|o| o == d.name)) {
-        reports.push(engine.pull(&d.name).await?);
+        reports.push(engine.pull(&d.name, &no_stop).await?);
     }
     engine.store.close().await;
     if reports.is_empty() {

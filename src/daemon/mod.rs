@@ -54,9 +54,9 @@ fn scheduler(
     }
     for (name, d) in &engine.config.destinations {
         let schedule = d.schedule.clone();
-        let (engine_d, name_d, stop) = (engine.clone(), name.clone(), stop.clone());
+        let (engine_d, name_d, stop_d) = (engine.clone(), name.clone(), stop.clone());
         s.add(JobName::Deliver(name.clone()).to_string(), schedule, move || {
-            let (engine, name, stop) = (engine_d.clone(), name_d.clone(), stop.clone());
+            let (engine, name, stop) = (engine_d.clone(), name_d.clone(), stop_d.clone());
             async move {
                 if let Err(e) = engine.deliver(&name, &stop).await {
                     error!(destination = %name, error = %e, "Delivery failed.");
@@ -65,14 +65,14 @@ fn scheduler(
         })?;
         if let Some(pull) = &d.pull_schedule {
             let schedule = pull.clone();
-            let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
+            let (engine, leader, name, stop) = (engine.clone(), leader.clone(), name.clone(), stop.clone());
             s.add(JobName::Pull(name.clone()).to_string(), schedule, move || {
-                let (engine, leader, name) = (engine.clone(), leader.clone(), name.clone());
+                let (engine, leader, name, stop) = (engine.clone(), leader.clone(), name.clone(), stop.clone());
                 async move {
                     if !lead(&engine, &leader).await {
                         return;
                     }
-                    if let Err(e) = engine.pull(&name).await {
+                    if let Err(e) = engine.pull(&name, &stop).await {
                         error!(destination = %name, error = %e, "Pull failed.");
                     }
                 }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::deliver::Destination;
@@ -122,8 +123,10 @@ fn newer(a: &str, b: Option<&str>) -> bool {
     }
 }
 
-/// Pulls one destination.
-pub async fn pull(store: &Store, dest: &Destination) -> anyhow::Result<PullReport> {
+/// Pulls one destination. When `stop` turns true (the daemon is stopping), the pull ends between two pages or
+/// two reads; the resource type it was reading keeps its cursor, so the next pull reads it again (what was
+/// already noted is recognised as known).
+pub async fn pull(store: &Store, dest: &Destination, stop: &watch::Receiver<bool>) -> anyhow::Result<PullReport> {
     let mut report = PullReport { destination: dest.name.clone(), ..Default::default() };
     for resource_type in store.ledger_types(&dest.name).await? {
         if resource_type == "Provenance" {
@@ -146,6 +149,10 @@ pub async fn pull(store: &Store, dest: &Destination) -> anyhow::Result<PullRepor
             crate::deliver::paging::MAX_PAGES,
         );
         while let Some(path) = next.take() {
+            if *stop.borrow() {
+                info!(destination = %dest.name, resource_type = %resource_type, "Pull stopped: the connector is stopping.");
+                return Ok(report);
+            }
             let page = dest.transport.page(&path).await?;
             let entries = page["entry"].as_array().cloned().unwrap_or_default();
             report.read += entries.len() as u64;
@@ -166,6 +173,10 @@ pub async fn pull(store: &Store, dest: &Destination) -> anyhow::Result<PullRepor
                 let Some(known) = ledger.get(&id).filter(|l| !l.linked) else { continue };
                 if !newer(&version, known.version_id.as_deref()) || done.contains(&id) {
                     continue;
+                }
+                if *stop.borrow() {
+                    info!(destination = %dest.name, resource_type = %resource_type, "Pull stopped: the connector is stopping.");
+                    return Ok(report);
                 }
                 done.insert(id.clone());
                 let current = dest.transport.read(&resource_type, &id).await?;

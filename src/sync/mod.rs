@@ -196,10 +196,14 @@ impl Engine {
     }
 
     /// Reads back what others changed on one destination (see [`crate::reconcile::pull`]).
-    pub async fn pull(&self, name: &str) -> anyhow::Result<crate::reconcile::pull::PullReport> {
+    pub async fn pull(
+        &self,
+        name: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<crate::reconcile::pull::PullReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
         let job = JobName::Pull(name.to_string());
-        self.run_job(&job, crate::reconcile::pull::pull(&self.store, dest), |r| {
+        self.run_job(&job, crate::reconcile::pull::pull(&self.store, dest, stop), |r| {
             (
                 true,
                 format!("{} read, {} changed there, {} stale, {} deleted there", r.read, r.changed, r.stale, r.deleted),
