@@ -1,6 +1,7 @@
 //! `connector reconcile`: does each destination hold what it should? And `connector pull`: read back what
 //! others changed there.
 
+use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 
 use clap::Args;
@@ -41,9 +42,12 @@ pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> 
         destination: args.destination.clone(),
         partner: args.partner.clone(),
         fix: args.fix,
-        progress: reconcile::progress_wanted(),
+        progress: Some(progress(bar_wanted())),
     };
     let report = engine.reconcile(&opts).await;
+    if bar_wanted() {
+        eprintln!();
+    }
     engine.store.release(&engine.owner).await.ok();
     engine.store.close().await;
     let report = report?;
@@ -52,6 +56,32 @@ pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> 
         Format::Table => print_table(&report),
     }
     Ok(if report.drift() > 0 { EXIT_FOUND } else { 0 })
+}
+
+/// A line redrawn in place on a terminal; elsewhere (a log, a pipe) a plain line per resource type read.
+fn bar_wanted() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// Prints reconcile's progress on stderr.
+fn progress(bar: bool) -> reconcile::Progress {
+    reconcile::Progress(std::sync::Arc::new(move |p: &reconcile::PageRead<'_>| {
+        let (dest, kind) = (p.destination, p.resource_type);
+        if bar {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r\x1b[2K{dest} {kind}: {} read, {} not in sync ({:.0} s)",
+                p.read, p.not_in_sync, p.seconds
+            );
+            let _ = err.flush();
+        } else if p.type_done {
+            eprintln!(
+                "{dest} {kind}: read; {} read in all, {} not in sync so far ({:.1} s)",
+                p.read, p.not_in_sync, p.seconds
+            );
+        }
+    }))
 }
 
 fn print_table(r: &ReconcileReport) {

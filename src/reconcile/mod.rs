@@ -20,7 +20,6 @@ pub mod pull;
 pub mod resolve;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write as _};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -151,20 +150,32 @@ pub struct Options {
     pub destination: Option<String>,
     pub partner: Option<String>,
     pub fix: bool,
-    /// Progress on stderr.
-    pub progress: Progress,
+    /// Told after every page read; the CLI prints it. None: nothing is told (library use, tests).
+    pub progress: Option<Progress>,
 }
 
-/// How reconcile shows its progress on stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Progress {
-    /// None (library use, tests).
-    #[default]
-    Off,
-    /// A line redrawn in place after every page (a terminal).
-    Bar,
-    /// A plain line per resource type read (a log, a pipe).
-    Lines,
+/// Where reconcile has got to, after one page.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRead<'a> {
+    pub destination: &'a str,
+    pub resource_type: &'a str,
+    /// Resources read so far, all types.
+    pub read: u64,
+    /// Findings so far.
+    pub not_in_sync: u64,
+    pub seconds: f64,
+    /// Whether that was the resource type's last page.
+    pub type_done: bool,
+}
+
+/// What is told of reconcile's progress.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(&PageRead<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
 }
 
 struct Run<'a> {
@@ -215,17 +226,16 @@ impl Run<'_> {
         }
     }
 
-    fn progress(&self, dest: &str, resource_type: &str) {
-        if self.opts.progress == Progress::Bar {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(
-                err,
-                "\r\x1b[2K{dest} {resource_type}: {} read, {} not in sync ({:.0} s)",
-                self.report.read,
-                self.report.findings_total,
-                self.started.elapsed().as_secs_f64()
-            );
-            let _ = err.flush();
+    fn progress(&self, destination: &str, resource_type: &str, type_done: bool) {
+        if let Some(Progress(tell)) = &self.opts.progress {
+            tell(&PageRead {
+                destination,
+                resource_type,
+                read: self.report.read,
+                not_in_sync: self.report.findings_total,
+                seconds: self.started.elapsed().as_secs_f64(),
+                type_done,
+            });
         }
     }
 
@@ -389,16 +399,7 @@ impl Run<'_> {
                 })
                 .unwrap_or_default();
             self.page(dest, resource_type, resources).await?;
-            self.progress(&dest.name, resource_type);
-            if self.opts.progress == Progress::Lines && page_next(&page).is_none() {
-                eprintln!(
-                    "{} {resource_type}: read; {} read in all, {} not in sync so far ({:.1} s)",
-                    dest.name,
-                    self.report.read,
-                    self.report.findings_total,
-                    self.started.elapsed().as_secs_f64()
-                );
-            }
+            self.progress(&dest.name, resource_type, page_next(&page).is_none());
             next = pages.next(&page).with_context(|| format!("reading {resource_type} from {}", dest.name))?;
         }
         Ok(())
@@ -542,9 +543,6 @@ where
         run.missing(d).await?;
         engine.store.expected_clear(&d.name).await?;
     }
-    if opts.progress == Progress::Bar {
-        eprintln!();
-    }
     if opts.fix {
         // The re-sends and deletions are queued; the caller runs the cycle that delivers them.
         run.report.fixed = Some(FixReport { queued: run.queued, ..Default::default() });
@@ -552,13 +550,4 @@ where
     run.report.summaries = run.counts.into_values().collect();
     run.report.seconds = run.started.elapsed().as_secs_f64();
     Ok(run.report)
-}
-
-/// A redrawn line on a terminal, plain lines otherwise.
-pub fn progress_wanted() -> Progress {
-    if std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb") {
-        Progress::Bar
-    } else {
-        Progress::Lines
-    }
 }
