@@ -1,8 +1,6 @@
 //! What partners' records are: their kinds, the sensitivity categories of what they say, and the consent
 //! statements and restrictions people make about sharing them.
 
-use std::fmt;
-
 /// The kinds of record partners export. The order is the order a run maps them in: a kind may only refer
 /// to kinds before it, so every reference can be checked as the rows stream past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -48,12 +46,6 @@ impl RecordKind {
     }
 }
 
-impl fmt::Display for Category {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl Category {
     pub const ALL: [Category; 4] = [Self::GeneralHealth, Self::MentalHealth, Self::SexualHealth, Self::SocialCare];
 
@@ -68,12 +60,6 @@ impl Category {
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
-
-impl fmt::Display for RecordKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -182,3 +168,6 @@ pub struct ConsentFacts {
     pub partners: Vec<String>,
     pub restrictions: Vec<Restriction>,
 }
+
+super::spelled!(RecordKind, "record kind");
+super::spelled!(Category, "category");
