@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use tracing::warn;
 
-use crate::config::Config;
+use crate::config::{Config, Location};
 use crate::deliver::{Destination, Shared};
 use crate::mapping::{self, Catalog, Input};
 use crate::model::JobName;
@@ -49,13 +49,8 @@ impl Context {
                 );
             }
             for s in &p.sources {
-                if !catalog.partners[&p.id].mappings.contains_key(&s.kind) {
-                    anyhow::bail!(
-                        "partner \"{}\": source {} is kind \"{}\", which has no mapping",
-                        p.id,
-                        s.path.display(),
-                        s.kind
-                    );
+                if let Some(k) = s.kinds.iter().find(|k| !catalog.partners[&p.id].mappings.contains_key(k)) {
+                    anyhow::bail!("partner \"{}\": source {} is kind \"{k}\", which has no mapping", p.id, s.place());
                 }
             }
         }
@@ -119,7 +114,15 @@ impl Context {
             .iter()
             .find(|p| p.id == partner_id)
             .with_context(|| format!("no [[partner]] \"{partner_id}\" in the config"))?;
-        Ok(pc.sources.iter().map(|s| Input { kind: s.kind, path: self.config.resolve(&s.path) }).collect())
+        Ok(pc
+            .sources
+            .iter()
+            .filter_map(|s| match &s.location {
+                Location::File(path) => Some((s, self.config.resolve(path))),
+                _ => None,
+            })
+            .flat_map(|(s, path)| s.kinds.iter().map(move |&kind| Input { kind, path: path.clone() }))
+            .collect())
     }
 }
 

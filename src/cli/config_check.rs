@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, Location};
 use crate::deliver::auth::TokenProvider;
 use crate::deliver::fhir::FhirTransport;
 use crate::deliver::limit::RateLimiter;
@@ -56,16 +56,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
                     None => o.fail(&format!("partner {}: no mappings folder under {}", p.id, dir.display())),
                     Some(m) => {
                         for s in &p.sources {
-                            let path = config.resolve(&s.path);
-                            if !m.mappings.contains_key(&s.kind) {
+                            if let Some(k) = s.kinds.iter().find(|k| !m.mappings.contains_key(k)) {
                                 o.fail(&format!(
-                                    "partner {}: source {} is kind {}, which has no mapping",
+                                    "partner {}: source {} is kind {k}, which has no mapping",
                                     p.id,
-                                    path.display(),
-                                    s.kind
+                                    s.place()
                                 ));
-                            } else if !path.exists() {
-                                o.warn(&format!("partner {}: export {} is not there yet", p.id, path.display()));
+                                continue;
+                            }
+                            match &s.location {
+                                Location::File(path) if !config.resolve(path).exists() => o.warn(&format!(
+                                    "partner {}: export {} is not there yet",
+                                    p.id,
+                                    config.resolve(path).display()
+                                )),
+                                Location::Inbox(i) if !config.resolve(&i.dir).is_dir() => o.fail(&format!(
+                                    "partner {}: inbox {} is not a folder the connector can read",
+                                    p.id,
+                                    config.resolve(&i.dir).display()
+                                )),
+                                _ => {}
                             }
                         }
                     }

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::model::RecordKind;
+mod source;
+pub use source::{
+    ApiAuth, ApiSource, InboxOrder, InboxSource, Location, Paging, SourceConfig, SourceMode, name_matches,
+};
+
 use crate::schedule::{DEFAULT_TIMEZONE, Schedule};
 
 /// A default schedule written in this file (a constant expression, known to parse).
@@ -155,15 +159,6 @@ impl PartnerConfig {
     fn default_schedule() -> Schedule {
         every("*/15 * * * *")
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// The record kind this export holds (person, carer, referral, episode, contact, goals, reqol, consent).
-    pub kind: RecordKind,
-    /// The export file (a relative path is taken from the config file's folder).
-    pub path: PathBuf,
 }
 
 /// The destination profiles: what rules a destination's data must follow.
@@ -467,6 +462,32 @@ impl Config {
         for p in &self.partners {
             if !seen.insert(&p.id) {
                 return Err(invalid(format!("partner {}", p.id), "listed twice".into()));
+            }
+        }
+        for p in &self.partners {
+            for (i, src) in p.sources.iter().enumerate() {
+                let key = |k: &str| format!("partner {}: source[{i}] ({}).{k}", p.id, src.kinds_label());
+                if let Location::Api(a) = &src.location {
+                    check_url(&a.url, &key("api.allow_insecure_http"), a.allow_insecure_http)
+                        .map_err(|m| invalid(key("url"), m))?;
+                    if !a.rate_limit_per_second.is_finite()
+                        || a.rate_limit_per_second <= 0.0
+                        || a.rate_limit_per_second > 1000.0
+                    {
+                        return Err(invalid(
+                            key("api.rate_limit_per_second"),
+                            "must be above 0 and at most 1000".into(),
+                        ));
+                    }
+                    for (k, v, min, max) in [
+                        ("api.page_size", a.page_size, 1, 10_000),
+                        ("api.max_attempts", a.max_attempts as u64, 1, 100),
+                        ("api.timeout_seconds", a.timeout_seconds, 1, MAX_SECONDS_HOUR),
+                        ("api.max_pages", a.max_pages, 1, 1_000_000),
+                    ] {
+                        bounded(&key(k), v, min, max).map_err(|(k, m)| invalid(k, m))?;
+                    }
+                }
             }
         }
         for (name, d) in &self.destinations {
