@@ -47,6 +47,7 @@ pub mod policy;
 pub mod quarantine;
 pub mod reconcile;
 pub mod schedule;
+pub mod source;
 pub mod store;
 pub mod sync;
 pub mod validate;

@@ -33,7 +33,7 @@
 //! - `quarantine.rs`: rows the mapper rejected. `cursors.rs`: named positions.
 //! - `consent.rs`: consent statements, persons, withholdings and the audit trail; `audit.rs`: its hash chain.
 //! - `conflict.rs`: conflicts and reconcile's expected set. `intent.rs`: writes in flight.
-//! - `feed.rs`: partner feeds' own ledger.
+//! - `feed.rs`: partner feeds' own ledger. `sources.rs`: partner sources (inbox files, API cursors, snapshots).
 //! - `sqlite.rs`, `postgres.rs`: what differs between the backends (connecting, migrating, leasing, applying
 //!   a plan). `error.rs`: [`StoreError`]. `tests.rs`: unit tests on SQLite.
 
@@ -66,6 +66,7 @@ pub(crate) use outbox::{
 };
 pub use outbox::{Op, OutboxItem, OutboxRow, QueueDepth};
 pub use quarantine::QuarantineRecord;
+pub use sources::{FinishedFile, SourceStatus};
 
 /// `Result` with a [`StoreError`].
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -198,6 +199,7 @@ mod leader;
 mod ledger;
 mod outbox;
 mod quarantine;
+mod sources;
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
