@@ -61,7 +61,20 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
         }
     }
     let dead: u64 = depths.iter().map(|d| d.dead).sum();
+    let sources = store.source_statuses().await?;
+    let refused = sources.iter().any(|s| s.refused.is_some());
     if format == Format::Table {
+        for s in &sources {
+            let age = s.last_file_mtime.map(|t| age_of(now - t)).unwrap_or_else(|| "never".into());
+            println!(
+                "source {:<24} newest {} ({age} old), last read through {}{}{}",
+                format!("{}/{}", s.partner, s.source),
+                s.last_file.as_deref().unwrap_or("none yet"),
+                when(s.last_success_at, tz),
+                if s.gone > 0 { format!(", {} record(s) gone at source", s.gone) } else { String::new() },
+                if s.refused.is_some() { ", LAST SNAPSHOT REFUSED (see `connector sync` output)" } else { "" },
+            );
+        }
         for d in &depths {
             println!(
                 "queue {:<18} {} pending (oldest {}), {} dead letter(s)",
@@ -85,7 +98,20 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
                 "oldest_pending": d.oldest_pending.map(|t| t.to_rfc3339())})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"jobs": jobs, "queues": queues}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"jobs": jobs, "queues": queues, "sources": sources}))?
+        );
     }
-    Ok(if dead > 0 { EXIT_FOUND } else { 0 })
+    Ok(if dead > 0 || refused { EXIT_FOUND } else { 0 })
+}
+
+/// A duration as an admin reads it: `40 min`, `5 h`, `3 days`.
+fn age_of(d: chrono::Duration) -> String {
+    let m = d.num_minutes().max(0);
+    match m {
+        0..=119 => format!("{m} min"),
+        120..=2879 => format!("{} h", m / 60),
+        _ => format!("{} days", m / 1440),
+    }
 }

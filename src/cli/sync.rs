@@ -25,6 +25,10 @@ pub struct SyncArgs {
     /// List, per resource and destination, whether it would be sent or withheld and why.
     #[arg(long)]
     pub explain: bool,
+    /// Take a snapshot export much smaller than the previous one as complete (it was refused as suspicious):
+    /// the records missing from it are then gone at source. Needs --partner.
+    #[arg(long, requires = "partner")]
+    pub accept_snapshot: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -46,6 +50,7 @@ pub async fn run(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
     }
     let mut engine = Engine::start(config).await?;
     engine.explain = args.explain;
+    engine.accept_snapshot = args.accept_snapshot;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -78,9 +83,12 @@ pub async fn run(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(if report.failed_files() > 0 {
+    let sources = report.ingest.iter().flat_map(|i| &i.sources);
+    let (failed_sources, refused) = (sources.clone().any(|s| s.failed()), sources.clone().any(|s| s.refused.is_some()));
+    Ok(if report.failed_files() > 0 || failed_sources {
         1
-    } else if report.quarantined() > 0
+    } else if refused
+        || report.quarantined() > 0
         || report.dead_lettered() > 0
         || report.deferred() > 0
         || waiting > 0
@@ -90,6 +98,38 @@ pub async fn run(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
     } else {
         0
     })
+}
+
+fn print_source(partner: &str, s: &crate::source::SourceReport) {
+    let name = format!("{partner}/{}", s.source);
+    if !s.read.is_empty() {
+        println!("  source {name}: read {}", s.read.join(", "));
+    }
+    for w in &s.waiting {
+        println!("  source {name}: {} waits: {}", w.name, w.why);
+    }
+    for (file, why) in &s.rejected {
+        println!("  REJECTED {file} ({name}): {why}; moved to the inbox's rejected/ folder with the reason beside it");
+    }
+    if let Some(e) = &s.error {
+        println!("  SOURCE NOT READ {name}: {e}");
+    }
+    if let Some(why) = &s.refused {
+        println!("  SNAPSHOT REFUSED {name}: {why}");
+    }
+    if !s.gone.is_empty() {
+        let shown: Vec<&str> = s.gone.iter().take(20).map(String::as_str).collect();
+        let more = if s.gone.len() > 20 { format!(" and {} more", s.gone.len() - 20) } else { String::new() };
+        let what = if s.retracting > 0 {
+            format!("{} deletion(s) queued where retract = true", s.retracting)
+        } else {
+            "left in place at destinations (set retract_missing = true on the source to delete them)".into()
+        };
+        println!("  GONE AT SOURCE {name}: {} record(s) ({}{more}); {what}", s.gone.len(), shown.join(", "));
+    }
+    if s.purged > 0 {
+        println!("  source {name}: {} archived file(s) older than keep_days deleted", s.purged);
+    }
 }
 
 fn print_table(r: &CycleReport) {
@@ -107,6 +147,9 @@ fn print_table(r: &CycleReport) {
         );
         for f in m.failed_files() {
             println!("  NOT MAPPED {}: {}", f.path.display(), f.error.as_deref().unwrap_or_default());
+        }
+        for s in &i.sources {
+            print_source(&i.partner, s);
         }
         if let Some(why) = &i.consent_unreadable {
             println!(

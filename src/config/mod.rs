@@ -68,6 +68,10 @@ pub struct StateConfig {
     /// `sqlite://PATH` (embedded default; a relative path is taken from the config file's folder) or
     /// `postgres://user@host/db` when several connector instances share the work.
     pub url: String,
+    /// Folder for partner API reads on their way to planning (owner-only; each file is deleted once its rows
+    /// are planned). Default: `spool` under systemd's `$STATE_DIRECTORY`, else beside the SQLite file, else
+    /// under the system's temporary folder.
+    pub spool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -633,6 +637,25 @@ impl Config {
                 format!("sqlite://{}", self.base_dir.join(rest).display())
             }
             _ => self.state.url.clone(),
+        }
+    }
+
+    /// Where partner API reads are spooled (see `[state] spool_dir`).
+    pub fn spool_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state.spool_dir {
+            return self.resolve(d);
+        }
+        if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+            // systemd may list several, separated by ':'; the first is the connector's own.
+            let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+            return PathBuf::from(first).join("spool");
+        }
+        match self.state_url().strip_prefix("sqlite://") {
+            Some(file) if file.starts_with('/') => {
+                let file = file.split('?').next().unwrap_or(file);
+                Path::new(file).parent().map_or_else(|| PathBuf::from("spool"), |d| d.join("spool"))
+            }
+            _ => std::env::temp_dir().join(format!("connector-spool-{}", std::process::id())),
         }
     }
 

@@ -39,14 +39,14 @@ fn scheduler(
     let mut s = Scheduler::new();
     for p in &engine.config.partners {
         let schedule = p.schedule.clone();
-        let (engine, leader, id) = (engine.clone(), leader.clone(), p.id.clone());
+        let (engine, leader, id, stop) = (engine.clone(), leader.clone(), p.id.clone(), stop.clone());
         s.add(JobName::Ingest(id.clone()).to_string(), schedule, move || {
-            let (engine, leader, id) = (engine.clone(), leader.clone(), id.clone());
+            let (engine, leader, id, stop) = (engine.clone(), leader.clone(), id.clone(), stop.clone());
             async move {
                 if !lead(&engine, &leader).await {
                     return;
                 }
-                if let Err(e) = engine.ingest(&id, false).await {
+                if let Err(e) = engine.ingest_until(&id, false, &stop).await {
                     error!(partner = %id, error = %e, "Ingest failed.");
                 }
             }

@@ -66,7 +66,36 @@ pub async fn render(engine: &Context) -> String {
         let n = open.iter().find(|(name, _)| *name == d.name).map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "connector_conflicts_open{{{}}} {n}", label("destination", &d.name));
     }
+    source_gauges(&mut out, &engine.store.source_statuses().await.unwrap_or_default());
     out
+}
+
+/// Each partner source's freshness, so "no export for two days" can alert: when it was last read through, and
+/// the modification time of the newest file it gave.
+fn source_gauges(out: &mut String, statuses: &[crate::store::SourceStatus]) {
+    let gauges: [(&str, &str, fn(&crate::store::SourceStatus) -> Option<i64>); 3] = [
+        (
+            "connector_source_last_success_timestamp_seconds",
+            "Unix time a partner source was last read through to planning.",
+            |s| s.last_success_at.map(|t| t.timestamp()),
+        ),
+        (
+            "connector_source_newest_file_timestamp_seconds",
+            "Modification time of the newest export a partner source gave.",
+            |s| s.last_file_mtime.map(|t| t.timestamp()),
+        ),
+        ("connector_source_gone_records", "Records gone at source in a snapshot source's last export.", |s| {
+            Some(s.gone)
+        }),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in statuses {
+            if let Some(v) = value(s) {
+                let _ = writeln!(out, "{name}{{{},{}}} {v}", label("partner", &s.partner), label("kind", &s.source));
+            }
+        }
+    }
 }
 
 /// Whether the connector is ready: `Err(why)` when not.

@@ -121,6 +121,7 @@ impl Planner<'_> {
                 )?,
                 statement_hash: crate::store::sha256_hex(&serde_json::to_string(&(&person, facts))?),
                 recorded_at: now,
+                first_seen: false,
             };
             if report.dry_run {
                 // Would it be new? Then it counts as the latest of its day.
@@ -258,6 +259,7 @@ impl Planner<'_> {
                     crate::store::UNREADABLE
                 )),
                 recorded_at: now,
+                first_seen: false,
             };
             warn!(partner = %partner_id, file = %file, row, record = %record_key, person = %person, "Consent record unreadable: the person's sends are held until it is corrected.");
             report.consent_held.push((person.clone(), record_key.clone()));

@@ -47,6 +47,8 @@ pub struct Planner<'a> {
 /// A mapped resource on its way to planning.
 struct Mapped {
     key: ResourceKey,
+    /// The input file and source row it came from (none: the partner's Organization).
+    from: Option<(std::path::PathBuf, String)>,
     patient: Option<String>,
     category: Category,
     not_for_patient: bool,
@@ -64,8 +66,15 @@ impl Sink for ChannelSink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         let key = ResourceKey { resource_type: r.resource_type.to_string(), id: r.id.to_string() };
         let patient = patient_of(r.resource_type, r.id, r.resource);
-        let m =
-            Mapped { key, patient, category: r.category, not_for_patient: r.not_for_patient, body: r.resource.clone() };
+        let from = r.kind.map(|_| (r.file.to_path_buf(), r.source_key.to_string()));
+        let m = Mapped {
+            key,
+            from,
+            patient,
+            category: r.category,
+            not_for_patient: r.not_for_patient,
+            body: r.resource.clone(),
+        };
         self.0.blocking_send(Msg::Resource(m)).map_err(|_| std::io::Error::other("planner stopped"))
     }
     fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
@@ -84,8 +93,13 @@ impl Planner<'_> {
     /// Maps one partner's sources and plans every destination's outbox. With `dry_run`, compares with the
     /// ledger and reports what would be queued, writing nothing; with `expect`, records in the `expected`
     /// table what each destination should hold (reconcile's first step).
-    pub async fn ingest(&self, partner_id: &str, dry_run: bool, expect: bool) -> anyhow::Result<IngestReport> {
-        let inputs = self.ctx.inputs(partner_id)?;
+    pub async fn ingest(
+        &self,
+        partner_id: &str,
+        inputs: Vec<mapping::Input>,
+        dry_run: bool,
+        expect: bool,
+    ) -> anyhow::Result<IngestReport> {
         let mut report =
             IngestReport { partner: partner_id.to_string(), dry_run, collect_expected: expect, ..Default::default() };
         // First who is who and what they consented to, so the plan below decides on today's consent.
@@ -107,6 +121,10 @@ impl Planner<'_> {
         while let Some(msg) = rx.recv().await {
             match msg {
                 Msg::Resource(mut m) => {
+                    if let Some((file, key)) = m.from.take() {
+                        let members = report.members.entry(file).or_default();
+                        members.records.entry(key).or_default().insert(m.key.to_string());
+                    }
                     if let Some(p) = m.patient.take() {
                         let group = if m.key.resource_type == "Patient" {
                             let g = person_group(&p, &m.body);
@@ -123,6 +141,9 @@ impl Planner<'_> {
                     }
                 }
                 Msg::Quarantined(q) => {
+                    if let Some(key) = &q.key {
+                        report.members.entry(q.file.clone()).or_default().quarantined.insert(key.clone());
+                    }
                     report.quarantined_rows.push(crate::quarantine::QuarantinedRow::of(&q));
                     if !dry_run {
                         self.keep_quarantined(&q).await?;

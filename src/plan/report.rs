@@ -65,4 +65,38 @@ pub struct IngestReport {
     /// Record what each destination should hold in the `expected` table (reconcile's dry run).
     #[serde(skip)]
     pub collect_expected: bool,
+    /// What each source offered and what became of it (inbox files, API reads, snapshots).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::source::SourceReport>,
+    /// Per input file, the records mapped from it (snapshot comparison).
+    #[serde(skip)]
+    pub members: BTreeMap<std::path::PathBuf, crate::source::Members>,
+}
+
+impl IngestReport {
+    /// Adds a later round's report to this one (several inbox files read in one cycle).
+    pub fn absorb(&mut self, o: IngestReport) {
+        self.mapping.files.extend(o.mapping.files);
+        for (k, v) in o.mapping.resources {
+            *self.mapping.resources.entry(k).or_default() += v;
+        }
+        for (mine, theirs) in [
+            (&mut self.queued, o.queued),
+            (&mut self.withheld, o.withheld),
+            (&mut self.no_longer_allowed, o.no_longer_allowed),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k).or_default() += v;
+            }
+        }
+        self.consent_statements += o.consent_statements;
+        self.withdrawals.extend(o.withdrawals);
+        self.consent_held.extend(o.consent_held);
+        if o.consent_unreadable.is_some() {
+            self.consent_unreadable = o.consent_unreadable;
+        }
+        self.explained.extend(o.explained);
+        self.quarantined_rows.extend(o.quarantined_rows);
+        self.members.extend(o.members);
+    }
 }

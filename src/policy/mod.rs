@@ -293,7 +293,8 @@ pub fn is_unreadable_hold(reason: &str) -> bool {
 pub fn cite(s: &StatementRecord) -> String {
     // A statement a dry run would record has no id yet.
     let id = if s.id == i64::MAX { "new".to_string() } else { s.id.to_string() };
-    format!("{}/{}#{id} {} {}", s.partner, s.record_key, s.decision, s.effective)
+    let dated = if s.first_seen { " (dated when first seen: the record gives no date)" } else { "" };
+    format!("{}/{}#{id} {} {}{dated}", s.partner, s.record_key, s.decision, s.effective)
 }
 
 /// Whether a resource of this type is about a person: everything but a partner's Organization.

@@ -116,6 +116,7 @@ fn statement(decision: &str, cito: bool, pkb: bool, restrictions: &[&str]) -> St
         restrictions: serde_json::to_string(restrictions).unwrap(),
         statement_hash: "h".into(),
         recorded_at: Utc::now(),
+        first_seen: false,
     }
 }
 

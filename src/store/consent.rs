@@ -30,6 +30,8 @@ pub struct StatementRecord {
     pub restrictions: String,
     pub statement_hash: String,
     pub recorded_at: DateTime<Utc>,
+    /// The record gives no date: `effective` is the day the connector first read this answer.
+    pub first_seen: bool,
 }
 
 /// The decision of a hold: one of the person's consent records could not be read (an impossible date, an
@@ -96,6 +98,7 @@ struct StatementDb {
     restrictions: String,
     statement_hash: String,
     recorded_at: i64,
+    dated: String,
 }
 
 impl StatementDb {
@@ -117,12 +120,13 @@ impl StatementDb {
             restrictions: self.restrictions,
             statement_hash: self.statement_hash,
             recorded_at: from_ms("consent_statements.recorded_at", self.recorded_at)?,
+            first_seen: self.dated == "first_seen",
         })
     }
 }
 
 const STATEMENT_COLUMNS: &str = "id, person, patient, partner, record_key, resource_id, decision, effective, \
-     given_on, withdrawn_on, share_cito, share_pkb, share_partners, restrictions, statement_hash, recorded_at";
+     given_on, withdrawn_on, share_cito, share_pkb, share_partners, restrictions, statement_hash, recorded_at, dated";
 
 /// One entry of the audit trail. `action`: disclosed, linked, withheld, cancelled, retracted or consent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -306,7 +310,7 @@ impl Store {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO consent_statements (person, patient, partner, record_key, resource_id, decision, \
                      effective, given_on, withdrawn_on, share_cito, share_pkb, share_partners, restrictions, \
-                     statement_hash, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                     statement_hash, recorded_at, dated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                      RETURNING id",
                 )
                 .bind(&s.person)
@@ -324,6 +328,7 @@ impl Store {
                 .bind(&s.restrictions)
                 .bind(&s.statement_hash)
                 .bind(ms(s.recorded_at))
+                .bind(if s.first_seen { "first_seen" } else { "export" })
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(StoreError::query("consent_record"))?;

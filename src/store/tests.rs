@@ -178,6 +178,10 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
             "quarantine",
             "send_intent",
             "settings",
+            "snapshot_members",
+            "source_cursors",
+            "source_files",
+            "source_status",
             "withheld"
         ]
     );

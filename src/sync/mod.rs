@@ -18,6 +18,7 @@ use crate::ops::metrics::{Metrics, label};
 use crate::plan::Planner;
 pub use crate::plan::{Explained, IngestReport, WithdrawalReport, content_hash, patient_of, person_group};
 use crate::policy;
+use crate::source;
 use crate::store::{Op, OutboxItem, ResourceKey};
 
 /// The planner and the cycle over a [`Context`] (which it dereferences to, so `engine.store` reads as before).
@@ -25,6 +26,8 @@ pub struct Engine {
     ctx: Arc<Context>,
     /// Print every send/withhold decision while planning (`sync --dry-run --explain`).
     pub explain: bool,
+    /// Take a snapshot much smaller than the previous one as complete (`sync --accept-snapshot`).
+    pub accept_snapshot: bool,
     /// Partners whose consent this process has read: until then a delivery reads it first, so a restart cannot
     /// send rows queued earlier without knowing whether the partner's consent export is still readable.
     consent_read: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -84,7 +87,7 @@ impl Engine {
     }
 
     pub fn new(ctx: Context) -> Engine {
-        Engine { ctx: Arc::new(ctx), explain: false, consent_read: std::sync::Mutex::default() }
+        Engine { ctx: Arc::new(ctx), explain: false, accept_snapshot: false, consent_read: std::sync::Mutex::default() }
     }
 
     /// The planning stage over this engine's context.
@@ -98,17 +101,40 @@ impl Engine {
     }
 
     /// Maps one partner's sources and plans every destination's outbox. With `dry_run`, compares with the ledger
-    /// and reports what would be queued, writing nothing.
+    /// and reports what would be queued, writing nothing (and moving no inbox file).
     pub async fn ingest(&self, partner_id: &str, dry_run: bool) -> anyhow::Result<IngestReport> {
+        let (_keep, never) = watch::channel(false);
+        self.ingest_until(partner_id, dry_run, &never).await
+    }
+
+    /// As [`Engine::ingest`], ending between rounds (and between API pages) once `stop` is set.
+    pub async fn ingest_until(
+        &self,
+        partner_id: &str,
+        dry_run: bool,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<IngestReport> {
+        let gathered = source::gather(&self.ctx, partner_id, dry_run, stop).await?;
+        self.plan_sources(partner_id, gathered, dry_run, stop).await
+    }
+
+    /// Plans what the partner's sources gave, as the partner's ingest job (a dry run is not a job).
+    async fn plan_sources(
+        &self,
+        partner_id: &str,
+        gathered: source::Gathered,
+        dry_run: bool,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<IngestReport> {
         if dry_run {
-            return self.planner().ingest(partner_id, true, false).await;
+            return self.ingest_gathered(partner_id, gathered, true, stop).await;
         }
         let job = JobName::Ingest(partner_id.to_string());
         let result = self
-            .run_job(&job, self.planner().ingest(partner_id, false, false), |r| {
+            .run_job(&job, self.ingest_gathered(partner_id, gathered, false, stop), |r| {
                 let m = &r.mapping;
                 let detail = format!("{} read, {} mapped, {} quarantined", m.read(), m.mapped(), m.quarantined());
-                (m.failed_files().count() == 0, detail)
+                (m.failed_files().count() == 0 && !r.sources.iter().any(|s| s.failed()), detail)
             })
             .await;
         if let Ok(r) = &result {
@@ -117,10 +143,49 @@ impl Engine {
         result
     }
 
+    /// Plans each round the partner's sources gave, in order, finishing each (inbox files archived, cursors
+    /// advanced, snapshots compared) once its rows are planned.
+    async fn ingest_gathered(
+        &self,
+        partner_id: &str,
+        gathered: source::Gathered,
+        dry_run: bool,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<IngestReport> {
+        let mut sources = gathered.reports;
+        let mut total: Option<IngestReport> = None;
+        for (n, round) in gathered.rounds.into_iter().enumerate() {
+            if n > 0 && *stop.borrow() {
+                info!(partner = %partner_id, "Stopping: the remaining inbox files are read next time.");
+                break;
+            }
+            let mut r = self.planner().ingest(partner_id, round.inputs.clone(), dry_run, false).await?;
+            if !dry_run {
+                let outcome = source::Outcome {
+                    members: std::mem::take(&mut r.members),
+                    failed: r
+                        .mapping
+                        .failed_files()
+                        .map(|f| (f.path.clone(), f.error.clone().unwrap_or_default()))
+                        .collect(),
+                };
+                source::finish(&self.ctx, partner_id, round, &outcome, self.accept_snapshot, &mut sources).await?;
+            }
+            match &mut total {
+                None => total = Some(r),
+                Some(t) => t.absorb(r),
+            }
+        }
+        let mut total = total.unwrap_or_else(|| IngestReport { partner: partner_id.to_string(), ..Default::default() });
+        total.sources = sources;
+        Ok(total)
+    }
+
     /// Maps a partner's sources and records, in the `expected` table, what each destination should hold of
-    /// them under today's consent (writing nothing else): reconcile's first step.
+    /// them under today's consent (writing nothing else): reconcile's first step. An inbox source counts by its
+    /// newest archived file.
     pub async fn expect(&self, partner_id: &str) -> anyhow::Result<IngestReport> {
-        self.planner().ingest(partner_id, true, true).await
+        self.planner().ingest(partner_id, source::latest_inputs(&self.ctx, partner_id)?, true, true).await
     }
 
     /// Copies new disclosures and retractions from the audit trail to `[audit] fhir_destination` as FHIR
@@ -261,21 +326,28 @@ impl Engine {
             .filter(|p| partner.is_none_or(|only| only == p.id))
             .map(|p| p.id.as_str())
             .collect();
-        // Every partner's consent first, so each partner's plan sees every statement of this cycle (a
-        // withdrawal at one partner stops, and retracts, the others' data in the same cycle).
+        // What every source offers first (inbox files listed, partner APIs read), then every partner's consent,
+        // so each partner's plan sees every statement of this cycle (a withdrawal at one partner stops, and
+        // retracts, the others' data in the same cycle). Later inbox rounds read their own consent in turn.
+        let mut gathered = BTreeMap::new();
+        for p in &chosen {
+            gathered.insert(p.to_string(), source::gather(&self.ctx, p, dry_run, shutdown).await?);
+        }
         let mut consent_reports = BTreeMap::new();
         if !dry_run {
-            for p in &chosen {
-                let mut r = IngestReport { partner: p.to_string(), ..Default::default() };
-                self.planner().read_consent(p, &self.inputs(p)?, &mut r).await?;
-                consent_reports.insert(p.to_string(), r);
+            for (p, g) in &gathered {
+                let mut r = IngestReport { partner: p.clone(), ..Default::default() };
+                let first = g.rounds.first().map(|r| r.inputs.as_slice()).unwrap_or_default();
+                self.planner().read_consent(p, first, &mut r).await?;
+                consent_reports.insert(p.clone(), r);
             }
         }
         for p in chosen {
             if *shutdown.borrow() {
                 break;
             }
-            let mut r = self.ingest(p, dry_run).await?;
+            let Some(g) = gathered.remove(p) else { continue };
+            let mut r = self.plan_sources(p, g, dry_run, shutdown).await?;
             if let Some(pre) = consent_reports.remove(p) {
                 r.consent_statements += pre.consent_statements;
                 let mut w = pre.withdrawals;
