@@ -5,66 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::daemon::{self, Daemon};
 use common::{TempDir, copy_fixtures, free_port};
-
-/// The daemon under test, killed if the test fails half way.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log holds `text` more than `seen` times; returns the log.
-    fn wait_for(&mut self, text: &str, seen: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = self.log();
-            if log.matches(text).count() > seen {
-                return log;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited ({status}) while waiting for {text:?}:\n{log}");
-            }
-            assert!(Instant::now() < deadline, "no {text:?} in the log within a minute:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(ok.success());
-    }
-
-    fn assert_running(&mut self) {
-        assert!(self.child.try_wait().unwrap().is_none(), "the daemon stopped:\n{}", self.log());
-    }
-}
 
 /// `GET /healthz` on the ops port: the status line, or `None` when nothing listens there.
 fn healthz(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().next().map(str::to_string)
+    daemon::get(port, "/healthz").and_then(|t| t.lines().next().map(str::to_string))
 }
 
 fn write_config(dir: &Path, partners: &str, schedule: &str, port: u16) -> PathBuf {
@@ -106,17 +56,7 @@ fn a_reload_that_does_not_prove_keeps_the_old_configuration_running() {
     // Every two seconds: the old configuration is seen to keep working between reloads.
     let config = write_config(dir.path(), &partners, "*/2 * * * * *", port);
 
-    let log = dir.path().join("daemon.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_connector"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("CONNECTOR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
-    daemon.wait_for("Connector running.", 0);
+    let mut daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
     daemon.wait_for("Partner ingested.", 0);
     assert_eq!(healthz(port).as_deref(), Some("HTTP/1.1 200 OK"));
 
@@ -153,15 +93,6 @@ fn a_reload_that_does_not_prove_keeps_the_old_configuration_running() {
     daemon.wait_for("Connector running.", 2);
     assert_eq!(healthz(new_port).as_deref(), Some("HTTP/1.1 200 OK"));
 
-    daemon.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = daemon.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM:\n{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.log());
     assert!(daemon.log().contains("Connector stopped."));
 }

@@ -257,10 +257,9 @@ pub async fn finish(
                 ctx.store.source_file_finish(partner, &label, &finished, now).await?;
                 match failed {
                     Some(why) => {
-                        let to = inbox::reject(dir, ready, why)?;
+                        inbox::reject(dir, ready, why)?;
                         error!(partner, source = %label, file = %ready.name, "Inbox file could not be read: moved to rejected/ with the reason beside it.");
                         report.rejected.push((ready.name.clone(), why.clone()));
-                        let _ = to;
                     }
                     None => {
                         inbox::archive(dir, ready)?;
@@ -286,7 +285,7 @@ pub async fn finish(
             }
         }
         if failed.is_some() {
-            ctx.store.source_status_put(&status).await?;
+            // The newest file is the newest usable one: a rejected file does not count as an export received.
             continue;
         }
         status.last_success_at = Some(now);
