@@ -17,6 +17,7 @@
 //! - `HFS_START_TIMEOUT_SECS`: how long to wait for `/metadata` (default 60)
 //! - `CONNECTOR_TEST_KEEP_TMP=1`: keep the temporary directories (database, log)
 #![allow(dead_code)]
+pub mod paged_api;
 pub mod pg;
 pub mod proxy;
 
