@@ -90,8 +90,7 @@ fn mapped(config: &Config) -> Vec<Item> {
     let catalog = mapping::load_catalog(&config.resolve(&config.mappings.dir)).unwrap();
     let mut out = Collect(Vec::new());
     for p in &config.partners {
-        let inputs: Vec<_> =
-            p.sources.iter().map(|s| mapping::Input { kind: s.kind, path: config.resolve(&s.path) }).collect();
+        let inputs = common::file_inputs(&config, p);
         mapping::run(&catalog.partners[&p.id], &inputs, &mut out).unwrap();
     }
     out.0

@@ -56,8 +56,8 @@ fn sync(config: &Path, extra: &[&str]) -> (i32, Value) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let report: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap_or(-1), report["ingest"][0]["sources"][0].clone())
 }
 

@@ -88,11 +88,7 @@ fn mapped_keys(engine: &Engine) -> Vec<(String, String)> {
     }
     let mut keys = Keys(Vec::new());
     for p in &engine.config.partners {
-        let inputs: Vec<_> = p
-            .sources
-            .iter()
-            .map(|s| york_connector::mapping::Input { kind: s.kind, path: engine.config.resolve(&s.path) })
-            .collect();
+        let inputs = engine.inputs(&p.id).unwrap();
         york_connector::mapping::run(&engine.catalog.partners[&p.id], &inputs, &mut keys).unwrap();
     }
     keys.0

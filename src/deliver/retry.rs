@@ -96,6 +96,20 @@ impl RetryPolicy {
         }
     }
 
+    /// A partner API source's page: `max_attempts` from the source's configuration, backoff half a second to
+    /// 30 s, a `Retry-After` up to a minute waited for. There is no outbox behind a read, so nothing is
+    /// deferred: a read that gives up is tried again, from its stored cursor, next cycle.
+    pub const fn partner_api(max_attempts: usize) -> Self {
+        Self {
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            max_attempts,
+            max_wait: Duration::from_secs(60),
+            defer: Duration::ZERO,
+            defer_doublings: 0,
+        }
+    }
+
     /// How long rows wait in the outbox after the pass gave up on them, `attempts` tries having failed
     /// before: the policy's deferral, or the server's `Retry-After` when longer.
     pub fn defer_for(&self, attempts: i32, retry_after: Option<Duration>) -> Duration {

@@ -18,6 +18,7 @@
 //! - `CONNECTOR_TEST_KEEP_TMP=1`: keep the temporary directories (database, log)
 #![allow(dead_code)]
 pub mod daemon;
+pub mod paged_api;
 pub mod pg;
 pub mod proxy;
 
@@ -463,4 +464,21 @@ pub fn copy_fixtures(dir: &Path, partners: &[&str]) -> String {
         text.push_str("]\n");
     }
     text
+}
+
+/// The inputs a partner's fixed-file sources give (one per kind), as the mapper takes them.
+pub fn file_inputs(
+    config: &york_connector::config::Config,
+    p: &york_connector::config::PartnerConfig,
+) -> Vec<york_connector::mapping::Input> {
+    p.sources
+        .iter()
+        .filter_map(|s| match &s.location {
+            york_connector::config::Location::File(path) => Some((s, config.resolve(path))),
+            _ => None,
+        })
+        .flat_map(|(s, path)| {
+            s.kinds.iter().map(move |&kind| york_connector::mapping::Input { kind, path: path.clone() })
+        })
+        .collect()
 }
