@@ -282,3 +282,100 @@ async fn more_pages_than_max_pages_stop_the_read_loudly() {
     assert_eq!(server.requests().len(), 2, "the third page is not asked for");
     assert!(!spool.exists(), "nothing from a cut-short read is kept");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// End to end: `connector sync --once` reading York Mind's clients from the paged API into a real HFS.
+
+/// York Mind's client records (the fixture export's `data`), each stamped with an `updated_at`.
+fn york_mind_clients() -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/york-mind/person.json"))
+            .unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut out = doc["data"].as_array().unwrap().clone();
+    for (i, r) in out.iter_mut().enumerate() {
+        r["updated_at"] = json!(format!("2026-11-0{}T09:00:00Z", i % 9 + 1));
+    }
+    out
+}
+
+fn sync_once(config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_connector"))
+        .args(["sync", "--once", "--format", "json", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn patient_ids(hfs: &common::Hfs) -> Vec<String> {
+    let page = hfs.search("Patient?_count=200&_elements=id").await;
+    page["entry"]
+        .as_array()
+        .map_or_else(Vec::new, |e| e.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_source_survives_a_kill_between_pages_and_then_reads_only_what_changed() {
+    let hfs = common::Hfs::start().await;
+    let dir = TempDir::new("api-e2e");
+    let token = dir.path().join("york-mind.token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let mut clients = york_mind_clients();
+    let api = PagedApi::start(clients.clone(), Credential::Bearer("s3cret-token".into()));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\nurl = \"sqlite://{d}/state.db\"\nspool_dir = \"{d}/spool\"\n[mappings]\ndir = \"{m}/mappings\"\n\
+             [[partner]]\nid = \"york-mind\"\n[[partner.source]]\nkind = \"person\"\nurl = \"{url}\"\nmode = \"delta\"\n\
+             auth = {{ bearer_file = \"{t}\" }}\n\
+             api = {{ records = \"data\", next = \"links.next\", since_param = \"modified_since\", since_field = \"updated_at\" }}\n\
+             {sharing}[destination.cito]\nprofile = \"cito\"\nbase_url = \"{hfs}\"\nrate_limit_per_second = 500\n",
+            d = dir.path().display(),
+            m = root.display(),
+            url = api.url("/linked"),
+            t = token.display(),
+            sharing = common::open_sharing(&["york-mind"], &["cito"]),
+            hfs = hfs.base_url,
+        ),
+    )
+    .unwrap();
+
+    // 1. Killed (SIGKILL) while waiting to retry page 2: nothing is planned, no cursor stored.
+    api.unavailable_once_at(2, 30);
+    let mut answered = api.unavailable_answered();
+    let mut child = sync_once(&config);
+    tokio::time::timeout(Duration::from_secs(60), answered.wait_for(|n| *n > 0)).await.unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(patient_ids(&hfs).await.is_empty(), "a half-read API planned nothing");
+
+    // 2. The next run reads everything from the start, once.
+    let first_request = api.requests().len();
+    let out = sync_once(&config).wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!api.requests()[first_request].contains("modified_since"), "no cursor yet: a full read");
+    let ids = patient_ids(&hfs).await;
+    assert!(!ids.is_empty());
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "nothing duplicated");
+    assert!(!report.contains("s3cret-token"));
+
+    // 3. One client changes: the next run asks only for what changed since the stored cursor.
+    clients[0]["updated_at"] = json!("2026-11-20T10:00:00Z");
+    clients[0]["client"]["gender"] = json!("Male");
+    api.set_records(clients);
+    let before = api.requests().len();
+    let out = sync_once(&config).wait_with_output().unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", String::from_utf8_lossy(&out.stderr));
+    let asked = &api.requests()[before..];
+    assert_eq!(asked.len(), 1, "one page of changes: {asked:?}");
+    assert!(asked[0].contains("modified_since=2026-11-08T09"), "{asked:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ingest"][0]["sources"][0]["read"][0], "1 page(s), 1 record(s)", "{report}");
+    assert_eq!(patient_ids(&hfs).await.len(), ids.len());
+}

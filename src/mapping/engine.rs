@@ -258,7 +258,14 @@ fn map_file(
     report: &mut RunReport,
     sink: &mut dyn Sink,
 ) -> Result<(), FileError> {
-    let read = ingest::ReadOptions { max_bytes, ..mapping.read.clone() };
+    let mut read = ingest::ReadOptions { max_bytes, ..mapping.read.clone() };
+    // A JSON mapping reads a `.ndjson`/`.jsonl` file as its records one per line (a partner API's pages are
+    // spooled that way, the records already taken out of their pages).
+    if read.format == Some(ingest::Format::Json)
+        && ingest::Format::from_path(&input.path) == Some(ingest::Format::Ndjson)
+    {
+        read.format = Some(ingest::Format::Ndjson);
+    }
     let rows =
         ingest::open(&input.path, &read).map_err(|e| FileError::Unreadable(ingest::cap_message(e.to_string())))?;
     let header = rows.header.clone();
