@@ -149,7 +149,7 @@ fn to_row(record: Record, number: u64, header: &Header) -> Row {
     if f.truncated {
         return untrusted(
             &f.cells,
-            format!("the row's line is longer than {MAX_LINE_BYTES} bytes; the export is damaged: re-export it"),
+            format!("the row's line is longer than {MAX_LINE_BYTES} bytes: the export is damaged; re-export it"),
         );
     }
     let mut cells = Vec::with_capacity(f.cells.len());

@@ -47,7 +47,10 @@ pub(super) fn open_array(path: &Path, records: Option<&str>) -> Result<(Option<A
         number += 1;
         let values = match v {
             Value::Object(_) => Values::Json(v),
-            other => Values::Unreadable { raw: other.to_string(), reason: "the record is not a JSON object".into() },
+            other => Values::Unreadable {
+                raw: other.to_string(),
+                reason: "the record is not a JSON object; fix the record at the source and re-send it".into(),
+            },
         };
         Some(Ok(Row { number, values, extra_cells: 0 }))
     });
@@ -293,7 +296,7 @@ pub(super) fn open_lines(path: &Path) -> Result<(Option<Arc<Header>>, RowIter), 
             };
             if length > MAX_JSON_RECORD_BYTES {
                 let reason = format!(
-                    "the line is {length} bytes long, over the limit of {} KiB for one record; it was not kept: fix it at the source",
+                    "the line is {length} bytes long, over the limit of {} KiB for one record, and was not kept; fix it at the source",
                     MAX_JSON_RECORD_BYTES / 1024
                 );
                 return Some(Ok(Row {
@@ -308,10 +311,16 @@ pub(super) fn open_lines(path: &Path) -> Result<(Option<Arc<Header>>, RowIter), 
             }
             let values = match serde_json::from_str::<Value>(&text) {
                 Ok(v @ Value::Object(_)) => Values::Json(v),
-                Ok(_) => Values::Unreadable { raw: text.into_owned(), reason: "the line is not a JSON object".into() },
+                Ok(_) => Values::Unreadable {
+                    raw: text.into_owned(),
+                    reason: "the line is not a JSON object; fix the record at the source and re-send it".into(),
+                },
                 Err(e) => Values::Unreadable {
                     raw: text.into_owned(),
-                    reason: format!("not valid JSON at column {}: {e}", e.column()),
+                    reason: format!(
+                        "not valid JSON at column {}: {e}; fix the record at the source and re-send it",
+                        e.column()
+                    ),
                 },
             };
             return Some(Ok(Row { number, values, extra_cells: 0 }));

@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::template::{self, Names, Slot};
 use super::{
-    Catalog, Category, ConsentSpec, Field, FieldSource, Mapping, Partner, RESOURCE_TYPES, RecordKind, Ref,
-    ResourceSpec, ValueMap, ids,
+    Catalog, Category, ConsentSpec, DateSource, Decision, Field, FieldSource, Mapping, Partner, RESOURCE_TYPES,
+    RecordKind, Ref, ResourceSpec, ValueMap, ids,
 };
 use crate::ingest::{Format, ReadOptions};
 use crate::mapping::transform::Transform;
@@ -62,7 +62,10 @@ struct RawMappingFile {
 struct RawConsent {
     person: Option<String>,
     decision: String,
-    date: String,
+    date: Option<String>,
+    date_source: Option<String>,
+    #[serde(default)]
+    not_asked: Vec<String>,
     withdrawn: Option<String>,
     cito: Option<String>,
     pkb: Option<String>,
@@ -406,7 +409,7 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
             let json = toml_to_json(v);
             if k == "*" {
                 fallback = Some(json);
-            } else if entries.insert(k.trim().to_lowercase(), json).is_some() {
+            } else if entries.insert(fold(k), json).is_some() {
                 e.at(offset, format!("maps.{name}.{k}"), "the same code twice (keys ignore case)");
             }
         }
@@ -628,7 +631,7 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
             id
         };
         let decision = field("decision", &c.decision);
-        let date = field("date", &c.date);
+        let date = c.date.as_ref().map(|f| field("date", f));
         let withdrawn = c.withdrawn.as_ref().map(|f| field("withdrawn", f));
         let cito = c.cito.as_ref().map(|f| field("cito", f));
         let pkb = c.pkb.as_ref().map(|f| field("pkb", f));
@@ -657,9 +660,70 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
         if h.kind != RecordKind::Consent {
             e.at(offset, "consent", "only a consent mapping can state consent");
         }
+        let dated = match c.date_source.as_deref().map(|d| (d, DateSource::parse(d))) {
+            None => DateSource::Export,
+            Some((_, Some(d))) => d,
+            Some((d, None)) => {
+                e.at(
+                    offset,
+                    "consent.date_source",
+                    format!("\"{d}\" is not a date source; use \"export\" (with date = \"FIELD\") or \"first_seen\""),
+                );
+                DateSource::Export
+            }
+        };
+        match (dated, &c.date) {
+            (DateSource::Export, None) => e.at(
+                offset,
+                "consent.date",
+                "say which field holds the date of the decision (date = \"FIELD\"), or, when the export has no such date, set date_source = \"first_seen\" to date each answer when the connector first sees it",
+            ),
+            (DateSource::FirstSeen, Some(_)) => e.at(
+                offset,
+                "consent.date_source",
+                "date_source = \"first_seen\" and a date field are both given; keep the date field when the export has one, else remove it",
+            ),
+            _ => {}
+        }
+        if dated == DateSource::FirstSeen && c.withdrawn.is_some() {
+            e.at(
+                offset,
+                "consent.withdrawn",
+                "a statement dated when first seen has no dates from the export; remove withdrawn, or give both date and withdrawn fields and drop date_source",
+            );
+        }
+        let mut not_asked = Vec::new();
+        for v in &c.not_asked {
+            let folded = fold(v);
+            if folded.is_empty() {
+                e.at(offset, "consent.not_asked", "an empty value; a blank decision already means \"no statement\"");
+            } else if Decision::parse(&folded).is_some() {
+                e.at(
+                    offset,
+                    "consent.not_asked",
+                    format!("\"{v}\" is a consent decision word; it cannot also mean \"not asked\""),
+                );
+            } else {
+                not_asked.push(folded);
+            }
+        }
+        if let Some(map) = decision.and_then(|d| fields.get(d)).and_then(|f| f.map.as_ref()) {
+            for v in not_asked.iter().filter(|v| map.entries.contains_key(*v)) {
+                e.at(
+                    offset,
+                    "consent.not_asked",
+                    format!(
+                        "\"{v}\" is also a key of [maps.{}]; a value cannot be both a decision and \"not asked\"",
+                        map.name
+                    ),
+                );
+            }
+        }
         Some(ConsentSpec {
             decision: decision?,
-            date: date?,
+            date: date.flatten(),
+            dated,
+            not_asked,
             withdrawn: withdrawn.flatten(),
             cito: cito.flatten(),
             pkb: pkb.flatten(),
@@ -710,6 +774,11 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
         patient_visible,
         consent,
     })
+}
+
+/// Folds a value as value maps and `not_asked` compare it: trimmed and lower case.
+pub(crate) fn fold(s: &str) -> String {
+    s.trim().to_lowercase()
 }
 
 pub(crate) fn toml_to_json(v: &toml::Value) -> serde_json::Value {

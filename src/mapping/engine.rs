@@ -84,10 +84,47 @@ pub struct Quarantined {
     pub raw: Value,
 }
 
+/// A consent row that states nothing: its decision is blank or one of the mapping's `not_asked` values. It
+/// produces no resources and no consent statement, and is not quarantined: the person was not asked yet.
+#[derive(Debug, Clone)]
+pub struct NoStatement<'a> {
+    pub partner: &'a str,
+    pub kind: RecordKind,
+    pub file: &'a Path,
+    pub row: u64,
+    /// The record's key, when its fields could be read.
+    pub key: Option<String>,
+    /// The `Patient/<id>` the row's person reference names, when the fields giving it could be read.
+    pub person: Option<String>,
+    pub why: NoStatementWhy,
+}
+
+/// Why a consent row states nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStatementWhy {
+    /// The decision cell is empty.
+    Blank,
+    /// The decision is one of the mapping's `not_asked` values.
+    NotAsked,
+}
+
+impl NoStatementWhy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blank => "blank answer",
+            Self::NotAsked => "\"not asked\" answer",
+        }
+    }
+}
+
 /// Receives the engine's output as it streams.
 pub trait Sink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()>;
     fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()>;
+    /// A consent row that states nothing (counted in [`FileCounts::no_statement`]). Most sinks ignore it.
+    fn no_statement(&mut self, _n: &NoStatement<'_>) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Counts for one input file.
@@ -98,6 +135,9 @@ pub struct FileCounts {
     pub read: u64,
     pub mapped: u64,
     pub quarantined: u64,
+    /// Consent rows whose answer was blank or "not asked": neither mapped nor quarantined. Rows read equal
+    /// mapped + quarantined + no_statement.
+    pub no_statement: u64,
     /// Set when the file could not be read at all; none of its rows were mapped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -120,6 +160,10 @@ impl RunReport {
     }
     pub fn quarantined(&self) -> u64 {
         self.files.iter().map(|f| f.quarantined).sum()
+    }
+    /// Consent rows that stated nothing (blank or "not asked").
+    pub fn no_statement(&self) -> u64 {
+        self.files.iter().map(|f| f.no_statement).sum()
     }
     pub fn failed_files(&self) -> impl Iterator<Item = &FileCounts> {
         self.files.iter().filter(|f| f.error.is_some())
@@ -277,7 +321,20 @@ fn map_file(
         let row = row.map_err(|e| FileError::Unreadable(ingest::cap_message(e.to_string())))?;
         counts.read += 1;
         match map_row(partner, mapping, &row, header.as_deref(), binding.as_ref(), state, paths) {
-            Ok(out) => {
+            Ok(RowResult::NoStatement(why)) => {
+                let spec = mapping.consent.as_ref();
+                sink.no_statement(&NoStatement {
+                    partner: &partner.id,
+                    kind: mapping.kind,
+                    file: &input.path,
+                    row: row.number,
+                    key: own_key(mapping, &row, binding.as_ref()),
+                    person: spec.and_then(|spec| consent_person(partner, mapping, spec, &row, binding.as_ref())),
+                    why,
+                })?;
+                counts.no_statement += 1;
+            }
+            Ok(RowResult::Mapped(out)) => {
                 for (n, (spec_index, id, resource)) in out.resources.iter().enumerate() {
                     let spec = &mapping.resources[*spec_index];
                     sink.resource(&MappedResource {
@@ -327,6 +384,11 @@ fn map_file(
         }
     }
     Ok(())
+}
+
+enum RowResult {
+    Mapped(RowOut),
+    NoStatement(NoStatementWhy),
 }
 
 struct RowOut {
@@ -380,22 +442,21 @@ fn map_row(
     binding: Option<&Binding>,
     state: &mut RunState,
     paths: &[&Path],
-) -> Result<RowOut, RowFailure> {
+) -> Result<RowResult, RowFailure> {
     let mut reasons = Vec::new();
     if let Values::Unreadable { reason, .. } = &row.values {
         return Err((
             None,
-            vec![Reason::row(ingest::cap_message(format!("the reader could not make a record of this row: {reason}")))],
+            vec![Reason::row(ingest::cap_message(with_action(
+                format!("the reader could not make a record of this row: {reason}"),
+                "fix the record at the source and re-send it",
+            )))],
         ));
     }
     if let Values::Untrusted { reason, .. } = &row.values {
         // Never mapped; the key is read only so that the quarantined record names its person.
-        let mut values: Vec<Option<Value>> = vec![None; mapping.fields.len()];
-        for &k in &mapping.key {
-            let v = field_value(&mapping.fields[k], k, row, binding, &values).ok().flatten();
-            values[k] = v;
-        }
-        return Err((key_string(&values, &mapping.key), vec![Reason::row(ingest::cap_message(reason.clone()))]));
+        let reason = with_action(reason.clone(), "fix the row at the source and re-export");
+        return Err((own_key(mapping, row, binding), vec![Reason::row(ingest::cap_message(reason))]));
     }
     if row.extra_cells > 0 {
         let width = header.map_or(0, |h| h.names.len());
@@ -403,6 +464,10 @@ fn map_row(
             "the row has {} more cell(s) than the header's {width} columns: probably a value with an unquoted delimiter (a comma in an address?); quote it in the export or fix the row",
             row.extra_cells
         )));
+    } else if let Some(spec) = &mapping.consent
+        && let Some(why) = no_statement(spec, mapping, row, binding)
+    {
+        return Ok(RowResult::NoStatement(why));
     }
 
     // Fields: source fields first, computed sums after.
@@ -412,7 +477,7 @@ fn map_row(
             if matches!(f.source, FieldSource::Sum(_)) != pass_sums {
                 continue;
             }
-            match field_value(f, i, row, binding, &values) {
+            match field_value(&mapping.file, f, i, row, binding, &values) {
                 Ok(v) => values[i] = v,
                 Err(r) => reasons.push(r),
             }
@@ -426,7 +491,7 @@ fn map_row(
                 reasons.push(Reason {
                     column: first_column(f),
                     field: Some(f.name.clone()),
-                    message: "empty, but it is part of the record's key; every record needs its identifier".into(),
+                    message: "empty, but it is part of the record's key: every record needs its identifier; fill it in at the source and re-export".into(),
                 });
             }
         }
@@ -447,7 +512,7 @@ fn map_row(
             format!("duplicate of row {first_row} (identical content); nothing to do unless the export itself is wrong")
         } else {
             format!(
-                "another row ({first_row}) has the same key with different content; the export holds two versions of one record: keep the right one and re-export"
+                "another row ({first_row}) has the same key with different content: the export holds two versions of one record; keep the right one and re-export"
             )
         };
         return Err((Some(key), vec![Reason::row(message)]));
@@ -480,7 +545,10 @@ fn map_row(
         let body = template::eval(&spec.template, &vals).unwrap_or(Value::Object(Map::new()));
         let resource = finish(body, &spec.resource_type, &id, &mapping.meta_source);
         for problem in validate::resource(&spec.resource_type, &resource) {
-            reasons.push(Reason::row(format!("{} ({}): {problem}", spec.resource_type, spec.name)));
+            reasons.push(Reason::row(with_action(
+                format!("{} ({}): {problem}", spec.resource_type, spec.name),
+                &format!("check the fields and value maps that build it in {}", mapping.file.display()),
+            )));
         }
         produced.push(format!("{}/{id}", spec.resource_type));
         resources.push((si, id, resource));
@@ -531,7 +599,50 @@ fn map_row(
     }
     state.known.extend(own);
     state.seen.entry(mapping.kind).or_default().insert(key_hash, (row.number, raw_hash));
-    Ok(RowOut { key, resources, not_for_patient, consent })
+    Ok(RowResult::Mapped(RowOut { key, resources, not_for_patient, consent }))
+}
+
+/// The row's key, from the key fields read on their own (for rows that are not mapped).
+fn own_key(mapping: &Mapping, row: &Row, binding: Option<&Binding>) -> Option<String> {
+    let mut values: Vec<Option<Value>> = vec![None; mapping.fields.len()];
+    for &k in &mapping.key {
+        values[k] = field_value(&mapping.file, &mapping.fields[k], k, row, binding, &values).ok().flatten();
+    }
+    key_string(&values, &mapping.key)
+}
+
+/// Whether a consent row states nothing: its decision cell is blank (and the field has no `default`), or its
+/// text is one of the mapping's `not_asked` values. The raw cell is read, before transforms and value maps, so a
+/// blank answer is never mistaken for a refusal. A cell that cannot be read is not "no statement": the row
+/// goes on to be quarantined with the reason.
+fn no_statement(spec: &ConsentSpec, mapping: &Mapping, row: &Row, binding: Option<&Binding>) -> Option<NoStatementWhy> {
+    let f = &mapping.fields[spec.decision];
+    let cols = match &f.source {
+        FieldSource::Columns(c) | FieldSource::Join(c) => c,
+        FieldSource::Sum(_) | FieldSource::Const(_) => return None,
+    };
+    let mut first = None;
+    for (ci, c) in cols.iter().enumerate() {
+        match cell(row, binding.map(|b| b[spec.decision][ci]), c) {
+            Ok(Some(v)) => {
+                first = Some(v);
+                break;
+            }
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+    }
+    match first {
+        None if f.default.is_none() => Some(NoStatementWhy::Blank),
+        None => None,
+        Some(v) => {
+            let text = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            spec.not_asked.contains(&super::compile::fold(&text)).then_some(NoStatementWhy::NotAsked)
+        }
+    }
 }
 
 /// The Patient an unmappable consent row is about, from the fields its person reference is keyed by (read on
@@ -546,7 +657,7 @@ fn consent_person(
     let r = mapping.refs.get(spec.person_ref)?;
     let mut values: Vec<Option<Value>> = vec![None; mapping.fields.len()];
     for &k in &r.key {
-        values[k] = field_value(&mapping.fields[k], k, row, binding, &values).ok().flatten();
+        values[k] = field_value(&mapping.file, &mapping.fields[k], k, row, binding, &values).ok().flatten();
     }
     let key = key_string(&values, &r.key)?;
     Some(format!("{}/{}", r.resource_type, ids::resource_id(&partner.id, r.kind.as_str(), &r.resource, &key)))
@@ -594,23 +705,37 @@ fn consent_facts(
             None => {
                 reasons.push(field_reason(
                     spec.decision,
-                    "not a consent decision; map the partner's wording to given, declined or withdrawn".into(),
+                    format!(
+                        "not a consent decision; map the partner's wording to given, declined or withdrawn in the field's value map, or list it in [consent] not_asked, in {}",
+                        mapping.file.display()
+                    ),
                 ));
                 None
             }
         },
         None => {
-            reasons.push(field_reason(spec.decision, "empty; a consent record must say what was decided".into()));
+            reasons.push(field_reason(
+                spec.decision,
+                "empty after the field's transforms; a consent record must say what was decided: fill it in at the source".into(),
+            ));
             None
         }
     };
-    let given = text(spec.date);
-    if given.is_none() {
-        reasons.push(field_reason(spec.date, "empty; a consent record must say when it was decided".into()));
+    let given = spec.date.and_then(text);
+    if let Some(date) = spec.date
+        && given.is_none()
+    {
+        reasons.push(field_reason(
+            date,
+            format!(
+                "empty; a consent record must say when it was decided: fill it in at the source, or, if the export never has this date, set date_source = \"first_seen\" in [consent] of {}",
+                mapping.file.display()
+            ),
+        ));
     }
     let withdrawn = spec.withdrawn.and_then(text);
     let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::London).date_naive();
-    for (field, value) in [(Some(spec.date), &given), (spec.withdrawn, &withdrawn)] {
+    for (field, value) in [(spec.date, &given), (spec.withdrawn, &withdrawn)] {
         if let (Some(f), Some(v)) = (field, value)
             && let Err(why) = check_consent_date(v, today)
         {
@@ -646,7 +771,9 @@ fn consent_facts(
     restrictions.dedup();
     let patient = refs[spec.person_ref].clone();
     if patient.is_none() {
-        reasons.push(Reason::row("the consent record does not name its person"));
+        reasons.push(Reason::row(
+            "the consent record does not name its person; fill in the fields its person reference is keyed by at the source",
+        ));
     }
     if !reasons.is_empty() {
         return Err(reasons);
@@ -667,6 +794,7 @@ fn consent_facts(
         pkb: flag(spec.pkb),
         partners,
         restrictions,
+        dated: spec.dated,
     })
 }
 
@@ -677,12 +805,52 @@ fn first_column(f: &Field) -> Option<String> {
     }
 }
 
+/// Imperative verbs a quarantine reason's last clause starts with: every reason ends saying what to do.
+const ACTIONS: &[&str] = &[
+    "add",
+    "ask",
+    "check",
+    "close",
+    "correct",
+    "drop",
+    "fill",
+    "fix",
+    "give",
+    "include",
+    "keep",
+    "leave",
+    "list",
+    "map",
+    "nothing",
+    "point",
+    "quote",
+    "re-export",
+    "re-send",
+    "remove",
+    "shorten",
+    "tell",
+    "use",
+];
+
+/// Whether a reason ends with what to do: its last `; ` clause starts with one of [`ACTIONS`].
+pub(crate) fn says_what_to_do(message: &str) -> bool {
+    message.rsplit_once("; ").is_some_and(|(_, last)| {
+        last.split_whitespace().next().is_some_and(|w| ACTIONS.contains(&w.to_lowercase().as_str()))
+    })
+}
+
+/// A message from elsewhere (the reader, the FHIR check) with `action` added when it does not say what to do.
+fn with_action(message: String, action: &str) -> String {
+    if says_what_to_do(&message) { message } else { format!("{message}; {action}") }
+}
+
 /// The longest value a field may hold, in characters, when its transforms set no tighter limit: longer than any
 /// name, address line or code, and short enough that no resource carries a swallowed record or a pasted document.
 pub const MAX_FIELD_CHARS: usize = 1000;
 
 /// Reads, cleans and checks one field of a row.
 fn field_value(
+    file: &Path,
     f: &Field,
     index: usize,
     row: &Row,
@@ -743,8 +911,8 @@ fn field_value(
             return Err(fail(
                 column,
                 format!(
-                    "longer than {limit} characters, the limit for this field; the value is probably in the wrong \
-                     column or the export is damaged: correct the source"
+                    "longer than {limit} characters, the limit for this field: the value is probably in the wrong \
+                     column or the export is damaged; correct the source"
                 ),
             ));
         }
@@ -752,30 +920,59 @@ fn field_value(
     for t in &f.transforms {
         v = t.apply(v).map_err(|m| fail(column.clone(), m))?;
     }
-    if let Some(map) = &f.map {
-        let code = match &v {
-            Value::String(s) => s.trim().to_lowercase(),
-            other => other.to_string(),
+    // A cell of blank lines (split_lines) holds nothing.
+    if v.as_array().is_some_and(Vec::is_empty) {
+        return match &f.default {
+            Some(d) => Ok(Some(d.clone())),
+            None if f.required => Err(fail(
+                column,
+                "required, but it holds only blank lines; fill it in at the source and re-export".into(),
+            )),
+            None => Ok(None),
         };
-        v = match map.entries.get(&code).or(map.fallback.as_ref()) {
-            Some(mapped) => mapped.clone(),
-            None => {
+    }
+    if let Some(map) = &f.map {
+        let lookup = |v: &Value| {
+            let code = match v {
+                Value::String(s) => super::compile::fold(s),
+                other => other.to_string(),
+            };
+            map.entries.get(&code).or(map.fallback.as_ref()).cloned().ok_or_else(|| {
                 // The cell is not quoted: a value in the wrong column may be anyone's personal data.
-                return Err(fail(
-                    column,
+                fail(
+                    column.clone(),
                     format!(
-                        "the value is not in value map \"{}\"; add the partner's code to [maps.{}] or correct the source",
-                        map.name, map.name
+                        "the value is not in value map \"{}\"; add the partner's code to [maps.{}] in {} or correct the source",
+                        map.name,
+                        map.name,
+                        file.display()
                     ),
-                ));
-            }
+                )
+            })
+        };
+        v = match v {
+            Value::Array(items) => Value::Array(items.iter().map(lookup).collect::<Result<_, _>>()?),
+            one => lookup(&one)?,
         };
     }
     if let Some((min, max)) = f.range {
         match v.as_f64() {
             Some(n) if n >= min && n <= max => {}
-            Some(_) => return Err(fail(column, format!("out of range: must be between {min} and {max}"))),
-            None => return Err(fail(column, "not a number, but the field has a range".into())),
+            Some(_) => {
+                return Err(fail(
+                    column,
+                    format!("out of range: must be between {min} and {max}; correct the value in the export"),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    column,
+                    format!(
+                        "not a number, but the field has a range; correct the value in the export, or give the field an integer or decimal transform in {}",
+                        file.display()
+                    ),
+                ));
+            }
         }
     }
     Ok(Some(v))
@@ -794,7 +991,7 @@ fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Opti
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS => Err(format!(
-            "the cell holds {} characters, over the limit of {MAX_VALUE_CHARS} (a spreadsheet cell's own limit); the export is damaged or the column holds something else: fix it at the source",
+            "the cell holds {} characters, over the limit of {MAX_VALUE_CHARS} (a spreadsheet cell's own limit): the export is damaged or the column holds something else; fix it at the source",
             s.chars().count()
         )),
         Some(Value::String(s)) => {

@@ -13,14 +13,15 @@ use std::path::PathBuf;
 
 pub use compile::{CompileError, load_catalog};
 pub use engine::{
-    FileCounts, Input, MappedResource, Quarantined, Reason, RunReport, Sink, organization, run, run_with_limit,
+    FileCounts, Input, MappedResource, NoStatement, NoStatementWhy, Quarantined, Reason, RunReport, Sink, organization,
+    run, run_with_limit,
 };
 pub use template::Node;
 
 use crate::ingest::ReadOptions;
 use transform::Transform;
 
-pub use crate::model::{Category, ConsentFacts, Decision, RESOURCE_TYPES, RecordKind, Restriction};
+pub use crate::model::{Category, ConsentFacts, DateSource, Decision, RESOURCE_TYPES, RecordKind, Restriction};
 
 /// All partners and their compiled mappings.
 #[derive(Debug)]
@@ -82,8 +83,13 @@ pub struct Mapping {
 pub struct ConsentSpec {
     /// Field whose value is `given`, `declined` or `withdrawn`.
     pub decision: usize,
-    /// Field with the date the decision was made (ISO date).
-    pub date: usize,
+    /// Field with the date the decision was made (ISO date); none when the statement is dated when first seen.
+    pub date: Option<usize>,
+    /// Where the statement's date comes from: the `date` field, or the day the connector first saw the answer.
+    pub dated: DateSource,
+    /// Folded (trimmed, lower case, as value maps fold) decision values that mean the question was
+    /// not asked: the row makes no statement. A blank decision always means that.
+    pub not_asked: Vec<String>,
     /// Field with the date consent was withdrawn, when the record has one.
     pub withdrawn: Option<usize>,
     /// Boolean fields: sharing with the central record (Cito) and with the patient-held record (PKB).

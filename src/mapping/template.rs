@@ -131,6 +131,14 @@ fn eval_inner(node: &Node, vals: &dyn Values) -> (Option<Value>, bool, bool) {
                         uses |= s.is_data();
                         match vals.value(*s) {
                             Some(Value::String(v)) => out.push_str(&v),
+                            // Lines (split_lines) inside text: one line, comma-separated.
+                            Some(Value::Array(items)) => out.push_str(
+                                &items
+                                    .iter()
+                                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            ),
                             Some(v) => out.push_str(&v.to_string()),
                             None => return (None, uses || s.is_data(), false),
                         }
@@ -160,7 +168,12 @@ fn eval_inner(node: &Node, vals: &dyn Values) -> (Option<Value>, bool, bool) {
                 let (v, u, p) = eval_inner(child, vals);
                 uses |= u;
                 present |= p;
-                out.extend(v);
+                match (child, v) {
+                    // A field holding a list (split_lines) spreads into the list it stands in: "line" gets one
+                    // entry per line of the cell, followed by any other entries the template lists.
+                    (Node::Slot(s), Some(Value::Array(spread))) if s.is_data() => out.extend(spread),
+                    (_, v) => out.extend(v),
+                }
             }
             let keep = !out.is_empty() && (present || !uses);
             (keep.then_some(Value::Array(out)), uses, present)
@@ -213,6 +226,20 @@ mod tests {
         let out = eval(&node, &V(vec![Some(7.into()), None])).unwrap();
         assert_eq!(out["identifier"][0]["value"], 7, "a whole-string placeholder keeps the value's type");
         assert_eq!(out["label"], "n=7, {literal}");
+    }
+
+    #[test]
+    fn a_list_field_spreads_into_the_list_it_stands_in() {
+        let node = t(r#"
+            address = [{ line = ["{a}", "{b}"], text = "{a}" }]
+        "#);
+        let out = eval(&node, &V(vec![Some(serde_json::json!(["12 Low Lane", "Flat 2"])), Some("Heworth".into())]));
+        assert_eq!(
+            out.unwrap(),
+            serde_json::json!({"address": [{"line": ["12 Low Lane", "Flat 2", "Heworth"], "text": ["12 Low Lane", "Flat 2"]}]})
+        );
+        let out = eval(&t(r#"label = "at {a}""#), &V(vec![Some(serde_json::json!(["x", "y"])), None]));
+        assert_eq!(out.unwrap()["label"], "at x, y");
     }
 
     #[test]

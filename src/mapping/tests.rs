@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::engine::says_what_to_do;
 use super::*;
 
 struct Dir(PathBuf);
@@ -329,5 +330,394 @@ fn a_template_about_a_person_must_refer_to_their_patient() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
     if let Err(e) = load_catalog(&shipped) {
         panic!("{:?}", e.iter().map(ToString::to_string).collect::<Vec<_>>());
+    }
+}
+
+/// One export feeding two kinds: people, with a Y/N consent column kept as small charities keep it.
+const CLIENTS: &str = "Client ID,Surname,Forename,DOB,Address,Consent to share (Y/N)\n\
+C1,Brontë,Zoë,3/4/1987,\"12 Low Lane\r\n\r\n  Flat 2 \",Y\n\
+C2,Plain,Person,02/02/1992,1 High St,N\n\
+C3,Blank,Answer,03/03/1993,,\n\
+C4,Not,Asked,04/04/1994,2 High St,  NOT ASKED \n\
+C5,Odd,Answer,05/05/1995,3 High St,maybe\n";
+
+const CLIENT_PERSON: &str = r#"
+[mapping]
+partner = "p1"
+kind = "person"
+version = "1.0.0"
+key = ["client_id"]
+
+[source]
+files = ["clients*"]
+
+[fields]
+client_id = { from = "Client ID", required = true }
+family = { from = "Surname", required = true }
+given = { from = "Forename" }
+dob = { from = "DOB", transform = "uk_date", required = true }
+address = { from = "Address", transform = "split_lines" }
+
+[[resource]]
+name = "patient"
+type = "Patient"
+[resource.template]
+identifier = [{ system = "{partner.identifier_system}/client", value = "{client_id}" }]
+name = [{ family = "{family}", given = ["{given}"] }]
+birthDate = "{dob}"
+address = [{ use = "home", line = ["{address}"] }]
+managingOrganization = { reference = "{partner.org}" }
+"#;
+
+const CLIENT_CONSENT: &str = r#"
+[mapping]
+partner = "p1"
+kind = "consent"
+version = "1.0.0"
+key = ["client_id"]
+
+[source]
+files = ["clients*"]
+
+[fields]
+client_id = { from = "Client ID", required = true }
+decision = { from = "Consent to share (Y/N)", map = "decision", required = true }
+share = { from = "Consent to share (Y/N)", transform = "boolean" }
+
+[maps.decision]
+Y = "given"
+N = "declined"
+
+[refs]
+patient = { kind = "person", resource = "patient", key = ["client_id"] }
+
+[[resource]]
+name = "consent"
+type = "Consent"
+[resource.template]
+status = "active"
+scope = { coding = [{ system = "http://terminology.hl7.org/CodeSystem/consentscope", code = "patient-privacy" }] }
+category = [{ coding = [{ system = "http://loinc.org", code = "59284-0" }] }]
+patient = { reference = "{ref.patient}" }
+policyRule = { coding = [{ system = "http://terminology.hl7.org/CodeSystem/v3-ActCode", code = "OPTIN" }] }
+
+[consent]
+decision = "decision"
+date_source = "first_seen"
+not_asked = ["Not asked", "n/a"]
+cito = "share"
+pkb = "share"
+"#;
+
+#[derive(Default)]
+struct Statements {
+    facts: Vec<(String, ConsentFacts)>,
+    patients: Vec<serde_json::Value>,
+    quarantined: Vec<Quarantined>,
+    none: Vec<(u64, Option<String>, Option<String>, NoStatementWhy)>,
+}
+impl Sink for Statements {
+    fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
+        if let Some(f) = r.consent {
+            self.facts.push((r.source_key.to_string(), f.clone()));
+        }
+        if r.resource_type == "Patient" {
+            self.patients.push(r.resource.clone());
+        }
+        Ok(())
+    }
+    fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
+        self.quarantined.push(q.clone());
+        Ok(())
+    }
+    fn no_statement(&mut self, n: &NoStatement<'_>) -> std::io::Result<()> {
+        self.none.push((n.row, n.key.clone(), n.person.clone(), n.why));
+        Ok(())
+    }
+}
+
+fn clients_setup(name: &str, consent: &str) -> Dir {
+    setup(
+        name,
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", CLIENT_PERSON),
+            ("mappings/p1/consent.toml", consent),
+            ("clients.csv", CLIENTS),
+        ],
+    )
+}
+
+fn run_clients(dir: &Path) -> (RunReport, Statements) {
+    let cat = catalog(dir);
+    let p = cat.partner("p1").unwrap();
+    let file = dir.join("clients.csv");
+    let inputs = [RecordKind::Consent, RecordKind::Person].map(|kind| Input { kind, path: file.clone() });
+    let mut got = Statements::default();
+    let report = run(p, &inputs, &mut got).unwrap();
+    (report, got)
+}
+
+#[test]
+fn a_consent_column_without_dates_is_dated_when_first_seen_and_blanks_state_nothing() {
+    let d = clients_setup("firstseen", CLIENT_CONSENT);
+    let (report, got) = run_clients(&d.0);
+    let counts = |k: RecordKind| report.files.iter().find(|f| f.kind == Some(k)).unwrap().clone();
+    let (person, consent) = (counts(RecordKind::Person), counts(RecordKind::Consent));
+    assert_eq!((person.read, person.mapped, person.quarantined, person.no_statement), (5, 5, 0, 0));
+    assert_eq!((consent.read, consent.mapped, consent.quarantined, consent.no_statement), (5, 2, 1, 2));
+    assert_eq!(report.no_statement(), 2);
+
+    let (key, given) = &got.facts[0];
+    assert_eq!(key, "C1");
+    assert_eq!((given.decision, given.dated), (Decision::Given, DateSource::FirstSeen));
+    assert!(given.given.is_empty() && given.effective.is_empty() && given.withdrawn.is_none(), "no invented date");
+    assert!(given.cito && given.pkb);
+    assert_eq!(got.facts[1].1.decision, Decision::Declined);
+    let json = serde_json::to_value(given).unwrap();
+    assert_eq!(json["dated"], "first_seen");
+
+    // Blank and "not asked" (folded like value maps): no statement, no Consent, nothing quarantined.
+    assert_eq!(got.none.len(), 2);
+    assert_eq!((got.none[0].0, got.none[0].1.as_deref(), got.none[0].3), (4, Some("C3"), NoStatementWhy::Blank));
+    assert_eq!((got.none[1].0, got.none[1].3), (5, NoStatementWhy::NotAsked));
+    let c3 = got.patients.iter().find(|p| p["identifier"][0]["value"] == "C3").unwrap();
+    assert_eq!(got.none[0].2.as_deref(), Some(format!("Patient/{}", c3["id"].as_str().unwrap()).as_str()));
+    assert_eq!(got.quarantined.len(), 1, "only the answer that is neither Y, N nor blank");
+    assert_eq!(got.quarantined[0].row, 6);
+    assert!(got.quarantined[0].reasons[0].to_string().contains("value map \"decision\""));
+
+    // The address cell's lines became line entries, blank lines dropped, each trimmed.
+    let zoe = got.patients.iter().find(|p| p["identifier"][0]["value"] == "C1").unwrap();
+    assert_eq!(zoe["address"][0]["line"], serde_json::json!(["12 Low Lane", "Flat 2"]));
+    assert!(c3.get("address").is_none(), "an empty address cell leaves no address");
+}
+
+#[test]
+fn consent_facts_dated_by_the_export_serialize_as_before() {
+    // Statement hashes are taken over this form: a new field must not change the hash of existing statements.
+    let facts = ConsentFacts {
+        patient: "Patient/a".into(),
+        decision: Decision::Given,
+        effective: "2024-01-02".into(),
+        given: "2024-01-02".into(),
+        withdrawn: None,
+        cito: true,
+        pkb: false,
+        partners: vec!["Hub".into()],
+        restrictions: vec![Restriction::ThirdParty],
+        dated: DateSource::Export,
+    };
+    assert_eq!(
+        serde_json::to_string(&facts).unwrap(),
+        r#"{"patient":"Patient/a","decision":"given","effective":"2024-01-02","given":"2024-01-02","withdrawn":null,"cito":true,"pkb":false,"partners":["Hub"],"restrictions":["third_party"]}"#
+    );
+    let back: ConsentFacts = serde_json::from_str(&serde_json::to_string(&facts).unwrap()).unwrap();
+    assert_eq!(back, facts);
+}
+
+#[test]
+fn a_consent_section_needs_exactly_one_way_to_date_its_statements() {
+    let errors = |consent: &str| -> String {
+        let d = clients_setup("dating", consent);
+        let all: Vec<String> =
+            load_catalog(&d.0.join("mappings")).unwrap_err().iter().map(ToString::to_string).collect();
+        all.join("\n")
+    };
+    let both =
+        CLIENT_CONSENT.replace("date_source = \"first_seen\"", "date_source = \"first_seen\"\ndate = \"client_id\"");
+    assert!(
+        errors(&both).contains("consent.date_source: date_source = \"first_seen\" and a date field are both given")
+    );
+    let neither = CLIENT_CONSENT.replace("date_source = \"first_seen\"\n", "");
+    assert!(errors(&neither).contains("consent.date: say which field holds the date"), "{}", errors(&neither));
+    let typo = CLIENT_CONSENT.replace("\"first_seen\"", "\"first-seen\"");
+    assert!(errors(&typo).contains("is not a date source"));
+    let decision_word = CLIENT_CONSENT.replace("\"n/a\"", "\"Declined\"");
+    assert!(errors(&decision_word).contains("is a consent decision word"));
+    let mapped_too = CLIENT_CONSENT.replace("\"n/a\"", "\" y \"");
+    assert!(errors(&mapped_too).contains("is also a key of [maps.decision]"));
+    let withdrawn = CLIENT_CONSENT.replace("cito = \"share\"", "cito = \"share\"\nwithdrawn = \"client_id\"");
+    assert!(errors(&withdrawn).contains("consent.withdrawn: a statement dated when first seen"));
+}
+
+/// A mapping whose rows can fail in every way a field, a row, a reference or a consent statement can.
+const EVERY_FAILURE_CONSENT: &str = r#"
+[mapping]
+partner = "p1"
+kind = "consent"
+version = "1.0.0"
+key = ["consent_id"]
+
+[fields]
+consent_id = { from = "Consent ID" }
+client_id = { from = "Client ID", required = true }
+date = { from = "Date", transform = "uk_date", required = true }
+decision = { from = "Decision", map = "decision", required = true }
+score = { from = "Score", transform = "integer", range = [0, 4] }
+level = { from = "Level", range = [0, 4] }
+phone = { from = "Phone", transform = "uk_phone" }
+email = { from = "Email", transform = "email" }
+yes = { from = "Share", transform = "boolean" }
+restrictions = { from = "Restrictions" }
+status = { from = "Status", map = "status", default = "active" }
+
+[maps.decision]
+Y = "given"
+N = "declined"
+"?" = "perhaps"
+
+[maps.status]
+gone = "banana"
+
+[refs]
+patient = { kind = "person", resource = "patient", key = ["client_id"] }
+
+[[resource]]
+name = "consent"
+type = "Consent"
+[resource.template]
+status = "{status}"
+scope = { coding = [{ system = "http://terminology.hl7.org/CodeSystem/consentscope", code = "patient-privacy" }] }
+category = [{ coding = [{ system = "http://loinc.org", code = "59284-0" }] }]
+patient = { reference = "{ref.patient}" }
+dateTime = "{date}"
+policyRule = { coding = [{ system = "http://terminology.hl7.org/CodeSystem/v3-ActCode", code = "OPTIN" }] }
+
+[consent]
+decision = "decision"
+date = "date"
+cito = "yes"
+restrictions = "restrictions"
+restriction_codes = { "No third-party information" = "third_party" }
+"#;
+
+#[test]
+fn every_quarantine_reason_says_what_to_do() {
+    let header = "Consent ID,Client ID,Date,Decision,Score,Level,Phone,Email,Share,Restrictions,Status\n";
+    let rows = [
+        "K1,C1,31/02/2025,Y,,,,,,,",               // impossible date
+        "K2,C1,02/13/2025,Y,,,,,,,",               // US order
+        "K3,C1,3/4/25,Y,,,,,,,",                   // two-digit year
+        "K4,C1,yesterday,Y,,,,,,,",                // not a date
+        "K5,C1,01/01/2025,Y,9,,,,,,",              // out of range
+        "K6,C1,01/01/2025,Y,two,,,,,,",            // not a whole number
+        "K7,C1,01/01/2025,Y,,high,,,,,",           // not a number, but a range
+        "K8,C1,01/01/2025,Y,,,call me,,,,",        // phone with letters
+        "K9,C1,01/01/2025,Y,,,0123,,,,",           // phone too short
+        "K10,C1,01/01/2025,Y,,,,nobody,,,",        // email
+        "K11,C1,01/01/2025,Y,,,,,perhaps,,",       // boolean
+        "K12,C1,01/01/2025,Q,,,,,,,",              // not in the value map
+        "K13,C1,01/01/2025,?,,,,,,,",              // a decision word the policy does not know
+        "K14,C1,01/01/2099,Y,,,,,,,",              // future date
+        "K15,C1,01/01/2025,Y,,,,,,Only Tuesdays,", // restriction not recognised
+        ",C1,01/01/2025,Y,,,,,,,",                 // key empty
+        "K17,,01/01/2025,Y,,,,,,,",                // required empty
+        "K18,C404,01/01/2025,Y,,,,,,,",            // person not in the run
+        "K19,C2,01/01/2025,Y,,,,,,,",              // person quarantined
+        "K20,C1,01/01/2025,Y,,,,,,,",              // fine
+        "K20,C1,01/01/2025,Y,,,,,,,",              // duplicate, identical
+        "K20,C1,02/01/2025,Y,,,,,,,",              // duplicate, different
+        "K23,C1,01/01/2025,Y,,,,,,,,extra",        // extra cell
+        "K24,C1,01/01/2025,Y,,,,,,,gone",          // the FHIR check refuses the resource
+        "K25,C1,01/01/2025,Y,,,,,,\"never closed", // unclosed quote
+    ];
+    let consent_csv = format!("{header}{}\n", rows.join("\n"));
+    let people = "Client ID,NHS,Surname,Forename,DOB,Sex\nC1,,Plain,Person,01/01/1990,F\nC2,,Bad,Date,31/02/1990,F\n";
+    let d = setup(
+        "actions",
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", PERSON),
+            ("mappings/p1/consent.toml", EVERY_FAILURE_CONSENT),
+            ("person.csv", people),
+            ("consent.csv", &consent_csv),
+        ],
+    );
+    let cat = catalog(&d.0);
+    let p = cat.partner("p1").unwrap();
+    let inputs = vec![
+        Input { kind: RecordKind::Person, path: d.0.join("person.csv") },
+        Input { kind: RecordKind::Consent, path: d.0.join("consent.csv") },
+    ];
+    let mut got = Got::default();
+    let report = run(p, &inputs, &mut got).unwrap();
+    let consent = report.files.iter().find(|f| f.kind == Some(RecordKind::Consent)).unwrap();
+    assert_eq!(consent.mapped, 1, "only K20: {:#?}", got.quarantined);
+    let mut families = std::collections::BTreeSet::new();
+    for q in &got.quarantined {
+        for r in &q.reasons {
+            assert!(says_what_to_do(&r.message), "row {} {}: does not say what to do: {r}", q.row, q.kind);
+            families.insert(r.message.split([';', ':', '(']).next().unwrap_or_default().trim().to_string());
+        }
+    }
+    assert!(families.len() >= 18, "{families:#?}");
+    let reason = |row: u64| {
+        got.quarantined
+            .iter()
+            .find(|q| q.row == row && q.kind == RecordKind::Consent)
+            .map(|q| q.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "))
+            .unwrap_or_default()
+    };
+    assert!(reason(2).contains("no such day in that month") && reason(2).contains("correct the date in the export"));
+
+    // The readers' own reasons (JSON records that are not objects or not JSON) say it too.
+    let json_mapping = EVERY_FAILURE_CONSENT.replace("[fields]", "[source]\nformat = \"ndjson\"\n\n[fields]");
+    let d2 = setup(
+        "actions-json",
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", PERSON),
+            ("mappings/p1/consent.toml", &json_mapping),
+            ("consent.ndjson", "[1]\n{oops\n"),
+        ],
+    );
+    let cat = catalog(&d2.0);
+    let mut got = Got::default();
+    run(
+        cat.partner("p1").unwrap(),
+        &[Input { kind: RecordKind::Consent, path: d2.0.join("consent.ndjson") }],
+        &mut got,
+    )
+    .unwrap();
+    assert_eq!(got.quarantined.len(), 2);
+    for q in &got.quarantined {
+        assert!(q.reasons.iter().all(|r| says_what_to_do(&r.message)), "{:?}", q.reasons);
+    }
+}
+
+#[test]
+fn every_transform_refusal_says_what_to_do() {
+    use transform::Transform as T;
+    let refused = [
+        (T::NhsNumber, vec!["9.99E+09", "12ab", "12345", "9990000017"]),
+        (
+            T::UkDate,
+            vec![
+                "31/02/2025",
+                "02/13/2025",
+                "3/4/25",
+                "x/4/2025",
+                "3/xx/2025",
+                "3/4/yyyy",
+                "soon",
+                "2025-02-31",
+                "2025-01-01x",
+                "99999",
+            ],
+        ),
+        (T::UkDateTime, vec!["01/01/2025 25:00", "01/01/2025T10:00+9", "29/03/2026 01:30"]),
+        (T::Postcode, vec!["York"]),
+        (T::UkPhone, vec!["+33 1 23 45 67 89", "call me", "0123"]),
+        (T::Email, vec!["nobody"]),
+        (T::Integer, vec!["two"]),
+        (T::Decimal, vec!["lots"]),
+        (T::Boolean, vec!["perhaps"]),
+    ];
+    for (t, inputs) in refused {
+        for input in inputs {
+            let Err(message) = t.apply(serde_json::Value::String(input.into())) else { continue };
+            assert!(says_what_to_do(&message), "{t:?} on {input:?}: {message}");
+        }
     }
 }

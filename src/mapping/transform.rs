@@ -23,6 +23,8 @@ pub enum Transform {
     Integer,
     Decimal,
     Boolean,
+    /// A multi-line cell (an address) into a list of its lines; see [`split_lines`].
+    SplitLines,
 }
 
 impl Transform {
@@ -39,6 +41,7 @@ impl Transform {
         "integer",
         "decimal",
         "boolean",
+        "split_lines",
     ];
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -55,6 +58,7 @@ impl Transform {
             "integer" => Self::Integer,
             "decimal" => Self::Decimal,
             "boolean" => Self::Boolean,
+            "split_lines" => Self::SplitLines,
             _ => return None,
         })
     }
@@ -63,7 +67,7 @@ impl Transform {
     /// date, code or number at all (a shifted column, a broken quote) and is refused before it is parsed.
     pub fn max_chars(self) -> Option<usize> {
         match self {
-            Self::Trim | Self::Upper | Self::Lower => None,
+            Self::Trim | Self::Upper | Self::Lower | Self::SplitLines => None,
             Self::Postcode => Some(16),
             Self::NhsNumber | Self::UkPhone | Self::Integer | Self::Decimal | Self::Boolean => Some(32),
             Self::UkDate | Self::UkDateTime => Some(40),
@@ -72,8 +76,18 @@ impl Transform {
         }
     }
 
-    /// Applies the transform to a present value.
+    /// Applies the transform to a present value. A list (made by `split_lines`) is transformed item by item.
     pub fn apply(self, value: Value) -> Result<Value, String> {
+        if let Value::Array(items) = value {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match self.apply(item)? {
+                    Value::Array(more) => out.extend(more),
+                    v => out.push(v),
+                }
+            }
+            return Ok(Value::Array(out));
+        }
         let text = match &value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -92,8 +106,23 @@ impl Transform {
             Self::Integer => Value::from(integer(s)?),
             Self::Decimal => decimal(s)?,
             Self::Boolean => Value::Bool(boolean(s)?),
+            Self::SplitLines => Value::Array(split_lines(s).into_iter().map(Value::String).collect()),
         })
     }
+}
+
+/// The lines of a multi-line cell: split at CR LF, CR or LF, and at the two characters `\n` (backslash, n),
+/// which some case systems write for a line break in CSV exports (no address or name holds a backslash).
+/// Each line is trimmed and its inner runs of white space collapsed; blank lines are dropped.
+pub fn split_lines(s: &str) -> Vec<String> {
+    s.replace("\\r\\n", "\n")
+        .replace("\\n", "\n")
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .split('\n')
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Normalises an NHS number and checks it.
@@ -140,6 +169,8 @@ fn from_scientific(s: &str) -> Option<String> {
     Some(significant)
 }
 
+const NOT_A_DATE: &str = "not a date: expected dd/mm/yyyy (for example 03/04/1987); correct the date in the export";
+
 const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
 
 /// Reads a date as UK partners write it (day first).
@@ -147,45 +178,47 @@ pub fn uk_date(s: &str) -> Result<NaiveDate, String> {
     let s = s.trim();
     // Whole-number text between 10000 and 99999 is an Excel serial date that lost its format.
     if s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit()) {
-        let serial: i64 = s.parse().map_err(|_| "not a date".to_string())?;
+        let serial: i64 = s.parse().map_err(|_| NOT_A_DATE.to_string())?;
         return NaiveDate::from_ymd_opt(1899, 12, 30)
             .and_then(|d| d.checked_add_signed(chrono::Duration::days(serial)))
-            .ok_or_else(|| "not a date: an Excel serial number out of range".into());
+            .ok_or_else(|| "not a date: an Excel serial number out of range; correct the date in the export".into());
     }
     // ISO (what XLSX cells and APIs give), possibly with a time.
     if s.len() >= 10 && s.as_bytes()[4] == b'-' {
         if s.len() > 10 && !matches!(s.as_bytes()[10], b'T' | b' ') {
-            return Err("not a date: unexpected text after yyyy-mm-dd".into());
+            return Err("not a date: unexpected text after yyyy-mm-dd; correct the date in the export".into());
         }
         return s
             .get(..10)
             .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-            .ok_or_else(|| "not a date: expected yyyy-mm-dd or dd/mm/yyyy".into());
+            .ok_or_else(|| "not a date: expected yyyy-mm-dd or dd/mm/yyyy; correct the date in the export".into());
     }
     let parts: Vec<&str> = s.split(['/', '-', '.', ' ']).filter(|p| !p.is_empty()).collect();
     if parts.len() != 3 {
-        return Err("not a date: expected dd/mm/yyyy (for example 03/04/1987)".into());
+        return Err(NOT_A_DATE.into());
     }
-    let day: u32 = parts[0].parse().map_err(|_| "not a date: the day is not a number".to_string())?;
+    let day: u32 = parts[0]
+        .parse()
+        .map_err(|_| "not a date: the day is not a number; correct the date in the export".to_string())?;
     let month: u32 = match parts[1].parse() {
         Ok(m) => m,
         Err(_) => {
             let name = parts[1].to_ascii_lowercase();
-            MONTHS
-                .iter()
-                .position(|m| name.starts_with(m))
-                .map(|i| i as u32 + 1)
-                .ok_or_else(|| "not a date: the month is neither a number nor a month name".to_string())?
+            MONTHS.iter().position(|m| name.starts_with(m)).map(|i| i as u32 + 1).ok_or_else(|| {
+                "not a date: the month is neither a number nor a month name; correct the date in the export".to_string()
+            })?
         }
     };
     if parts[2].len() != 4 {
         return Err("not a date: the year must have four digits (two-digit years are ambiguous for dates of birth); re-export with four-digit years".into());
     }
-    let year: i32 = parts[2].parse().map_err(|_| "not a date: the year is not a number".to_string())?;
+    let year: i32 = parts[2]
+        .parse()
+        .map_err(|_| "not a date: the year is not a number; correct the date in the export".to_string())?;
     if month > 12 {
-        return Err("not a date: month above 12; dates must be day/month/year (UK order), not month/day/year".into());
+        return Err("not a date: month above 12, so probably month/day/year (US order); correct the date in the export to day/month/year".into());
     }
-    NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| "not a date: no such day in that month".into())
+    NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| "not a date: no such day in that month (a 31st in a 30-day month, or 29 February outside a leap year); correct the date in the export".into())
 }
 
 /// Reads a UK date with an optional time into a FHIR dateTime, with the Europe/London offset of that moment.
@@ -209,11 +242,13 @@ pub fn uk_datetime(s: &str) -> Result<String, String> {
         let full = format!("{}T{t}", date.format("%Y-%m-%d"));
         return chrono::DateTime::parse_from_rfc3339(&full)
             .map(|d| d.format("%Y-%m-%dT%H:%M:%S%:z").to_string())
-            .map_err(|_| "not a time: expected HH:MM, or an ISO 8601 time with its offset".into());
+            .map_err(|_| {
+                "not a time: expected HH:MM, or an ISO 8601 time with its offset; correct the time in the export".into()
+            });
     }
     let time = NaiveTime::parse_from_str(t, "%H:%M:%S")
         .or_else(|_| NaiveTime::parse_from_str(t, "%H:%M"))
-        .map_err(|_| "not a time: expected HH:MM (24-hour clock)".to_string())?;
+        .map_err(|_| "not a time: expected HH:MM (24-hour clock); correct the time in the export".to_string())?;
     let local = NaiveDateTime::new(date, time);
     let zoned = match chrono_tz::Europe::London.from_local_datetime(&local) {
         chrono::LocalResult::Single(z) => z,
@@ -257,18 +292,20 @@ pub fn uk_phone(s: &str) -> Result<String, String> {
         digits = digits.trim_start_matches("00").to_string();
         match digits.strip_prefix("44") {
             Some(rest) => digits = format!("0{}", rest.strip_prefix('0').unwrap_or(rest)),
-            None => return Err("not a UK phone number: it has a foreign country code".into()),
+            None => return Err("not a UK phone number: it has a foreign country code; correct the number in the export, or leave it out".into()),
         }
     }
     if s.chars().any(|c| c.is_ascii_alphabetic()) {
-        return Err("not a phone number: it contains letters".into());
+        return Err("not a phone number: it contains letters; correct the number in the export (a note belongs in another column)".into());
     }
     // Excel turns 07700 900123 into the number 7700900123.
     if digits.len() == 10 && matches!(digits.as_bytes()[0], b'1' | b'2' | b'3' | b'7' | b'8') {
         digits.insert(0, '0');
     }
     if !(10..=11).contains(&digits.len()) || !digits.starts_with('0') {
-        return Err("not a UK phone number: expected 10 or 11 digits starting with 0".into());
+        return Err(
+            "not a UK phone number: expected 10 or 11 digits starting with 0; correct the number in the export".into(),
+        );
     }
     Ok(digits)
 }
@@ -277,25 +314,27 @@ fn email(s: &str) -> Result<String, String> {
     let lower = s.to_lowercase();
     match lower.split_once('@') {
         Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@') => Ok(lower),
-        _ => Err("not an email address".into()),
+        _ => Err("not an email address: it needs one @ and a domain; correct the address in the export".into()),
     }
 }
 
 fn integer(s: &str) -> Result<i64, String> {
     let t = s.strip_suffix(".0").unwrap_or(s);
-    t.parse().map_err(|_| "not a whole number".to_string())
+    t.parse().map_err(|_| "not a whole number; correct the value in the export".to_string())
 }
 
 fn decimal(s: &str) -> Result<Value, String> {
-    let n: f64 = s.parse().map_err(|_| "not a number".to_string())?;
-    serde_json::Number::from_f64(n).map(Value::Number).ok_or_else(|| "not a finite number".into())
+    let n: f64 = s.parse().map_err(|_| "not a number; correct the value in the export".to_string())?;
+    serde_json::Number::from_f64(n)
+        .map(Value::Number)
+        .ok_or_else(|| "not a finite number; correct the value in the export".into())
 }
 
 fn boolean(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "y" | "yes" | "true" | "1" | "t" => Ok(true),
         "n" | "no" | "false" | "0" | "f" => Ok(false),
-        _ => Err("not yes or no: expected yes/no, y/n, true/false or 1/0".into()),
+        _ => Err("not yes or no: expected yes/no, y/n, true/false or 1/0; correct the answer in the export".into()),
     }
 }
 
@@ -327,7 +366,7 @@ mod tests {
         assert_eq!(d("1987-04-03").unwrap(), "1987-04-03");
         assert_eq!(d("31870").unwrap(), "1987-04-03");
         assert!(d("3/4/87").unwrap_err().contains("four digits"));
-        assert!(d("04/13/1987").unwrap_err().contains("UK order"));
+        assert!(d("04/13/1987").unwrap_err().contains("US order"));
         assert!(d("31/02/1987").unwrap_err().contains("no such day"));
     }
 
@@ -342,6 +381,23 @@ mod tests {
         assert_eq!(uk_datetime("2026-07-01T08:00:00Z").unwrap(), "2026-07-01T08:00:00+00:00");
         assert_eq!(uk_datetime("2026-07-01T09:00:00+01:00").unwrap(), "2026-07-01T09:00:00+01:00");
         assert!(uk_date("1987-04-03junk").is_err());
+    }
+
+    #[test]
+    fn split_lines_makes_one_entry_per_non_blank_line() {
+        let lines = |s: &str| split_lines(s);
+        assert_eq!(lines("12 Low Lane\nFlat 2"), ["12 Low Lane", "Flat 2"]);
+        assert_eq!(lines("12 Low Lane\r\n\r\n  Flat 2  \rHeworth"), ["12 Low Lane", "Flat 2", "Heworth"]);
+        assert_eq!(lines("12 Low Lane\\nFlat 2"), ["12 Low Lane", "Flat 2"], "the two characters \\n");
+        assert_eq!(lines("One line"), ["One line"]);
+        assert!(lines(" \n \r\n").is_empty());
+        let v = Transform::SplitLines.apply(Value::String("a\nb".into())).unwrap();
+        assert_eq!(v, serde_json::json!(["a", "b"]));
+        assert_eq!(
+            Transform::Upper.apply(v).unwrap(),
+            serde_json::json!(["A", "B"]),
+            "later transforms take each line"
+        );
     }
 
     #[test]

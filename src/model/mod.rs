@@ -21,7 +21,7 @@ pub use audit::AuditAction;
 pub use conflict::ConflictStatus;
 pub use job::JobName;
 pub use origin::Origin;
-pub use record::{Category, ConsentFacts, Decision, RESOURCE_TYPES, RecordKind, Restriction};
+pub use record::{Category, ConsentFacts, DateSource, Decision, RESOURCE_TYPES, RecordKind, Restriction};
 
 /// Implements `Display` (as `as_str`) and `FromStr` (as `parse`) for a closed set.
 macro_rules! spelled {

@@ -152,6 +152,36 @@ impl Decision {
     }
 }
 
+/// Where a consent statement's date comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DateSource {
+    /// The record's own decision (and withdrawal) date.
+    #[default]
+    Export,
+    /// The record has no date: the statement is dated when the connector first saw that answer.
+    FirstSeen,
+}
+
+impl DateSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Export => "export",
+            Self::FirstSeen => "first_seen",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Export, Self::FirstSeen].into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// True for the default, so the field is left out of a statement's serialized (and hashed) form and the
+    /// hashes of statements recorded before it existed stay the same.
+    pub fn is_export(&self) -> bool {
+        *self == Self::Export
+    }
+}
+
 /// A consent statement read from one partner record (no names or free text: flags, dates and codes).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConsentFacts {
@@ -159,7 +189,9 @@ pub struct ConsentFacts {
     pub patient: String,
     pub decision: Decision,
     /// The date the statement takes effect: the withdrawal date for a withdrawal, else the decision date.
+    /// Empty when `dated` is [`DateSource::FirstSeen`]: the planner dates it when the answer is first seen.
     pub effective: String,
+    /// The decision date; empty when `dated` is [`DateSource::FirstSeen`].
     pub given: String,
     pub withdrawn: Option<String>,
     pub cito: bool,
@@ -167,7 +199,11 @@ pub struct ConsentFacts {
     /// Partner names as the record gives them.
     pub partners: Vec<String>,
     pub restrictions: Vec<Restriction>,
+    /// Where the dates come from. Not serialized when [`DateSource::Export`] (see [`DateSource::is_export`]).
+    #[serde(default, skip_serializing_if = "DateSource::is_export")]
+    pub dated: DateSource,
 }
 
 super::spelled!(RecordKind, "record kind");
 super::spelled!(Category, "category");
+super::spelled!(DateSource, "consent date source");

@@ -355,7 +355,7 @@ fn check_whole_row(
         need(p, "mapping.patient_visible".into());
     }
     if let Some(c) = &forward.consent {
-        let flags = [Some(c.decision), Some(c.date), c.withdrawn, c.cito, c.pkb, c.restrictions];
+        let flags = [Some(c.decision), c.date, c.withdrawn, c.cito, c.pkb, c.restrictions];
         flags.into_iter().flatten().chain(c.partners.iter().copied()).for_each(|i| need(i, "[consent]".into()));
     }
     for (i, f) in fields.iter().enumerate() {
@@ -392,6 +392,19 @@ fn check_whole_row(
                 forward.file.display()
             ),
         );
+    }
+    for (&i, why) in &needed {
+        if fields[i].transforms.contains(&crate::mapping::transform::Transform::SplitLines) {
+            at(
+                resource_at,
+                "reverse.resource",
+                format!(
+                    "fields.{} is split into lines (split_lines), which cannot be joined back into the partner's cell exactly, and is needed ({why}); drop this reverse mapping or the split_lines transform in {}",
+                    fields[i].name,
+                    forward.file.display()
+                ),
+            );
+        }
     }
     let listed = |c: &str| header.iter().any(|h| fold(h) == fold(c));
     for (&i, why) in &needed {

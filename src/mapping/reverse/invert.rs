@@ -89,6 +89,10 @@ pub(super) fn untransform(t: Transform, text: &str) -> Result<String, String> {
             }
             text.trim().to_string()
         }
+        // Refused when the reverse mapping loads; kept here so no list is ever written as one cell's text.
+        Transform::SplitLines => {
+            return Err("a field split into lines (split_lines) cannot be written back as one cell".into());
+        }
         Transform::Trim
         | Transform::Upper
         | Transform::Lower
