@@ -170,8 +170,9 @@ pub async fn run_consent(config_path: &Path, mappings: &Path, cmd: ConsentComman
             println!("History ({} statement(s), oldest first):", history.len());
             for s in &history {
                 println!(
-                    "  {} {:<9} {}/{} (central record {}, PKB {}, restrictions {}) recorded {}",
+                    "  {}{} {:<9} {}/{} (central record {}, PKB {}, restrictions {}) recorded {}",
                     s.effective,
+                    if s.first_seen { " (dated when first seen: the record gives no date)" } else { "" },
                     s.decision,
                     s.partner,
                     s.record_key,

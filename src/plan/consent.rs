@@ -100,7 +100,12 @@ impl Planner<'_> {
         let today = crate::store::consent_today();
         let mut changed: Vec<(String, i64)> = Vec::new();
         self.hold_unreadable(partner_id, &sink, &mut overlay, report, now).await?;
+        let today_text = today.format("%Y-%m-%d").to_string();
         for (facts, record_key, resource_id) in &sink.statements {
+            // No date in the record: the answer is dated the day it is first read. Its hash leaves the date
+            // out, so the same answer read again is the same statement and keeps that date; a changed answer
+            // is a new statement, dated the day it is seen.
+            let first_seen = facts.dated == crate::model::DateSource::FirstSeen;
             let person = sink.groups.get(&facts.patient).cloned().unwrap_or_else(|| facts.patient.clone());
             let mut record = StatementRecord {
                 id: 0,
@@ -110,8 +115,8 @@ impl Planner<'_> {
                 record_key: record_key.clone(),
                 resource_id: resource_id.clone(),
                 decision: facts.decision.as_str().to_string(),
-                effective: facts.effective.clone(),
-                given_on: facts.given.clone(),
+                effective: if first_seen { today_text.clone() } else { facts.effective.clone() },
+                given_on: if first_seen { today_text.clone() } else { facts.given.clone() },
                 withdrawn_on: facts.withdrawn.clone(),
                 share_cito: facts.cito,
                 share_pkb: facts.pkb,
@@ -121,7 +126,7 @@ impl Planner<'_> {
                 )?,
                 statement_hash: crate::store::sha256_hex(&serde_json::to_string(&(&person, facts))?),
                 recorded_at: now,
-                first_seen: false,
+                first_seen,
             };
             if report.dry_run {
                 // Would it be new? Then it counts as the latest of its day.
