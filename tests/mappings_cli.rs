@@ -12,6 +12,7 @@ fn connector(args: &[&str], cwd: &Path) -> Output {
         .args(args)
         .current_dir(cwd)
         .env_remove("CONNECTOR_MAPPINGS")
+        .env_remove("CONNECTOR_CONFIG")
         .output()
         .expect("run connector")
 }
@@ -220,5 +221,104 @@ fn messy_hub_export_keeps_good_rows_and_quarantines_bad_ones_with_reasons() {
         std::fs::read_to_string(&qfile).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(kept.len() as u64, 5 + quarantined);
     assert!(kept.iter().all(|q| q["raw"].is_object() && q["reasons"].as_array().is_some_and(|r| !r.is_empty())));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 14: a new partner onboarded from its export's header alone, with `--config` given from another folder.
+/// One export holds people and a Y/N consent column (blank and "not asked" answers, a two-line address),
+/// written in Windows-1252 as the partner's spreadsheet saves it.
+#[test]
+fn mappings_new_starts_a_partner_from_an_export_header_that_check_test_and_preview_accept() {
+    let dir = scratch("new");
+    let site = dir.join("site");
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(site.join("export")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(site.join("config.toml"), "[state]\nurl = \"sqlite://state.db\"\n\n[mappings]\ndir = \"maps\"\n")
+        .unwrap();
+    let mut export = b"Client Ref,First Name,Surname,D.O.B.,NHS No.,Address,Post Code,Mobile,E-mail,Sex,Consent to share (Y/N),Keyworker\r\n".to_vec();
+    export.extend_from_slice(b"K-1,Zo\xeb,Bront\xeb,3/4/1987,999 000 0018,\"1 Low Lane\r\nFlat 2\",YO1 7HH,07700900123,z@example.org,F,Y,Sam\r\n");
+    export.extend_from_slice(b"K-2,Al,Plain,4/5/1990,,2 High St,YO1 7HH,,,M,,Sam\r\n");
+    export.extend_from_slice(b"K-3,Bo,Plain,4/5/1991,,3 High St,YO1 7HH,,,M,Not asked,Sam\r\n");
+    export.extend_from_slice(b"K-4,Cy,Plain,4/5/1992,9990000017,4 High St,YO1 7HH,,,M,N,Sam\r\n");
+    let export_path = site.join("export/kyra-clients-2025-06.csv");
+    std::fs::write(&export_path, export).unwrap();
+    let config = site.join("config.toml").display().to_string();
+    let from = export_path.display().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str(), "mappings"];
+        all.extend_from_slice(args);
+        connector(&all, &elsewhere)
+    };
+
+    let person = run(&["new", "--partner", "kyra", "--kind", "person", "--from", &from]);
+    let t = text(&person);
+    assert!(person.status.success(), "{t}");
+    assert!(t.contains("passes"), "{t}");
+    let mapping = std::fs::read_to_string(site.join("maps/kyra/person.toml")).unwrap();
+    for bound in [
+        "client_id = { from = \"Client Ref\"",
+        "given = { from = \"First Name\"",
+        "family = { from = \"Surname\"",
+        "dob = { from = \"D.O.B.\", transform = \"uk_date\"",
+        "nhs_number = { from = \"NHS No.\", transform = \"nhs_number\"",
+        "address = { from = \"Address\", transform = \"split_lines\"",
+        "postcode = { from = \"Post Code\", transform = \"postcode\"",
+        "mobile = { from = \"Mobile\", transform = \"uk_phone\"",
+        "email = { from = \"E-mail\", transform = \"email\"",
+        "gender = { from = \"Sex\", map = \"gender\"",
+    ] {
+        assert!(mapping.contains(bound), "{bound} not in:\n{mapping}");
+    }
+    assert!(mapping.contains("# TODO: column \"Keyworker\""), "{mapping}");
+    let fixture = std::fs::read_to_string(site.join("tests/fixtures/kyra/kyra-clients.csv")).unwrap();
+    assert!(fixture.starts_with("Client Ref,First Name,"), "{fixture}");
+    assert!(fixture.contains("999 000 0018") && !fixture.contains("Zo") && !fixture.contains("K-1"), "{fixture}");
+
+    // Refuses to overwrite; the consent mapping reuses the fixture, read by both kinds.
+    let again = run(&["new", "--partner", "kyra", "--kind", "person", "--from", &from]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).contains("pass --force"), "{}", text(&again));
+    let consent = run(&["new", "--partner", "kyra", "--kind", "consent", "--from", &from]);
+    assert!(consent.status.success(), "{}", text(&consent));
+    let mapping = std::fs::read_to_string(site.join("maps/kyra/consent.toml")).unwrap();
+    assert!(mapping.contains("date_source = \"first_seen\"") && mapping.contains("not_asked = "), "{mapping}");
+
+    let check = run(&["check"]);
+    assert!(check.status.success() && text(&check).contains("kyra: 2 mapping(s)"), "{}", text(&check));
+    let test = run(&["test", "--partner", "kyra"]);
+    assert!(test.status.success(), "{}", text(&test));
+    assert!(text(&test).contains("ok   kyra/person") && text(&test).contains("ok   kyra/consent"), "{}", text(&test));
+
+    // Preview reads the one export for both kinds, shows each statement, counts blanks, keeps quarantine away.
+    let state = dir.join("state");
+    let preview = Command::new(env!("CARGO_BIN_EXE_connector"))
+        .args(["--config", &config, "mappings", "preview", "--partner", "kyra", "--input", &from])
+        .env_remove("CONNECTOR_MAPPINGS")
+        .env("XDG_STATE_HOME", &state)
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&preview.stderr).to_string();
+    assert_eq!(preview.status.code(), Some(3), "the bad NHS number is quarantined: {err}");
+    assert!(err.contains("kyra-clients-2025-06.csv: 4 read, 3 mapped, 1 quarantined"), "{err}");
+    assert!(err.contains("consent") && err.contains("2 no statement"), "{err}");
+    assert!(
+        err.contains("CONSENT kyra-clients-2025-06.csv: row 2 (key K-1): given, dated when the connector first sees"),
+        "{err}"
+    );
+    assert!(err.contains("NO STATEMENT kyra-clients-2025-06.csv: row 3 (key K-2): blank answer"), "{err}");
+    assert!(err.contains("row 4 (key K-3): \"not asked\" answer"), "{err}");
+    let kept = state.join("connector/preview-quarantine");
+    assert!(err.contains(&kept.display().to_string()), "says where the quarantine is: {err}");
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing written in the working directory");
+    let out = String::from_utf8(preview.stdout).unwrap();
+    let zoe: serde_json::Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["resourceType"] == "Patient" && r["name"][0]["given"][0] == "Zoë")
+        .expect("Windows-1252 name read");
+    assert_eq!(zoe["address"][0]["line"], serde_json::json!(["1 Low Lane", "Flat 2"]));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,5 +1,10 @@
-//! `connector mappings check|test|preview`: load the mappings, run them on their fixtures and compare with
-//! the expected FHIR, or map a file and show the result.
+//! `connector mappings check|test|preview|new`: load the mappings, run them on their fixtures and compare with
+//! the expected FHIR, map a file and show the result, or start a partner's mapping from an export's header
+//! (`new`, in `mappings_new.rs`).
+//!
+//! The mappings folder is `--mappings` (or `CONNECTOR_MAPPINGS`) when given, else the config's `[mappings] dir`
+//! when `--config` (or `CONNECTOR_CONFIG`) is given, else `mappings`. Fixtures default to `tests/fixtures`
+//! beside that folder, so the commands work from any working directory.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::EXIT_FOUND;
-use crate::mapping::{self, Catalog, Input, MappedResource, Partner, Quarantined, RecordKind, RunReport, Sink};
+use crate::mapping::{
+    self, Catalog, ConsentFacts, DateSource, Decision, Input, MappedResource, NoStatement, Partner, Quarantined,
+    RecordKind, RunReport, Sink,
+};
 use crate::quarantine::{self, QuarantineFile};
 
 #[derive(Debug, Subcommand)]
@@ -19,36 +27,86 @@ pub enum MappingsCommand {
     /// Load and compile every mapping file; report every problem with its file, line and key.
     Check,
     /// Run each partner's mappings on its fixtures and compare with the expected FHIR.
+    ///
+    /// A fixture named after a kind (`person.csv`) feeds that kind; any other file feeds every mapping whose
+    /// `[source] files` patterns match its name, so one export holding several kinds (people and their consent
+    /// answer) is one fixture, with one expected file per kind (`expected/<kind>.json`).
     Test {
         /// Only this partner.
         #[arg(long)]
         partner: Option<String>,
-        /// Folder with one sub-folder of fixtures per partner.
-        #[arg(long, default_value = "tests/fixtures")]
-        fixtures: PathBuf,
+        /// Folder with one sub-folder of fixtures per partner [default: `tests/fixtures` beside the mappings
+        /// folder].
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
         /// Rewrite the expected files from the current output (review the diff before committing).
         #[arg(long)]
         update: bool,
     },
     /// Map export files and print the resources as NDJSON on stdout; quarantined rows are reported on stderr
-    /// and kept in a quarantine file. Exits 3 when any row was quarantined.
+    /// and kept in a quarantine file, and so is the consent statement each consent row makes (decision, its
+    /// date and where the date comes from, destinations, restrictions). Exits 3 when any row was quarantined.
     Preview {
         #[arg(long)]
         partner: String,
         /// An export file; repeat to map several together (references between them then resolve).
         #[arg(long = "input", required = true)]
         inputs: Vec<PathBuf>,
-        /// The record kind of the inputs; by default taken from the file name (person.csv) or the mapping's
-        /// `[source] files` patterns.
+        /// The record kind(s) of the inputs (`--kind person,consent` for an export holding both); by default
+        /// taken from the file name (person.csv), or every mapping whose `[source] files` patterns match it.
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Where quarantined rows are kept (they contain personal data; the files are owner-only)
+        /// [default: `$XDG_STATE_HOME/connector/preview-quarantine`, else `~/.local/state/...`, else a folder
+        /// in the temporary directory; printed when rows are kept].
         #[arg(long)]
-        kind: Option<String>,
-        /// Where quarantined rows are kept (they contain personal data; the files are owner-only).
-        #[arg(long, default_value = "quarantine")]
-        quarantine_dir: PathBuf,
+        quarantine_dir: Option<PathBuf>,
     },
+    /// Start a mapping from an export: reads its header (CSV in UTF-8 or Windows-1252, the first sheet of an
+    /// XLSX, JSON/NDJSON keys), binds the usual columns (client reference, names, date of birth, NHS number,
+    /// address, postcode, phones, email, gender, consent Y/N) and leaves a `# TODO` for the rest. Writes
+    /// `<mappings>/<partner>/<kind>.toml` (and `partner.toml` when the partner is new), a fixture with the
+    /// header and one synthetic row, and the expected output, then checks the mappings load.
+    New(super::mappings_new::NewArgs),
+}
+
+/// The mappings folder: `--mappings` when given, else the config's `[mappings] dir` when a config is given,
+/// else `mappings` in the working directory.
+pub fn mappings_dir(explicit: Option<&Path>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    match config {
+        Some(path) => {
+            let config = crate::config::Config::load(path)
+                .with_context(|| format!("reading {} for its [mappings] dir", path.display()))?;
+            Ok(config.resolve(&config.mappings.dir))
+        }
+        None => Ok(PathBuf::from("mappings")),
+    }
+}
+
+/// `tests/fixtures` beside the mappings folder.
+pub(super) fn default_fixtures(mappings_dir: &Path) -> PathBuf {
+    mappings_dir.parent().unwrap_or(Path::new("")).join("tests").join("fixtures")
+}
+
+/// Where `preview` keeps quarantined rows unless told: outside any working tree, as they hold personal data.
+fn default_quarantine_dir() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".local/state")));
+    match state {
+        Some(dir) if dir.is_absolute() => dir.join("connector").join("preview-quarantine"),
+        _ => std::env::temp_dir().join("connector-preview-quarantine"),
+    }
 }
 
 pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
+    if let MappingsCommand::New(args) = cmd {
+        return super::mappings_new::run(mappings_dir, args);
+    }
     let catalog = match mapping::load_catalog(mappings_dir) {
         Ok(c) => c,
         Err(errors) => {
@@ -67,10 +125,15 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
             println!("All mappings load.");
             Ok(0)
         }
-        MappingsCommand::Test { partner, fixtures, update } => test(&catalog, partner.as_deref(), &fixtures, update),
-        MappingsCommand::Preview { partner, inputs, kind, quarantine_dir } => {
-            preview(&catalog, &partner, &inputs, kind.as_deref(), &quarantine_dir)
+        MappingsCommand::Test { partner, fixtures, update } => {
+            let fixtures = fixtures.unwrap_or_else(|| default_fixtures(mappings_dir));
+            test(&catalog, partner.as_deref(), &fixtures, update)
         }
+        MappingsCommand::Preview { partner, inputs, kind, quarantine_dir } => {
+            let qdir = quarantine_dir.unwrap_or_else(default_quarantine_dir);
+            preview(&catalog, &partner, &inputs, &kind, &qdir)
+        }
+        MappingsCommand::New(_) => Ok(0),
     }
 }
 
@@ -83,33 +146,43 @@ fn partner<'a>(catalog: &'a Catalog, id: &str) -> anyhow::Result<&'a Partner> {
     })
 }
 
-/// Which kind a file holds: named on the command line, or from its name.
-fn kind_of(partner: &Partner, path: &Path, explicit: Option<&str>) -> anyhow::Result<RecordKind> {
+/// Which kinds a file holds: named on the command line, or from its name: a kind's name (`person.csv`) is
+/// that kind; otherwise every mapping whose `[source] files` patterns match the name reads it.
+fn kinds_of(partner: &Partner, path: &Path, explicit: &[String]) -> anyhow::Result<Vec<RecordKind>> {
     let known = || partner.mappings.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
-    if let Some(k) = explicit {
-        return RecordKind::parse(k)
-            .with_context(|| format!("--kind {k}: not a record kind; this partner maps: {}", known()));
+    if !explicit.is_empty() {
+        return explicit
+            .iter()
+            .map(|k| {
+                RecordKind::parse(k.trim())
+                    .with_context(|| format!("--kind {k}: not a record kind; this partner maps: {}", known()))
+            })
+            .collect();
     }
+    let matching = kinds_by_name(partner, path);
+    if matching.is_empty() {
+        bail!(
+            "{}: cannot tell which record kind this file holds; pass --kind (one of: {}), or add its name to a mapping's [source] files",
+            path.display(),
+            known()
+        );
+    }
+    Ok(matching)
+}
+
+/// The kinds a file feeds by its name: the kind it is named after, else those whose `files` patterns match.
+fn kinds_by_name(partner: &Partner, path: &Path) -> Vec<RecordKind> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_lowercase();
     let stem = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_lowercase();
     if let Some(k) = RecordKind::parse(&stem) {
-        return Ok(k);
+        return vec![k];
     }
-    let matching: Vec<RecordKind> = partner
+    partner
         .mappings
         .values()
         .filter(|m| m.files.iter().any(|g| glob_match(&g.to_lowercase(), &name)))
         .map(|m| m.kind)
-        .collect();
-    match matching.as_slice() {
-        [k] => Ok(*k),
-        [] => bail!(
-            "{}: cannot tell which record kind this file holds; pass --kind (one of: {})",
-            path.display(),
-            known()
-        ),
-        _ => bail!("{}: the file name matches several mappings' `files` patterns; pass --kind", path.display()),
-    }
+        .collect()
 }
 
 /// `*` matches any run of characters; everything else matches itself.
@@ -132,14 +205,20 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
-/// Prints counts to stderr: every run says what it read, mapped and quarantined.
+/// Prints counts to stderr: every run says what it read, mapped and quarantined (and, for consent, how many
+/// rows stated nothing).
 fn print_counts(report: &RunReport) {
     for f in &report.files {
         let kind = f.kind.map_or("?", |k| k.as_str());
+        let none = if f.kind == Some(RecordKind::Consent) || f.no_statement > 0 {
+            format!(", {} no statement", f.no_statement)
+        } else {
+            String::new()
+        };
         match &f.error {
             Some(e) => eprintln!("{} {kind} {}: NOT MAPPED: {e}", report.partner, f.path.display()),
             None => eprintln!(
-                "{} {kind} {}: {} read, {} mapped, {} quarantined",
+                "{} {kind} {}: {} read, {} mapped, {} quarantined{none}",
                 report.partner,
                 f.path.display(),
                 f.read,
@@ -149,8 +228,10 @@ fn print_counts(report: &RunReport) {
         }
     }
     let by_type: Vec<String> = report.resources.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    let none =
+        if report.no_statement() > 0 { format!(", {} no statement", report.no_statement()) } else { String::new() };
     eprintln!(
-        "Total: {} read, {} mapped, {} quarantined. Resources: {}",
+        "Total: {} read, {} mapped, {} quarantined{none}. Resources: {}",
         report.read(),
         report.mapped(),
         report.quarantined(),
@@ -158,13 +239,44 @@ fn print_counts(report: &RunReport) {
     );
 }
 
+/// The consent statement a row makes, as the sharing rules will read it (no names or free text).
+pub(super) fn describe_statement(f: &ConsentFacts) -> String {
+    let decision = match (f.decision, &f.withdrawn) {
+        (Decision::Withdrawn, Some(w)) => format!("withdrawn on {w}"),
+        (d, _) => d.as_str().to_string(),
+    };
+    let date = match f.dated {
+        DateSource::Export => format!("takes effect {} (date from the export)", f.effective),
+        DateSource::FirstSeen => "dated when the connector first sees this answer (the export has no date)".into(),
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let partners = if f.partners.is_empty() { "none".into() } else { f.partners.join(", ") };
+    let restrictions = if f.restrictions.is_empty() {
+        "none".to_string()
+    } else {
+        f.restrictions.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "{decision}, {date}; central record (cito): {}, patient-held record (pkb): {}, partners: {partners}; restrictions: {restrictions}",
+        yes(f.cito),
+        yes(f.pkb)
+    )
+}
+
 struct PreviewSink<W: Write> {
     out: W,
     quarantine: QuarantineFile,
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 impl<W: Write> Sink for PreviewSink<W> {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
+        if let Some(f) = r.consent {
+            eprintln!("CONSENT {}: row {} (key {}): {}", file_name(r.file), r.row, r.source_key, describe_statement(f));
+        }
         serde_json::to_writer(&mut self.out, r.resource)?;
         self.out.write_all(b"\n")
     }
@@ -172,20 +284,29 @@ impl<W: Write> Sink for PreviewSink<W> {
         eprintln!("QUARANTINED {}", quarantine::describe(q));
         self.quarantine.write(q)
     }
+    fn no_statement(&mut self, n: &NoStatement<'_>) -> std::io::Result<()> {
+        let key = n.key.as_ref().map(|k| format!(" (key {k})")).unwrap_or_default();
+        eprintln!(
+            "NO STATEMENT {}: row {}{key}: {}: no consent statement is recorded and nothing is quarantined",
+            file_name(n.file),
+            n.row,
+            n.why.as_str()
+        );
+        Ok(())
+    }
 }
 
-fn preview(
-    catalog: &Catalog,
-    partner_id: &str,
-    files: &[PathBuf],
-    kind: Option<&str>,
-    qdir: &Path,
-) -> anyhow::Result<u8> {
+fn preview(catalog: &Catalog, partner_id: &str, files: &[PathBuf], kind: &[String], qdir: &Path) -> anyhow::Result<u8> {
     let partner = partner(catalog, partner_id)?;
-    let inputs = files
-        .iter()
-        .map(|p| Ok(Input { kind: kind_of(partner, p, kind)?, path: p.clone() }))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut inputs = Vec::new();
+    for p in files {
+        for k in kinds_of(partner, p, kind)? {
+            if !partner.mappings.contains_key(&k) {
+                bail!("{}: partner \"{partner_id}\" has no {k} mapping", p.display());
+            }
+            inputs.push(Input { kind: k, path: p.clone() });
+        }
+    }
     let stdout = std::io::stdout();
     let mut sink =
         PreviewSink { out: std::io::BufWriter::new(stdout.lock()), quarantine: QuarantineFile::new(qdir, partner_id) };
@@ -219,6 +340,13 @@ struct Counts {
     read: u64,
     mapped: u64,
     quarantined: u64,
+    /// Consent rows that stated nothing (blank or "not asked"); left out when none, as before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    no_statement: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -238,7 +366,7 @@ struct ExpectedQuarantine {
 }
 
 #[derive(Default)]
-struct Collect {
+pub(super) struct Collect {
     organization: Option<Value>,
     by_kind: BTreeMap<RecordKind, (Vec<ExpectedResource>, Vec<ExpectedQuarantine>)>,
 }
@@ -263,23 +391,24 @@ impl Sink for Collect {
     }
 }
 
-fn fixture_inputs(dir: &Path, partner: &Partner) -> anyhow::Result<Vec<Input>> {
+/// A partner's fixtures: each file feeds the kinds its name gives (see [`kinds_by_name`]), so one export
+/// holding several kinds is one fixture.
+pub(super) fn fixture_inputs(dir: &Path, partner: &Partner) -> anyhow::Result<Vec<Input>> {
     let mut inputs = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading fixtures in {}", dir.display()))? {
         let path = entry?.path();
         if !path.is_file() || path.extension().is_some_and(|e| e == "md") {
             continue;
         }
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        if let Some(kind) = RecordKind::parse(stem).filter(|k| partner.mappings.contains_key(k)) {
-            inputs.push(Input { kind, path });
+        for kind in kinds_by_name(partner, &path).into_iter().filter(|k| partner.mappings.contains_key(k)) {
+            inputs.push(Input { kind, path: path.clone() });
         }
     }
     inputs.sort_by(|a, b| a.kind.cmp(&b.kind).then(a.path.cmp(&b.path)));
     Ok(inputs)
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+pub(super) fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -340,7 +469,12 @@ fn test(catalog: &Catalog, only: Option<&str>, fixtures: &Path, update: bool) ->
             let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let now = Expected {
                 file,
-                counts: Counts { read: f.read, mapped: f.mapped, quarantined: f.quarantined },
+                counts: Counts {
+                    read: f.read,
+                    mapped: f.mapped,
+                    quarantined: f.quarantined,
+                    no_statement: f.no_statement,
+                },
                 resources,
                 quarantined,
             };
@@ -366,6 +500,46 @@ fn test(catalog: &Catalog, only: Option<&str>, fixtures: &Path, update: bool) ->
     Ok(if failures == 0 { 0 } else { 1 })
 }
 
+/// Writes the expected output of one kind of a partner from its fixtures (and the Organization's, when missing),
+/// as `test --update` would, leaving other kinds' files alone. Returns the files written.
+pub(super) fn write_expected(
+    p: &Partner,
+    fixtures: &Path,
+    kind: RecordKind,
+    overwrite: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = fixtures.join(&p.id);
+    let inputs = fixture_inputs(&dir, p)?;
+    let mut got = Collect::default();
+    let report = mapping::run(p, &inputs, &mut got)?;
+    if let Some(f) = report.failed_files().next() {
+        bail!("{}: {}", f.path.display(), f.error.as_deref().unwrap_or_default());
+    }
+    let mut written = Vec::new();
+    let expected_dir = dir.join("expected");
+    let org_path = expected_dir.join("organization.json");
+    if !org_path.exists() {
+        write_json(&org_path, &got.organization.take().unwrap_or_default())?;
+        written.push(org_path);
+    }
+    for f in report.files.iter().filter(|f| f.kind == Some(kind)) {
+        let path = expected_dir.join(format!("{kind}.json"));
+        if path.exists() && !overwrite {
+            continue;
+        }
+        let (resources, quarantined) = got.by_kind.remove(&kind).unwrap_or_default();
+        let now = Expected {
+            file: file_name(&f.path),
+            counts: Counts { read: f.read, mapped: f.mapped, quarantined: f.quarantined, no_statement: f.no_statement },
+            resources,
+            quarantined,
+        };
+        write_json(&path, &now)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 fn report_diffs(label: &str, diffs: &[String]) -> usize {
     if diffs.is_empty() {
         println!("ok   {label}");
@@ -385,13 +559,15 @@ fn compare(want: &Expected, got: &Expected) -> Vec<String> {
     let mut out = Vec::new();
     if want.counts != got.counts {
         out.push(format!(
-            "counts: expected {} read / {} mapped / {} quarantined, got {} / {} / {}",
+            "counts: expected {} read / {} mapped / {} quarantined / {} no statement, got {} / {} / {} / {}",
             want.counts.read,
             want.counts.mapped,
             want.counts.quarantined,
+            want.counts.no_statement,
             got.counts.read,
             got.counts.mapped,
-            got.counts.quarantined
+            got.counts.quarantined,
+            got.counts.no_statement
         ));
     }
     let label = |r: &ExpectedResource| {

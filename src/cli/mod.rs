@@ -9,6 +9,7 @@ mod conflicts;
 mod consent;
 mod feed;
 mod mappings;
+mod mappings_new;
 mod outbox;
 mod quarantine;
 mod reconcile;
@@ -37,13 +38,15 @@ pub enum Format {
     about = "York Hub connector: partner records to UK Core FHIR R4, synced to Cito and PKB."
 )]
 pub struct Cli {
-    /// The configuration file.
-    #[arg(long, global = true, env = "CONNECTOR_CONFIG", default_value = "/etc/connector/config.toml")]
-    pub config: PathBuf,
+    /// The configuration file [default: /etc/connector/config.toml]. The `mappings` commands read it only
+    /// when it is given, for its `[mappings] dir`.
+    #[arg(long, global = true, env = "CONNECTOR_CONFIG")]
+    pub config: Option<PathBuf>,
 
-    /// Folder of mapping files (one sub-folder per partner; see mappings/README.md).
-    #[arg(long, global = true, env = "CONNECTOR_MAPPINGS", default_value = "mappings")]
-    pub mappings: PathBuf,
+    /// Folder of mapping files (one sub-folder per partner; see mappings/README.md), for the `mappings`
+    /// commands [default: the config's `[mappings] dir` when --config is given, else `mappings`].
+    #[arg(long, global = true, env = "CONNECTOR_MAPPINGS")]
+    pub mappings: Option<PathBuf>,
 
     /// Log lines as text, JSON lines, or journald (priority-prefixed); `auto` picks journald under systemd.
     #[arg(long, global = true, env = "CONNECTOR_LOG_FORMAT", value_enum, default_value_t = crate::ops::logging::LogFormat::Auto)]
@@ -106,28 +109,35 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// The configuration file when none is given.
+pub const DEFAULT_CONFIG: &str = "/etc/connector/config.toml";
+
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    let config = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    // Other commands take the mappings from the config; this is passed where a signature still carries it.
+    let legacy_mappings = cli.mappings.clone().unwrap_or_else(|| PathBuf::from("mappings"));
     let result = match cli.command {
-        Command::Mappings(cmd) => mappings::run(&cli.mappings, cmd),
-        Command::Quarantine(cmd) => runtime().and_then(|rt| rt.block_on(quarantine::run(&cli.config, cmd))),
-        Command::Run => runtime().and_then(|rt| rt.block_on(crate::daemon::run(&cli.config))),
-        Command::Status { format } => runtime().and_then(|rt| rt.block_on(status::run(&cli.config, format))),
-        Command::Sync(args) => runtime().and_then(|rt| rt.block_on(sync::run(&cli.config, args))),
-        Command::Outbox(cmd) => runtime().and_then(|rt| rt.block_on(outbox::run(&cli.config, cmd))),
+        Command::Mappings(cmd) => mappings::mappings_dir(cli.mappings.as_deref(), cli.config.as_deref())
+            .and_then(|dir| mappings::run(&dir, cmd)),
+        Command::Quarantine(cmd) => runtime().and_then(|rt| rt.block_on(quarantine::run(&config, cmd))),
+        Command::Run => runtime().and_then(|rt| rt.block_on(crate::daemon::run(&config))),
+        Command::Status { format } => runtime().and_then(|rt| rt.block_on(status::run(&config, format))),
+        Command::Sync(args) => runtime().and_then(|rt| rt.block_on(sync::run(&config, args))),
+        Command::Outbox(cmd) => runtime().and_then(|rt| rt.block_on(outbox::run(&config, cmd))),
         Command::Consent(cmd) => {
-            runtime().and_then(|rt| rt.block_on(consent::run_consent(&cli.config, &cli.mappings, cmd)))
+            runtime().and_then(|rt| rt.block_on(consent::run_consent(&config, &legacy_mappings, cmd)))
         }
-        Command::Config(ConfigCommand::Check) => runtime().and_then(|rt| rt.block_on(config_check::run(&cli.config))),
-        Command::Conflicts(cmd) => runtime().and_then(|rt| rt.block_on(conflicts::run(&cli.config, cmd))),
-        Command::Reconcile(args) => runtime().and_then(|rt| rt.block_on(reconcile::run(&cli.config, args))),
-        Command::Pull(args) => runtime().and_then(|rt| rt.block_on(reconcile::pull(&cli.config, args))),
-        Command::Feed(cmd) => runtime().and_then(|rt| rt.block_on(feed::run(&cli.config, cmd))),
+        Command::Config(ConfigCommand::Check) => runtime().and_then(|rt| rt.block_on(config_check::run(&config))),
+        Command::Conflicts(cmd) => runtime().and_then(|rt| rt.block_on(conflicts::run(&config, cmd))),
+        Command::Reconcile(args) => runtime().and_then(|rt| rt.block_on(reconcile::run(&config, args))),
+        Command::Pull(args) => runtime().and_then(|rt| rt.block_on(reconcile::pull(&config, args))),
+        Command::Feed(cmd) => runtime().and_then(|rt| rt.block_on(feed::run(&config, cmd))),
         Command::Audit(consent::AuditArgs { command: Some(cmd), .. }) => {
-            runtime().and_then(|rt| rt.block_on(audit::run(&cli.config, cmd)))
+            runtime().and_then(|rt| rt.block_on(audit::run(&config, cmd)))
         }
         Command::Audit(args) => {
-            runtime().and_then(|rt| rt.block_on(consent::run_audit(&cli.config, &cli.mappings, args)))
+            runtime().and_then(|rt| rt.block_on(consent::run_audit(&config, &legacy_mappings, args)))
         }
     };
     match result {

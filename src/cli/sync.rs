@@ -138,11 +138,12 @@ fn print_table(r: &CycleReport) {
         let queued: Vec<String> = i.queued.iter().map(|(d, n)| format!("{d} {n}")).collect();
         let verb = if i.dry_run { "would queue" } else { "queued" };
         println!(
-            "partner {}: {} read, {} mapped, {} quarantined; {verb}: {}",
+            "partner {}: {} read, {} mapped, {} quarantined{}; {verb}: {}",
             i.partner,
             m.read(),
             m.mapped(),
             m.quarantined(),
+            if m.no_statement() > 0 { format!(", {} no statement", m.no_statement()) } else { String::new() },
             if queued.is_empty() { "nothing".into() } else { queued.join(", ") }
         );
         for f in m.failed_files() {

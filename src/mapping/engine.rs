@@ -386,6 +386,8 @@ fn map_file(
     Ok(())
 }
 
+// Returned once per row and matched at once, never stored: boxing the large variant would allocate per row.
+#[allow(clippy::large_enum_variant)]
 enum RowResult {
     Mapped(RowOut),
     NoStatement(NoStatementWhy),
