@@ -126,7 +126,7 @@ fn mapped(config: &Config) -> Vec<Item> {
     let catalog = mapping::load_catalog(&config.resolve(&config.mappings.dir)).unwrap();
     let mut out = Collect { items: Vec::new(), groups: HashMap::new() };
     for p in &config.partners {
-        let inputs = common::file_inputs(&config, p);
+        let inputs = common::file_inputs(config, p);
         mapping::run(&catalog.partners[&p.id], &inputs, &mut out).unwrap();
     }
     out.items

@@ -152,7 +152,7 @@ fn expected(config: &Config) -> HashMap<String, Expected> {
     let profiles: Vec<_> = config.destinations.iter().map(|(n, d)| (n.clone(), d.profile)).collect();
     let mut out = HashMap::new();
     for p in &config.partners {
-        let inputs = common::file_inputs(&config, p);
+        let inputs = common::file_inputs(config, p);
         mapping::run(&catalog.partners[&p.id], &inputs, &mut Collect { profiles: &profiles, out: &mut out })
             .expect("mapping the export");
     }

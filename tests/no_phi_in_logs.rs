@@ -85,7 +85,7 @@ fn personal_data(config: &Config) -> Vec<String> {
     let catalog = mapping::load_catalog(&config.resolve(&config.mappings.dir)).unwrap();
     let mut out = Collect(Vec::new());
     for p in &config.partners {
-        let inputs = common::file_inputs(&config, p);
+        let inputs = common::file_inputs(config, p);
         mapping::run(&catalog.partners[&p.id], &inputs, &mut out).unwrap();
     }
     let hub = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub/person.csv")).unwrap();

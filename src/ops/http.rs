@@ -73,7 +73,8 @@ pub async fn render(engine: &Context) -> String {
 /// Each partner source's freshness, so "no export for two days" can alert: when it was last read through, and
 /// the modification time of the newest file it gave.
 fn source_gauges(out: &mut String, statuses: &[crate::store::SourceStatus]) {
-    let gauges: [(&str, &str, fn(&crate::store::SourceStatus) -> Option<i64>); 3] = [
+    type Gauge = (&'static str, &'static str, fn(&crate::store::SourceStatus) -> Option<i64>);
+    let gauges: [Gauge; 3] = [
         (
             "connector_source_last_success_timestamp_seconds",
             "Unix time a partner source was last read through to planning.",

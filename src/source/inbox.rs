@@ -50,7 +50,10 @@ pub struct Waiting {
 
 /// What this process has seen of each candidate file: (size, mtime) and since when, to tell a file still growing
 /// from a complete one whose modification time was preserved by the uploader.
-static SEEN: Mutex<Option<HashMap<PathBuf, (u64, SystemTime, SystemTime)>>> = Mutex::new(None);
+static SEEN: Mutex<Option<HashMap<PathBuf, Seen>>> = Mutex::new(None);
+
+/// A file's size and modification time when last looked at, and since when they have been so.
+type Seen = (u64, SystemTime, SystemTime);
 
 /// Lists the inbox: complete files in order (up to the first that is not complete), and what waits.
 pub fn scan(spec: &InboxSource, dir: &Path, now: SystemTime) -> std::io::Result<(Vec<Candidate>, Vec<Waiting>)> {
@@ -119,7 +122,7 @@ pub struct Candidate {
 }
 
 fn settled(
-    seen: &mut HashMap<PathBuf, (u64, SystemTime, SystemTime)>,
+    seen: &mut HashMap<PathBuf, Seen>,
     c: &Candidate,
     now: SystemTime,
     settle: Duration,
