@@ -121,12 +121,7 @@ pub struct Candidate {
     pub mtime: SystemTime,
 }
 
-fn settled(
-    seen: &mut HashMap<PathBuf, Seen>,
-    c: &Candidate,
-    now: SystemTime,
-    settle: Duration,
-) -> bool {
+fn settled(seen: &mut HashMap<PathBuf, Seen>, c: &Candidate, now: SystemTime, settle: Duration) -> bool {
     let since = match seen.get(&c.path) {
         Some(&(size, mtime, since)) if size == c.size && mtime == c.mtime => since,
         _ => {
