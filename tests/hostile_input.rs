@@ -154,6 +154,9 @@ fn hub_people() -> Vec<Person> {
                 .iter()
                 .map(|&i| c[i].trim().to_string())
                 .filter(|v| v.chars().count() >= 4)
+                // Row 16's unquoted comma shifts the town into the postcode column: "York" is no one's
+                // personal data (and is in partner names such as "York Mind" that preview prints).
+                .filter(|v| v != "York")
                 .collect();
             Person {
                 client_id: c[0].to_string(),
