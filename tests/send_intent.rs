@@ -59,7 +59,7 @@ async fn a_write_that_landed_unrecorded_is_audited_even_after_a_withdrawal_cance
                 op: Op::Upsert,
                 content_hash: content_hash(&body),
                 body: Some(body),
-                origin: Some("hub|mental_health|0|0".into()),
+                origin: Some(york_connector::model::Provenance::decode("hub|mental_health|0|0")),
             }],
             chrono::Utc::now(),
         )

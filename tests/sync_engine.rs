@@ -265,7 +265,7 @@ async fn faults_are_survived_and_a_refused_resource_is_dead_lettered_alone() {
                 op: Op::Upsert,
                 content_hash: content_hash(&bad),
                 body: Some(bad),
-                origin: Some("hub|mental_health|0|0".into()),
+                origin: Some(york_connector::model::Provenance::decode("hub|mental_health|0|0")),
             }],
             chrono::Utc::now(),
         )

@@ -68,7 +68,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
                             serde_json::json!({
                                 "id": c.id, "destination": c.destination, "resource_type": c.resource_type,
                                 "resource_id": c.resource_id, "elements": c.elements,
-                                "partner": partner(c.origin.as_deref()), "status": c.status,
+                                "partner": partner(c.origin.as_ref()), "status": c.status,
                                 "resolution": c.resolution, "resolved_by": c.resolved_by,
                                 "created_at": c.created_at, "updated_at": c.updated_at,
                             })
@@ -94,7 +94,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
                                 c.id,
                                 c.destination,
                                 format!("{}/{}", c.resource_type, c.resource_id),
-                                partner(c.origin.as_deref()),
+                                partner(c.origin.as_ref()),
                                 c.elements.join(","),
                                 c.created_at.format("%Y-%m-%d %H:%M"),
                             );
@@ -130,7 +130,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
                 }
                 Format::Table => {
                     println!("Conflict {}: {}/{} at {}", c.id, c.resource_type, c.resource_id, c.destination);
-                    println!("  partner:  {}", partner(c.origin.as_deref()));
+                    println!("  partner:  {}", partner(c.origin.as_ref()));
                     println!(
                         "  status:   {}{}",
                         c.status,
@@ -219,8 +219,8 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
     }
 }
 
-fn partner(origin: Option<&str>) -> String {
-    origin.and_then(|o| o.split('|').next()).unwrap_or("?").to_string()
+fn partner(origin: Option<&crate::model::Provenance>) -> String {
+    origin.and_then(crate::model::Provenance::partner).unwrap_or("?").to_string()
 }
 
 /// Splits text into lines of at most `width` characters.

@@ -163,7 +163,7 @@ fn section(out: &mut String, c: &ConflictRecord) {
     }
     let _ = writeln!(out, "<dt>Status</dt><dd>{status}</dd>");
     let _ = writeln!(out, "<dt>Created</dt><dd>{}</dd>", time(c.created_at));
-    let partner = c.origin.as_deref().and_then(|o| o.split('|').next()).filter(|p| !p.is_empty());
+    let partner = c.origin.as_ref().and_then(crate::model::Provenance::partner);
     let _ = writeln!(out, "<dt>Partner</dt><dd>{}</dd>", e(partner.unwrap_or("(unknown)")));
     if c.remote_id != c.resource_id {
         let _ = writeln!(out, "<dt>Id at destination</dt><dd>{}</dd>", e(&c.remote_id));
@@ -262,7 +262,7 @@ mod tests {
             resource_type: "Patient".into(),
             resource_id: "p1".into(),
             remote_id: "p1".into(),
-            origin: Some("hub|patient|nfp-1|123".into()),
+            origin: Some(crate::model::Provenance::decode("hub|patient|nfp-1|123")),
             elements: vec!["telecom".into()],
             base_version: Some("3".into()),
             base_json: Some(patient("01904 000001", "York", "3")),

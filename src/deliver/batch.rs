@@ -14,7 +14,7 @@ use super::records::{audit_entry, held_entry, ledger_entry};
 use super::retry::send_retrying;
 use super::transport::{Method, TransportError, Write, Written};
 use super::{DeliveryReport, Destination};
-use crate::model::AuditAction;
+use crate::model::{AuditAction, Provenance};
 use crate::policy::Permit;
 use crate::store::{LedgerEntry, OutboxRow, ResourceKey, SendIntent, Store, StoreError};
 
@@ -46,7 +46,7 @@ pub(super) async fn send_rows(
                     let action =
                         if write.method == Method::Put { AuditAction::Disclosed } else { AuditAction::Retracted };
                     let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
-                    let audited = row.item.origin.as_deref() != Some(crate::policy::AUDIT_ORIGIN);
+                    let audited = !row.item.origin.as_ref().is_some_and(Provenance::is_audit_copy);
                     let entry = match &write.body {
                         Some(body) => held_entry(
                             dest,

@@ -7,7 +7,8 @@ use tracing::{info, warn};
 use super::Destination;
 use super::transport::{Method, Write};
 use crate::model::AuditAction;
-use crate::policy::{Origin, Permit};
+use crate::model::Provenance;
+use crate::policy::Permit;
 use crate::store::{AuditEntry, LedgerEntry, OutboxRow, ResourceKey, SendIntent, Store, StoreError};
 
 /// The intent of a disclosure about to be sent (retractions need none: they disclose nothing).
@@ -48,7 +49,7 @@ pub async fn settle_intents(store: &Store, dest: &Destination) -> Result<usize, 
             }
         };
         let landed = found.filter(|f| crate::conflict::content_hash(&f.resource) == intent.held_hash);
-        let origin = intent.origin.as_deref().and_then(Origin::decode);
+        let origin = intent.origin.as_ref().and_then(Provenance::origin).cloned();
         match landed {
             Some(f) => {
                 let entry = LedgerEntry {
@@ -84,7 +85,7 @@ pub async fn settle_intents(store: &Store, dest: &Destination) -> Result<usize, 
                     )),
                     ..AuditEntry::default()
                 };
-                let audited = intent.origin.as_deref() != Some(crate::policy::AUDIT_ORIGIN);
+                let audited = !intent.origin.as_ref().is_some_and(Provenance::is_audit_copy);
                 if audited {
                     store.intent_settle(&intent, Some((&entry, &audit))).await?;
                 } else {

@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use super::Destination;
 use crate::model::AuditAction;
-use crate::policy::{Origin, Permit};
+use crate::model::Provenance;
+use crate::policy::Permit;
 use crate::store::{AuditEntry, LedgerEntry, Op, OutboxRow};
 
 pub(super) fn ledger_entry(
@@ -67,7 +68,7 @@ pub(super) fn audit_entry(
     version: Option<&str>,
     permit: Option<&Permit>,
 ) -> AuditEntry {
-    let origin = row.item.origin.as_deref().and_then(Origin::decode);
+    let origin = row.item.origin.as_ref().and_then(Provenance::origin);
     AuditEntry {
         at: Utc::now(),
         action,

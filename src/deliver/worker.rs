@@ -19,7 +19,8 @@ use super::records::{audit_entry, ledger_entry};
 use super::transport::{Method, Write};
 use super::{DeliveryReport, Destination};
 use crate::model::AuditAction;
-use crate::policy::{Origin, Permit, Verdict};
+use crate::model::Provenance;
+use crate::policy::{Permit, Verdict};
 use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
 
 /// Drains the destination's outbox until it is empty, the circuit opens, or shutdown is asked for.
@@ -129,11 +130,11 @@ async fn check_policy(
     let mut permits = HashMap::new();
     let mut keep = Vec::with_capacity(rows.len());
     for row in rows {
-        if row.item.op == Op::Delete || row.item.origin.as_deref() == Some(crate::policy::AUDIT_ORIGIN) {
+        if row.item.op == Op::Delete || row.item.origin.as_ref().is_some_and(Provenance::is_audit_copy) {
             keep.push(row);
             continue;
         }
-        let verdict = match row.item.origin.as_deref().and_then(Origin::decode) {
+        let verdict = match row.item.origin.as_ref().and_then(Provenance::origin).cloned() {
             Some(origin) => {
                 let consent = row.item.patient.as_ref().and_then(|p| consents.get(p));
                 dest.policy.decide_resource(

@@ -419,7 +419,7 @@ async fn read_record(
     let mut origins = HashMap::new();
     let mut patients: BTreeSet<String> = BTreeSet::new();
     for e in ledger.iter().filter(|e| e.destination == feed.from) {
-        if let Some(o) = e.origin.as_deref().and_then(Origin::decode) {
+        if let Some(o) = e.origin.as_ref().and_then(crate::model::Provenance::origin).cloned() {
             origins.insert(ResourceKey::new(&e.key.resource_type, &e.remote_id), o);
         }
         if e.key.resource_type == "Patient" {

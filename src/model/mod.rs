@@ -20,7 +20,7 @@ pub mod record;
 pub use audit::AuditAction;
 pub use conflict::ConflictStatus;
 pub use job::JobName;
-pub use origin::Origin;
+pub use origin::{Origin, Provenance};
 pub use record::{Category, ConsentFacts, DateSource, Decision, RESOURCE_TYPES, RecordKind, Restriction};
 
 /// Implements `Display` (as `as_str`) and `FromStr` (as `parse`) for a closed set.

@@ -128,7 +128,7 @@ impl Planner<'_> {
                         op: Op::Upsert,
                         content_hash: content_hash(&text),
                         body: Some(text),
-                        origin: Some(origin.encode()),
+                        origin: Some(origin.clone().into()),
                     });
                     if self.explain {
                         let consent = permit.consent.as_deref().unwrap_or("no consent needed");

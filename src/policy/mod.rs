@@ -338,10 +338,6 @@ pub fn label(resource: &mut Value, category: Category, not_for_patient: bool) {
 #[cfg(test)]
 mod tests;
 
-/// The origin marking an outbox row that copies the audit trail (a Provenance): it is not personal data
-/// flowing under an agreement, so the sharing rules let it through and it is not audited again.
-pub const AUDIT_ORIGIN: &str = "audit";
-
 /// An audit entry (a disclosure or retraction) as a FHIR R4 Provenance of the version sent, with a
 /// deterministic id so copying it twice writes it once. (AuditEvent would be the natural resource, but it
 /// is create-only, so a retried copy would duplicate it; Helios FHIR Server accepts no writes of it at all.)

@@ -262,7 +262,9 @@ impl Run<'_> {
             let partner = exp
                 .map(|e| e.partner.clone())
                 .or_else(|| partner_of(&resource))
-                .or_else(|| led.and_then(|l| l.origin.as_deref()).and_then(|o| o.split('|').next()).map(str::to_string))
+                .or_else(|| {
+                    led.and_then(|l| l.origin.as_ref()).and_then(crate::model::Provenance::partner).map(str::to_string)
+                })
                 .unwrap_or_else(|| "?".into());
             if !self.wanted(&partner) {
                 continue;

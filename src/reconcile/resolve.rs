@@ -15,8 +15,9 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::deliver::transport::{Method, TransportError, Write};
+use crate::model::Provenance;
 use crate::model::{AuditAction, ConflictStatus};
-use crate::policy::{Origin, Verdict};
+use crate::policy::Verdict;
 use crate::store::{AuditEntry, LedgerEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -140,7 +141,7 @@ pub async fn resolve(ctx: &Context, id: i64, keep: Keep, by: &str) -> anyhow::Re
         person: c.patient.clone(),
         resource_type: Some(c.resource_type.clone()),
         resource_id: Some(c.resource_id.clone()),
-        partner: c.origin.as_deref().and_then(Origin::decode).map(|o| o.partner),
+        partner: c.origin.as_ref().and_then(Provenance::origin).map(|o| o.partner.clone()),
         ..AuditEntry::default()
     };
     let elements = c.elements.join(", ");
@@ -156,7 +157,7 @@ pub async fn resolve(ctx: &Context, id: i64, keep: Keep, by: &str) -> anyhow::Re
             (vec![decision], entry.version_id.clone(), false)
         }
         Keep::Source => {
-            let origin = c.origin.as_deref().and_then(Origin::decode).with_context(|| {
+            let origin = c.origin.as_ref().and_then(Provenance::origin).cloned().with_context(|| {
                 format!("conflict {id} does not say where its data came from; resolve with --keep remote, or let the next sync plan it again")
             })?;
             let consents = match &c.patient {

@@ -1,6 +1,7 @@
 //! Conflicts (a resource changed both by its partner and on the destination) and reconcile's expected set.
 //! A conflict keeps three versions of the resource (personal data) while it is open; resolving it clears them.
 
+use crate::model::Provenance;
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -19,7 +20,7 @@ pub struct ConflictRecord {
     /// The id on the destination (ours unless linked).
     pub remote_id: String,
     pub patient: Option<String>,
-    pub origin: Option<String>,
+    pub origin: Option<Provenance>,
     /// Elements changed on both sides to different values.
     pub elements: Vec<String>,
     /// The version the connector last wrote or accepted, and its content when the destination still has it.
@@ -78,7 +79,7 @@ impl ConflictDb {
             resource_id: self.resource_id,
             remote_id: self.remote_id,
             patient: self.patient,
-            origin: self.origin,
+            origin: self.origin.as_deref().map(Provenance::decode),
             elements: serde_json::from_str(&self.elements)
                 .map_err(|e| StoreError::Corrupt { what: "conflicts.elements", detail: e.to_string() })?,
             base_version: self.base_version,
@@ -155,7 +156,7 @@ impl Store {
                     .bind(&c.resource_id)
                     .bind(&c.remote_id)
                     .bind(&c.patient)
-                    .bind(&c.origin)
+                    .bind(c.origin.as_ref().map(Provenance::encode))
                     .bind(&elements)
                     .bind(&c.base_version)
                     .bind(&c.base_json)

@@ -7,6 +7,7 @@
 //! withdrawal that meanwhile cancelled the row still finds, and can retract, what the destination holds);
 //! if not, the intent is dropped.
 
+use crate::model::Provenance;
 use chrono::{DateTime, Utc};
 
 use super::{AuditEntry, Inner, LedgerEntry, Result, Store, StoreError, bind_ledger, consent, from_ms, ms};
@@ -22,7 +23,7 @@ pub struct SendIntent {
     /// The id on the destination.
     pub remote_id: String,
     pub patient: Option<String>,
-    pub origin: Option<String>,
+    pub origin: Option<Provenance>,
     /// The outbox row's content hash (the ledger's `content_hash` once recorded).
     pub content_hash: String,
     pub agreement: Option<String>,
@@ -56,7 +57,7 @@ impl IntentDb {
             held_hash: self.held_hash,
             remote_id: self.remote_id,
             patient: self.patient,
-            origin: self.origin,
+            origin: self.origin.as_deref().map(Provenance::decode),
             content_hash: self.content_hash,
             agreement: self.agreement,
             lawful_basis: self.lawful_basis,
@@ -93,7 +94,7 @@ impl Store {
                 .bind(&i.held_hash)
                 .bind(&i.remote_id)
                 .bind(&i.patient)
-                .bind(&i.origin)
+                .bind(i.origin.as_ref().map(Provenance::encode))
                 .bind(&i.content_hash)
                 .bind(&i.agreement)
                 .bind(&i.lawful_basis)

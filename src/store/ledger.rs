@@ -3,6 +3,7 @@
 //! Delivery writes it as it finishes a row (`outbox.rs`, in the same transaction); pull, reconcile and
 //! retraction read, accept and forget here.
 
+use crate::model::Provenance;
 use chrono::{DateTime, Utc};
 
 use super::{AuditEntry, Inner, KEY_CHUNK, ResourceKey, Result, Store, StoreError, consent, from_ms, ms, with_keys};
@@ -24,7 +25,7 @@ pub struct LedgerEntry {
     pub patient: Option<String>,
     pub updated_at: DateTime<Utc>,
     /// Where what was sent came from (`partner|category|nfp|patient`, as in the outbox).
-    pub origin: Option<String>,
+    pub origin: Option<Provenance>,
     /// Salted hashes of each element of the partner's version last reflected there (JSON object): the base
     /// of a three-way merge on the partner's side. `None` for entries written before conflicts were tracked.
     pub source_fp: Option<String>,
@@ -68,7 +69,7 @@ impl LedgerDb {
             linked: self.linked,
             patient: self.patient,
             updated_at: from_ms("ledger.updated_at", self.updated_at)?,
-            origin: self.origin,
+            origin: self.origin.as_deref().map(Provenance::decode),
             source_fp: self.source_fp,
             held_hash: self.held_hash,
             prev_hash: self.prev_hash,
@@ -110,7 +111,7 @@ where
         .bind(e.linked)
         .bind(e.patient.clone())
         .bind(ms(e.updated_at))
-        .bind(e.origin.clone())
+        .bind(e.origin.as_ref().map(Provenance::encode))
         .bind(e.source_fp.clone())
         .bind(e.held_hash.clone())
         .bind(e.prev_hash.clone())

@@ -2,6 +2,7 @@
 //! put back for later (a transient failure) or kept as a dead letter for an admin. [`Store::enqueue`] plans
 //! (its decision, pure, is in `plan.rs`; what differs between the backends in `sqlite.rs` and `postgres.rs`).
 
+use crate::model::Provenance;
 use std::fmt;
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ pub struct OutboxItem {
     /// The FHIR JSON to send; required for [`Op::Upsert`], ignored (stored as NULL) for [`Op::Delete`].
     pub body: Option<String>,
     /// Where it came from, for the policy check before sending (`partner|category|nfp`); opaque to the store.
-    pub origin: Option<String>,
+    pub origin: Option<Provenance>,
 }
 
 /// A row of the outbox.
@@ -117,7 +118,7 @@ impl OutboxDb {
                 op: Op::parse(&self.op)?,
                 content_hash: self.content_hash,
                 body: self.body,
-                origin: self.origin,
+                origin: self.origin.as_deref().map(Provenance::decode),
             },
             attempts: self.attempts,
             not_before: from_ms("outbox.not_before", self.not_before)?,

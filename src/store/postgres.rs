@@ -151,7 +151,7 @@ pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Res
                     .bind(&item.content_hash)
                     .bind(super::body_of(item))
                     .bind(now)
-                    .bind(&item.origin)
+                    .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(op))?;
@@ -167,7 +167,7 @@ pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Res
                 .bind(&item.content_hash)
                 .bind(super::body_of(item))
                 .bind(now)
-                .bind(&item.origin)
+                .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query(op))?;

@@ -174,7 +174,7 @@ pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) ->
                     .bind(&item.content_hash)
                     .bind(super::body_of(item))
                     .bind(now)
-                    .bind(&item.origin)
+                    .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(op))?;
@@ -199,7 +199,7 @@ pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) ->
                 .bind(super::body_of(item))
                 .bind(now)
                 .bind(new_seq)
-                .bind(&item.origin)
+                .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query(op))?;

@@ -222,7 +222,7 @@ impl Engine {
                         op: Op::Upsert,
                         content_hash: content_hash(&text),
                         body: Some(text),
-                        origin: Some(policy::AUDIT_ORIGIN.to_string()),
+                        origin: Some(crate::model::Provenance::AuditCopy),
                     }
                 })
                 .collect();
