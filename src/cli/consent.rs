@@ -154,7 +154,7 @@ pub async fn run_consent(config_path: &Path, mappings: &Path, cmd: ConsentComman
                 }
                 Some(s) => {
                     println!("Consent in force: {} ({})", s.decision, crate::policy::cite(s));
-                    if s.decision == "given" {
+                    if s.decision == crate::model::Stated::Given {
                         let partners: Vec<String> = serde_json::from_str(&s.share_partners).unwrap_or_default();
                         let restrictions: Vec<String> = serde_json::from_str(&s.restrictions).unwrap_or_default();
                         println!(

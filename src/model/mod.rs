@@ -21,7 +21,7 @@ pub use audit::AuditAction;
 pub use conflict::ConflictStatus;
 pub use job::JobName;
 pub use origin::{Origin, Provenance};
-pub use record::{Category, ConsentFacts, DateSource, Decision, RESOURCE_TYPES, RecordKind, Restriction};
+pub use record::{Category, ConsentFacts, DateSource, Decision, RESOURCE_TYPES, RecordKind, Restriction, Stated};
 
 /// Implements `Display` (as `as_str`) and `FromStr` (as `parse`) for a closed set.
 macro_rules! spelled {

@@ -152,6 +152,57 @@ impl Decision {
     }
 }
 
+/// What a recorded consent statement says: a partner's decision, or a hold put because one of the person's
+/// consent records could not be read (nothing about them is sent while it stands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stated {
+    Given,
+    Declined,
+    Withdrawn,
+    Unreadable,
+}
+
+impl Stated {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Given => "given",
+            Self::Declined => "declined",
+            Self::Withdrawn => "withdrawn",
+            Self::Unreadable => "unreadable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Given, Self::Declined, Self::Withdrawn, Self::Unreadable].into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// The partner's decision; none for a hold.
+    pub fn decision(self) -> Option<Decision> {
+        match self {
+            Self::Given => Some(Decision::Given),
+            Self::Declined => Some(Decision::Declined),
+            Self::Withdrawn => Some(Decision::Withdrawn),
+            Self::Unreadable => None,
+        }
+    }
+
+    /// A withdrawal or refusal: every send about the person stops.
+    pub fn refuses(self) -> bool {
+        matches!(self, Self::Declined | Self::Withdrawn)
+    }
+}
+
+impl From<Decision> for Stated {
+    fn from(d: Decision) -> Self {
+        match d {
+            Decision::Given => Self::Given,
+            Decision::Declined => Self::Declined,
+            Decision::Withdrawn => Self::Withdrawn,
+        }
+    }
+}
+
 /// Where a consent statement's date comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,3 +258,4 @@ pub struct ConsentFacts {
 super::spelled!(RecordKind, "record kind");
 super::spelled!(Category, "category");
 super::spelled!(DateSource, "consent date source");
+super::spelled!(Stated, "consent statement");

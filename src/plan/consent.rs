@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::{IngestReport, Planner, WithdrawalReport, person_group};
 use crate::mapping::{self, ConsentFacts, Input, MappedResource, Quarantined, RecordKind, RunReport, Sink};
-use crate::model::{AuditAction, Decision};
+use crate::model::AuditAction;
 use crate::policy;
 use crate::store::{AuditEntry, Op, OutboxItem, StatementRecord};
 
@@ -114,7 +114,7 @@ impl Planner<'_> {
                 partner: partner_id.to_string(),
                 record_key: record_key.clone(),
                 resource_id: resource_id.clone(),
-                decision: facts.decision.as_str().to_string(),
+                decision: facts.decision.into(),
                 effective: if first_seen { today_text.clone() } else { facts.effective.clone() },
                 given_on: if first_seen { today_text.clone() } else { facts.given.clone() },
                 withdrawn_on: facts.withdrawn.clone(),
@@ -169,9 +169,7 @@ impl Planner<'_> {
         let current = self.ctx.store.consent_current(&persons).await?;
         for (person, new_id) in changed {
             let Some(s) = current.get(&person).filter(|s| s.id == new_id) else { continue };
-            if Decision::parse(&s.decision) != Some(Decision::Withdrawn)
-                && Decision::parse(&s.decision) != Some(Decision::Declined)
-            {
+            if !s.decision.refuses() {
                 continue;
             }
             let cite = policy::cite(s);
@@ -250,7 +248,7 @@ impl Planner<'_> {
                 partner: partner_id.to_string(),
                 record_key: record_key.clone(),
                 resource_id: String::new(),
-                decision: crate::store::UNREADABLE.to_string(),
+                decision: crate::model::Stated::Unreadable,
                 effective: today.format("%Y-%m-%d").to_string(),
                 given_on: String::new(),
                 withdrawn_on: None,
@@ -261,7 +259,7 @@ impl Planner<'_> {
                 // The same unreadable record is one hold, however many cycles read it.
                 statement_hash: crate::store::sha256_hex(&format!(
                     "{}|{person}|{partner_id}|{record_key}",
-                    crate::store::UNREADABLE
+                    crate::model::Stated::Unreadable.as_str()
                 )),
                 recorded_at: now,
                 first_seen: false,

@@ -247,7 +247,7 @@ impl Policy {
             };
         };
         let cite = cite(s);
-        match Decision::parse(&s.decision) {
+        match s.decision.decision() {
             Some(Decision::Given) => {}
             Some(Decision::Declined) => return Verdict::Withhold(format!("consent declined ({cite})")),
             Some(Decision::Withdrawn) | None => return Verdict::Withhold(format!("consent withdrawn ({cite})")),

@@ -106,7 +106,7 @@ fn statement(decision: &str, cito: bool, pkb: bool, restrictions: &[&str]) -> St
         partner: "hub".into(),
         record_key: "CN-1".into(),
         resource_id: "Consent/c".into(),
-        decision: decision.into(),
+        decision: decision.parse().expect("a consent statement"),
         effective: "2024-01-02".into(),
         given_on: "2024-01-02".into(),
         withdrawn_on: None,
@@ -199,7 +199,7 @@ fn unparseable_restrictions_withhold_instead_of_meaning_none() {
 fn an_unreadable_consent_record_holds_everything_about_the_person_under_every_agreement() {
     for consent_required in [true, false] {
         let p = policy(consent_required);
-        let mut hold = statement(crate::store::UNREADABLE, false, false, &[]);
+        let mut hold = statement("unreadable", false, false, &[]);
         hold.restrictions = "[]".into();
         for o in [
             origin(Category::MentalHealth, false),
@@ -275,7 +275,7 @@ fn consent_dated_after_today_is_pending_and_cannot_outrank_a_withdrawal() {
     // A withdrawal dated ahead is honoured at once.
     assert!(prevails(Some(&at("given", "2025-01-01")), &at("withdrawn", "2025-06-03"), today));
     // A hold beats everything and is not displaced by another record's later statement.
-    let hold = at(crate::store::UNREADABLE, "2025-06-01");
+    let hold = at("unreadable", "2025-06-01");
     assert!(prevails(Some(&at("given", "2025-05-30")), &hold, today));
     assert!(!prevails(Some(&hold), &at("given", "2025-06-01"), today));
 }

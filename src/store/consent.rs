@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Inner, OUTBOX_CANCEL, OutboxRow, ResourceKey, Result, Store, StoreError, from_ms, limit, ms};
-use crate::model::AuditAction;
+use crate::model::{AuditAction, Stated};
 
 /// One consent statement as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -17,8 +17,8 @@ pub struct StatementRecord {
     pub partner: String,
     pub record_key: String,
     pub resource_id: String,
-    /// given | declined | withdrawn
-    pub decision: String,
+    /// What it says (a hold when one of the person's consent records could not be read).
+    pub decision: Stated,
     pub effective: String,
     pub given_on: String,
     pub withdrawn_on: Option<String>,
@@ -34,23 +34,20 @@ pub struct StatementRecord {
     pub first_seen: bool,
 }
 
-/// The decision of a hold: one of the person's consent records could not be read (an impossible date, an
-/// unknown decision word, a date far in the future). It stands for that record until a cycle reads the record
-/// cleanly (a new version of the same record replaces it), and while it stands nothing about the person is
-/// sent anywhere: the record might have been a withdrawal.
-pub const UNREADABLE: &str = "unreadable";
-
 impl StatementRecord {
-    /// A hold put because the consent record could not be read (see [`UNREADABLE`]).
+    /// A hold put because one of the person's consent records could not be read (an impossible date, an
+    /// unknown decision word, a date far in the future). It stands for that record until a cycle reads the
+    /// record cleanly (a new version of the same record replaces it), and while it stands nothing about the
+    /// person is sent anywhere: the record might have been a withdrawal.
     pub fn is_unreadable(&self) -> bool {
-        self.decision == UNREADABLE
+        self.decision == Stated::Unreadable
     }
 
     /// Consent given with an effective date after `today` (or no date that can be read): not yet in force,
     /// so a typo in a year cannot outrank a real withdrawal. A withdrawal or refusal dated ahead is honoured
     /// at once: holding data back early is the safe side.
     pub fn is_pending(&self, today: chrono::NaiveDate) -> bool {
-        if self.decision != "given" {
+        if self.decision != Stated::Given {
             return false;
         }
         let date = self.effective.get(..10).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
@@ -110,7 +107,8 @@ impl StatementDb {
             partner: self.partner,
             record_key: self.record_key,
             resource_id: self.resource_id,
-            decision: self.decision,
+            // The table's CHECK keeps it to the four spellings; anything else would hold the person.
+            decision: Stated::parse(&self.decision).unwrap_or(Stated::Unreadable),
             effective: self.effective,
             given_on: self.given_on,
             withdrawn_on: self.withdrawn_on,
@@ -318,7 +316,7 @@ impl Store {
                 .bind(&s.partner)
                 .bind(&s.record_key)
                 .bind(&s.resource_id)
-                .bind(&s.decision)
+                .bind(s.decision.as_str())
                 .bind(&s.effective)
                 .bind(&s.given_on)
                 .bind(&s.withdrawn_on)

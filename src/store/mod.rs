@@ -52,7 +52,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use audit::{Break, ChainReport};
 pub use conflict::{ConflictRecord, Expected};
-pub use consent::{AuditEntry, AuditFilter, StatementRecord, UNREADABLE, consent_today, prevails};
+pub use consent::{AuditEntry, AuditFilter, StatementRecord, consent_today, prevails};
 pub use error::StoreError;
 use error::redact_url;
 pub use feed::FeedItem;
