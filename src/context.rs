@@ -147,3 +147,11 @@ pub async fn reclaim_dead_leases(store: &Store, host: &str) -> anyhow::Result<us
     }
     Ok(released)
 }
+
+/// Resolves once `stop` is set; never, when its sender is gone without setting it (a caller that cannot stop).
+/// For `tokio::select!` at an await that may block.
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

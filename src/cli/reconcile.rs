@@ -35,6 +35,27 @@ pub struct PullArgs {
     pub format: Format,
 }
 
+/// A stop signal set by SIGTERM or Ctrl-C (the reconcile timer's unit is stopped with SIGTERM).
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
 pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     let engine = Engine::start(config).await?;
@@ -43,6 +64,7 @@ pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> 
         partner: args.partner.clone(),
         fix: args.fix,
         progress: Some(progress(bar_wanted())),
+        stop: Some(stop_on_signal()),
     };
     let report = engine.reconcile(&opts).await;
     if bar_wanted() {

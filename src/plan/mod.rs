@@ -42,6 +42,9 @@ pub struct Planner<'a> {
     pub explain: bool,
     /// Partners whose consent this process has read (see `sync::Engine`); planning adds the partner.
     pub consent_read: &'a Mutex<HashSet<String>>,
+    /// Set to stop: planning ends between resources (what was planned stays planned; the source is read
+    /// again next time, and unchanged rows write nothing).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// A mapped resource on its way to planning.
@@ -118,7 +121,16 @@ impl Planner<'_> {
         let mut retractions: Vec<OutboxItem> = Vec::new();
         // Patient reference -> person group, for the resources that follow their Patient in this run.
         let mut groups: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-        while let Some(msg) = rx.recv().await {
+        let mut stop = self.stop.clone();
+        loop {
+            let msg = match &mut stop {
+                Some(s) => tokio::select! {
+                    msg = rx.recv() => msg,
+                    () = crate::context::stopped(s) => anyhow::bail!("stopped while planning {partner_id}; the rest is read next time"),
+                },
+                None => rx.recv().await,
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 Msg::Resource(mut m) => {
                     if let Some((file, key)) = m.from.take() {

@@ -152,6 +152,9 @@ pub struct Options {
     pub fix: bool,
     /// Told after every page read; the CLI prints it. None: nothing is told (library use, tests).
     pub progress: Option<Progress>,
+    /// Set to stop (SIGTERM, Ctrl-C): the page being read is abandoned and reconcile ends with an error
+    /// saying it was stopped; nothing half-compared is reported or fixed.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Where reconcile has got to, after one page.
@@ -385,11 +388,15 @@ impl Run<'_> {
         let mut pages = crate::deliver::paging::Pages::new(&dest.name, &first, crate::deliver::paging::MAX_PAGES);
         let mut next = Some(first);
         while let Some(path) = next.take() {
-            let page = dest
-                .transport
-                .page(&path)
-                .await
-                .with_context(|| format!("reading {resource_type} from {}", dest.name))?;
+            let read = dest.transport.page(&path);
+            let page = match self.opts.stop.clone() {
+                Some(mut stop) => tokio::select! {
+                    page = read => page,
+                    () = crate::context::stopped(&mut stop) => anyhow::bail!("reconcile stopped while reading {resource_type} from {}", dest.name),
+                },
+                None => read.await,
+            }
+            .with_context(|| format!("reading {resource_type} from {}", dest.name))?;
             let resources: Vec<Value> = page["entry"]
                 .as_array()
                 .map(|es| {

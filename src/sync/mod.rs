@@ -92,7 +92,7 @@ impl Engine {
 
     /// The planning stage over this engine's context.
     fn planner(&self) -> Planner<'_> {
-        Planner { ctx: &self.ctx, explain: self.explain, consent_read: &self.consent_read }
+        Planner { ctx: &self.ctx, explain: self.explain, consent_read: &self.consent_read, stop: None }
     }
 
     /// The context, to hand to a task that outlives this borrow (the ops endpoints).
@@ -159,7 +159,8 @@ impl Engine {
                 info!(partner = %partner_id, "Stopping: the remaining inbox files are read next time.");
                 break;
             }
-            let mut r = self.planner().ingest(partner_id, round.inputs.clone(), dry_run, false).await?;
+            let planner = Planner { stop: Some(stop.clone()), ..self.planner() };
+            let mut r = planner.ingest(partner_id, round.inputs.clone(), dry_run, false).await?;
             if !dry_run {
                 let outcome = source::Outcome {
                     members: std::mem::take(&mut r.members),
