@@ -193,7 +193,7 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub transport: TransportKind,
     /// The FHIR base URL, for example `https://fhir.example.nhs.uk/R4`.
-    pub base_url: String,
+    pub base_url: HttpUrl,
     /// Plain `http://` to anything but loopback is refused unless this is true (and then warned about).
     #[serde(default)]
     pub allow_insecure_http: bool,
@@ -259,9 +259,9 @@ pub struct FeedConfig {
     /// Deliver to a folder (for SFTP pick-up): each document is written whole, then renamed into place.
     pub folder: Option<PathBuf>,
     /// Deliver to the partner's FHIR R4 endpoint, as a transaction of PUTs (format must be `bundle`).
-    pub fhir_url: Option<String>,
+    pub fhir_url: Option<HttpUrl>,
     /// Deliver by HTTP POST of each document to the partner's webhook.
-    pub webhook_url: Option<String>,
+    pub webhook_url: Option<HttpUrl>,
     /// A file holding a bearer token sent to `fhir_url` or `webhook_url` (e.g. a systemd credential).
     pub token_file: Option<PathBuf>,
     /// Allow plain http:// to a host that is not loopback (only on a network protected otherwise).
@@ -405,7 +405,7 @@ impl DestinationConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// OAuth2 token endpoint (client credentials, sent with HTTP Basic).
-    pub token_url: String,
+    pub token_url: HttpUrl,
     pub client_id: String,
     /// File holding the client secret: a path, or a name looked up in `$CREDENTIALS_DIRECTORY` (systemd
     /// `LoadCredential=`) first.
@@ -717,6 +717,53 @@ pub fn check_url(url: &str, insecure_key: &str, allow_insecure: bool) -> Result<
              or set {insecure_key} = true if this network is protected otherwise"
         )),
         other => Err(format!("must start with https:// (or http:// for loopback), not {other}://")),
+    }
+}
+
+/// An `http(s)://` URL from the file, parsed as it is read: a URL that does not parse, has no host, carries
+/// user-info or another scheme is refused with its line. The text is kept as written (parsing would add a
+/// trailing `/`); whether plain http is allowed depends on the sibling `allow_insecure_http` and is checked
+/// with the rest of the file ([`check_url`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    pub fn parse(text: &str) -> Result<HttpUrl, String> {
+        let parsed = reqwest::Url::parse(text).map_err(|e| format!("\"{text}\" is not a URL ({e})"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("\"{text}\" must start with https:// (or http:// for loopback)"));
+        }
+        if parsed.host().is_none() {
+            return Err(format!("\"{text}\" has no host name"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err("a URL must not contain user-info (user:password@); put credentials in a secret file".into());
+        }
+        Ok(HttpUrl(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for HttpUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HttpUrl::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -77,7 +77,7 @@ pub enum SourceMode {
 #[serde(deny_unknown_fields)]
 pub struct ApiSource {
     /// The first page's URL (https, or http to loopback).
-    pub url: String,
+    pub url: super::HttpUrl,
     #[serde(default)]
     pub allow_insecure_http: bool,
     /// Given beside `url` (`auth = { bearer_file = "..." }`), not in `api`.
