@@ -60,11 +60,11 @@ pub use intent::SendIntent;
 pub use jobs::JobRun;
 pub use leader::LeaderGuard;
 pub use ledger::LedgerEntry;
-use ledger::{LEDGER_UPSERT, bind_ledger};
+use ledger::{LEDGER_UPSERT, LEDGER_UPSERT_ARRAYS, bind_ledger, bind_ledger_arrays};
+pub use outbox::{Completion, Op, OutboxItem, OutboxRow, QueueDepth};
 pub(crate) use outbox::{
     KEY_LEDGER_HASH, KEY_ROWS, OUTBOX_CANCEL, OUTBOX_DELETE_DEAD, OUTBOX_INSERT, OutboxDb, body_of,
 };
-pub use outbox::{Op, OutboxItem, OutboxRow, QueueDepth};
 pub use quarantine::QuarantineRecord;
 pub use sources::{FinishedFile, SourceStatus};
 

@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use super::error::redact_url;
 use super::plan::{self, Action, KeyState, StoredRow};
-use super::{OutboxDb, OutboxItem, Result, StoreError};
+use super::{Completion, OutboxDb, OutboxItem, Result, StoreError};
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -206,6 +206,120 @@ async fn key_state(conn: &mut PgConnection, item: &OutboxItem) -> Result<KeyStat
         state.add(row)?;
     }
     Ok(state)
+}
+
+/// [`super::Store::complete_many`] in one transaction and a few statements over arrays, whatever the number
+/// of rows: the ledger written, deleted resources' ledger entries and conflicts closed, the audit entries
+/// chained, withholdings and send intents cleared, and the outbox rows removed (as `ROW_DONE` says, in two
+/// passes) or, for rows replaced meanwhile, their leases cleared. The rows' keys must differ.
+pub(super) async fn complete(pool: &PgPool, done: &[Completion<'_>], now: i64) -> Result<()> {
+    let op = "complete";
+    let keys = |cs: &mut dyn Iterator<Item = &Completion<'_>>| {
+        let (mut d, mut t, mut i) = (Vec::new(), Vec::new(), Vec::new());
+        for c in cs {
+            d.push(c.row.item.destination.clone());
+            t.push(c.row.item.key.resource_type.clone());
+            i.push(c.row.item.key.id.clone());
+        }
+        (d, t, i)
+    };
+    let mut tx = pool.begin().await.map_err(StoreError::query(op))?;
+
+    let written: Vec<&super::LedgerEntry> = done.iter().filter_map(|c| c.ledger).collect();
+    if !written.is_empty() {
+        super::bind_ledger_arrays(sqlx::query(super::LEDGER_UPSERT_ARRAYS), &written)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("complete: writing the ledger"))?;
+    }
+    let (d, t, i) = keys(&mut done.iter().filter(|c| c.ledger.is_none()));
+    if !d.is_empty() {
+        // Deleted resources: nothing left to be in conflict about, nothing held.
+        sqlx::query(
+            "UPDATE conflicts c SET status = 'resolved', resolution = 'retracted', resolved_at = $4, \
+             updated_at = $4, base_json = NULL, source_json = NULL, remote_json = NULL \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+             WHERE c.destination = k.d AND c.resource_type = k.t AND c.resource_id = k.i AND c.status = 'open'",
+        )
+        .bind(&d)
+        .bind(&t)
+        .bind(&i)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: closing conflicts of deleted resources"))?;
+        sqlx::query(
+            "DELETE FROM ledger l USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+             WHERE l.destination = k.d AND l.resource_type = k.t AND l.resource_id = k.i",
+        )
+        .bind(&d)
+        .bind(&t)
+        .bind(&i)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: writing the ledger"))?;
+    }
+    let audits: Vec<&super::AuditEntry> = done.iter().filter_map(|c| c.audit).collect();
+    if !audits.is_empty() {
+        super::audit::append_chained_pg(&mut tx, &audits).await?;
+        let (d, t, i) = keys(&mut done.iter().filter(|c| c.audit.is_some()));
+        sqlx::query(
+            "DELETE FROM withheld w USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+             WHERE w.destination = k.d AND w.resource_type = k.t AND w.resource_id = k.i",
+        )
+        .bind(&d)
+        .bind(&t)
+        .bind(&i)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: clearing the withholding"))?;
+    }
+    // Recorded: no write of these keys is in doubt any more.
+    let (d, t, i) = keys(&mut done.iter());
+    sqlx::query(
+        "DELETE FROM send_intent s USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+         WHERE s.destination = k.d AND s.resource_type = k.t AND s.resource_id = k.i",
+    )
+    .bind(&d)
+    .bind(&t)
+    .bind(&i)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::query("complete: clearing the send intents"))?;
+
+    // The rows as leased (same seq); then, for those replaced meanwhile, a replacement that came back to
+    // the same content (leased under the old seq); the rest keep their newer plan, without the lease.
+    let mut left: Vec<&Completion<'_>> = done.iter().collect();
+    for sql in [
+        "DELETE FROM outbox o USING UNNEST($1::int8[], $2::text[], $3::text[]) AS u(s, op, h) \
+         WHERE o.seq = u.s AND o.op = u.op AND o.content_hash = u.h RETURNING u.s",
+        "DELETE FROM outbox o USING UNNEST($1::int8[], $2::text[], $3::text[]) AS u(s, op, h) \
+         WHERE o.lease_seq = u.s AND o.op = u.op AND o.content_hash = u.h AND o.dead = FALSE RETURNING u.s",
+    ] {
+        if left.is_empty() {
+            break;
+        }
+        let gone: Vec<i64> = sqlx::query_scalar(sql)
+            .bind(left.iter().map(|c| c.row.seq).collect::<Vec<_>>())
+            .bind(left.iter().map(|c| c.row.item.op.as_str()).collect::<Vec<_>>())
+            .bind(left.iter().map(|c| c.row.item.content_hash.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query("complete: removing the outbox rows"))?;
+        let gone: std::collections::HashSet<i64> = gone.into_iter().collect();
+        left.retain(|c| !gone.contains(&c.row.seq));
+    }
+    if !left.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_seq = NULL \
+             WHERE lease_seq = ANY($1) AND dead = FALSE",
+        )
+        .bind(left.iter().map(|c| c.row.seq).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: releasing the replaced outbox rows"))?;
+    }
+    tx.commit().await.map_err(StoreError::query(op))
 }
 
 /// Opens a connection of its own and tries the leader lock on it; `None` if another session holds it.
