@@ -111,101 +111,165 @@ pub(super) async fn lease(
     Ok(rows)
 }
 
-/// The writing pass of enqueue: one transaction; the advisory locks of all its keys are taken first, in key
-/// order (so two planners cannot deadlock), then each key is re-read (its outbox rows `FOR UPDATE`) and
-/// decided again.
+/// The writing pass of enqueue: one transaction and a few statements over arrays, whatever the number of
+/// items. The advisory locks of all its keys are taken first, in key order (so two planners cannot
+/// deadlock); then the keys' outbox rows are read `FOR UPDATE` and their ledger hashes after them, each
+/// item is decided again, and the decisions are applied: superseded dead letters and cancelled rows
+/// deleted, new rows inserted and replaced rows renumbered. New and replaced rows take numbers drawn from
+/// the outbox's sequence in one go and handed out in the items' order, so a person's writes keep the order
+/// they were planned in.
 pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Result<usize> {
+    use std::collections::HashMap;
     let op = "enqueue";
     let mut tx = pool.begin().await.map_err(StoreError::query(op))?;
     let mut locks: Vec<i32> =
         items.iter().map(|i| hash32(&[&i.destination, &i.key.resource_type, &i.key.id])).collect();
     locks.sort_unstable();
     locks.dedup();
-    for lock in locks {
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(LOCK_KEY)
-            .bind(lock)
+    // The array is read in its order, one row at a time: the locks are taken in key order.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM UNNEST($2::int4[]) WITH ORDINALITY AS l(k, n)")
+        .bind(LOCK_KEY)
+        .bind(&locks)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
+
+    let d: Vec<&str> = items.iter().map(|i| i.destination.as_str()).collect();
+    let t: Vec<&str> = items.iter().map(|i| i.key.resource_type.as_str()).collect();
+    let k: Vec<&str> = items.iter().map(|i| i.key.id.as_str()).collect();
+    // Rows first, under lock: a `complete` that committed before the locks were granted is then visible in
+    // the ledger read that follows (each statement sees what was committed when it started).
+    let rows: Vec<KeyedRow> = sqlx::query_as(
+        "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, o.lease_until \
+         FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+         ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i FOR UPDATE OF o",
+    )
+    .bind(&d)
+    .bind(&t)
+    .bind(&k)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::query("enqueue: reading the outbox"))?;
+    let hashes: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT l.destination, l.resource_type, l.resource_id, l.content_hash \
+         FROM ledger l JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+         ON l.destination = k.d AND l.resource_type = k.t AND l.resource_id = k.i",
+    )
+    .bind(&d)
+    .bind(&t)
+    .bind(&k)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::query("enqueue: reading the ledger"))?;
+    let mut states: HashMap<(String, String, String), KeyState> = HashMap::new();
+    for (dest, resource_type, id, hash) in hashes {
+        states.entry((dest, resource_type, id)).or_default().ledger_hash = Some(hash);
+    }
+    for KeyedRow { destination, row } in rows {
+        states.entry((destination, row.resource_type.clone(), row.resource_id.clone())).or_default().add(row)?;
+    }
+
+    let (mut gone_dead, mut cancelled) = (Vec::new(), Vec::new());
+    // (item, the pending row it replaces) in the items' order.
+    let mut numbered: Vec<(&OutboxItem, Option<i64>)> = Vec::new();
+    for item in items {
+        let key = (item.destination.clone(), item.key.resource_type.clone(), item.key.id.clone());
+        match plan::decide(&states.remove(&key).unwrap_or_default(), item, now) {
+            Action::Nothing => {}
+            Action::Insert { superseded_dead } => {
+                gone_dead.extend(superseded_dead);
+                numbered.push((item, None));
+            }
+            Action::Replace { seq } => numbered.push((item, Some(seq))),
+            Action::Cancel { seq } => cancelled.push(seq),
+        }
+    }
+    let changed = numbered.len() + cancelled.len();
+    if !gone_dead.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1) AND dead = TRUE")
+            .bind(&gone_dead)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::query(op))?;
     }
-    let mut changed = 0;
-    for item in items {
-        let state = key_state(&mut tx, item).await?;
-        match plan::decide(&state, item, now) {
-            Action::Nothing => continue,
-            Action::Insert { superseded_dead } => {
-                for seq in superseded_dead {
-                    sqlx::query(super::OUTBOX_DELETE_DEAD)
-                        .bind(seq)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::query(op))?;
-                }
-                sqlx::query(super::OUTBOX_INSERT)
-                    .bind(&item.destination)
-                    .bind(&item.key.resource_type)
-                    .bind(&item.key.id)
-                    .bind(&item.patient)
-                    .bind(item.op.as_str())
-                    .bind(&item.content_hash)
-                    .bind(super::body_of(item))
-                    .bind(now)
-                    .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query(op))?;
-            }
-            Action::Replace { seq } => {
-                sqlx::query(
-                    "UPDATE outbox SET seq = DEFAULT, patient = $2, op = $3, content_hash = $4, body = $5, \
-                     attempts = 0, not_before = $6, last_error = NULL, origin = $7 WHERE seq = $1",
-                )
-                .bind(seq)
-                .bind(&item.patient)
-                .bind(item.op.as_str())
-                .bind(&item.content_hash)
-                .bind(super::body_of(item))
-                .bind(now)
-                .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query(op))?;
-            }
-            Action::Cancel { seq } => {
-                sqlx::query(super::OUTBOX_CANCEL).bind(seq).execute(&mut *tx).await.map_err(StoreError::query(op))?;
-            }
-        }
-        changed += 1;
+    if !cancelled.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1) AND dead = FALSE")
+            .bind(&cancelled)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query(op))?;
+    }
+    if numbered.is_empty() {
+        tx.commit().await.map_err(StoreError::query(op))?;
+        return Ok(changed);
+    }
+    let mut seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('outbox', 'seq')) FROM generate_series(1, $1::int8)")
+            .bind(numbered.len() as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query(op))?;
+    seqs.sort_unstable();
+    let origin = |i: &OutboxItem| i.origin.as_ref().map(crate::model::Provenance::encode);
+    let (inserts, replaces): (Vec<_>, Vec<_>) =
+        numbered.iter().zip(&seqs).partition(|((_, replaced), _)| replaced.is_none());
+    if !inserts.is_empty() {
+        let col = |f: &dyn Fn(&OutboxItem) -> Option<String>| -> Vec<Option<String>> {
+            inserts.iter().map(|((i, _), _)| f(i)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO outbox (seq, destination, resource_type, resource_id, patient, op, content_hash, body, \
+             attempts, not_before, dead, created_at, origin) \
+             SELECT s, d, t, i, p, op, h, b, 0, $10, FALSE, $10, o FROM UNNEST($1::int8[], $2::text[], $3::text[], \
+             $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS u(s, d, t, i, p, op, h, b, o)",
+        )
+        .bind(inserts.iter().map(|(_, s)| **s).collect::<Vec<i64>>())
+        .bind(col(&|i| Some(i.destination.clone())))
+        .bind(col(&|i| Some(i.key.resource_type.clone())))
+        .bind(col(&|i| Some(i.key.id.clone())))
+        .bind(col(&|i| i.patient.clone()))
+        .bind(col(&|i| Some(i.op.as_str().to_string())))
+        .bind(col(&|i| Some(i.content_hash.clone())))
+        .bind(col(&|i| super::body_of(i).map(str::to_string)))
+        .bind(col(&|i| origin(i)))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
+    }
+    if !replaces.is_empty() {
+        let col = |f: &dyn Fn(&OutboxItem) -> Option<String>| -> Vec<Option<String>> {
+            replaces.iter().map(|((i, _), _)| f(i)).collect()
+        };
+        // Fresh numbers from the sequence never collide with a row's, so renumbering cannot trip the key.
+        sqlx::query(
+            "UPDATE outbox o SET seq = u.s, patient = u.p, op = u.op, content_hash = u.h, body = u.b, \
+             attempts = 0, not_before = $8, last_error = NULL, origin = u.o \
+             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+             AS u(old, s, p, op, h, b, o) WHERE o.seq = u.old",
+        )
+        .bind(replaces.iter().map(|((_, old), _)| old.unwrap_or_default()).collect::<Vec<i64>>())
+        .bind(replaces.iter().map(|(_, s)| **s).collect::<Vec<i64>>())
+        .bind(col(&|i| i.patient.clone()))
+        .bind(col(&|i| Some(i.op.as_str().to_string())))
+        .bind(col(&|i| Some(i.content_hash.clone())))
+        .bind(col(&|i| super::body_of(i).map(str::to_string)))
+        .bind(col(&|i| origin(i)))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
     }
     tx.commit().await.map_err(StoreError::query(op))?;
     Ok(changed)
 }
 
-async fn key_state(conn: &mut PgConnection, item: &OutboxItem) -> Result<KeyState> {
-    // Rows first, under lock: a `complete` that committed before the lock was granted is then visible in
-    // the ledger read that follows (each statement sees what was committed when it started).
-    let rows: Vec<StoredRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{} FOR UPDATE", super::KEY_ROWS)))
-        .bind(&item.destination)
-        .bind(&item.key.resource_type)
-        .bind(&item.key.id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(StoreError::query("enqueue: reading the outbox"))?;
-    let mut state = KeyState {
-        ledger_hash: sqlx::query_scalar(super::KEY_LEDGER_HASH)
-            .bind(&item.destination)
-            .bind(&item.key.resource_type)
-            .bind(&item.key.id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::query("enqueue: reading the ledger"))?,
-        ..KeyState::default()
-    };
-    for row in rows {
-        state.add(row)?;
-    }
-    Ok(state)
+/// An outbox row of a key, with its destination (one writing pass spans destinations).
+#[derive(sqlx::FromRow)]
+struct KeyedRow {
+    destination: String,
+    #[sqlx(flatten)]
+    row: StoredRow,
 }
 
 /// [`super::Store::complete_many`] in one transaction and a few statements over arrays, whatever the number
