@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use york_connector::model::JobName;
 use york_connector::store::{
-    Backend, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord, ResourceKey, Store, StoreError,
+    AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord,
+    ResourceKey, SendIntent, Store, StoreError,
 };
 
 use common::TempDir;
@@ -165,6 +166,8 @@ suite!(
     expired_lease_is_taken_over,
     complete_when_a_newer_plan_replaced_the_row,
     complete_delete_removes_the_ledger_entry,
+    complete_many_records_a_bundle_whole_or_not_at_all,
+    enqueue_numbers_a_batch_in_the_order_planned,
     dead_letter_and_retry,
     two_instances_never_lease_the_same_row,
     leader_election,
@@ -558,6 +561,156 @@ async fn complete_delete_removes_the_ledger_entry(db: &Db) {
     let mut wrong = sent(&rows[0], at(4));
     wrong.key.id = "other".into();
     assert!(matches!(store.complete(&rows[0], Some(&wrong), None).await, Err(StoreError::Invalid(_))));
+}
+
+/// A delivered bundle is recorded in one transaction: ledger entries written and removed, audit entries
+/// chained in the bundle's order, send intents cleared, outbox rows removed (a row replaced meanwhile keeps
+/// its newer plan, free to go) — and when any part fails, none of it is recorded.
+async fn complete_many_records_a_bundle_whole_or_not_at_all(db: &Db) {
+    let store = db.connect().await;
+    let doc = upsert(CITO, "DocumentReference", "d", Some("Patient/p"), "doc");
+    store.enqueue(std::slice::from_ref(&doc), t0()).await.unwrap();
+    deliver_all(&store, CITO, t0()).await;
+    let items = [
+        upsert(CITO, "Patient", "p", Some("Patient/p"), "p-1"),
+        upsert(CITO, "Encounter", "e1", Some("Patient/p"), "e1-1"),
+        upsert(CITO, "Encounter", "e2", Some("Patient/p"), "e2-1"),
+        upsert(CITO, "Observation", "o", Some("Patient/q"), "o-1"),
+        upsert(CITO, "Observation", "back", Some("Patient/q"), "back-1"),
+        delete(CITO, "DocumentReference", "d", Some("Patient/p")),
+    ];
+    store.enqueue(&items, at(1)).await.unwrap();
+    let rows = store.lease(CITO, "w", 10, LONG, at(1)).await.unwrap();
+    assert_eq!(ids(&rows), ["p", "e1", "e2", "o", "back", "d"]);
+    // While the bundle is on the wire: `o` gets a newer plan; `back` is replaced and planned back again.
+    let o2 = upsert(CITO, "Observation", "o", Some("Patient/q"), "o-2");
+    store.enqueue(std::slice::from_ref(&o2), at(2)).await.unwrap();
+    store.enqueue(&[upsert(CITO, "Observation", "back", Some("Patient/q"), "back-2")], at(2)).await.unwrap();
+    store.enqueue(std::slice::from_ref(&items[4]), at(2)).await.unwrap();
+    let intents: Vec<SendIntent> = rows
+        .iter()
+        .filter(|r| r.item.op == Op::Upsert)
+        .map(|r| SendIntent {
+            destination: CITO.into(),
+            resource_type: r.item.key.resource_type.clone(),
+            resource_id: r.item.key.id.clone(),
+            held_hash: format!("held-{}", r.item.key.id),
+            remote_id: r.item.key.id.clone(),
+            content_hash: r.item.content_hash.clone(),
+            since: at(1),
+            ..Default::default()
+        })
+        .collect();
+    store.intents_record(&intents).await.unwrap();
+
+    let entries: Vec<Option<LedgerEntry>> =
+        rows.iter().map(|r| (r.item.op == Op::Upsert).then(|| sent(r, at(3)))).collect();
+    let audits: Vec<AuditEntry> = rows
+        .iter()
+        .map(|r| AuditEntry {
+            at: at(3),
+            action: (if r.item.op == Op::Upsert { "disclosed" } else { "retracted" }).parse().unwrap(),
+            destination: Some(CITO.into()),
+            person: r.item.patient.clone(),
+            resource_type: Some(r.item.key.resource_type.clone()),
+            resource_id: Some(r.item.key.id.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let done: Vec<Completion<'_>> = rows
+        .iter()
+        .zip(&entries)
+        .zip(&audits)
+        .map(|((row, entry), audit)| Completion { row, ledger: entry.as_ref(), audit: Some(audit) })
+        .collect();
+
+    // The audit chain's head gone: the audit cannot be written, so nothing of the bundle is recorded.
+    let mut raw = db.raw().await;
+    let head: String = match &mut raw {
+        Raw::Sqlite(c) => {
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = 'audit_chain_head'").fetch_one(c).await.unwrap()
+        }
+        Raw::Postgres(c) => {
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = 'audit_chain_head'").fetch_one(c).await.unwrap()
+        }
+    };
+    raw.exec("DELETE FROM settings WHERE name = 'audit_chain_head'").await;
+    let err = store.complete_many(&done).await.expect_err("no audit, no record");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert_eq!(store.ledger_count(CITO).await.unwrap(), 1, "only the document delivered before");
+    assert!(store.ledger_get(CITO, &key("Patient", "p")).await.unwrap().is_none());
+    assert_eq!(store.intents_due(CITO, at(1_000_000), 100).await.unwrap().len(), 5, "intents kept");
+    assert_eq!(pending(&store, CITO).await.len(), 6, "every row still queued");
+    assert!(store.audit_list(&AuditFilter::default()).await.unwrap().is_empty());
+    raw.exec(&format!("INSERT INTO settings (name, value) VALUES ('audit_chain_head', '{head}')")).await;
+
+    // A ledger entry of another resource than its row is refused before anything is written.
+    let mut wrong = sent(&rows[0], at(3));
+    wrong.key.id = "other".into();
+    let mut bad = done.clone();
+    bad[0].ledger = Some(&wrong);
+    assert!(matches!(store.complete_many(&bad).await, Err(StoreError::Invalid(_))));
+
+    store.complete_many(&done).await.unwrap();
+    for row in &rows[..5] {
+        let entry = store.ledger_get(CITO, &row.item.key).await.unwrap().expect("recorded");
+        assert_eq!(entry.content_hash, row.item.content_hash);
+    }
+    assert_eq!(store.ledger_get(CITO, &doc.key).await.unwrap(), None, "the deleted document is forgotten");
+    assert!(store.intents_due(CITO, at(1_000_000), 100).await.unwrap().is_empty(), "nothing in doubt");
+    // Only o's newer plan is left, free to go at once.
+    let left = store.lease(CITO, "w2", 10, LONG, at(4)).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].item, o2);
+    // The audit holds the bundle in its order, chained.
+    let trail = store.audit_list(&AuditFilter::default()).await.unwrap();
+    let mut listed: Vec<(i64, String)> =
+        trail.iter().map(|a| (a.id, a.resource_id.clone().unwrap_or_default())).collect();
+    listed.sort();
+    assert_eq!(listed.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), ["p", "e1", "e2", "o", "back", "d"]);
+    let chain = store.audit_verify().await.unwrap();
+    assert_eq!((chain.chained, chain.head_count, &chain.broken), (6, 6, &None), "{chain:?}");
+    // And it grows on from there.
+    store.audit_append(&audits[0]).await.unwrap();
+    assert_eq!(store.audit_verify().await.unwrap().broken, None);
+    store.close().await;
+}
+
+/// Writes planned in one call are numbered in the order planned, whether they are new rows or replace
+/// pending ones, so one person's writes go out in that order.
+async fn enqueue_numbers_a_batch_in_the_order_planned(db: &Db) {
+    let store = db.connect().await;
+    store
+        .enqueue(
+            &[
+                upsert(CITO, "Patient", "p", Some("Patient/p"), "p-1"),
+                upsert(CITO, "Flag", "f", Some("Patient/p"), "f-1"),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+    // The Patient changes, with a new Encounter planned before and a new Condition after it; the Flag is
+    // planned unchanged.
+    let batch = [
+        upsert(CITO, "Encounter", "e", Some("Patient/p"), "e-1"),
+        upsert(CITO, "Patient", "p", Some("Patient/p"), "p-2"),
+        upsert(CITO, "Flag", "f", Some("Patient/p"), "f-1"),
+        upsert(CITO, "Condition", "c", Some("Patient/p"), "c-1"),
+    ];
+    assert_eq!(store.enqueue(&batch, at(1)).await.unwrap(), 3);
+    assert_eq!(ids(&pending(&store, CITO).await), ["f", "e", "p", "c"]);
+    // Many keys at once, across destinations, in one batch.
+    let many: Vec<OutboxItem> = (0..1200)
+        .map(|i| {
+            upsert(if i % 2 == 0 { CITO } else { PKB }, "Observation", &format!("o{i:04}"), Some("Patient/p"), "x")
+        })
+        .collect();
+    assert_eq!(store.enqueue(&many, at(2)).await.unwrap(), 1200);
+    let cito = pending(&store, CITO).await;
+    assert_eq!(cito.len(), 604);
+    assert!(cito[4..].windows(2).all(|w| w[0].item.key.id < w[1].item.key.id), "in the order planned");
+    assert_eq!(store.enqueue(&many, at(3)).await.unwrap(), 0);
 }
 
 async fn dead_letter_and_retry(db: &Db) {

@@ -219,6 +219,68 @@ async fn a_patient_already_on_the_destination_is_linked_not_duplicated() {
     assert!(cito.search_all(&format!("Encounter?subject=Patient/{ours}")).await.is_empty());
 }
 
+/// Issue 15: the new Patients of a leased batch are looked up together, with one `POST Patient/_search`
+/// whose form body OR-s their identifiers (not one search per person), so no NHS number is in any URL; a
+/// match found that way still links instead of creating a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_patients_are_looked_up_a_batch_at_a_time_and_never_in_a_url() {
+    let cito = Hfs::start().await;
+    let hospital = json!({"resourceType": "Patient", "id": "hospital-zoe", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990123403"}],
+        "name": [{"family": "Bronte", "given": ["Zoe"]}]});
+    let (status, _) = cito.put("Patient/hospital-zoe", &hospital).await;
+    assert!(status == 200 || status == 201);
+    let proxy = FaultProxy::start(&cito.base_url, FaultPlan::none());
+    let dir = TempDir::new("sync-lookups");
+    let config =
+        write_config(dir.path(), &[Dest { name: "cito", profile: "cito", url: proxy.base_url(), extra: "" }], &["hub"]);
+    let engine = engine(&config).await;
+    let report = engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    assert_eq!((report.delivery[0].linked, report.delivery[0].dead_lettered), (1, 0), "{report:?}");
+    let same_person = cito.search_all("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9990123403").await;
+    assert_eq!(same_person.len(), 1, "one Patient for the person");
+    assert_eq!(same_person[0]["id"], "hospital-zoe");
+
+    let log = proxy.log();
+    let searches: Vec<_> = log.iter().filter(|r| r.target.ends_with("/Patient/_search")).collect();
+    assert!(searches.iter().all(|r| r.method == "POST"), "searches go by POST");
+    let per_search: Vec<usize> = searches
+        .iter()
+        .map(|r| {
+            let form = String::from_utf8_lossy(&r.body).to_string();
+            assert!(form.contains("nhs-number"), "the NHS numbers are in the form body: {form}");
+            form.split('&').find_map(|p| p.strip_prefix("identifier=")).map_or(0, |v| v.split(',').count())
+        })
+        .collect();
+    let bundles: Vec<_> = log.iter().filter(|r| r.method == "POST" && r.target == "/").collect();
+    let created = bundles
+        .iter()
+        .flat_map(|r| entries(r))
+        .filter(|e| {
+            e["request"]["method"] == "PUT" && e["request"]["url"].as_str().is_some_and(|u| u.starts_with("Patient/"))
+        })
+        .count();
+    let searched: usize = per_search.iter().sum();
+    eprintln!(
+        "first load: {} requests, {} bundles, {created} Patients created, 1 linked, {} searches for {searched} people",
+        log.len(),
+        bundles.len(),
+        searches.len()
+    );
+    assert_eq!(searched, created + 1, "every new Patient is looked up once: {per_search:?}");
+    assert!(searches.len() <= bundles.len(), "at most one search per batch: {per_search:?}");
+    assert!(per_search.iter().any(|&n| n > 1), "a search asks for several people: {per_search:?}");
+    // No NHS number (nor any identifier) in a request line.
+    for r in &log {
+        let digits: Vec<&str> = r.target.split(|c: char| !c.is_ascii_digit()).filter(|d| d.len() >= 10).collect();
+        assert!(
+            digits.is_empty() && !r.target.contains("identifier") && !r.target.contains("nhs"),
+            "{} {}",
+            r.method,
+            r.target
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_are_survived_and_a_refused_resource_is_dead_lettered_alone() {
     let cito = Hfs::start().await;

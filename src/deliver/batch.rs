@@ -10,19 +10,31 @@ use tracing::{error, info};
 
 use super::intents::intent_of;
 use super::merge::merge_and_send;
-use super::records::{audit_entry, held_entry, ledger_entry};
+use super::records::{Settled, audit_entry, held_entry, ledger_entry};
 use super::retry::send_retrying;
 use super::transport::{Method, TransportError, Write, Written};
 use super::{DeliveryReport, Destination};
 use crate::model::{AuditAction, Provenance};
 use crate::policy::Permit;
-use crate::store::{LedgerEntry, OutboxRow, ResourceKey, SendIntent, Store, StoreError};
+use crate::store::{AuditEntry, Completion, LedgerEntry, OutboxRow, ResourceKey, SendIntent, Store, StoreError};
 
-/// Sends rows as bundles, splitting a refused bundle to find the resource the server refuses.
+/// Records rows settled without a write (see [`Settled`]) on their own, when no bundle took them along.
+pub(super) async fn record_settled(store: &Store, settled: &mut Vec<Settled>) -> Result<(), StoreError> {
+    let done: Vec<Completion<'_>> = settled.iter().map(Settled::completion).collect();
+    store.complete_many(&done).await?;
+    settled.clear();
+    Ok(())
+}
+
+/// Sends rows as bundles, splitting a refused bundle to find the resource the server refuses. Each bundle
+/// that lands is recorded in one transaction (ledger, audit, outbox), together with the rows `settled`
+/// without a write, which are recorded on their own if no bundle lands.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send_rows(
     store: &Store,
     dest: &Destination,
     rows: Vec<(OutboxRow, Write)>,
+    mut settled: Vec<Settled>,
     ledger: &HashMap<ResourceKey, LedgerEntry>,
     permits: &HashMap<i64, Permit>,
     report: &mut DeliveryReport,
@@ -42,27 +54,42 @@ pub(super) async fn send_rows(
         match send_retrying(dest, stop, || dest.transport.send(&writes)).await {
             Ok(results) => {
                 dest.breaker.success();
-                for ((row, write), Written { version_id }) in chunk.iter().zip(results) {
-                    let action =
-                        if write.method == Method::Put { AuditAction::Disclosed } else { AuditAction::Retracted };
-                    let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
-                    let audited = !row.item.origin.as_ref().is_some_and(Provenance::is_audit_copy);
-                    let entry = match &write.body {
-                        Some(body) => held_entry(
-                            dest,
-                            row,
-                            &write.id,
-                            version_id,
-                            body,
-                            body,
-                            ledger.get(&row.item.key),
-                            false,
-                            true,
-                        ),
-                        None => ledger_entry(&dest.name, row, &write.id, version_id, false),
-                    };
-                    let entry = (write.method == Method::Put).then_some(&entry);
-                    store.complete(row, entry, audited.then_some(&audit)).await?;
+                let recorded: Vec<(Option<LedgerEntry>, Option<AuditEntry>)> = chunk
+                    .iter()
+                    .zip(results)
+                    .map(|((row, write), Written { version_id })| {
+                        let action =
+                            if write.method == Method::Put { AuditAction::Disclosed } else { AuditAction::Retracted };
+                        let audit = audit_entry(&dest.name, row, action, version_id.as_deref(), permits.get(&row.seq));
+                        let audited = !row.item.origin.as_ref().is_some_and(Provenance::is_audit_copy);
+                        let entry = match &write.body {
+                            Some(body) => held_entry(
+                                dest,
+                                row,
+                                &write.id,
+                                version_id,
+                                body,
+                                body,
+                                ledger.get(&row.item.key),
+                                false,
+                                true,
+                            ),
+                            None => ledger_entry(&dest.name, row, &write.id, version_id, false),
+                        };
+                        ((write.method == Method::Put).then_some(entry), audited.then_some(audit))
+                    })
+                    .collect();
+                // The bundle landed whole (a transaction): it is recorded whole, in one transaction.
+                let mut done: Vec<Completion<'_>> = settled.iter().map(Settled::completion).collect();
+                done.extend(chunk.iter().zip(&recorded).map(|((row, _), (entry, audit))| Completion {
+                    row,
+                    ledger: entry.as_ref(),
+                    audit: audit.as_ref(),
+                }));
+                store.complete_many(&done).await?;
+                drop(done);
+                settled.clear();
+                for (row, write) in &chunk {
                     if write.method == Method::Delete
                         && write.resource_type == "Patient"
                         && let Some(person) = &row.item.patient
@@ -106,7 +133,7 @@ pub(super) async fn send_rows(
                 // The daemon is stopping: nothing failed. The rows keep their leases until the daemon releases
                 // them on the way out; the intents just recorded are settled by the next pass.
                 report.deferred += chunk.len() as u64 + stack.iter().map(|c| c.len() as u64).sum::<u64>();
-                return Ok(());
+                return record_settled(store, &mut settled).await;
             }
             Err(e) => {
                 // Transient after every retry, or a setup problem: everything left waits for a later pass.
@@ -118,9 +145,9 @@ pub(super) async fn send_rows(
                     store.retry_later(row.seq, later, &e.full_text()).await?;
                     report.deferred += 1;
                 }
-                return Ok(());
+                return record_settled(store, &mut settled).await;
             }
         }
     }
-    Ok(())
+    record_settled(store, &mut settled).await
 }

@@ -209,38 +209,41 @@ impl Transport for FhirTransport {
         identifier: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Found>, TransportError>> {
         Box::pin(async move {
-            // POST _search with a form body: the identifier (an NHS number) stays out of the URL, so out of
-            // error messages and the destination's access logs.
-            let form = format!("identifier={}", url_encode(identifier));
-            let resp = self
-                .request_with(
-                    HttpMethod::POST,
-                    &format!("{resource_type}/_search"),
-                    Some(("application/x-www-form-urlencoded", form)),
-                )
-                .await?;
-            if !resp.status().is_success() {
-                return Err(failure(resp).await);
+            let (page, _) = self.search_identifiers(resource_type, &[identifier], None).await?;
+            Ok(matches_of(&page, resource_type, identifier))
+        })
+    }
+
+    fn find_each<'a>(
+        &'a self,
+        resource_type: &'a str,
+        identifiers: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<Found>>, TransportError>> {
+        Box::pin(async move {
+            let mut out: Vec<Vec<Found>> = vec![Vec::new(); identifiers.len()];
+            // Identifiers with a comma would read as several values: each of those is searched alone.
+            let (alone, together): (Vec<usize>, Vec<usize>) =
+                (0..identifiers.len()).partition(|&i| identifiers[i].contains(','));
+            let mut todo: Vec<Vec<usize>> = together.chunks(LOOKUP_CHUNK).map(<[usize]>::to_vec).collect();
+            todo.extend(alone.into_iter().map(|i| vec![i]));
+            while let Some(group) = todo.pop() {
+                let wanted: Vec<&str> = group.iter().map(|&i| identifiers[i].as_str()).collect();
+                let count = (2 * wanted.len()).clamp(20, 1000);
+                let (page, more) = self.search_identifiers(resource_type, &wanted, Some(count)).await?;
+                if more && group.len() > 1 {
+                    // More matches than one page holds: ask again in halves rather than follow the `next`
+                    // link, which would carry the identifiers in a URL.
+                    let mut first = group;
+                    let second = first.split_off(first.len() / 2);
+                    todo.push(second);
+                    todo.push(first);
+                    continue;
+                }
+                for (&i, identifier) in group.iter().zip(&wanted) {
+                    out[i] = matches_of(&page, resource_type, identifier);
+                }
             }
-            let bundle = http::read_json(resp, MAX_PAGE_BYTES, "the search response").await?;
-            Ok(bundle["entry"]
-                .as_array()
-                .map(|es| {
-                    es.iter()
-                        .filter(|e| e["search"]["mode"].as_str().is_none_or(|m| m == "match"))
-                        .filter_map(|e| {
-                            let r = e["resource"].clone();
-                            // Kept only when it does carry the identifier: a server that ignored the
-                            // search (or the form body) must not make another person's record a match.
-                            (r["resourceType"] == resource_type && carries(&r, identifier)).then(|| Found {
-                                id: r["id"].as_str().unwrap_or_default().to_string(),
-                                version_id: r["meta"]["versionId"].as_str().map(str::to_string),
-                                resource: r,
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default())
+            Ok(out)
         })
     }
 
@@ -267,6 +270,64 @@ impl Transport for FhirTransport {
             http::read_json(resp, MAX_PAGE_BYTES, "the page").await
         })
     }
+}
+
+/// Identifiers per search when looking many up at once: well under what servers take in one search
+/// (HFS fails somewhere between 800 and 1000 OR-ed values).
+const LOOKUP_CHUNK: usize = 100;
+
+impl FhirTransport {
+    /// One `POST [type]/_search` for resources carrying any of `identifiers`, with a form body: the
+    /// identifiers (NHS numbers) stay out of the URL, so out of error messages and the destination's access
+    /// logs. Returns the first page and whether the server has more (a `next` link, never followed here).
+    async fn search_identifiers(
+        &self,
+        resource_type: &str,
+        identifiers: &[&str],
+        count: Option<usize>,
+    ) -> Result<(Value, bool), TransportError> {
+        let mut form =
+            format!("identifier={}", identifiers.iter().map(|i| url_encode(i)).collect::<Vec<_>>().join(","));
+        if let Some(n) = count {
+            form.push_str(&format!("&_count={n}"));
+        }
+        let resp = self
+            .request_with(
+                HttpMethod::POST,
+                &format!("{resource_type}/_search"),
+                Some(("application/x-www-form-urlencoded", form)),
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(failure(resp).await);
+        }
+        let bundle = http::read_json(resp, MAX_PAGE_BYTES, "the search response").await?;
+        let more = bundle["link"].as_array().is_some_and(|ls| ls.iter().any(|l| l["relation"] == "next"));
+        Ok((bundle, more))
+    }
+}
+
+/// The resources of a search answer that are matches of type `resource_type` and carry `identifier`: a
+/// server that ignored the search (or the form body), or another identifier's match, must not make another
+/// person's record a match.
+fn matches_of(bundle: &Value, resource_type: &str, identifier: &str) -> Vec<Found> {
+    bundle["entry"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["search"]["mode"].as_str().is_none_or(|m| m == "match"))
+                .filter(|e| e["resource"]["resourceType"] == resource_type && carries(&e["resource"], identifier))
+                .map(|e| {
+                    let r = e["resource"].clone();
+                    Found {
+                        id: r["id"].as_str().unwrap_or_default().to_string(),
+                        version_id: r["meta"]["versionId"].as_str().map(str::to_string),
+                        resource: r,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl FhirTransport {
@@ -486,6 +547,63 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(found.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["same"]);
+    }
+
+    /// Many identifiers are looked up with one `POST Patient/_search` (the identifiers OR-ed in the form
+    /// body, none in the request line); the answer is matched back by identifier; a page with a `next` link
+    /// is asked again in halves instead of following the link (which carries the identifiers in its URL).
+    #[tokio::test]
+    async fn many_identifiers_are_found_with_few_posted_searches() {
+        let nhs = |v: &str| format!("https://fhir.nhs.uk/Id/nhs-number|{v}");
+        let held = [("a", "9990123403"), ("b", "9992115785"), ("b2", "9992115785")];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = lines.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                seen.lock().unwrap().push(text.lines().next().unwrap_or_default().to_string());
+                let form = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+                let wanted = form.split('&').find_map(|p| p.strip_prefix("identifier=")).unwrap_or_default();
+                let values: Vec<&str> = wanted.split(',').collect();
+                let entry: Vec<Value> = held
+                    .iter()
+                    .filter(|(_, v)| values.iter().any(|w| w.ends_with(v)))
+                    .map(|(id, v)| json!({"resource": {"resourceType": "Patient", "id": id, "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": v}]}}))
+                    .collect();
+                // Pretend a page holds two people's answers at most.
+                let link = if values.len() > 2 {
+                    json!([{"relation": "next", "url": "http://x/Patient?identifier=..."}])
+                } else {
+                    json!([])
+                };
+                let body =
+                    json!({"resourceType": "Bundle", "type": "searchset", "link": link, "entry": entry}).to_string();
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                            .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let t = transport(&format!("http://{addr}/fhir"));
+        let two = [nhs("9990123403"), nhs("9992115785")];
+        let found = t.find_each("Patient", &two).await.unwrap();
+        let ids = |f: &Vec<Found>| f.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
+        assert_eq!(found.iter().map(ids).collect::<Vec<_>>(), [vec!["a"], vec!["b", "b2"]]);
+        assert_eq!(lines.lock().unwrap().clone(), ["POST /fhir/Patient/_search HTTP/1.1"], "one search");
+        // Three: the first page is not whole, so two searches more, in halves.
+        lines.lock().unwrap().clear();
+        let three = [nhs("9990123403"), nhs("9990000018"), nhs("9992115785")];
+        let found = t.find_each("Patient", &three).await.unwrap();
+        assert_eq!(found.iter().map(ids).collect::<Vec<_>>(), [vec!["a"], vec![], vec!["b", "b2"]]);
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines.iter().all(|l| l == "POST /fhir/Patient/_search HTTP/1.1"), "{lines:?}");
     }
 
     /// A `next` link is parsed: user-info tricks and other servers are refused before the token goes there.

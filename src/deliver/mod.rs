@@ -1,6 +1,7 @@
 //! Deliver: drains a destination's outbox. Rows are leased in order (per patient), Patients are matched to
-//! ones that already exist there, references to linked Patients are rewritten, and writes go out as
-//! transaction bundles with `If-Match`. Transient failures are retried with exponential backoff and jitter
+//! ones that already exist there (a batch's new Patients looked up with one search), references to linked
+//! Patients are rewritten, and writes go out as transaction bundles with `If-Match`; a bundle that lands is
+//! recorded (ledger, audit, outbox) in one state-store transaction. Transient failures are retried with exponential backoff and jitter
 //! (honouring `Retry-After`; a backoff ends at once when the daemon stops); a bundle the server refuses is split until the refused resource is found, and
 //! that one alone goes to the dead letter with the server's OperationOutcome. A destination that keeps failing
 //! trips its circuit breaker and is paused.

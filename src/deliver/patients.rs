@@ -1,5 +1,6 @@
-//! Patient matching: before creating a Patient, look the person up on the destination by NHS number (else the
-//! partner's identifier) and link to one that exists instead; references to linked Patients are rewritten.
+//! Patient matching: before creating Patients, look the people up on the destination by NHS number (else the
+//! partner's identifier), all of a batch at once, and link to ones that exist instead; references to linked
+//! Patients are rewritten.
 
 use std::collections::HashMap;
 
@@ -8,12 +9,12 @@ use tokio::sync::watch;
 use tracing::info;
 
 use super::Destination;
-use super::records::{audit_entry, ledger_entry};
+use super::records::{Settled, audit_entry, ledger_entry};
 use super::retry::send_retrying;
-use super::transport::TransportError;
+use super::transport::{Found, TransportError};
 use crate::model::AuditAction;
 use crate::policy::Permit;
-use crate::store::{OutboxRow, ResourceKey, Store};
+use crate::store::{OutboxRow, ResourceKey};
 
 use crate::model::fhir::NHS_NUMBER_SYSTEM as NHS_SYSTEM;
 
@@ -52,6 +53,7 @@ pub(super) fn rewrite_references(v: &mut Value, links: &HashMap<String, String>)
     }
 }
 
+#[derive(Debug, Clone)]
 pub(super) enum Outcome {
     Defer(String),
     Dead(String),
@@ -59,40 +61,51 @@ pub(super) enum Outcome {
     Stopped,
 }
 
-/// Looks the person up on the destination before creating them. Returns the id of someone else's Patient
-/// to link to (after recording the link), or `None` to create ours.
-pub(super) async fn match_patient(
-    store: &Store,
+/// Looks up, on the destination, everyone a batch is about to create: all `identifiers` (see
+/// [`match_identifier`]) in as few searches as the transport allows (FHIR: one `POST Patient/_search`
+/// per hundred, the NHS numbers in the form body, never in a URL). Returns what was found for each.
+pub(super) async fn look_up(
     dest: &Destination,
-    row: &OutboxRow,
-    body: Option<&Value>,
-    permit: Option<&Permit>,
+    identifiers: &[String],
     stop: &watch::Receiver<bool>,
-) -> Result<Option<String>, Outcome> {
-    let Some(identifier) = body.and_then(match_identifier) else { return Ok(None) };
+) -> Result<HashMap<String, Vec<Found>>, Outcome> {
+    if identifiers.is_empty() {
+        return Ok(HashMap::new());
+    }
     let found =
-        send_retrying(dest, stop, || dest.transport.find("Patient", &identifier)).await.map_err(|e| match e {
+        send_retrying(dest, stop, || dest.transport.find_each("Patient", identifiers)).await.map_err(|e| match e {
             TransportError::Stopped => Outcome::Stopped,
-            e => Outcome::Defer(format!("looking the Patient up on {}: {e}", dest.name)),
+            e => Outcome::Defer(format!("looking the Patients up on {}: {e}", dest.name)),
         })?;
-    let others: Vec<_> = found.iter().filter(|f| f.id != row.item.key.id).collect();
+    Ok(identifiers.iter().cloned().zip(found).collect())
+}
+
+/// What the destination holding `found` (the Patients carrying this one's identifier) means for `row`, a
+/// Patient about to be created: `None` to create ours (nobody else's is there, or ours already is), the
+/// Patient to link to when exactly one other is there, and a dead letter when several are (the connector
+/// will not guess which is right).
+pub(super) fn decide<'f>(found: &'f [Found], row: &OutboxRow, dest: &str) -> Result<Option<&'f Found>, Outcome> {
+    let others: Vec<&Found> = found.iter().filter(|f| f.id != row.item.key.id).collect();
     if found.iter().any(|f| f.id == row.item.key.id) || others.is_empty() {
         return Ok(None);
     }
     if others.len() > 1 {
         return Err(Outcome::Dead(format!(
-            "{} Patients on {} share this person's identifier; the connector will not guess which is right: merge them there, then `connector outbox retry {}`",
+            "{} Patients on {dest} share this person's identifier; the connector will not guess which is right: merge them there, then `connector outbox retry {}`",
             others.len(),
-            dest.name,
             row.seq
         )));
     }
-    let other = others[0];
-    let entry = ledger_entry(&dest.name, row, &other.id, other.version_id.clone(), true);
-    let audit = audit_entry(&dest.name, row, AuditAction::Linked, other.version_id.as_deref(), permit);
-    store.complete(row, Some(&entry), Some(&audit)).await.map_err(|e| Outcome::Defer(e.to_string()))?;
-    info!(destination = %dest.name, resource = %row.item.key.id, remote = %other.id, "Linked to an existing Patient.");
-    Ok(Some(other.id.clone()))
+    Ok(Some(others[0]))
+}
+
+/// The link to someone else's Patient, to be recorded (with the bundle it goes out with): the ledger
+/// entry pointing at theirs, and its audit entry.
+pub(super) fn link_to(dest: &str, row: OutboxRow, other: &Found, permit: Option<&Permit>) -> Settled {
+    let ledger = ledger_entry(dest, &row, &other.id, other.version_id.clone(), true);
+    let audit = audit_entry(dest, &row, AuditAction::Linked, other.version_id.as_deref(), permit);
+    info!(destination = %dest, resource = %row.item.key.id, remote = %other.id, "Linked to an existing Patient.");
+    Settled { row, ledger, audit: Some(audit) }
 }
 
 #[cfg(test)]
@@ -105,6 +118,42 @@ mod tests {
         assert_eq!(match_identifier(&p).unwrap(), format!("{NHS_SYSTEM}|9990000018"));
         let p = serde_json::json!({"identifier": [{"system": "https://id.example/hub/client", "value": "H1"}]});
         assert_eq!(match_identifier(&p).unwrap(), "https://id.example/hub/client|H1");
+    }
+
+    /// What a look-up's answer means for one new Patient: nobody else there, or ours already: create (or
+    /// update) ours; exactly one other: link to it; several others: a dead letter for an admin.
+    #[test]
+    fn a_match_links_only_when_it_is_one_other_patient() {
+        let found = |ids: &[&str]| -> Vec<Found> {
+            ids.iter()
+                .map(|id| Found { id: id.to_string(), version_id: Some("1".into()), resource: serde_json::json!({}) })
+                .collect()
+        };
+        let row = OutboxRow {
+            seq: 7,
+            item: crate::store::OutboxItem {
+                destination: "pkb".into(),
+                key: ResourceKey::new("Patient", "ours"),
+                patient: None,
+                op: crate::store::Op::Upsert,
+                content_hash: String::new(),
+                body: None,
+                origin: None,
+            },
+            attempts: 0,
+            not_before: chrono::Utc::now(),
+            last_error: None,
+            dead: false,
+            created_at: chrono::Utc::now(),
+        };
+        assert!(matches!(decide(&found(&[]), &row, "pkb"), Ok(None)));
+        assert!(matches!(decide(&found(&["ours"]), &row, "pkb"), Ok(None)));
+        assert!(matches!(decide(&found(&["ours", "theirs"]), &row, "pkb"), Ok(None)));
+        assert!(matches!(decide(&found(&["theirs"]), &row, "pkb"), Ok(Some(f)) if f.id == "theirs"));
+        match decide(&found(&["a", "b"]), &row, "pkb") {
+            Err(Outcome::Dead(msg)) => assert!(msg.contains("2 Patients") && msg.contains("outbox retry 7"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

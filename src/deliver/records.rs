@@ -8,7 +8,21 @@ use super::Destination;
 use crate::model::AuditAction;
 use crate::model::Provenance;
 use crate::policy::Permit;
-use crate::store::{AuditEntry, LedgerEntry, Op, OutboxRow};
+use crate::store::{AuditEntry, Completion, LedgerEntry, Op, OutboxRow};
+
+/// A row settled without being sent (a Patient linked to someone else's, a row of a linked resource): what
+/// to record of it, with the bundle it goes out with (one transaction).
+pub(super) struct Settled {
+    pub row: OutboxRow,
+    pub ledger: LedgerEntry,
+    pub audit: Option<AuditEntry>,
+}
+
+impl Settled {
+    pub fn completion(&self) -> Completion<'_> {
+        Completion { row: &self.row, ledger: Some(&self.ledger), audit: self.audit.as_ref() }
+    }
+}
 
 pub(super) fn ledger_entry(
     dest: &str,

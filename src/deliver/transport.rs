@@ -123,6 +123,22 @@ pub trait Transport: Send + Sync {
         resource_type: &'a str,
         identifier: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Found>, TransportError>>;
+    /// Finds resources of a type for each of several identifiers (`system|value`): the answer holds, in the
+    /// order of `identifiers`, the resources carrying each. A transport that can ask for many at once does
+    /// (FHIR: one search with the identifiers OR-ed); this default asks for each in turn.
+    fn find_each<'a>(
+        &'a self,
+        resource_type: &'a str,
+        identifiers: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<Found>>, TransportError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(identifiers.len());
+            for identifier in identifiers {
+                out.push(self.find(resource_type, identifier).await?);
+            }
+            Ok(out)
+        })
+    }
     /// Reads one resource; `None` when it does not exist (or was deleted).
     fn read<'a>(&'a self, resource_type: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<Found>, TransportError>>;
     /// Reads one version of a resource; `None` when the destination does not have it (any more).

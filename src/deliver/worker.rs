@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::batch::send_rows;
+use super::batch::{record_settled, send_rows};
 use super::intents::settle_intents;
 use super::merge::{conflict_refresh, merge_and_send};
-use super::patients::{Outcome, match_identifier, match_patient, patient_key, rewrite_references};
-use super::records::{audit_entry, ledger_entry};
+use super::patients::{Outcome, decide, link_to, look_up, match_identifier, patient_key, rewrite_references};
+use super::records::{Settled, audit_entry, ledger_entry};
 use super::transport::{Method, Write};
 use super::{DeliveryReport, Destination};
 use crate::model::AuditAction;
@@ -208,7 +208,30 @@ async fn process(
         }
     }
 
+    // Everyone this batch is about to create, looked up on the destination at once.
+    let identifiers: Vec<String> = {
+        let mut v: Vec<String> = rows
+            .iter()
+            .zip(&bodies)
+            .filter(|(row, _)| {
+                row.item.op == Op::Upsert
+                    && row.item.key.resource_type == "Patient"
+                    && !ledger.contains_key(&row.item.key)
+            })
+            .filter_map(|(_, body)| body.as_ref().ok().and_then(Option::as_ref).and_then(match_identifier))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let lookups = if *stop.borrow() { Err(Outcome::Stopped) } else { look_up(dest, &identifiers, stop).await };
+    if !identifiers.is_empty() {
+        debug!(destination = %dest.name, patients = identifiers.len(), found = lookups.as_ref().map_or(0, |l| l.values().filter(|f| !f.is_empty()).count()), "Looked up the batch's new Patients.");
+    }
+
     let mut to_send: Vec<(OutboxRow, Write)> = Vec::new();
+    // Rows settled without a write (links): recorded with the bundle, in its transaction.
+    let mut settled: Vec<Settled> = Vec::new();
     // Patients this batch creates or links, by matching identifier: a second partner's Patient for the same
     // person in the same batch links to the first instead of searching before it exists (and duplicating).
     let mut batch_patients: HashMap<String, String> = HashMap::new();
@@ -224,7 +247,7 @@ async fn process(
             let mut updated = entry.clone();
             updated.content_hash = row.item.content_hash.clone();
             updated.updated_at = Utc::now();
-            store.complete(&row, Some(&updated), None).await?;
+            settled.push(Settled { row, ledger: updated, audit: None });
             continue;
         }
         let body = match body {
@@ -240,36 +263,43 @@ async fn process(
             if let Some(first) = identifier.as_ref().and_then(|i| batch_patients.get(i)).cloned() {
                 let entry = ledger_entry(&dest.name, &row, &first, None, true);
                 let audit = audit_entry(&dest.name, &row, AuditAction::Linked, None, permits.get(&row.seq));
-                store.complete(&row, Some(&entry), Some(&audit)).await?;
                 links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{first}"));
+                settled.push(Settled { row, ledger: entry, audit: Some(audit) });
                 report.linked += 1;
                 continue;
             }
-            let matched = match_patient(store, dest, &row, body.as_ref(), permits.get(&row.seq), stop).await;
-            if let (Some(i), Ok(found)) = (&identifier, &matched) {
-                batch_patients.insert(i.clone(), found.clone().unwrap_or_else(|| row.item.key.id.clone()));
-            }
-            match matched {
-                Ok(Some(remote_id)) => {
-                    links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{remote_id}"));
-                    report.linked += 1;
-                    continue;
+            if let Some(i) = &identifier {
+                let matched = match &lookups {
+                    Ok(found) => decide(found.get(i).map_or(&[][..], Vec::as_slice), &row, &dest.name),
+                    Err(e) => Err(e.clone()),
+                };
+                if let Ok(found) = &matched {
+                    batch_patients.insert(i.clone(), found.map_or_else(|| row.item.key.id.clone(), |f| f.id.clone()));
                 }
-                Ok(None) => {}
-                Err(Outcome::Defer(msg)) => {
-                    store.retry_later(row.seq, Utc::now() + dest.defer, &msg).await?;
-                    report.deferred += 1;
-                    continue;
-                }
-                Err(Outcome::Stopped) => {
-                    report.deferred += 1;
-                    continue;
-                }
-                Err(Outcome::Dead(msg)) => {
-                    error!(destination = %dest.name, resource = %row.item.key.id, "Patient match is ambiguous; dead-lettered.");
-                    store.dead_letter(row.seq, &msg).await?;
-                    report.dead_lettered += 1;
-                    continue;
+                match matched {
+                    Ok(Some(other)) => {
+                        links.insert(format!("Patient/{}", row.item.key.id), format!("Patient/{}", other.id));
+                        let permit = permits.get(&row.seq);
+                        settled.push(link_to(&dest.name, row, other, permit));
+                        report.linked += 1;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(Outcome::Defer(msg)) => {
+                        store.retry_later(row.seq, Utc::now() + dest.defer, &msg).await?;
+                        report.deferred += 1;
+                        continue;
+                    }
+                    Err(Outcome::Stopped) => {
+                        report.deferred += 1;
+                        continue;
+                    }
+                    Err(Outcome::Dead(msg)) => {
+                        error!(destination = %dest.name, resource = %row.item.key.id, "Patient match is ambiguous; dead-lettered.");
+                        store.dead_letter(row.seq, &msg).await?;
+                        report.dead_lettered += 1;
+                        continue;
+                    }
                 }
             }
         }
@@ -300,8 +330,9 @@ async fn process(
     }
     if *stop.borrow() {
         report.deferred += to_send.len() as u64;
+        record_settled(store, &mut settled).await?;
         return Ok(report);
     }
-    send_rows(store, dest, to_send, &ledger, &permits, &mut report, stop).await?;
+    send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop).await?;
     Ok(report)
 }

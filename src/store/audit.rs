@@ -113,6 +113,75 @@ macro_rules! audit_conn {
 audit_conn!(sqlx::SqliteConnection);
 audit_conn!(sqlx::PgConnection);
 
+/// Appends `entries`, chained in their order, inside the caller's transaction, with three statements
+/// whatever their number: the head locked and read, the entries inserted from arrays, the head moved.
+///
+/// The database numbers the rows as the array yields them, which is the chain's order; that is checked
+/// (the ids returned must rise in chain order) and the transaction fails rather than leave a chain that
+/// `audit verify` would report broken. No sequence privilege is needed (the role may only INSERT here).
+pub(crate) async fn append_chained_pg(conn: &mut sqlx::PgConnection, entries: &[&AuditEntry]) -> Result<()> {
+    let op = "writing the audit trail";
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let head: Option<String> =
+        sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
+    let head = head.ok_or(StoreError::Corrupt {
+        what: "settings.audit_chain_head",
+        detail: "missing (the audit chain's head was deleted)".into(),
+    })?;
+    let (count, mut prev) = parse_head(&head)?;
+    let (mut prevs, mut hashes) = (Vec::with_capacity(entries.len()), Vec::with_capacity(entries.len()));
+    for e in entries {
+        let hash = chain_hash(&prev, e);
+        prevs.push(std::mem::replace(&mut prev, hash.clone()));
+        hashes.push(hash);
+    }
+    fn col<T>(entries: &[&AuditEntry], f: impl Fn(&AuditEntry) -> T) -> Vec<T> {
+        entries.iter().map(|e| f(e)).collect()
+    }
+    let mut ids: Vec<(i64, String)> = sqlx::query_as(
+        "INSERT INTO audit (at, action, destination, person, resource_type, resource_id, version_id, \
+         content_hash, partner, category, agreement, lawful_basis, consent, reason, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+         $15::text[], $16::text[]) RETURNING id, hash",
+    )
+    .bind(col(entries, |e| ms(e.at)))
+    .bind(col(entries, |e| e.action.as_str().to_string()))
+    .bind(col(entries, |e| e.destination.clone()))
+    .bind(col(entries, |e| e.person.clone()))
+    .bind(col(entries, |e| e.resource_type.clone()))
+    .bind(col(entries, |e| e.resource_id.clone()))
+    .bind(col(entries, |e| e.version_id.clone()))
+    .bind(col(entries, |e| e.content_hash.clone()))
+    .bind(col(entries, |e| e.partner.clone()))
+    .bind(col(entries, |e| e.category.clone()))
+    .bind(col(entries, |e| e.agreement.clone()))
+    .bind(col(entries, |e| e.lawful_basis.clone()))
+    .bind(col(entries, |e| e.consent.clone()))
+    .bind(col(entries, |e| e.reason.clone()))
+    .bind(&prevs)
+    .bind(&hashes)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::query(op))?;
+    ids.sort_unstable_by_key(|(id, _)| *id);
+    if !ids.iter().map(|(_, h)| h).eq(hashes.iter()) {
+        return Err(StoreError::Corrupt {
+            what: "audit.id",
+            detail: "the database numbered a batch of audit entries out of their chain order; nothing was recorded"
+                .into(),
+        });
+    }
+    sqlx::query(HEAD_SET)
+        .bind(format!("{} {prev}", count + entries.len() as u64))
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::query(op))?;
+    Ok(())
+}
+
 /// What [`Store::audit_verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChainReport {

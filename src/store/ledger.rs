@@ -82,14 +82,35 @@ impl LedgerDb {
 pub(super) const LEDGER_COLUMNS: &str = "destination, resource_type, resource_id, remote_id, version_id, content_hash, linked, \
      patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits, sent_version";
 
-pub(super) const LEDGER_UPSERT: &str = "INSERT INTO ledger (destination, resource_type, resource_id, remote_id, \
+/// What an upsert of the ledger does when the entry exists: every column but the key is replaced.
+macro_rules! ledger_on_conflict {
+    () => {
+        "ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET remote_id = excluded.remote_id, \
+         version_id = excluded.version_id, content_hash = excluded.content_hash, linked = excluded.linked, \
+         patient = excluded.patient, updated_at = excluded.updated_at, origin = excluded.origin, \
+         source_fp = excluded.source_fp, held_hash = excluded.held_hash, prev_hash = excluded.prev_hash, \
+         remote_edits = excluded.remote_edits, sent_version = excluded.sent_version"
+    };
+}
+
+/// The insert or update of one ledger entry ([`bind_ledger`] binds it).
+pub(super) const LEDGER_UPSERT: &str = concat!(
+    "INSERT INTO ledger (destination, resource_type, resource_id, remote_id, \
      version_id, content_hash, linked, patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits, \
-     sent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-     ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET remote_id = excluded.remote_id, \
-     version_id = excluded.version_id, content_hash = excluded.content_hash, linked = excluded.linked, \
-     patient = excluded.patient, updated_at = excluded.updated_at, origin = excluded.origin, \
-     source_fp = excluded.source_fp, held_hash = excluded.held_hash, prev_hash = excluded.prev_hash, \
-     remote_edits = excluded.remote_edits, sent_version = excluded.sent_version";
+     sent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ",
+    ledger_on_conflict!()
+);
+
+/// The insert or update of many ledger entries at once (PostgreSQL): one array per column, in
+/// [`LEDGER_COLUMNS`] order. The entries' keys must differ (one statement cannot update a row twice).
+pub(super) const LEDGER_UPSERT_ARRAYS: &str = concat!(
+    "INSERT INTO ledger (destination, resource_type, resource_id, remote_id, \
+     version_id, content_hash, linked, patient, updated_at, origin, source_fp, held_hash, prev_hash, remote_edits, \
+     sent_version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::bool[], $8::text[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bool[], \
+     $15::text[]) ",
+    ledger_on_conflict!()
+);
 
 /// Binds a ledger entry to [`LEDGER_UPSERT`]'s parameters.
 pub(super) fn bind_ledger<'q, DB: sqlx::Database>(
@@ -295,4 +316,29 @@ impl Store {
         .map_err(StoreError::query("ledger_for_person"))?;
         rows.into_iter().map(LedgerDb::into_entry).collect()
     }
+}
+
+/// Binds ledger entries to [`LEDGER_UPSERT_ARRAYS`]'s parameters (one array per column).
+pub(super) fn bind_ledger_arrays<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    entries: &[&LedgerEntry],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn col<T>(entries: &[&LedgerEntry], f: impl Fn(&LedgerEntry) -> T) -> Vec<T> {
+        entries.iter().map(|e| f(e)).collect()
+    }
+    q.bind(col(entries, |e| e.destination.clone()))
+        .bind(col(entries, |e| e.key.resource_type.clone()))
+        .bind(col(entries, |e| e.key.id.clone()))
+        .bind(col(entries, |e| e.remote_id.clone()))
+        .bind(col(entries, |e| e.version_id.clone()))
+        .bind(col(entries, |e| e.content_hash.clone()))
+        .bind(col(entries, |e| e.linked))
+        .bind(col(entries, |e| e.patient.clone()))
+        .bind(col(entries, |e| ms(e.updated_at)))
+        .bind(col(entries, |e| e.origin.as_ref().map(Provenance::encode)))
+        .bind(col(entries, |e| e.source_fp.clone()))
+        .bind(col(entries, |e| e.held_hash.clone()))
+        .bind(col(entries, |e| e.prev_hash.clone()))
+        .bind(col(entries, |e| e.remote_edits))
+        .bind(col(entries, |e| e.sent_version.clone()))
 }

@@ -26,7 +26,8 @@
 //! One file per table (or closely kept group of tables), each adding its `impl Store` methods; this file
 //! holds the [`Store`] handle itself (connect, close, backend, checkpoint) and the helpers they share.
 //! - `outbox.rs`: planned writes: [`Store::enqueue`] (its pure decision is in `plan.rs`), leasing, finishing
-//!   a delivered or failed row, dead letters and queue depths.
+//!   delivered rows (one, or a bundle's in one transaction: [`Store::complete_many`]) or a failed row, dead
+//!   letters and queue depths.
 //! - `ledger.rs`: what each destination holds of our resources: reads, writes, accepting remote changes,
 //!   forgetting.
 //! - `jobs.rs`: job runs, for `connector status`. `leader.rs`: leader election ([`LeaderGuard`]).
@@ -60,11 +61,11 @@ pub use intent::SendIntent;
 pub use jobs::JobRun;
 pub use leader::LeaderGuard;
 pub use ledger::LedgerEntry;
-use ledger::{LEDGER_UPSERT, bind_ledger};
+use ledger::{LEDGER_UPSERT, LEDGER_UPSERT_ARRAYS, bind_ledger, bind_ledger_arrays};
+pub use outbox::{Completion, Op, OutboxItem, OutboxRow, QueueDepth};
 pub(crate) use outbox::{
     KEY_LEDGER_HASH, KEY_ROWS, OUTBOX_CANCEL, OUTBOX_DELETE_DEAD, OUTBOX_INSERT, OutboxDb, body_of,
 };
-pub use outbox::{Op, OutboxItem, OutboxRow, QueueDepth};
 pub use quarantine::QuarantineRecord;
 pub use sources::{FinishedFile, SourceStatus};
 

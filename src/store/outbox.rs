@@ -71,6 +71,17 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// A delivered row and what to record of it: see [`Store::complete`] and [`Store::complete_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The row as leased.
+    pub row: &'a OutboxRow,
+    /// What the destination now holds; `None`: the resource was deleted there.
+    pub ledger: Option<&'a LedgerEntry>,
+    /// The disclosure (or link, or retraction), appended to the audit trail.
+    pub audit: Option<&'a AuditEntry>,
+}
+
 /// Outbox size of one destination (destinations with no rows are not listed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -142,6 +153,62 @@ struct DepthDb {
     dead: i64,
     oldest_pending: Option<i64>,
 }
+
+/// Inside a transaction `$tx`, records one delivered row (a [`Completion`]) as [`Store::complete`] says;
+/// `$now` (unix ms) dates the conflicts a deletion closes.
+macro_rules! complete_one {
+    ($tx:ident, $c:expr, $now:expr) => {{
+        let c: &Completion<'_> = $c;
+        let item = &c.row.item;
+        match c.ledger {
+            Some(entry) => bind_ledger(sqlx::query(LEDGER_UPSERT), entry).execute(&mut *$tx).await,
+            None => {
+                // A deleted resource has nothing left to be in conflict about.
+                sqlx::query(CONFLICTS_RETRACT)
+                    .bind(&item.destination)
+                    .bind(&item.key.resource_type)
+                    .bind(&item.key.id)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(StoreError::query("complete: closing conflicts of a deleted resource"))?;
+                sqlx::query("DELETE FROM ledger WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
+                    .bind(&item.destination)
+                    .bind(&item.key.resource_type)
+                    .bind(&item.key.id)
+                    .execute(&mut *$tx)
+                    .await
+            }
+        }
+        .map_err(StoreError::query("complete: writing the ledger"))?;
+        if let Some(entry) = c.audit {
+            consent::append_audit(&mut *$tx, entry).await?;
+            sqlx::query("DELETE FROM withheld WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
+                .bind(&item.destination)
+                .bind(&item.key.resource_type)
+                .bind(&item.key.id)
+                .execute(&mut *$tx)
+                .await
+                .map_err(StoreError::query("complete: clearing the withholding"))?;
+        }
+        // Recorded: no write of this key is in doubt any more.
+        sqlx::query(intent::DELETE_KEY)
+            .bind(&item.destination)
+            .bind(&item.key.resource_type)
+            .bind(&item.key.id)
+            .execute(&mut *$tx)
+            .await
+            .map_err(StoreError::query("complete: clearing the send intent"))?;
+        // The row as leased (same seq), or replaced meanwhile by a plan that came back to the same content.
+        finish_leased_row!($tx, c.row, "complete");
+    }};
+}
+
+/// Closes the open conflicts of a resource that was deleted on the destination. Binds: destination, type,
+/// id, now (unix ms).
+const CONFLICTS_RETRACT: &str = "UPDATE conflicts SET status = 'resolved', resolution = 'retracted', resolved_at = $4, \
+     updated_at = $4, base_json = NULL, source_json = NULL, remote_json = NULL \
+     WHERE destination = $1 AND resource_type = $2 AND resource_id = $3 AND status = 'open'";
 
 impl Store {
     // -----------------------------------------------------------------------------------------------------
@@ -278,63 +345,47 @@ impl Store {
         ledger: Option<&LedgerEntry>,
         audit: Option<&AuditEntry>,
     ) -> Result<()> {
-        if let Some(entry) = ledger
-            && (entry.destination != row.item.destination || entry.key != row.item.key)
-        {
-            return Err(StoreError::Invalid(format!(
-                "complete: ledger entry for {} at {} does not match outbox row {} ({} at {})",
-                entry.key, entry.destination, row.seq, row.item.key, row.item.destination
-            )));
+        self.complete_many(&[Completion { row, ledger, audit }]).await
+    }
+
+    /// [`Store::complete`] for many rows (a delivered bundle) in one transaction: all are recorded or none.
+    /// The audit entries are chained in the order of `done`. On PostgreSQL the rows are recorded with a few
+    /// statements over arrays, whatever their number; on SQLite (in-process) row by row.
+    pub async fn complete_many(&self, done: &[Completion<'_>]) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
         }
-        let item = &row.item;
-        in_tx!(self, "complete", |tx| {
-            match ledger {
-                Some(entry) => bind_ledger(sqlx::query(LEDGER_UPSERT), entry).execute(&mut *tx).await,
-                None => {
-                    // A deleted resource has nothing left to be in conflict about.
-                    sqlx::query(
-                        "UPDATE conflicts SET status = 'resolved', resolution = 'retracted', resolved_at = $4, \
-                         updated_at = $4, base_json = NULL, source_json = NULL, remote_json = NULL \
-                         WHERE destination = $1 AND resource_type = $2 AND resource_id = $3 AND status = 'open'",
-                    )
-                    .bind(&item.destination)
-                    .bind(&item.key.resource_type)
-                    .bind(&item.key.id)
-                    .bind(ms(Utc::now()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("complete: closing conflicts of a deleted resource"))?;
-                    sqlx::query("DELETE FROM ledger WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
-                        .bind(&item.destination)
-                        .bind(&item.key.resource_type)
-                        .bind(&item.key.id)
-                        .execute(&mut *tx)
-                        .await
-                }
+        for c in done {
+            if let Some(entry) = c.ledger
+                && (entry.destination != c.row.item.destination || entry.key != c.row.item.key)
+            {
+                return Err(StoreError::Invalid(format!(
+                    "complete: ledger entry for {} at {} does not match outbox row {} ({} at {})",
+                    entry.key, entry.destination, c.row.seq, c.row.item.key, c.row.item.destination
+                )));
             }
-            .map_err(StoreError::query("complete: writing the ledger"))?;
-            if let Some(entry) = audit {
-                consent::append_audit(&mut *tx, entry).await?;
-                sqlx::query("DELETE FROM withheld WHERE destination = $1 AND resource_type = $2 AND resource_id = $3")
-                    .bind(&item.destination)
-                    .bind(&item.key.resource_type)
-                    .bind(&item.key.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("complete: clearing the withholding"))?;
+        }
+        let now = ms(Utc::now());
+        let distinct = {
+            let mut keys: Vec<(&str, &ResourceKey)> =
+                done.iter().map(|c| (c.row.item.destination.as_str(), &c.row.item.key)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.len() == done.len()
+        };
+        match &self.inner {
+            // One statement cannot write a ledger row twice: a key twice (never seen from delivery, which
+            // leases one pending row per key) takes the row-by-row path.
+            Inner::Postgres(pool) if distinct => postgres::complete(pool, done, now).await,
+            _ => {
+                in_tx!(self, "complete", |tx| {
+                    for c in done {
+                        complete_one!(tx, c, now);
+                    }
+                });
+                Ok(())
             }
-            // Recorded: no write of this key is in doubt any more.
-            sqlx::query(intent::DELETE_KEY)
-                .bind(&item.destination)
-                .bind(&item.key.resource_type)
-                .bind(&item.key.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("complete: clearing the send intent"))?;
-            // The row as leased (same seq), or replaced meanwhile by a plan that came back to the same content.
-            finish_leased_row!(tx, row, "complete");
-        });
-        Ok(())
+        }
     }
 
     /// A failed attempt that may succeed later: attempts + 1, due again at `not_before`, lease cleared.

@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use super::error::redact_url;
 use super::plan::{self, Action, KeyState, StoredRow};
-use super::{OutboxDb, OutboxItem, Result, StoreError};
+use super::{Completion, OutboxDb, OutboxItem, Result, StoreError};
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -111,101 +111,279 @@ pub(super) async fn lease(
     Ok(rows)
 }
 
-/// The writing pass of enqueue: one transaction; the advisory locks of all its keys are taken first, in key
-/// order (so two planners cannot deadlock), then each key is re-read (its outbox rows `FOR UPDATE`) and
-/// decided again.
+/// The writing pass of enqueue: one transaction and a few statements over arrays, whatever the number of
+/// items. The advisory locks of all its keys are taken first, in key order (so two planners cannot
+/// deadlock); then the keys' outbox rows are read `FOR UPDATE` and their ledger hashes after them, each
+/// item is decided again, and the decisions are applied: superseded dead letters and cancelled rows
+/// deleted, new rows inserted and replaced rows renumbered. New and replaced rows take numbers drawn from
+/// the outbox's sequence in one go and handed out in the items' order, so a person's writes keep the order
+/// they were planned in.
 pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Result<usize> {
+    use std::collections::HashMap;
     let op = "enqueue";
     let mut tx = pool.begin().await.map_err(StoreError::query(op))?;
     let mut locks: Vec<i32> =
         items.iter().map(|i| hash32(&[&i.destination, &i.key.resource_type, &i.key.id])).collect();
     locks.sort_unstable();
     locks.dedup();
-    for lock in locks {
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(LOCK_KEY)
-            .bind(lock)
+    // The array is read in its order, one row at a time: the locks are taken in key order.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM UNNEST($2::int4[]) WITH ORDINALITY AS l(k, n)")
+        .bind(LOCK_KEY)
+        .bind(&locks)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
+
+    let d: Vec<&str> = items.iter().map(|i| i.destination.as_str()).collect();
+    let t: Vec<&str> = items.iter().map(|i| i.key.resource_type.as_str()).collect();
+    let k: Vec<&str> = items.iter().map(|i| i.key.id.as_str()).collect();
+    // Rows first, under lock: a `complete` that committed before the locks were granted is then visible in
+    // the ledger read that follows (each statement sees what was committed when it started).
+    let rows: Vec<KeyedRow> = sqlx::query_as(
+        "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, o.lease_until \
+         FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+         ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i FOR UPDATE OF o",
+    )
+    .bind(&d)
+    .bind(&t)
+    .bind(&k)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::query("enqueue: reading the outbox"))?;
+    let hashes: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT l.destination, l.resource_type, l.resource_id, l.content_hash \
+         FROM ledger l JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+         ON l.destination = k.d AND l.resource_type = k.t AND l.resource_id = k.i",
+    )
+    .bind(&d)
+    .bind(&t)
+    .bind(&k)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::query("enqueue: reading the ledger"))?;
+    let mut states: HashMap<(String, String, String), KeyState> = HashMap::new();
+    for (dest, resource_type, id, hash) in hashes {
+        states.entry((dest, resource_type, id)).or_default().ledger_hash = Some(hash);
+    }
+    for KeyedRow { destination, row } in rows {
+        states.entry((destination, row.resource_type.clone(), row.resource_id.clone())).or_default().add(row)?;
+    }
+
+    let (mut gone_dead, mut cancelled) = (Vec::new(), Vec::new());
+    // (item, the pending row it replaces) in the items' order.
+    let mut numbered: Vec<(&OutboxItem, Option<i64>)> = Vec::new();
+    for item in items {
+        let key = (item.destination.clone(), item.key.resource_type.clone(), item.key.id.clone());
+        match plan::decide(&states.remove(&key).unwrap_or_default(), item, now) {
+            Action::Nothing => {}
+            Action::Insert { superseded_dead } => {
+                gone_dead.extend(superseded_dead);
+                numbered.push((item, None));
+            }
+            Action::Replace { seq } => numbered.push((item, Some(seq))),
+            Action::Cancel { seq } => cancelled.push(seq),
+        }
+    }
+    let changed = numbered.len() + cancelled.len();
+    if !gone_dead.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1) AND dead = TRUE")
+            .bind(&gone_dead)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::query(op))?;
     }
-    let mut changed = 0;
-    for item in items {
-        let state = key_state(&mut tx, item).await?;
-        match plan::decide(&state, item, now) {
-            Action::Nothing => continue,
-            Action::Insert { superseded_dead } => {
-                for seq in superseded_dead {
-                    sqlx::query(super::OUTBOX_DELETE_DEAD)
-                        .bind(seq)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::query(op))?;
-                }
-                sqlx::query(super::OUTBOX_INSERT)
-                    .bind(&item.destination)
-                    .bind(&item.key.resource_type)
-                    .bind(&item.key.id)
-                    .bind(&item.patient)
-                    .bind(item.op.as_str())
-                    .bind(&item.content_hash)
-                    .bind(super::body_of(item))
-                    .bind(now)
-                    .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query(op))?;
-            }
-            Action::Replace { seq } => {
-                sqlx::query(
-                    "UPDATE outbox SET seq = DEFAULT, patient = $2, op = $3, content_hash = $4, body = $5, \
-                     attempts = 0, not_before = $6, last_error = NULL, origin = $7 WHERE seq = $1",
-                )
-                .bind(seq)
-                .bind(&item.patient)
-                .bind(item.op.as_str())
-                .bind(&item.content_hash)
-                .bind(super::body_of(item))
-                .bind(now)
-                .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query(op))?;
-            }
-            Action::Cancel { seq } => {
-                sqlx::query(super::OUTBOX_CANCEL).bind(seq).execute(&mut *tx).await.map_err(StoreError::query(op))?;
-            }
-        }
-        changed += 1;
+    if !cancelled.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1) AND dead = FALSE")
+            .bind(&cancelled)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query(op))?;
+    }
+    if numbered.is_empty() {
+        tx.commit().await.map_err(StoreError::query(op))?;
+        return Ok(changed);
+    }
+    let mut seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('outbox', 'seq')) FROM generate_series(1, $1::int8)")
+            .bind(numbered.len() as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query(op))?;
+    seqs.sort_unstable();
+    let origin = |i: &OutboxItem| i.origin.as_ref().map(crate::model::Provenance::encode);
+    let (inserts, replaces): (Vec<_>, Vec<_>) =
+        numbered.iter().zip(&seqs).partition(|((_, replaced), _)| replaced.is_none());
+    if !inserts.is_empty() {
+        let col = |f: &dyn Fn(&OutboxItem) -> Option<String>| -> Vec<Option<String>> {
+            inserts.iter().map(|((i, _), _)| f(i)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO outbox (seq, destination, resource_type, resource_id, patient, op, content_hash, body, \
+             attempts, not_before, dead, created_at, origin) \
+             SELECT s, d, t, i, p, op, h, b, 0, $10, FALSE, $10, o FROM UNNEST($1::int8[], $2::text[], $3::text[], \
+             $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS u(s, d, t, i, p, op, h, b, o)",
+        )
+        .bind(inserts.iter().map(|(_, s)| **s).collect::<Vec<i64>>())
+        .bind(col(&|i| Some(i.destination.clone())))
+        .bind(col(&|i| Some(i.key.resource_type.clone())))
+        .bind(col(&|i| Some(i.key.id.clone())))
+        .bind(col(&|i| i.patient.clone()))
+        .bind(col(&|i| Some(i.op.as_str().to_string())))
+        .bind(col(&|i| Some(i.content_hash.clone())))
+        .bind(col(&|i| super::body_of(i).map(str::to_string)))
+        .bind(col(&|i| origin(i)))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
+    }
+    if !replaces.is_empty() {
+        let col = |f: &dyn Fn(&OutboxItem) -> Option<String>| -> Vec<Option<String>> {
+            replaces.iter().map(|((i, _), _)| f(i)).collect()
+        };
+        // Fresh numbers from the sequence never collide with a row's, so renumbering cannot trip the key.
+        sqlx::query(
+            "UPDATE outbox o SET seq = u.s, patient = u.p, op = u.op, content_hash = u.h, body = u.b, \
+             attempts = 0, not_before = $8, last_error = NULL, origin = u.o \
+             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+             AS u(old, s, p, op, h, b, o) WHERE o.seq = u.old",
+        )
+        .bind(replaces.iter().map(|((_, old), _)| old.unwrap_or_default()).collect::<Vec<i64>>())
+        .bind(replaces.iter().map(|(_, s)| **s).collect::<Vec<i64>>())
+        .bind(col(&|i| i.patient.clone()))
+        .bind(col(&|i| Some(i.op.as_str().to_string())))
+        .bind(col(&|i| Some(i.content_hash.clone())))
+        .bind(col(&|i| super::body_of(i).map(str::to_string)))
+        .bind(col(&|i| origin(i)))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
     }
     tx.commit().await.map_err(StoreError::query(op))?;
     Ok(changed)
 }
 
-async fn key_state(conn: &mut PgConnection, item: &OutboxItem) -> Result<KeyState> {
-    // Rows first, under lock: a `complete` that committed before the lock was granted is then visible in
-    // the ledger read that follows (each statement sees what was committed when it started).
-    let rows: Vec<StoredRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{} FOR UPDATE", super::KEY_ROWS)))
-        .bind(&item.destination)
-        .bind(&item.key.resource_type)
-        .bind(&item.key.id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(StoreError::query("enqueue: reading the outbox"))?;
-    let mut state = KeyState {
-        ledger_hash: sqlx::query_scalar(super::KEY_LEDGER_HASH)
-            .bind(&item.destination)
-            .bind(&item.key.resource_type)
-            .bind(&item.key.id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::query("enqueue: reading the ledger"))?,
-        ..KeyState::default()
+/// An outbox row of a key, with its destination (one writing pass spans destinations).
+#[derive(sqlx::FromRow)]
+struct KeyedRow {
+    destination: String,
+    #[sqlx(flatten)]
+    row: StoredRow,
+}
+
+/// [`super::Store::complete_many`] in one transaction and a few statements over arrays, whatever the number
+/// of rows: the ledger written, deleted resources' ledger entries and conflicts closed, the audit entries
+/// chained, withholdings and send intents cleared, and the outbox rows removed (as `ROW_DONE` says, in two
+/// passes) or, for rows replaced meanwhile, their leases cleared. The rows' keys must differ.
+pub(super) async fn complete(pool: &PgPool, done: &[Completion<'_>], now: i64) -> Result<()> {
+    let op = "complete";
+    let keys = |cs: &mut dyn Iterator<Item = &Completion<'_>>| {
+        let (mut d, mut t, mut i) = (Vec::new(), Vec::new(), Vec::new());
+        for c in cs {
+            d.push(c.row.item.destination.clone());
+            t.push(c.row.item.key.resource_type.clone());
+            i.push(c.row.item.key.id.clone());
+        }
+        (d, t, i)
     };
-    for row in rows {
-        state.add(row)?;
+    let mut tx = pool.begin().await.map_err(StoreError::query(op))?;
+
+    let written: Vec<&super::LedgerEntry> = done.iter().filter_map(|c| c.ledger).collect();
+    if !written.is_empty() {
+        super::bind_ledger_arrays(sqlx::query(super::LEDGER_UPSERT_ARRAYS), &written)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("complete: writing the ledger"))?;
     }
-    Ok(state)
+    let (d, t, i) = keys(&mut done.iter().filter(|c| c.ledger.is_none()));
+    if !d.is_empty() {
+        // Deleted resources: nothing left to be in conflict about, nothing held.
+        sqlx::query(
+            "UPDATE conflicts c SET status = 'resolved', resolution = 'retracted', resolved_at = $4, \
+             updated_at = $4, base_json = NULL, source_json = NULL, remote_json = NULL \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+             WHERE c.destination = k.d AND c.resource_type = k.t AND c.resource_id = k.i AND c.status = 'open'",
+        )
+        .bind(&d)
+        .bind(&t)
+        .bind(&i)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: closing conflicts of deleted resources"))?;
+        sqlx::query(
+            "DELETE FROM ledger l USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+             WHERE l.destination = k.d AND l.resource_type = k.t AND l.resource_id = k.i",
+        )
+        .bind(&d)
+        .bind(&t)
+        .bind(&i)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: writing the ledger"))?;
+    }
+    let audits: Vec<&super::AuditEntry> = done.iter().filter_map(|c| c.audit).collect();
+    if !audits.is_empty() {
+        super::audit::append_chained_pg(&mut tx, &audits).await?;
+        let (d, t, i) = keys(&mut done.iter().filter(|c| c.audit.is_some()));
+        sqlx::query(
+            "DELETE FROM withheld w USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+             WHERE w.destination = k.d AND w.resource_type = k.t AND w.resource_id = k.i",
+        )
+        .bind(&d)
+        .bind(&t)
+        .bind(&i)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: clearing the withholding"))?;
+    }
+    // Recorded: no write of these keys is in doubt any more.
+    let (d, t, i) = keys(&mut done.iter());
+    sqlx::query(
+        "DELETE FROM send_intent s USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+         WHERE s.destination = k.d AND s.resource_type = k.t AND s.resource_id = k.i",
+    )
+    .bind(&d)
+    .bind(&t)
+    .bind(&i)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::query("complete: clearing the send intents"))?;
+
+    // The rows as leased (same seq); then, for those replaced meanwhile, a replacement that came back to
+    // the same content (leased under the old seq); the rest keep their newer plan, without the lease.
+    let mut left: Vec<&Completion<'_>> = done.iter().collect();
+    for sql in [
+        "DELETE FROM outbox o USING UNNEST($1::int8[], $2::text[], $3::text[]) AS u(s, op, h) \
+         WHERE o.seq = u.s AND o.op = u.op AND o.content_hash = u.h RETURNING u.s",
+        "DELETE FROM outbox o USING UNNEST($1::int8[], $2::text[], $3::text[]) AS u(s, op, h) \
+         WHERE o.lease_seq = u.s AND o.op = u.op AND o.content_hash = u.h AND o.dead = FALSE RETURNING u.s",
+    ] {
+        if left.is_empty() {
+            break;
+        }
+        let gone: Vec<i64> = sqlx::query_scalar(sql)
+            .bind(left.iter().map(|c| c.row.seq).collect::<Vec<_>>())
+            .bind(left.iter().map(|c| c.row.item.op.as_str()).collect::<Vec<_>>())
+            .bind(left.iter().map(|c| c.row.item.content_hash.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query("complete: removing the outbox rows"))?;
+        let gone: std::collections::HashSet<i64> = gone.into_iter().collect();
+        left.retain(|c| !gone.contains(&c.row.seq));
+    }
+    if !left.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_seq = NULL \
+             WHERE lease_seq = ANY($1) AND dead = FALSE",
+        )
+        .bind(left.iter().map(|c| c.row.seq).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("complete: releasing the replaced outbox rows"))?;
+    }
+    tx.commit().await.map_err(StoreError::query(op))
 }
 
 /// Opens a connection of its own and tries the leader lock on it; `None` if another session holds it.
