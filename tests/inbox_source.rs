@@ -150,3 +150,51 @@ fn dropped_files_are_read_once_in_order_and_only_when_complete() {
     let out = String::from_utf8_lossy(&status.stdout);
     assert!(out.contains("source hub/person") && out.contains("hub-person-2.csv"), "{out}");
 }
+
+/// `connector sync --once --format json`: exit code and the partner's report.
+fn sync_json(config: &Path) -> (i32, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_connector"))
+        .args(["sync", "--once", "--format", "json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report["ingest"][0].clone())
+}
+
+#[test]
+fn an_unreadable_consent_export_from_an_inbox_holds_the_partner_until_one_is_read() {
+    let dir = TempDir::new("inbox-consent");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inbox = dir.path().join("in");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(root.join("tests/fixtures/hub/person.csv"), dir.path().join("person.csv")).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\nurl = \"sqlite://{d}/state.db\"\n[mappings]\ndir = \"{m}/mappings\"\n\
+             [[partner]]\nid = \"hub\"\nsource = [\n  {{ kind = \"person\", path = \"{d}/person.csv\" }},\n\
+               {{ kind = \"consent\", inbox = \"{d}/in\", files = \"hub-consent-*.csv\", settle_seconds = 0 }},\n]\n",
+            d = dir.path().display(),
+            m = root.display()
+        ),
+    )
+    .unwrap();
+    // A consent export that cannot be read: rejected, and the partner's data about people held.
+    std::fs::write(inbox.join("hub-consent-1.csv"), b"Nothing,Here\nat,all\n").unwrap();
+    let (code, r) = sync_json(&config);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["consent_unreadable"].as_str().unwrap().contains("hub-consent-1.csv"), "{r}");
+    assert!(inbox.join("rejected/hub-consent-1.csv").is_file());
+    // The next cycle brings no consent export: the hold stands (also across this new process).
+    let (_, r) = sync_json(&config);
+    assert!(r["consent_unreadable"].is_string(), "the hold stands until a consent export is read: {r}");
+    // A readable one lifts it.
+    std::fs::copy(root.join("tests/fixtures/hub/consent.csv"), inbox.join("hub-consent-2.csv")).unwrap();
+    let (_, r) = sync_json(&config);
+    assert!(r.get("consent_unreadable").is_none(), "{r}");
+    assert!(inbox.join("archive/hub-consent-2.csv").is_file());
+}

@@ -43,6 +43,8 @@ CREATE TABLE source_status (
     snapshot_size   BIGINT,                           -- records in the last complete snapshot
     gone            BIGINT NOT NULL DEFAULT 0,        -- records gone at source in the last snapshot
     refused         TEXT,                              -- why the last snapshot was refused, if it was
+    consent_unreadable TEXT,                           -- a consent export from it that could not be read, until
+                                                       -- one is read cleanly: the partner's data is held
     PRIMARY KEY (partner, source)
 );
 

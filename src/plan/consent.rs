@@ -1,6 +1,6 @@
 //! Consent reading: who each Patient is and what each person consented to, before anything is planned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -56,51 +56,93 @@ impl Planner<'_> {
         partner_id: &str,
         inputs: &[Input],
         report: &mut IngestReport,
-    ) -> anyhow::Result<std::collections::HashMap<String, StatementRecord>> {
-        let mut overlay = std::collections::HashMap::new();
+    ) -> anyhow::Result<HashMap<String, StatementRecord>> {
+        let mut overlay = HashMap::new();
         let inputs: Vec<Input> = inputs
             .iter()
             .filter(|i| matches!(i.kind, RecordKind::Person | RecordKind::Consent))
             .map(|i| Input { kind: i.kind, path: i.path.clone() })
             .collect();
         self.consent_read.lock().unwrap_or_else(|p| p.into_inner()).insert(partner_id.to_string());
+        let has_consent = inputs.iter().any(|i| i.kind == RecordKind::Consent);
         if inputs.is_empty() {
+            self.note_unreadable_export(partner_id, None, has_consent, report).await?;
             return Ok(overlay);
         }
+        let (sink, run) = self.map_consent(partner_id, inputs).await?;
+        let now = Utc::now();
+        self.note_unreadable_export(partner_id, Some(&run), has_consent, report).await?;
+        if !report.dry_run {
+            self.ctx.store.persons_put(&sink.links, now).await?;
+        }
+        self.hold_unreadable(partner_id, &sink, &mut overlay, report, now).await?;
+        let changed = self.record_statements(partner_id, &sink, &mut overlay, report, now).await?;
+        self.stop_refused(changed, report, now).await?;
+        Ok(overlay)
+    }
+
+    /// Maps the partner's person and consent inputs (on a blocking thread) into who is who and what they said.
+    async fn map_consent(&self, partner_id: &str, inputs: Vec<Input>) -> anyhow::Result<(ConsentSink, RunReport)> {
         let catalog = self.ctx.catalog.clone();
         let id = partner_id.to_string();
         let max_bytes = self.ctx.config.limits.max_input_bytes;
-        let (sink, run) = tokio::task::spawn_blocking(move || -> std::io::Result<(ConsentSink, RunReport)> {
+        tokio::task::spawn_blocking(move || -> std::io::Result<(ConsentSink, RunReport)> {
             let mut sink = ConsentSink::default();
             let run = mapping::run_with_limit(&catalog.partners[&id], &inputs, &mut sink, Some(max_bytes))?;
             Ok((sink, run))
         })
         .await
         .context("the consent reader stopped")?
-        .context("reading consent")?;
-        let now = Utc::now();
-        // A consent export that cannot be read at all: what the partner holds now is unknown, so the statements
-        // recorded in earlier cycles are not relied on; the partner's data about people is held until it is read.
+        .context("reading consent")
+    }
+
+    /// A consent export that cannot be read at all: what the partner holds now is unknown, so the statements
+    /// recorded in earlier cycles are not relied on, and the partner's data about people is held until one is
+    /// read. Without a consent export in this read (an inbox that brought none), the hold a source recorded
+    /// earlier stands (`source_consent_hold`).
+    async fn note_unreadable_export(
+        &self,
+        partner_id: &str,
+        run: Option<&RunReport>,
+        has_consent: bool,
+        report: &mut IngestReport,
+    ) -> anyhow::Result<()> {
         let failed: Vec<String> = run
-            .failed_files()
+            .into_iter()
+            .flat_map(RunReport::failed_files)
             .filter(|f| f.kind == Some(RecordKind::Consent))
             .map(|f| {
                 f.path.file_name().map_or_else(|| f.path.display().to_string(), |n| n.to_string_lossy().into_owned())
             })
             .collect();
-        let unreadable = (!failed.is_empty()).then(|| format!("{} not mapped", failed.join(", ")));
+        let unreadable = if !failed.is_empty() {
+            Some(format!("{} not mapped", failed.join(", ")))
+        } else if has_consent {
+            None
+        } else {
+            self.ctx.store.partner_consent_hold(partner_id).await?
+        };
         if let Some(why) = &unreadable {
             tracing::error!(partner = %partner_id, files = %failed.join(","), "Consent export unreadable: every send about a person from this partner is held until it is read.");
             report.consent_unreadable = Some(why.clone());
         }
         self.ctx.policy.set_consent_unreadable(partner_id, unreadable);
-        if !report.dry_run {
-            self.ctx.store.persons_put(&sink.links, now).await?;
-        }
+        Ok(())
+    }
+
+    /// Records each statement that is new (a dry run only counts it, in the overlay); returns the people whose
+    /// statements were recorded, with the new statement's id.
+    async fn record_statements(
+        &self,
+        partner_id: &str,
+        sink: &ConsentSink,
+        overlay: &mut HashMap<String, StatementRecord>,
+        report: &mut IngestReport,
+        now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(String, i64)>> {
         let today = crate::store::consent_today();
-        let mut changed: Vec<(String, i64)> = Vec::new();
-        self.hold_unreadable(partner_id, &sink, &mut overlay, report, now).await?;
         let today_text = today.format("%Y-%m-%d").to_string();
+        let mut changed: Vec<(String, i64)> = Vec::new();
         for (facts, record_key, resource_id) in &sink.statements {
             // No date in the record: the answer is dated the day it is first read. Its hash leaves the date
             // out, so the same answer read again is the same statement and keeps that date; a changed answer
@@ -164,7 +206,17 @@ impl Planner<'_> {
                 changed.push((person, new_id));
             }
         }
-        // Withdrawals and refusals now in force.
+        Ok(changed)
+    }
+
+    /// Withdrawals and refusals now in force: each cancels the person's pending sends, reports what each
+    /// destination holds of them and queues its deletion where `retract = true`.
+    async fn stop_refused(
+        &self,
+        changed: Vec<(String, i64)>,
+        report: &mut IngestReport,
+        now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let persons: Vec<String> = changed.iter().map(|(p, _)| p.clone()).collect();
         let current = self.ctx.store.consent_current(&persons).await?;
         for (person, new_id) in changed {
@@ -201,7 +253,7 @@ impl Planner<'_> {
             self.retract(retract).await?;
             report.withdrawals.push(WithdrawalReport { person, statement: cite, cancelled, holdings, retracting });
         }
-        Ok(overlay)
+        Ok(())
     }
 
     /// Puts a hold on each person named by a consent row that could not be mapped: a statement "unreadable"

@@ -242,6 +242,11 @@ pub async fn finish(
         let label = src.kinds_label();
         let report = &mut reports[t.source];
         let failed = outcome.failed.get(t.path());
+        if src.kinds.contains(&crate::model::RecordKind::Consent) {
+            // Held until a consent export from this source is read cleanly, even across restarts.
+            let why = failed.map(|w| format!("{} not mapped ({w})", file_name(t.path())));
+            ctx.store.source_consent_hold(partner, &label, why.as_deref()).await?;
+        }
         let mut status = SourceStatus { partner: partner.to_string(), source: label.clone(), ..Default::default() };
         match &t.what {
             What::Inbox { dir, ready } => {
@@ -300,6 +305,10 @@ pub async fn finish(
         ctx.store.source_status_put(&status).await?;
     }
     Ok(())
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// What each source holds now, without taking anything new: fixed files, and an inbox's newest archived file

@@ -173,6 +173,39 @@ impl Store {
         .map_err(StoreError::query("source_status_put"))
     }
 
+    /// Records that a consent export from this source could not be read (`Some(why)`), or was read cleanly
+    /// (`None`). While any of a partner's sources holds one, its data about people is held, across restarts
+    /// and cycles that bring no new consent export.
+    pub async fn source_consent_hold(&self, partner: &str, source: &str, why: Option<&str>) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO source_status (partner, source, gone, consent_unreadable) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (partner, source) DO UPDATE SET consent_unreadable = excluded.consent_unreadable",
+            )
+            .bind(partner)
+            .bind(source)
+            .bind(why)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(StoreError::query("source_consent_hold"))
+    }
+
+    /// Why the partner's consent is unreadable, when one of its sources holds it so.
+    pub async fn partner_consent_hold(&self, partner: &str) -> Result<Option<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT consent_unreadable FROM source_status WHERE partner = $1 AND consent_unreadable IS NOT NULL \
+                 ORDER BY source LIMIT 1",
+            )
+            .bind(partner)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(StoreError::query("partner_consent_hold"))
+    }
+
     /// Every source's status, by partner and source.
     pub async fn source_statuses(&self) -> Result<Vec<SourceStatus>> {
         type Row = (String, String, Option<String>, Option<i64>, Option<i64>, Option<i64>, i64, Option<String>);
