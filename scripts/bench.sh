@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks, run by hand (never part of the test suite). Figures go in the issue notes and the CHANGELOG.
 #
-#   scripts/bench.sh mapping [ROWS]   map a generated Hub export of ROWS people (default 100000) plus about two
-#                                     contacts each, with the release binary: wall time, rows/s, peak memory.
+#   scripts/bench.sh mapping [ROWS]   a generated Hub export of ROWS people (default 100000) plus about two
+#                                     contacts each, with the release binaries: (1) the simple Patient mapping
+#                                     (scripts/bench/simple-patient) beside its hand-written baseline
+#                                     (crates/bench-baseline), same input, as a ratio, with their outputs compared;
+#                                     (2) the full Hub mappings: wall time, rows/s, peak memory.
 #   scripts/bench.sh sync [PATIENTS]  initial load of a generated Hub export of PATIENTS people (default 10000)
 #                                     and their contacts into a fresh local Helios FHIR Server with
 #                                     `connector sync --once` (wall time, peak memory), then the no-change cycle;
@@ -135,8 +138,10 @@ EOF
 case "$what" in
 mapping)
     rows="${2:-100000}"
-    echo "Building the release binary..." >&2
+    echo "Building the release binaries (connector, bench-baseline)..." >&2
     cargo build --release --quiet --bin connector
+    cargo build --release --quiet -p bench-baseline
+    target_dir="${CARGO_TARGET_DIR:-target}"
     data="$work/export-$rows"
     if [ ! -s "$data/person.csv" ]; then
         mkdir -p "$data"
@@ -147,16 +152,43 @@ mapping)
     contact_rows=$(($(python3 -c "import sys; print(sum(1 for _ in open(sys.argv[1], 'rb')))" "$data/contact.csv") - 1))
     machine
     echo "input: $person_rows person lines ($(du -h "$data/person.csv" | cut -f1)), about $contact_rows contact lines ($(du -h "$data/contact.csv" | cut -f1))"
-    stats="$work/time-$rows.txt"
-    /usr/bin/time -v -o "$stats" "${CARGO_TARGET_DIR:-target}/release/connector" --mappings mappings mappings preview --partner hub \
+    # timed NAME CMD...: runs CMD under GNU time, sets ${NAME}_secs and ${NAME}_rss_mib.
+    timed() {
+        local name="$1"
+        shift
+        /usr/bin/time -v -o "$work/time-$name.txt" "$@" || true
+        local wall rss
+        wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$work/time-$name.txt")
+        rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time-$name.txt")
+        printf -v "${name}_secs" '%s' "$(python3 -c "p='$wall'.split(':'); print(sum(float(x)*60**i for i,x in enumerate(reversed(p))))")"
+        printf -v "${name}_rss_mib" '%s' "$((rss / 1024))"
+    }
+
+    # 1. The simple Patient mapping (scripts/bench/simple-patient) against its hand-written baseline
+    #    (crates/bench-baseline: csv + serde + uuid v5, no validation), same input, same run, same output.
+    timed baseline "$target_dir/release/bench-baseline" "$data/person.csv" >"$work/baseline.ndjson" 2>"$work/baseline.txt"
+    timed simple "$target_dir/release/connector" --mappings scripts/bench/simple-patient mappings preview --partner bench \
+        --input "$data/person.csv" --quarantine-dir "$work/quarantine" >"$work/simple.ndjson" 2>"$work/simple.txt"
+    # The connector's first line is the partner's Organization; the rest must equal the baseline's, byte for byte
+    # (rows the connector quarantines, such as a bad NHS number, are left out of the comparison by key).
+    same=$(python3 - "$work/simple.ndjson" "$work/baseline.ndjson" <<'PY'
+import json, sys
+ours = {json.loads(l)["id"]: l for l in open(sys.argv[1]) if '"resourceType":"Patient"' in l}
+base = [l for l in open(sys.argv[2])]
+same = sum(1 for l in base if ours.get(json.loads(l)["id"]) == l)
+print(f"{same} of {len(base)} baseline Patients identical in the connector's output ({len(ours)} written)")
+PY
+)
+    echo "simple Patient mapping: connector ${simple_secs}s ($(python3 -c "print(round($person_rows/$simple_secs))") rows/s, peak ${simple_rss_mib} MiB); hand-written baseline ${baseline_secs}s ($(python3 -c "print(round($person_rows/$baseline_secs))") rows/s, peak ${baseline_rss_mib} MiB); ratio $(python3 -c "print(round($simple_secs/$baseline_secs, 2))")x the baseline's time"
+    echo "  $same"
+
+    # 2. The full Hub mappings over the person and contact exports, reported on their own (rows/s).
+    timed hub "$target_dir/release/connector" --mappings mappings mappings preview --partner hub \
         --input "$data/person.csv" --input "$data/contact.csv" --quarantine-dir "$work/quarantine" \
-        >"$work/out.ndjson" 2>"$work/stderr.txt" || true
+        >"$work/out.ndjson" 2>"$work/stderr.txt"
     grep -E "^Total:" "$work/stderr.txt" || { tail -5 "$work/stderr.txt"; exit 1; }
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$stats")
-    rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$stats")
-    secs=$(python3 -c "p='$wall'.split(':'); print(sum(float(x)*60**i for i,x in enumerate(reversed(p))))")
     read_total=$(grep -oE '^Total: [0-9]+' "$work/stderr.txt" | grep -oE '[0-9]+')
-    echo "wall: ${secs}s; rows read: $read_total; throughput: $(python3 -c "print(round($read_total/$secs))") rows/s; peak RSS: $((rss_kb / 1024)) MiB"
+    echo "full Hub mappings: wall ${hub_secs}s; rows read: $read_total; throughput: $(python3 -c "print(round($read_total/$hub_secs))") rows/s; peak RSS: ${hub_rss_mib} MiB"
     echo "output: $(wc -l <"$work/out.ndjson") resources, $(du -h "$work/out.ndjson" | cut -f1)"
     ;;
 sync)
