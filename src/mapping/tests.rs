@@ -101,7 +101,7 @@ struct Got {
 }
 impl Sink for Got {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
-        self.resources.push((r.row, r.resource.clone()));
+        self.resources.push((r.row, r.resource()));
         Ok(())
     }
     fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
@@ -422,7 +422,7 @@ impl Sink for Statements {
             self.facts.push((r.source_key.to_string(), f.clone()));
         }
         if r.resource_type == "Patient" {
-            self.patients.push(r.resource.clone());
+            self.patients.push(r.resource());
         }
         Ok(())
     }
@@ -719,5 +719,33 @@ fn every_transform_refusal_says_what_to_do() {
             let Err(message) = t.apply(serde_json::Value::String(input.into())) else { continue };
             assert!(says_what_to_do(&message), "{t:?} on {input:?}: {message}");
         }
+    }
+}
+
+/// Issue 15: every shipped template passes its load-time FHIR check with representative values, so its rows take
+/// the quick per-row path, and the probes tell free text, dates, dateTimes and coded places apart.
+#[test]
+fn shipped_templates_are_checked_once_at_load() {
+    let cat = load_catalog(&Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).unwrap();
+    let mut places = Vec::new();
+    for p in cat.partners.values() {
+        for m in p.mappings.values() {
+            for spec in &m.resources {
+                let c = spec
+                    .compiled
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{} {}: not compiled", m.file.display(), spec.name));
+                assert!(
+                    !c.places().is_empty(),
+                    "{} {}: the representative resource did not fit",
+                    m.file.display(),
+                    spec.name
+                );
+                places.extend_from_slice(c.places());
+            }
+        }
+    }
+    for p in [check::Place::Text, check::Place::Date, check::Place::DateTime, check::Place::Exact] {
+        assert!(places.contains(&p), "{p:?}");
     }
 }
