@@ -96,7 +96,7 @@ pub fn field_candidates(f: &Field) -> Vec<Value> {
 /// Checks a compiled template at load: its representative resource must fit FHIR R4. Returns the problems that
 /// hold for every row (elements FHIR does not know) as errors; when the representative resource does not fit for
 /// another reason (a value the probes could not guess), every row is checked in full instead.
-pub fn prepare(writer: Writer, fields: &[Field], refs: &[Ref]) -> Result<Compiled, Vec<String>> {
+pub fn prepare(writer: Writer, fields: &[Field], refs: &[Ref]) -> Result<Compiled, Vec<fhir_check::Problem>> {
     let candidates: Vec<Vec<Value>> = fields.iter().map(field_candidates).collect();
     let ref_values: Vec<Option<String>> = refs
         .iter()
@@ -131,11 +131,8 @@ pub fn prepare(writer: Writer, fields: &[Field], refs: &[Ref]) -> Result<Compile
             }
         }
     }
-    let unknown: Vec<String> = problems
-        .iter()
-        .filter(|p| matches!(p, fhir_check::Problem::UnknownElement { .. }))
-        .map(ToString::to_string)
-        .collect();
+    let unknown: Vec<fhir_check::Problem> =
+        problems.iter().filter(|p| matches!(p, fhir_check::Problem::UnknownElement { .. })).cloned().collect();
     if !unknown.is_empty() {
         return Err(unknown);
     }

@@ -633,8 +633,16 @@ fn load_mapping(file: &Path, partner: &str, builtins: &Builtins, errors: &mut Ve
                 Ok(c) => spec.compiled = Some(c),
                 Err(unknown) => {
                     let offset = raw.resources[i].span().start;
-                    for message in unknown {
-                        e.at(offset, format!("resource[{i}] ({}).template", spec.name), message);
+                    for problem in unknown {
+                        // Point at the line that names the element (`name[0].surname` -> `surname`).
+                        let at = match &problem {
+                            fhir_check::Problem::UnknownElement { path } => {
+                                let last = path.rsplit('.').next().unwrap_or(path);
+                                e.find(offset, last.split('[').next().unwrap_or(last))
+                            }
+                            _ => offset,
+                        };
+                        e.at(at, format!("resource[{i}] ({}).template", spec.name), problem.to_string());
                     }
                 }
             }
