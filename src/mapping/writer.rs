@@ -649,7 +649,97 @@ pub fn push_value(out: &mut String, v: &Value) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::template::{self, Names, Values};
     use super::*;
+
+    struct N;
+    impl Names for N {
+        fn slot(&self, name: &str) -> Result<Slot, String> {
+            Ok(match name {
+                "partner.org" => Slot::PartnerOrg,
+                "partner.identifier_system" => Slot::PartnerIdentifierSystem,
+                "record.key" => Slot::RecordKey,
+                "resource.id" => Slot::ResourceId,
+                f => Slot::Field(f.strip_prefix('f').and_then(|n| n.parse().ok()).ok_or(format!("no {f}"))?),
+            })
+        }
+    }
+    struct V<'a>(&'a [Option<Value>]);
+    impl Values for V<'_> {
+        fn value(&self, slot: Slot) -> Option<Value> {
+            Some(match slot {
+                Slot::Field(i) => return self.0[i].clone(),
+                Slot::PartnerOrg => "Organization/o".into(),
+                Slot::PartnerIdentifierSystem => "https://id.example/p".into(),
+                Slot::RecordKey => "K1".into(),
+                Slot::ResourceId => "R1".into(),
+                Slot::PartnerId | Slot::Ref(_) => return None,
+            })
+        }
+    }
+
+    /// The `Value` way, as the engine built resources before templates were compiled (eval, then `finish`).
+    fn by_value(node: &Node, fields: &[Option<Value>]) -> String {
+        let mut obj = match template::eval(node, &V(fields)) {
+            Some(Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        obj.insert("resourceType".into(), "Patient".into());
+        obj.insert("id".into(), "R1".into());
+        let meta = obj.entry("meta").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(m) = meta {
+            m.insert("source".into(), "urn:m".into());
+        }
+        Value::Object(obj).to_string()
+    }
+
+    /// Every combination of present and absent fields, on templates with the shapes pruning cares about: constant
+    /// members beside placeholders, a list spread into a list, text around placeholders and built-ins, a `meta`
+    /// of the template's own, empty tables and lists, and a template that can come out empty.
+    #[test]
+    fn writes_what_eval_and_finish_built_for_every_combination() {
+        let templates = [
+            r#"identifier = [{ system = "nhs", value = "{f0}", extension = [{ url = "u", valueCode = "{f1}" }] },
+                             { system = "{partner.identifier_system}/client", value = "{record.key}" }]
+               name = [{ use = "official", family = "{f2}", given = ["{f3}", "{f1}"] }]
+               meta = { tag = [{ code = "{f1}" }], security = [{ code = "fixed" }] }
+               text = { status = "generated", div = "<div>{f2} at {f3}, {{x}} {partner.org}</div>" }
+               empty = {}
+               none = []
+               active = true
+               weight = 1.5"#,
+            r#"managingOrganization = { reference = "{partner.org}" }
+               address = [{ line = ["{f3}", "{f2}"], text = "{f3}" }]
+               meta = { }
+               zeta = "{resource.id}""#,
+            r#"a = "{f0}"
+               b = { c = "{f1}", d = ["{f2}"] }"#,
+            r#"meta = { profile = ["{f0}"] }"#,
+        ];
+        let values = [
+            Some(Value::String("9990000018".into())),
+            Some(Value::String("01 \"q\"\n".into())),
+            Some(Value::from(42)),
+            Some(serde_json::json!(["12 Low Lane", "Flat 2"])),
+        ];
+        let builtins = Builtins {
+            partner_id: "p".into(),
+            partner_org: "Organization/o".into(),
+            identifier_system: "https://id.example/p".into(),
+        };
+        for t in templates {
+            let node = template::compile(&toml::from_str::<toml::Value>(t).unwrap(), &N).unwrap();
+            let w = Writer::compile(&node, "Patient", "urn:m", &builtins).unwrap();
+            for mask in 0..16u32 {
+                let fields: Vec<Option<Value>> =
+                    values.iter().enumerate().map(|(i, v)| v.clone().filter(|_| mask & (1 << i) != 0)).collect();
+                let mut out = String::new();
+                let row = RowData { fields: &fields, refs: &[], key: "K1", id: "R1" };
+                w.write(&row, None, &mut out, &mut |_, _| {});
+                assert_eq!(out, by_value(&node, &fields), "template {t}, fields {mask:04b}");
+            }
+        }
+    }
 
     #[test]
     fn strings_and_values_are_written_as_serde_json_writes_them() {
