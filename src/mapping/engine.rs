@@ -1122,11 +1122,29 @@ fn field_value(
     Ok(Some(v))
 }
 
+/// A tabular cell as a value: over the length limit is an error, surrounding white space is trimmed, and an
+/// empty cell is absent (as [`cell`] does for a JSON string).
+fn checked_cell(s: &str) -> Result<Option<Value>, String> {
+    if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS {
+        return Err(too_long(s));
+    }
+    let t = s.trim();
+    Ok((!t.is_empty()).then(|| Value::String(t.to_string())))
+}
+
+fn too_long(s: &str) -> String {
+    format!(
+        "the cell holds {} characters, over the limit of {MAX_VALUE_CHARS} (a spreadsheet cell's own limit): the export is damaged or the column holds something else; fix it at the source",
+        s.chars().count()
+    )
+}
+
 /// Reads one cell (tabular) or path (JSON); an empty value is absent.
 fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Option<Value>, String> {
     let v = match &row.values {
         Values::Cells(cells) | Values::Untrusted { cells, .. } => match position.flatten() {
-            Some(i) => cells.get(i).map(|s| Value::String(s.clone())),
+            // Checked and trimmed before it is copied: one copy of the cell, not two.
+            Some(i) => return Ok(cells.get(i).map(String::as_str).map(checked_cell).transpose()?.flatten()),
             None => None,
         },
         Values::Json(record) => ingest::json_path(record, column).cloned(),
@@ -1134,10 +1152,7 @@ fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Opti
     };
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS => Err(format!(
-            "the cell holds {} characters, over the limit of {MAX_VALUE_CHARS} (a spreadsheet cell's own limit): the export is damaged or the column holds something else; fix it at the source",
-            s.chars().count()
-        )),
+        Some(Value::String(s)) if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS => Err(too_long(&s)),
         Some(Value::String(s)) => {
             let trimmed = s.trim().len();
             Ok(match trimmed {
