@@ -78,7 +78,7 @@ fn mapped(config: &Config) -> Vec<Item> {
             self.0.push(Item {
                 resource_type: r.resource_type.to_string(),
                 id: r.id.to_string(),
-                patient: york_connector::sync::patient_of(r.resource_type, r.id, r.resource),
+                patient: york_connector::sync::patient_of(r.resource_type, r.id, &r.resource()),
                 not_for_patient: r.not_for_patient,
             });
             Ok(())

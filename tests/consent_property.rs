@@ -104,10 +104,10 @@ fn mapped(config: &Config) -> Vec<Item> {
     }
     impl Sink for Collect {
         fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
-            let patient = york_connector::sync::patient_of(r.resource_type, r.id, r.resource);
+            let patient = york_connector::sync::patient_of(r.resource_type, r.id, &r.resource());
             if r.resource_type == "Patient" {
                 let p = format!("Patient/{}", r.id);
-                self.groups.insert(p.clone(), york_connector::sync::person_group(&p, r.resource));
+                self.groups.insert(p.clone(), york_connector::sync::person_group(&p, &r.resource()));
             }
             let person = patient.map(|p| self.groups.get(&p).cloned().unwrap_or(p));
             self.items.push(Item {

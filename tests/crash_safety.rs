@@ -130,7 +130,7 @@ impl Sink for Collect<'_> {
             if *p == york_connector::config::Profile::Pkb && r.not_for_patient {
                 continue;
             }
-            let mut body = r.resource.clone();
+            let mut body = r.resource();
             york_connector::policy::label(&mut body, r.category, r.not_for_patient);
             york_connector::reconcile::tag(&mut body, "hub");
             if let Ok(body) = profile::apply(*p, r.category, body) {

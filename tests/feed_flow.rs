@@ -229,7 +229,7 @@ async fn a_partner_feed_carries_the_unified_record_only_for_open_clients_who_con
 struct Keep(BTreeMap<String, Value>);
 impl Sink for Keep {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
-        self.0.insert(format!("{}/{}", r.resource_type, r.id), r.resource.clone());
+        self.0.insert(format!("{}/{}", r.resource_type, r.id), r.resource());
         Ok(())
     }
     fn quarantined(&mut self, _: &Quarantined) -> std::io::Result<()> {

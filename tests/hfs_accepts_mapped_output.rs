@@ -13,7 +13,7 @@ struct Collect(Vec<Value>);
 
 impl Sink for Collect {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
-        self.0.push(r.resource.clone());
+        self.0.push(r.resource());
         Ok(())
     }
     fn quarantined(&mut self, _: &Quarantined) -> std::io::Result<()> {

@@ -53,7 +53,7 @@ fn personal_data(config: &Config) -> Vec<String> {
             if !matches!(r.resource_type, "Patient" | "RelatedPerson") {
                 return Ok(());
             }
-            let v = r.resource;
+            let v = &r.resource();
             let mut push = |x: &Value| {
                 if let Some(s) = x.as_str() {
                     self.0.push(s.to_string());

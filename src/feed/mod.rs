@@ -345,7 +345,7 @@ struct ClientSink {
 
 impl Sink for ClientSink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
-        let res = r.resource;
+        let res = &r.resource();
         let ours = |v: &Value| v["reference"].as_str() == Some(self.org.as_str());
         let open = match r.resource_type {
             "Patient" => {

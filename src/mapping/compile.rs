@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::check;
 use super::template::{self, Names, Slot};
+use super::writer::{Builtins, Writer};
 use super::{
     Catalog, Category, ConsentSpec, DateSource, Decision, Field, FieldSource, Mapping, Partner, RESOURCE_TYPES,
     RecordKind, Ref, ResourceSpec, ValueMap, ids,
@@ -246,6 +248,11 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
         errs.at(0, "partner", "set ods_code or charity_number (or both) so the Organization can be identified");
     }
     let id = p.id.into_inner();
+    let builtins = Builtins {
+        partner_id: id.clone(),
+        partner_org: format!("Organization/{}", ids::organization_id(&id)),
+        identifier_system: p.identifier_system.trim_end_matches('/').to_string(),
+    };
     let mut mappings = BTreeMap::new();
     let files = sorted_entries(dir).unwrap_or_default();
     for f in files.iter().filter(|f| {
@@ -253,7 +260,7 @@ fn load_partner(dir: &Path, file: &Path, errors: &mut Vec<CompileError>) -> Opti
             && f.file_name() != Some("partner.toml".as_ref())
             && !super::reverse::is_reverse_file(f)
     }) {
-        if let Some(m) = load_mapping(f, &id, errs.list) {
+        if let Some(m) = load_mapping(f, &id, &builtins, errs.list) {
             if let Some(prev) = mappings.get(&m.kind).map(|p: &Mapping| p.file.clone()) {
                 errs.list.push(CompileError::File {
                     path: f.clone(),
@@ -377,7 +384,7 @@ impl Names for Scope<'_> {
     }
 }
 
-fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> Option<Mapping> {
+fn load_mapping(file: &Path, partner: &str, builtins: &Builtins, errors: &mut Vec<CompileError>) -> Option<Mapping> {
     let text = read(file, errors)?;
     let before = errors.len();
     let mut e = Errors { file, text: &text, list: errors };
@@ -609,8 +616,37 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
             when,
             category: r.category.unwrap_or(default_category),
             template,
+            compiled: None,
             line: e.line_of(offset),
         });
+    }
+
+    // Each template compiled for writing and checked against the FHIR model once, here; rows then need only
+    // their values checked (see check.rs).
+    let meta_source = format!("urn:york-connector:mapping:{partner}/{}@{}", h.kind, h.version);
+    if e.list.len() == before {
+        for (i, spec) in resources.iter_mut().enumerate() {
+            let Ok(writer) = Writer::compile(&spec.template, &spec.resource_type, &meta_source, builtins) else {
+                continue;
+            };
+            match check::prepare(writer, &fields, &refs) {
+                Ok(c) => spec.compiled = Some(c),
+                Err(unknown) => {
+                    let offset = raw.resources[i].span().start;
+                    for problem in unknown {
+                        // Point at the line that names the element (`name[0].surname` -> `surname`).
+                        let at = match &problem {
+                            fhir_check::Problem::UnknownElement { path } => {
+                                let last = path.rsplit('.').next().unwrap_or(path);
+                                e.find(offset, last.split('[').next().unwrap_or(last))
+                            }
+                            _ => offset,
+                        };
+                        e.at(at, format!("resource[{i}] ({}).template", spec.name), problem.to_string());
+                    }
+                }
+            }
+        }
     }
 
     let patient_visible = h.patient_visible.as_ref().and_then(|f| {
@@ -766,7 +802,7 @@ fn load_mapping(file: &Path, partner: &str, errors: &mut Vec<CompileError>) -> O
             max_bytes: None,
         },
         files: raw.source.files,
-        meta_source: format!("urn:york-connector:mapping:{partner}/{}@{}", h.kind, h.version),
+        meta_source,
         fields,
         key,
         refs,

@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::check::{Memo, Verdict};
 use super::template::{self, Slot};
-use super::{Category, ConsentFacts, ConsentSpec, Decision, Field, FieldSource, Mapping, Partner, RecordKind, ids};
+use super::writer::RowData;
+use super::{
+    Category, ConsentFacts, ConsentSpec, Decision, Field, FieldSource, Mapping, Partner, RecordKind, ResourceSpec, ids,
+};
 use crate::ingest::limits::MAX_VALUE_CHARS;
 use crate::ingest::{self, Header, Row, Values};
 use crate::validate;
@@ -33,11 +37,42 @@ pub struct MappedResource<'a> {
     pub file: &'a Path,
     pub row: u64,
     pub category: Category,
-    pub resource: &'a Value,
+    /// The resource as JSON text: compact, object keys sorted, exactly what `serde_json` writes for
+    /// [`resource`](Self::resource)'s value. What is sent and hashed can be taken from here as it is.
+    pub json: &'a str,
+    /// Builds the resource as a `Value` when a sink asks for one ([`MappedResource::resource`]).
+    body: Body<'a>,
     /// Marked not-for-the-patient by the partner (safeguarding notes, third-party information).
     pub not_for_patient: bool,
     /// The consent statement the row makes (on the first resource of a consent mapping's row).
     pub consent: Option<&'a ConsentFacts>,
+}
+
+/// Where [`MappedResource::resource`] gets its value: one already built, or the row's values and template.
+#[derive(Debug, Clone, Copy)]
+enum Body<'a> {
+    Value(&'a Value),
+    Template {
+        partner: &'a Partner,
+        mapping: &'a Mapping,
+        spec: &'a ResourceSpec,
+        fields: &'a [Option<Value>],
+        refs: &'a [Option<String>],
+        key: &'a str,
+    },
+}
+
+impl MappedResource<'_> {
+    /// The resource as a JSON value, built on demand (the mapper itself writes [`json`](Self::json) without one).
+    /// Equal to parsing `json`, without parsing's rounding of decimals.
+    pub fn resource(&self) -> Value {
+        match self.body {
+            Body::Value(v) => v.clone(),
+            Body::Template { partner, mapping, spec, fields, refs, key } => {
+                build(partner, mapping, spec, fields, refs, key, self.id)
+            }
+        }
+    }
 }
 
 /// Why a row was not mapped: the column and field concerned, when there is one, and what to do.
@@ -201,6 +236,7 @@ pub fn run_with_limit(
     let mut state = RunState { known: Default::default(), withheld: HashMap::new(), seen: HashMap::new() };
 
     let org = organization(partner);
+    let org_json = org.to_string();
     let org_ref = format!("Organization/{}", partner.organization_id);
     state.known.insert(ref_hash(&org_ref));
     sink.resource(&MappedResource {
@@ -215,7 +251,8 @@ pub fn run_with_limit(
         category: Category::GeneralHealth,
         not_for_patient: false,
         consent: None,
-        resource: &org,
+        json: &org_json,
+        body: Body::Value(&org),
     })?;
     *report.resources.entry("Organization".into()).or_default() += 1;
 
@@ -317,10 +354,15 @@ fn map_file(
         Some(h) => Some(bind(mapping, h, &input.path).map_err(FileError::Unreadable)?),
         None => None,
     };
+    // What the per-row checks remember for each template (see check.rs), and the row's resources as text.
+    let mut memos: Vec<Memo> = mapping.resources.iter().map(|_| Memo::default()).collect();
+    let mut buf = String::new();
     for row in rows {
         let row = row.map_err(|e| FileError::Unreadable(ingest::cap_message(e.to_string())))?;
         counts.read += 1;
-        match map_row(partner, mapping, &row, header.as_deref(), binding.as_ref(), state, paths) {
+        buf.clear();
+        let cx = RowCx { header: header.as_deref(), binding: binding.as_ref(), paths };
+        match map_row(partner, mapping, &row, &cx, state, &mut memos, &mut buf) {
             Ok(RowResult::NoStatement(why)) => {
                 let spec = mapping.consent.as_ref();
                 sink.no_statement(&NoStatement {
@@ -335,8 +377,20 @@ fn map_file(
                 counts.no_statement += 1;
             }
             Ok(RowResult::Mapped(out)) => {
-                for (n, (spec_index, id, resource)) in out.resources.iter().enumerate() {
-                    let spec = &mapping.resources[*spec_index];
+                for (n, made) in out.resources.iter().enumerate() {
+                    let spec = &mapping.resources[made.spec];
+                    let id = &made.id;
+                    let body = match &made.value {
+                        Some(v) => Body::Value(v),
+                        None => Body::Template {
+                            partner,
+                            mapping,
+                            spec,
+                            fields: &out.fields,
+                            refs: &out.refs,
+                            key: &out.key,
+                        },
+                    };
                     sink.resource(&MappedResource {
                         partner: &partner.id,
                         kind: Some(mapping.kind),
@@ -347,7 +401,8 @@ fn map_file(
                         file: &input.path,
                         row: row.number,
                         category: spec.category,
-                        resource,
+                        json: &buf[made.text.clone()],
+                        body,
                         not_for_patient: out.not_for_patient,
                         consent: if n == 0 { out.consent.as_ref() } else { None },
                     })?;
@@ -395,9 +450,59 @@ enum RowResult {
 
 struct RowOut {
     key: String,
-    resources: Vec<(usize, String, Value)>,
+    resources: Vec<Made>,
     not_for_patient: bool,
     consent: Option<ConsentFacts>,
+    /// The row's field values and reference targets, for building a resource's `Value` on demand.
+    fields: Vec<Option<Value>>,
+    refs: Vec<Option<String>>,
+}
+
+/// One resource of a row.
+struct Made {
+    spec: usize,
+    id: String,
+    /// Where its text is in the row's buffer.
+    text: std::ops::Range<usize>,
+    /// Its value, when the row needed it built (a full check, or a template the writer does not handle).
+    value: Option<Value>,
+}
+
+/// What stays the same for every row of a file.
+struct RowCx<'a> {
+    header: Option<&'a Header>,
+    binding: Option<&'a Binding>,
+    paths: &'a [&'a Path],
+}
+
+/// The resource as the template and the engine's finishing step build it: the reference the writer's output
+/// equals byte for byte, and what the full check reads.
+fn build(
+    partner: &Partner,
+    mapping: &Mapping,
+    spec: &ResourceSpec,
+    fields: &[Option<Value>],
+    refs: &[Option<String>],
+    key: &str,
+    id: &str,
+) -> Value {
+    let vals = RowValues { partner, fields, refs, key, resource_id: id };
+    let body = template::eval(&spec.template, &vals).unwrap_or(Value::Object(Map::new()));
+    finish(body, &spec.resource_type, id, &mapping.meta_source)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only: build every resource as a `Value` and check it in full, as before templates were compiled, so
+    /// tests can compare the two ways byte for byte.
+    pub(crate) static REFERENCE_PATH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn reference_path() -> bool {
+    #[cfg(test)]
+    return REFERENCE_PATH.with(std::cell::Cell::get);
+    #[cfg(not(test))]
+    false
 }
 
 /// The row's values, as templates see them.
@@ -440,11 +545,12 @@ fn map_row(
     partner: &Partner,
     mapping: &Mapping,
     row: &Row,
-    header: Option<&Header>,
-    binding: Option<&Binding>,
+    cx: &RowCx<'_>,
     state: &mut RunState,
-    paths: &[&Path],
+    memos: &mut [Memo],
+    buf: &mut String,
 ) -> Result<RowResult, RowFailure> {
+    let (header, binding, paths) = (cx.header, cx.binding, cx.paths);
     let mut reasons = Vec::new();
     if let Values::Unreadable { reason, .. } = &row.values {
         return Err((
@@ -536,29 +642,65 @@ fn map_row(
         })
         .collect();
 
-    let mut resources = Vec::new();
+    let mut resources: Vec<Made> = Vec::new();
     let mut produced = Vec::new();
-    for (si, spec) in mapping.resources.iter().enumerate() {
-        if spec.when.is_some_and(|w| values[w].is_none()) {
-            continue;
-        }
-        let id = ids::resource_id(&partner.id, mapping.kind.as_str(), &spec.name, &key);
-        let vals = RowValues { partner, fields: &values, refs: &ref_targets, key: &key, resource_id: &id };
-        let body = template::eval(&spec.template, &vals).unwrap_or(Value::Object(Map::new()));
-        let resource = finish(body, &spec.resource_type, &id, &mapping.meta_source);
-        for problem in validate::resource(&spec.resource_type, &resource) {
+    // Hashes of the references the resources may hold, and whether a value holds an object (whose references
+    // only a walk of the built resource finds).
+    let mut ref_hashes: Vec<u64> = Vec::new();
+    let mut walk_refs = false;
+    let problems_of = |spec: &ResourceSpec, problems: Vec<String>, reasons: &mut Vec<Reason>| {
+        for problem in problems {
             reasons.push(Reason::row(with_action(
                 format!("{} ({}): {problem}", spec.resource_type, spec.name),
                 &format!("check the fields and value maps that build it in {}", mapping.file.display()),
             )));
         }
+    };
+    for (si, spec) in mapping.resources.iter().enumerate() {
+        if spec.when.is_some_and(|w| values[w].is_none()) {
+            continue;
+        }
+        let id = ids::resource_id(&partner.id, mapping.kind.as_str(), &spec.name, &key);
+        let start = buf.len();
+        let value = match spec.compiled.as_ref().filter(|_| !reference_path()) {
+            Some(compiled) => {
+                let data = RowData { fields: &values, refs: &ref_targets, key: &key, id: &id };
+                let memo = &mut memos[si];
+                let verdict = memo.write(compiled, &data, buf, ref_hash);
+                ref_hashes.extend_from_slice(&memo.refs);
+                walk_refs |= memo.walk_refs;
+                match verdict {
+                    Verdict::Passes => None,
+                    Verdict::CheckInFull => {
+                        let v = build(partner, mapping, spec, &values, &ref_targets, &key, &id);
+                        let problems = validate::resource(&spec.resource_type, &v);
+                        memos[si].record(problems.is_empty());
+                        problems_of(spec, problems, &mut reasons);
+                        Some(v)
+                    }
+                }
+            }
+            None => {
+                let v = build(partner, mapping, spec, &values, &ref_targets, &key, &id);
+                problems_of(spec, validate::resource(&spec.resource_type, &v), &mut reasons);
+                buf.push_str(&v.to_string());
+                walk_refs = true;
+                Some(v)
+            }
+        };
         produced.push(format!("{}/{id}", spec.resource_type));
-        resources.push((si, id, resource));
+        resources.push(Made { spec: si, id, text: start..buf.len(), value });
     }
 
-    // Every reference must point at something this run produced (this row's own resources included).
+    // Every reference must point at something this run produced (this row's own resources included). The
+    // references the templates can make are known; when one does not resolve (or a value held an object), the
+    // resources are walked as before, for the reasons.
     let own: Vec<u64> = produced.iter().map(|p| ref_hash(p)).collect();
-    for (_, _, resource) in &resources {
+    let resolved = !walk_refs && ref_hashes.iter().all(|h| state.known.contains(h) || own.contains(h));
+    for made in resources.iter_mut().filter(|_| !resolved) {
+        let spec = &mapping.resources[made.spec];
+        let resource =
+            made.value.get_or_insert_with(|| build(partner, mapping, spec, &values, &ref_targets, &key, &made.id));
         validate::each_reference(resource, &mut |path, reference| {
             let h = ref_hash(reference);
             if state.known.contains(&h) || own.contains(&h) {
@@ -601,7 +743,7 @@ fn map_row(
     }
     state.known.extend(own);
     state.seen.entry(mapping.kind).or_default().insert(key_hash, (row.number, raw_hash));
-    Ok(RowResult::Mapped(RowOut { key, resources, not_for_patient, consent }))
+    Ok(RowResult::Mapped(RowOut { key, resources, not_for_patient, consent, fields: values, refs: ref_targets }))
 }
 
 /// The row's key, from the key fields read on their own (for rows that are not mapped).
@@ -980,11 +1122,29 @@ fn field_value(
     Ok(Some(v))
 }
 
+/// A tabular cell as a value: over the length limit is an error, surrounding white space is trimmed, and an
+/// empty cell is absent (as [`cell`] does for a JSON string).
+fn checked_cell(s: &str) -> Result<Option<Value>, String> {
+    if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS {
+        return Err(too_long(s));
+    }
+    let t = s.trim();
+    Ok((!t.is_empty()).then(|| Value::String(t.to_string())))
+}
+
+fn too_long(s: &str) -> String {
+    format!(
+        "the cell holds {} characters, over the limit of {MAX_VALUE_CHARS} (a spreadsheet cell's own limit): the export is damaged or the column holds something else; fix it at the source",
+        s.chars().count()
+    )
+}
+
 /// Reads one cell (tabular) or path (JSON); an empty value is absent.
 fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Option<Value>, String> {
     let v = match &row.values {
         Values::Cells(cells) | Values::Untrusted { cells, .. } => match position.flatten() {
-            Some(i) => cells.get(i).map(|s| Value::String(s.clone())),
+            // Checked and trimmed before it is copied: one copy of the cell, not two.
+            Some(i) => return Ok(cells.get(i).map(String::as_str).map(checked_cell).transpose()?.flatten()),
             None => None,
         },
         Values::Json(record) => ingest::json_path(record, column).cloned(),
@@ -992,10 +1152,7 @@ fn cell(row: &Row, position: Option<Option<usize>>, column: &str) -> Result<Opti
     };
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS => Err(format!(
-            "the cell holds {} characters, over the limit of {MAX_VALUE_CHARS} (a spreadsheet cell's own limit): the export is damaged or the column holds something else; fix it at the source",
-            s.chars().count()
-        )),
+        Some(Value::String(s)) if s.len() > MAX_VALUE_CHARS && s.chars().count() > MAX_VALUE_CHARS => Err(too_long(&s)),
         Some(Value::String(s)) => {
             let trimmed = s.trim().len();
             Ok(match trimmed {

@@ -1,17 +1,21 @@
 //! Mapping: declarative partner-record-to-FHIR mappings (`mappings/`), compiled once at load, and the engine
 //! that runs them over ingested rows. The format is documented in `mappings/README.md`.
 
+mod check;
 mod compile;
 mod engine;
 pub mod ids;
 pub mod reverse;
 mod template;
 pub mod transform;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use compile::{CompileError, load_catalog};
+#[cfg(test)]
+pub(crate) use engine::REFERENCE_PATH;
 pub use engine::{
     FileCounts, Input, MappedResource, NoStatement, NoStatementWhy, Quarantined, Reason, RunReport, Sink, organization,
     run, run_with_limit,
@@ -167,6 +171,9 @@ pub struct ResourceSpec {
     pub when: Option<usize>,
     pub category: Category,
     pub template: Node,
+    /// The template compiled for writing, with what its load-time FHIR check learned. None for a template
+    /// the writer does not handle (a `meta` that is not a table): its resources are built as `Value`s.
+    pub(crate) compiled: Option<check::Compiled>,
     /// Line of the `[[resource]]` in the mapping file, for errors found after compiling.
     pub line: usize,
 }

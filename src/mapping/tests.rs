@@ -101,7 +101,7 @@ struct Got {
 }
 impl Sink for Got {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
-        self.resources.push((r.row, r.resource.clone()));
+        self.resources.push((r.row, r.resource()));
         Ok(())
     }
     fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
@@ -422,7 +422,7 @@ impl Sink for Statements {
             self.facts.push((r.source_key.to_string(), f.clone()));
         }
         if r.resource_type == "Patient" {
-            self.patients.push(r.resource.clone());
+            self.patients.push(r.resource());
         }
         Ok(())
     }
@@ -720,4 +720,163 @@ fn every_transform_refusal_says_what_to_do() {
             assert!(says_what_to_do(&message), "{t:?} on {input:?}: {message}");
         }
     }
+}
+
+/// Issue 15: every shipped template passes its load-time FHIR check with representative values, so its rows take
+/// the quick per-row path, and the probes tell free text, dates, dateTimes and coded places apart.
+#[test]
+fn shipped_templates_are_checked_once_at_load() {
+    let cat = load_catalog(&Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).unwrap();
+    let mut places = Vec::new();
+    for p in cat.partners.values() {
+        for m in p.mappings.values() {
+            for spec in &m.resources {
+                let c = spec
+                    .compiled
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{} {}: not compiled", m.file.display(), spec.name));
+                assert!(
+                    !c.places().is_empty(),
+                    "{} {}: the representative resource did not fit",
+                    m.file.display(),
+                    spec.name
+                );
+                places.extend_from_slice(c.places());
+            }
+        }
+    }
+    for p in [check::Place::Text, check::Place::Date, check::Place::DateTime, check::Place::Exact] {
+        assert!(places.contains(&p), "{p:?}");
+    }
+}
+
+/// A person mapping that hands values to FHIR as the partner wrote them (no transforms, no value maps), so the
+/// checks on the produced resource are the only ones that can refuse them.
+const RAW_PERSON: &str = r#"
+[mapping]
+partner = "p1"
+kind = "person"
+version = "1.0.0"
+key = ["client_id"]
+
+[fields]
+client_id = { from = "Client ID", required = true }
+nhs = { from = "NHS" }
+family = { from = "Surname" }
+dob = { from = "DOB" }
+gender = { from = "Sex" }
+gp = { from = "GP" }
+age = { from = "Age", transform = "integer" }
+note = { from = "Note" }
+
+[[resource]]
+name = "patient"
+type = "Patient"
+[resource.template]
+identifier = [
+  { system = "https://fhir.nhs.uk/Id/nhs-number", value = "{nhs}" },
+  { system = "{partner.identifier_system}/client", value = "{client_id}" },
+]
+name = [{ family = "{family}", text = "{age}" }]
+gender = "{gender}"
+birthDate = "{dob}"
+generalPractitioner = [{ reference = "{gp}" }]
+managingOrganization = { reference = "{partner.org}" }
+address = [{ text = "NOTES" }]
+"#;
+
+/// Maps `people` with RAW_PERSON both ways (compiled, and building and checking every `Value` in full), asserts
+/// the two agree byte for byte and reason for reason, and returns the quarantined rows' reasons by client id.
+fn raw_person_both_ways(name: &str, people: &str) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let template = RAW_PERSON.replace("NOTES", &"{note}".repeat(33));
+    let d = setup(name, &[("mappings/p1/partner.toml", PARTNER), ("mappings/p1/person.toml", &template)]);
+    std::fs::write(d.0.join("person.csv"), people).unwrap();
+    let cat = catalog(&d.0);
+    let p = cat.partner("p1").unwrap();
+    let inputs = vec![Input { kind: RecordKind::Person, path: d.0.join("person.csv") }];
+    let mut outs = Vec::new();
+    for reference in [false, true] {
+        REFERENCE_PATH.with(|r| r.set(reference));
+        let mut got = Got::default();
+        run(p, &inputs, &mut got).unwrap();
+        let resources: Vec<String> = got.resources.iter().map(|(_, v)| v.to_string()).collect();
+        let quarantined: Vec<(String, Vec<String>)> = got
+            .quarantined
+            .iter()
+            .map(|q| (q.key.clone().unwrap_or_default(), q.reasons.iter().map(ToString::to_string).collect()))
+            .collect();
+        outs.push((resources, quarantined));
+    }
+    REFERENCE_PATH.with(|r| r.set(false));
+    assert_eq!(outs[0], outs[1], "compiled and full checks agree");
+    outs.swap_remove(0)
+}
+
+/// Issue 15: with the structure checked once at load and rows checked by their values, every check on a produced
+/// resource still refuses what it refused: a date FHIR cannot read, a code outside its value set, a value of the
+/// wrong type, an NHS number failing Modulus 11, a reference that is not `Type/id` or points at nothing in the
+/// run, an element the partnership requires left empty, a value over the length limit. A refused value is
+/// refused again when it comes back (its verdict is remembered), and good rows around them still map.
+#[test]
+fn every_check_on_a_produced_resource_still_fires() {
+    let long = "n".repeat(1000);
+    let people = format!(
+        "Client ID,NHS,Surname,DOB,Sex,GP,Age,Note\n\
+         C01,9990000018,Brontë,1987-04-03,female,,,\n\
+         C02,,Date,03/04/1987,female,,,\n\
+         C03,,Code,1987-04-03,F,,,\n\
+         C04,9990000017,Nhs,1987-04-03,male,,,\n\
+         C05,,Url,1987-04-03,male,http://elsewhere/Practitioner/1,,\n\
+         C06,,Dangling,1987-04-03,male,Practitioner/abc,,\n\
+         C07,,,1987-04-03,male,,,\n\
+         C08,,Type,1987-04-03,male,,42,\n\
+         C09,,Long,1987-04-03,male,,,{long}\n\
+         C10,,Code,1987-04-03,F,,,\n\
+         C11,,Month,1987-04,other,,,\n\
+         C12,,Brontë,1990-12-31,female,,,\n\
+         C13,,Date,31/12/1990,female,,,\n"
+    );
+    let (resources, quarantined) = raw_person_both_ways("checks", &people);
+    let reasons = |key: &str| {
+        quarantined.iter().find(|(k, _)| k == key).map(|(_, r)| r.join("\n")).unwrap_or_else(|| panic!("{key} mapped"))
+    };
+    let structure = "Patient (patient): does not fit the FHIR R4 structure";
+    assert!(reasons("C02").contains(structure), "{}", reasons("C02"));
+    assert!(reasons("C13").contains(structure), "a new bad date is checked in full: {}", reasons("C13"));
+    assert!(reasons("C03").contains("a code that is not in the element's FHIR value set"), "{}", reasons("C03"));
+    assert_eq!(reasons("C10"), reasons("C03"), "a remembered verdict gives the same reasons");
+    assert!(reasons("C04").contains("identifier: the NHS number fails the Modulus 11 check"), "{}", reasons("C04"));
+    assert!(reasons("C05").contains("generalPractitioner.reference: not a plain relative reference"));
+    assert!(
+        reasons("C06")
+            .contains("generalPractitioner.reference points at Practitioner/abc, which is not in this run's output"),
+        "{}",
+        reasons("C06")
+    );
+    assert!(reasons("C07").contains("name is required by the partnership's rules but is empty"), "{}", reasons("C07"));
+    assert!(reasons("C08").contains("invalid type") && reasons("C08").contains(", expected"), "{}", reasons("C08"));
+    assert!(reasons("C09").contains("address.text: the value is 33000 characters long"), "{}", reasons("C09"));
+    let mapped: Vec<&str> = ["C01", "C11", "C12"]
+        .into_iter()
+        .filter(|k| !resources.iter().any(|r| r.contains(&format!("\"value\":\"{k}\""))))
+        .collect();
+    assert!(mapped.is_empty(), "good rows map: {mapped:?} missing");
+    assert_eq!(quarantined.len(), 10, "{quarantined:?}");
+}
+
+/// Issue 15: an element FHIR does not know is refused when the mapping loads, naming the file, line and element,
+/// instead of quarantining every row that fills it in.
+#[test]
+fn an_unknown_element_is_a_load_time_error() {
+    let broken = PERSON.replace("name = [{ family = \"{family}\"", "name = [{ surname = \"{family}\"");
+    let d = setup("unknown-element", &[("mappings/p1/partner.toml", PARTNER), ("mappings/p1/person.toml", &broken)]);
+    let errors: Vec<String> =
+        load_catalog(&d.0.join("mappings")).unwrap_err().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "{}:28: resource[0] (patient).template: element name[0].surname is not part of FHIR R4 here; check its name and place",
+            d.0.join("mappings/p1/person.toml").display()
+        )]
+    );
 }

@@ -88,8 +88,8 @@ impl Transform {
             }
             return Ok(Value::Array(out));
         }
-        let text = match &value {
-            Value::String(s) => s.clone(),
+        let text = match value {
+            Value::String(s) => s,
             other => other.to_string(),
         };
         let s = text.trim();

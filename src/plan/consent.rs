@@ -28,7 +28,7 @@ impl Sink for ConsentSink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         if r.resource_type == "Patient" {
             let patient = format!("Patient/{}", r.id);
-            let group = person_group(&patient, r.resource);
+            let group = person_group(&patient, &r.resource());
             self.groups.insert(patient.clone(), group.clone());
             self.links.push((patient, group, r.partner.to_string()));
         }

@@ -68,16 +68,10 @@ struct ChannelSink(mpsc::Sender<Msg>);
 impl Sink for ChannelSink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         let key = ResourceKey { resource_type: r.resource_type.to_string(), id: r.id.to_string() };
-        let patient = patient_of(r.resource_type, r.id, r.resource);
+        let body = r.resource();
+        let patient = patient_of(r.resource_type, r.id, &body);
         let from = r.kind.map(|_| (r.file.to_path_buf(), r.source_key.to_string()));
-        let m = Mapped {
-            key,
-            from,
-            patient,
-            category: r.category,
-            not_for_patient: r.not_for_patient,
-            body: r.resource.clone(),
-        };
+        let m = Mapped { key, from, patient, category: r.category, not_for_patient: r.not_for_patient, body };
         self.0.blocking_send(Msg::Resource(m)).map_err(|_| std::io::Error::other("planner stopped"))
     }
     fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {

@@ -6,7 +6,7 @@ pub mod nhs;
 
 use serde_json::Value;
 
-const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+pub const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
 /// Every problem with one resource, as sentences; empty when it is good.
 pub fn resource(resource_type: &str, resource: &Value) -> Vec<String> {
@@ -79,14 +79,18 @@ fn rules(resource_type: &str, resource: &Value, problems: &mut Vec<String>) {
         }
     }
     each_reference(resource, &mut |path, reference| {
-        let ok = reference.split_once('/').is_some_and(|(t, id)| {
-            t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() && !id.contains('/')
-        });
-        if !ok {
+        if !is_plain_reference(reference) {
             problems
                 .push(format!("{path}: not a plain relative reference (Type/id); check the template that builds it"));
         }
     });
+}
+
+/// A plain relative reference: `Type/id`, the type capitalised, the id without a slash.
+pub fn is_plain_reference(reference: &str) -> bool {
+    reference.split_once('/').is_some_and(|(t, id)| {
+        t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() && !id.contains('/')
+    })
 }
 
 /// Calls `f(path, reference)` for every `reference` string in a resource.

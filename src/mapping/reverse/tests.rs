@@ -53,7 +53,7 @@ impl Sink for Got {
             kind: r.kind,
             category: r.category,
             not_for_patient: r.not_for_patient,
-            resource: r.resource.clone(),
+            resource: r.resource(),
         });
         Ok(())
     }
