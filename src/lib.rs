@@ -8,14 +8,18 @@
 //! - [`model`]: the shared vocabulary (record kinds, categories, consent decisions, audit actions, conflict
 //!   statuses, job names, FHIR systems). It imports nothing from the crate; everything may use it.
 //! - [`config`]: the TOML file, typed as it is read (schedules, time zone, addresses).
+//! - [`source`]: where a partner's exports come from each cycle: a fixed file, an inbox folder (each new
+//!   complete file once, oldest first, then archived), a partner API (pages spooled); snapshots compared.
 //! - [`ingest`]: partner exports (CSV, XLSX, JSON, NDJSON) read into rows, defensively.
-//! - [`mapping`]: declarative mappings compiled once; rows mapped to FHIR resources or quarantined.
+//! - [`mapping`]: declarative mappings compiled once (templates into JSON writers checked against FHIR R4 at
+//!   load); rows mapped to FHIR resources or quarantined.
 //! - [`validate`]: checks on every produced resource (the typed FHIR check is the `fhir-check` crate).
 //! - [`quarantine`]: rows that could not be mapped, kept for an admin.
 //! - [`policy`]: the sharing rules: may this resource go to this destination, and on what basis.
 //! - [`store`]: the durable state (ledger, outbox, audit, consent, conflicts, jobs), SQLite or PostgreSQL.
 //! - [`context`]: what every stage above the store works with, built whole from one configuration.
-//! - [`plan`]: planning, being carved out of `sync`: who a resource is about.
+//! - [`plan`]: planning: consent read first, then per chunk of mapped resources and per destination decide
+//!   (the sharing rules), shape, compare with the ledger, record the outbox.
 //! - [`deliver`]: draining an outbox to a destination (bundles, retries, Patient matching, merges).
 //! - [`conflict`]: the three-way comparison of a resource changed on both sides.
 //! - [`reconcile`]: proving each destination holds what it should; reading back others' changes (pull);
