@@ -179,7 +179,8 @@ same = sum(1 for l in base if ours.get(json.loads(l)["id"]) == l)
 print(f"{same} of {len(base)} baseline Patients identical in the connector's output ({len(ours)} written)")
 PY
 )
-    echo "simple Patient mapping: connector ${simple_secs}s ($(python3 -c "print(round($person_rows/$simple_secs))") rows/s, peak ${simple_rss_mib} MiB); hand-written baseline ${baseline_secs}s ($(python3 -c "print(round($person_rows/$baseline_secs))") rows/s, peak ${baseline_rss_mib} MiB); ratio $(python3 -c "print(round($simple_secs/$baseline_secs, 2))")x the baseline's time"
+    simple_rows=$(grep -oE '^Total: [0-9]+' "$work/simple.txt" | grep -oE '[0-9]+')
+    echo "simple Patient mapping ($simple_rows rows): connector ${simple_secs}s ($(python3 -c "print(round($simple_rows/$simple_secs))") rows/s, peak ${simple_rss_mib} MiB); hand-written baseline ${baseline_secs}s ($(python3 -c "print(round($simple_rows/$baseline_secs))") rows/s, peak ${baseline_rss_mib} MiB); ratio $(python3 -c "print(round($simple_secs/$baseline_secs, 2))")x the baseline's time"
     echo "  $same"
 
     # 2. The full Hub mappings over the person and contact exports, reported on their own (rows/s).

@@ -1,6 +1,6 @@
 //! The hand-written baseline of `scripts/bench.sh mapping`: the simple Patient mapping of
 //! `scripts/bench/simple-patient/` written directly in Rust, the way a developer would without the connector:
-//! csv + serde structs + uuid v5, no validation beyond what the mapping's transforms need. Its output is the
+//! csv + serde structs + uuid v5 (and encoding_rs for Windows-1252 exports), no validation beyond what the mapping's transforms need. Its output is the
 //! same NDJSON the connector writes for that mapping (the bench script compares them), so the ratio between the
 //! two is the cost of the declarative engine and its checks.
 //!
@@ -36,6 +36,8 @@ struct Patient<'a> {
     gender: &'a str,
     id: String,
     identifier: Vec<Identifier<'a>>,
+    #[serde(rename = "managingOrganization")]
+    managing_organization: Reference<'a>,
     meta: Meta,
     name: [Name<'a>; 1],
     #[serde(rename = "resourceType")]
@@ -46,6 +48,11 @@ struct Patient<'a> {
 struct Identifier<'a> {
     system: &'a str,
     value: String,
+}
+
+#[derive(Serialize)]
+struct Reference<'a> {
+    reference: &'a str,
 }
 
 #[derive(Serialize)]
@@ -82,8 +89,15 @@ fn uk_date(s: &str) -> Option<String> {
 fn main() {
     let path = std::env::args().nth(1).expect("usage: bench-baseline PERSON_CSV");
     let namespace = Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:york-connector");
+    let org = format!("Organization/{}", Uuid::new_v5(&namespace, b"bench/organization"));
     let started = Instant::now();
-    let mut reader = csv::Reader::from_path(&path).expect("reading the export");
+    // Exports come in UTF-8 or Windows-1252, as the connector's readers allow.
+    let bytes = std::fs::read(&path).expect("reading the export");
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => encoding_rs::WINDOWS_1252.decode(&bytes).0,
+    };
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut rows = 0u64;
@@ -91,7 +105,11 @@ fn main() {
         let Ok(row) = row else { continue };
         rows += 1;
         let Some(birth_date) = uk_date(&row.dob) else { continue };
-        let nhs: String = row.nhs.chars().filter(char::is_ascii_digit).collect();
+        // Excel writes long numbers in scientific notation (9.990001057E+09).
+        let nhs: String = match row.nhs.trim().parse::<f64>() {
+            Ok(n) if row.nhs.contains(['E', 'e']) => format!("{n:.0}"),
+            _ => row.nhs.chars().filter(char::is_ascii_digit).collect(),
+        };
         let mut identifier = Vec::with_capacity(2);
         if !nhs.is_empty() {
             identifier.push(Identifier { system: NHS_SYSTEM, value: nhs });
@@ -103,6 +121,7 @@ fn main() {
             gender: gender(&row.gender),
             id,
             identifier,
+            managing_organization: Reference { reference: &org },
             meta: Meta { source: SOURCE },
             name: [Name { family: row.surname.trim(), given: [row.forename.trim()] }],
             resource_type: "Patient",
