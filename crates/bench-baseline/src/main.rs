@@ -86,23 +86,32 @@ fn uk_date(s: &str) -> Option<String> {
     chrono::NaiveDate::from_ymd_opt(y, m, d).map(|d| d.format("%Y-%m-%d").to_string())
 }
 
+fn header_text(h: &csv::ByteRecord) -> csv::StringRecord {
+    h.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect()
+}
+
 fn main() {
     let path = std::env::args().nth(1).expect("usage: bench-baseline PERSON_CSV");
     let namespace = Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:york-connector");
     let org = format!("Organization/{}", Uuid::new_v5(&namespace, b"bench/organization"));
     let started = Instant::now();
-    // Exports come in UTF-8 or Windows-1252, as the connector's readers allow.
-    let bytes = std::fs::read(&path).expect("reading the export");
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(t) => std::borrow::Cow::Borrowed(t),
-        Err(_) => encoding_rs::WINDOWS_1252.decode(&bytes).0,
-    };
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let mut reader = csv::Reader::from_path(&path).expect("reading the export");
+    let header = header_text(reader.byte_headers().expect("reading the header"));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut rows = 0u64;
-    for row in reader.deserialize::<Row>() {
-        let Ok(row) = row else { continue };
+    let mut record = csv::ByteRecord::new();
+    let mut fields = csv::StringRecord::new();
+    while reader.read_byte_record(&mut record).expect("reading a row") {
+        // Exports come in UTF-8 or Windows-1252, as the connector's readers allow: decode each cell.
+        fields.clear();
+        for cell in &record {
+            match std::str::from_utf8(cell) {
+                Ok(t) => fields.push_field(t),
+                Err(_) => fields.push_field(&encoding_rs::WINDOWS_1252.decode(cell).0),
+            }
+        }
+        let Ok(row) = fields.deserialize::<Row>(Some(&header)) else { continue };
         rows += 1;
         let Some(birth_date) = uk_date(&row.dob) else { continue };
         // Excel writes long numbers in scientific notation (9.990001057E+09).
