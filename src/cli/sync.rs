@@ -163,7 +163,7 @@ fn print_table(r: &CycleReport) {
                 "  HELD {person}: consent record {record} is unreadable (quarantined); correct it, and the next cycle releases the hold"
             );
         }
-        for (d, n) in &i.withheld {
+        for (d, n) in i.withheld.iter().filter(|(_, n)| **n > 0) {
             println!(
                 "  withheld from {d}: {n} (no agreement or consent allows them; `connector audit --destination {d}`)"
             );
