@@ -101,7 +101,10 @@ pub async fn compare(
             _ => rows.push(encode(key, "")),
         }
     }
-    ctx.store.snapshot_replace(partner, label, &rows).await?;
+    // An unchanged snapshot (the usual cycle) is not written again.
+    if decode(rows.clone()) != previous {
+        ctx.store.snapshot_replace(partner, label, &rows).await?;
+    }
     Ok(())
 }
 
