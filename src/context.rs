@@ -106,15 +106,19 @@ impl Context {
         self.destinations.iter().find(|d| d.name == name)
     }
 
-    /// The partner's sources as mapping inputs.
-    pub fn inputs(&self, partner_id: &str) -> anyhow::Result<Vec<Input>> {
-        let pc = self
-            .config
+    /// The `[[partner]]` of this id.
+    pub fn partner_config(&self, partner_id: &str) -> anyhow::Result<&crate::config::PartnerConfig> {
+        self.config
             .partners
             .iter()
             .find(|p| p.id == partner_id)
-            .with_context(|| format!("no [[partner]] \"{partner_id}\" in the config"))?;
-        Ok(pc
+            .with_context(|| format!("no [[partner]] \"{partner_id}\" in the config"))
+    }
+
+    /// The partner's fixed-file sources as mapping inputs (inbox and API sources are gathered by `source`).
+    pub fn inputs(&self, partner_id: &str) -> anyhow::Result<Vec<Input>> {
+        Ok(self
+            .partner_config(partner_id)?
             .sources
             .iter()
             .filter_map(|s| match &s.location {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::EXIT_FOUND;
+use crate::ingest::file_name;
 use crate::mapping::{
     self, Catalog, ConsentFacts, DateSource, Decision, Input, MappedResource, NoStatement, Partner, Quarantined,
     RecordKind, RunReport, Sink,
@@ -266,10 +267,6 @@ pub(super) fn describe_statement(f: &ConsentFacts) -> String {
 struct PreviewSink<W: Write> {
     out: W,
     quarantine: QuarantineFile,
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 impl<W: Write> Sink for PreviewSink<W> {

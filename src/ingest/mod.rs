@@ -195,6 +195,11 @@ pub fn open(path: &Path, opts: &ReadOptions) -> Result<Rows, IngestError> {
 /// column, mapping); a longer one is carrying something it should not, such as a whole record.
 pub const MAX_MESSAGE_CHARS: usize = 300;
 
+/// A file's name for messages and reports (the whole path when it has no name).
+pub fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// Cuts a message to [`MAX_MESSAGE_CHARS`] on a character boundary, saying that it did.
 pub fn cap_message(message: String) -> String {
     match message.char_indices().nth(MAX_MESSAGE_CHARS) {

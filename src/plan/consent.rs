@@ -111,9 +111,7 @@ impl Planner<'_> {
             .into_iter()
             .flat_map(RunReport::failed_files)
             .filter(|f| f.kind == Some(RecordKind::Consent))
-            .map(|f| {
-                f.path.file_name().map_or_else(|| f.path.display().to_string(), |n| n.to_string_lossy().into_owned())
-            })
+            .map(|f| crate::ingest::file_name(&f.path))
             .collect();
         let unreadable = if !failed.is_empty() {
             Some(format!("{} not mapped", failed.join(", ")))

@@ -128,12 +128,7 @@ pub async fn gather(
     dry_run: bool,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Gathered> {
-    let pc = ctx
-        .config
-        .partners
-        .iter()
-        .find(|p| p.id == partner)
-        .ok_or_else(|| anyhow::anyhow!("no [[partner]] \"{partner}\" in the config"))?;
+    let pc = ctx.partner_config(partner)?;
     let mut out = Gathered { rounds: vec![Round::default()], reports: Vec::new() };
     let now = SystemTime::now();
     for (i, src) in pc.sources.iter().enumerate() {
@@ -230,12 +225,7 @@ pub async fn finish(
     accept_shrink: bool,
     reports: &mut [SourceReport],
 ) -> anyhow::Result<()> {
-    let pc = ctx
-        .config
-        .partners
-        .iter()
-        .find(|p| p.id == partner)
-        .ok_or_else(|| anyhow::anyhow!("no [[partner]] \"{partner}\" in the config"))?;
+    let pc = ctx.partner_config(partner)?;
     let now = Utc::now();
     for t in round.taken {
         let src = &pc.sources[t.source];
@@ -244,7 +234,7 @@ pub async fn finish(
         let failed = outcome.failed.get(t.path());
         if src.kinds.contains(&crate::model::RecordKind::Consent) {
             // Held until a consent export from this source is read cleanly, even across restarts.
-            let why = failed.map(|w| format!("{} not mapped ({w})", file_name(t.path())));
+            let why = failed.map(|w| format!("{} not mapped ({w})", crate::ingest::file_name(t.path())));
             ctx.store.source_consent_hold(partner, &label, why.as_deref()).await?;
         }
         let mut status = SourceStatus { partner: partner.to_string(), source: label.clone(), ..Default::default() };
@@ -307,19 +297,10 @@ pub async fn finish(
     Ok(())
 }
 
-fn file_name(p: &std::path::Path) -> String {
-    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
-}
-
 /// What each source holds now, without taking anything new: fixed files, and an inbox's newest archived file
 /// (reconcile's expected set). An API source is not read here.
 pub fn latest_inputs(ctx: &Context, partner: &str) -> anyhow::Result<Vec<Input>> {
-    let pc = ctx
-        .config
-        .partners
-        .iter()
-        .find(|p| p.id == partner)
-        .ok_or_else(|| anyhow::anyhow!("no [[partner]] \"{partner}\" in the config"))?;
+    let pc = ctx.partner_config(partner)?;
     let mut inputs = Vec::new();
     for src in &pc.sources {
         let path = match &src.location {
