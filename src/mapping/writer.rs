@@ -386,6 +386,41 @@ struct Cx<'a, 'r> {
 }
 
 impl Cx<'_, '_> {
+    /// An object's members (each key already written as `"key":`) or an array's items, between `open` and
+    /// `close`: a member that writes nothing leaves no trace, and a container left empty is not written at all.
+    fn container<'w>(
+        &mut self,
+        out: &mut String,
+        (open, close): (char, char),
+        children: impl Iterator<Item = (Option<&'w str>, &'w W)>,
+        in_array: bool,
+    ) -> Written {
+        let start = out.len();
+        out.push(open);
+        let mut t = Tally::default();
+        for (key, child) in children {
+            let mark = out.len();
+            if t.any {
+                out.push(',');
+            }
+            if let Some(key) = key {
+                out.push_str(key);
+            }
+            let r = self.node(child, out, in_array);
+            t.add(r);
+            if !r.written {
+                out.truncate(mark);
+            }
+        }
+        let r = t.result();
+        if r.written {
+            out.push(close);
+        } else {
+            out.truncate(start);
+        }
+        r
+    }
+
     fn node(&mut self, w: &W, out: &mut String, in_array: bool) -> Written {
         match w {
             W::Lit(text) => {
@@ -395,52 +430,9 @@ impl Cx<'_, '_> {
             W::Never => Written::default(),
             W::Leaf(i) => self.leaf(*i, out, in_array),
             W::Object(members) => {
-                let start = out.len();
-                out.push('{');
-                let mut t = Tally::default();
-                for (key, child) in members {
-                    let mark = out.len();
-                    if t.any {
-                        out.push(',');
-                    }
-                    out.push_str(key);
-                    let r = self.node(child, out, false);
-                    t.add(r);
-                    if !r.written {
-                        out.truncate(mark);
-                    }
-                }
-                let r = t.result();
-                if r.written {
-                    out.push('}');
-                } else {
-                    out.truncate(start);
-                }
-                r
+                self.container(out, ('{', '}'), members.iter().map(|(key, child)| (Some(&**key), child)), false)
             }
-            W::Array(items) => {
-                let start = out.len();
-                out.push('[');
-                let mut t = Tally::default();
-                for child in items {
-                    let mark = out.len();
-                    if t.any {
-                        out.push(',');
-                    }
-                    let r = self.node(child, out, true);
-                    t.add(r);
-                    if !r.written {
-                        out.truncate(mark);
-                    }
-                }
-                let r = t.result();
-                if r.written {
-                    out.push(']');
-                } else {
-                    out.truncate(start);
-                }
-                r
-            }
+            W::Array(items) => self.container(out, ('[', ']'), items.iter().map(|child| (None, child)), true),
         }
     }
 
