@@ -272,6 +272,28 @@ struct KeyedRow {
     row: StoredRow,
 }
 
+/// Deletes the rows of `table` (one of the tables keyed by destination, resource type and resource id) for
+/// these keys, given as three parallel arrays.
+async fn delete_keys(
+    tx: &mut sqlx::PgConnection,
+    table: &'static str,
+    (d, t, i): (&[String], &[String], &[String]),
+    what: &'static str,
+) -> Result<()> {
+    // `table` is one of this file's constants; every value is bound.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {table} x USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+         WHERE x.destination = k.d AND x.resource_type = k.t AND x.resource_id = k.i"
+    )))
+    .bind(d)
+    .bind(t)
+    .bind(i)
+    .execute(tx)
+    .await
+    .map_err(StoreError::query(what))?;
+    Ok(())
+}
+
 /// [`super::Store::complete_many`] in one transaction and a few statements over arrays, whatever the number
 /// of rows: the ledger written, deleted resources' ledger entries and conflicts closed, the audit entries
 /// chained, withholdings and send intents cleared, and the outbox rows removed (as `ROW_DONE` says, in two
@@ -312,44 +334,17 @@ pub(super) async fn complete(pool: &PgPool, done: &[Completion<'_>], now: i64) -
         .execute(&mut *tx)
         .await
         .map_err(StoreError::query("complete: closing conflicts of deleted resources"))?;
-        sqlx::query(
-            "DELETE FROM ledger l USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
-             WHERE l.destination = k.d AND l.resource_type = k.t AND l.resource_id = k.i",
-        )
-        .bind(&d)
-        .bind(&t)
-        .bind(&i)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("complete: writing the ledger"))?;
+        delete_keys(&mut tx, "ledger", (&d, &t, &i), "complete: writing the ledger").await?;
     }
     let audits: Vec<&super::AuditEntry> = done.iter().filter_map(|c| c.audit).collect();
     if !audits.is_empty() {
         super::audit::append_chained_pg(&mut tx, &audits).await?;
         let (d, t, i) = keys(&mut done.iter().filter(|c| c.audit.is_some()));
-        sqlx::query(
-            "DELETE FROM withheld w USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
-             WHERE w.destination = k.d AND w.resource_type = k.t AND w.resource_id = k.i",
-        )
-        .bind(&d)
-        .bind(&t)
-        .bind(&i)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("complete: clearing the withholding"))?;
+        delete_keys(&mut tx, "withheld", (&d, &t, &i), "complete: clearing the withholding").await?;
     }
     // Recorded: no write of these keys is in doubt any more.
     let (d, t, i) = keys(&mut done.iter());
-    sqlx::query(
-        "DELETE FROM send_intent s USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
-         WHERE s.destination = k.d AND s.resource_type = k.t AND s.resource_id = k.i",
-    )
-    .bind(&d)
-    .bind(&t)
-    .bind(&i)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::query("complete: clearing the send intents"))?;
+    delete_keys(&mut tx, "send_intent", (&d, &t, &i), "complete: clearing the send intents").await?;
 
     // The rows as leased (same seq); then, for those replaced meanwhile, a replacement that came back to
     // the same content (leased under the old seq); the rest keep their newer plan, without the lease.
