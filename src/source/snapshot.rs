@@ -88,21 +88,20 @@ pub async fn compare(
         report.retracting = retract(ctx, partner, &gone, &previous).await?;
     }
     // Rows quarantined now keep the resources they had.
-    let mut rows = Vec::new();
-    for (key, resources) in &now.records {
-        rows.extend(resources.iter().map(|r| encode(key, r)));
-        if resources.is_empty() {
-            rows.push(encode(key, ""));
-        }
-    }
-    for key in now.quarantined.iter().filter(|k| !now.records.contains_key(*k)) {
-        match previous.get(key) {
-            Some(rs) if !rs.is_empty() => rows.extend(rs.iter().map(|r| encode(key, r))),
-            _ => rows.push(encode(key, "")),
-        }
+    let mut current = now.records;
+    for key in now.quarantined {
+        let before = previous.get(&key).cloned().unwrap_or_default();
+        current.entry(key).or_insert(before);
     }
     // An unchanged snapshot (the usual cycle) is not written again.
-    if decode(rows.clone()) != previous {
+    if current != previous {
+        let mut rows = Vec::new();
+        for (key, resources) in &current {
+            rows.extend(resources.iter().map(|r| encode(key, r)));
+            if resources.is_empty() {
+                rows.push(encode(key, ""));
+            }
+        }
         ctx.store.snapshot_replace(partner, label, &rows).await?;
     }
     Ok(())
