@@ -151,17 +151,10 @@ fn dropped_files_are_read_once_in_order_and_only_when_complete() {
     assert!(out.contains("source hub/person") && out.contains("hub-person-2.csv"), "{out}");
 }
 
-/// `connector sync --once --format json`: exit code and the partner's report.
+/// `connector sync --once`: exit code and the partner's report.
 fn sync_json(config: &Path) -> (i32, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_connector"))
-        .args(["sync", "--once", "--format", "json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), report["ingest"][0].clone())
+    let (code, report) = common::sync_json(config, &[]);
+    (code, report["ingest"][0].clone())
 }
 
 #[test]

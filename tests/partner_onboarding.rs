@@ -26,15 +26,7 @@ fn export(path: &Path, ky002: &str) {
 }
 
 fn sync(config: &Path) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_connector"))
-        .args(["sync", "--once", "--format", "json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), report)
+    common::sync_json(config, &[])
 }
 
 async fn patients(hfs: &Hfs) -> Vec<Value> {

@@ -47,18 +47,10 @@ fn config(dir: &Path, mode: &str, retract: bool, cito: Option<&str>) -> PathBuf 
     path
 }
 
-/// `connector sync --once --format json [extra]`: exit code and the report's one source.
+/// `connector sync --once [extra]`: exit code and the report's one source.
 fn sync(config: &Path, extra: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_connector"))
-        .args(["sync", "--once", "--format", "json", "--config"])
-        .arg(config)
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), report["ingest"][0]["sources"][0].clone())
+    let (code, report) = common::sync_json(config, extra);
+    (code, report["ingest"][0]["sources"][0].clone())
 }
 
 async fn patients(hfs: &Hfs) -> u64 {

@@ -482,3 +482,17 @@ pub fn file_inputs(
         })
         .collect()
 }
+
+/// `connector sync --once --format json --config CONFIG [extra]`: the exit code and the cycle report.
+pub fn sync_json(config: &Path, extra: &[&str]) -> (i32, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_connector"))
+        .args(["sync", "--once", "--format", "json", "--config"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report)
+}
