@@ -162,7 +162,7 @@ async fn remote_edits_are_merged_or_kept_as_conflicts_and_resolved_by_an_admin()
     let (code, shown) = connector(&config, &["conflicts", "show", &open[0].id.to_string()]);
     assert_eq!(code, 0);
     assert!(shown.contains("! telecom") && shown.contains("07700 900111"), "{shown}");
-    let html = york_connector::conflict::report::html(&open, chrono::Utc::now());
+    let html = york_connector::conflict::report::html(&open, chrono::Utc::now(), "connector");
     assert!(html.contains("telecom") && html.contains("07700 900111"));
     if let Some(out) = std::env::var_os("CONFLICT_REPORT_HTML") {
         let out = PathBuf::from(out);

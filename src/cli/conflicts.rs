@@ -129,44 +129,8 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
                     println!("{}", serde_json::to_string_pretty(&out)?);
                 }
                 Format::Table => {
-                    println!("Conflict {}: {}/{} at {}", c.id, c.resource_type, c.resource_id, c.destination);
-                    println!("  partner:  {}", partner(c.origin.as_ref()));
-                    println!(
-                        "  status:   {}{}",
-                        c.status,
-                        c.resolution.as_deref().map(|r| format!(" (kept {r})")).unwrap_or_default()
-                    );
-                    println!("  since:    {}", c.created_at.to_rfc3339());
-                    println!("  changed on both sides: {}", c.elements.join(", "));
-                    if c.status != ConflictStatus::Open {
-                        println!("  (the versions are cleared once a conflict is resolved)");
-                    }
-                    let base = format!("LAST SENT (v{})", c.base_version.as_deref().unwrap_or("?"));
-                    let remote = format!(
-                        "{} NOW (v{})",
-                        c.destination.to_uppercase(),
-                        c.remote_version.as_deref().unwrap_or("?")
-                    );
-                    let w = 34;
-                    println!();
-                    println!("  {:<16} {:<w$} {:<w$} {:<w$}", "ELEMENT", base, "PARTNER'S NEW VERSION", remote);
-                    for r in &rows {
-                        let cells = [&r.base, &r.source, &r.remote].map(|v| wrap(&report::value_text(v.as_ref()), w));
-                        let lines = cells.iter().map(Vec::len).max().unwrap_or(1);
-                        for i in 0..lines {
-                            let name = if i == 0 {
-                                format!("{}{}", if r.conflict { "! " } else { "  " }, r.name)
-                            } else {
-                                String::new()
-                            };
-                            let cell = |n: usize| cells[n].get(i).cloned().unwrap_or_default();
-                            println!("  {:<16} {:<w$} {:<w$} {:<w$}", name, cell(0), cell(1), cell(2));
-                        }
-                    }
-                    println!(
-                        "\n  ! = changed on both sides. Decide: connector conflicts resolve {} --keep source|remote",
-                        c.id
-                    );
+                    let view = crate::conflict::view::ConflictView::new(&c);
+                    print!("{}", crate::conflict::text::text(&view, &program(config_path), colour()));
                 }
             }
             Ok(0)
@@ -197,7 +161,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
             let store = crate::store::Store::connect(&config.state_url()).await?;
             let list = store.conflicts_list(all, None, 10_000).await?;
             store.close().await;
-            let page = report::html(&list, chrono::Utc::now());
+            let page = report::html(&list, chrono::Utc::now(), &program(config_path));
             let existing = if force { Existing::Replace } else { Existing::Refuse };
             files::write_atomic(&html, page.as_bytes(), 0o600, existing).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -223,11 +187,37 @@ fn partner(origin: Option<&crate::model::Provenance>) -> String {
     origin.and_then(crate::model::Provenance::partner).unwrap_or("?").to_string()
 }
 
-/// Splits text into lines of at most `width` characters.
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    if chars.is_empty() {
-        return vec![String::new()];
+/// How the admin runs the connector, for the commands a conflict view prints: with `--config` unless it is
+/// the default file.
+fn program(config_path: &Path) -> String {
+    if config_path == Path::new(super::DEFAULT_CONFIG) {
+        return "connector".into();
     }
-    chars.chunks(width.saturating_sub(1).max(1)).map(|c| c.iter().collect()).collect()
+    let path = config_path.display().to_string();
+    let plain = !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@".contains(c));
+    if plain {
+        format!("connector --config {path}")
+    } else {
+        format!("connector --config '{}'", path.replace('\'', "'\\''"))
+    }
+}
+
+/// Bold and colour only on a terminal, and not when `NO_COLOR` is set or the terminal is dumb.
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::env::var_os("NO_COLOR").is_none()
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_name_the_config_unless_it_is_the_default() {
+        assert_eq!(program(Path::new(super::super::DEFAULT_CONFIG)), "connector");
+        assert_eq!(program(Path::new("/srv/connector/config.toml")), "connector --config /srv/connector/config.toml");
+        assert_eq!(program(Path::new("/tmp/my config's.toml")), "connector --config '/tmp/my config'\\''s.toml'");
+    }
 }

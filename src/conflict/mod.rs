@@ -9,9 +9,14 @@
 //!
 //! Elements only one side changed are merged when the config allows it for the resource type
 //! (`[conflicts] auto_merge`); an element both changed to different values is a conflict, and the connector
-//! never overwrites it: an admin decides (`connector conflicts resolve`).
+//! never overwrites it: an admin decides (`connector conflicts resolve`), reading the conflict in words
+//! (`view`: whose record, what each side changed; `readable`: FHIR elements as a person reads them), on a
+//! terminal (`text`) or as a page (`report`).
 
+pub mod readable;
 pub mod report;
+pub mod text;
+pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -623,7 +623,7 @@ fn load_mapping(file: &Path, partner: &str, builtins: &Builtins, errors: &mut Ve
 
     // Each template compiled for writing and checked against the FHIR model once, here; rows then need only
     // their values checked (see check.rs).
-    let meta_source = format!("urn:york-connector:mapping:{partner}/{}@{}", h.kind, h.version);
+    let meta_source = format!("{}{partner}/{}@{}", crate::model::fhir::MAPPING_SOURCE_PREFIX, h.kind, h.version);
     if e.list.len() == before {
         for (i, spec) in resources.iter_mut().enumerate() {
             let Ok(writer) = Writer::compile(&spec.template, &spec.resource_type, &meta_source, builtins) else {

@@ -10,3 +10,5 @@ pub const V3_ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 pub const PKB_LABEL_SYSTEM: &str = "http://fhir.patientsknowbest.com/codesystem/privacy-label";
 /// The tag that marks resources the connector writes (`meta.tag`); the code is the partner's id.
 pub const SOURCE_PARTNER_TAG: &str = "https://id.york-connector.example/CodeSystem/source-partner";
+/// What every resource a mapping produces has in `meta.source`, before `<partner>/<kind>@<version>`.
+pub const MAPPING_SOURCE_PREFIX: &str = "urn:york-connector:mapping:";

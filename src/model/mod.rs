@@ -7,7 +7,7 @@
 //! - [`fhir`]: FHIR code systems and identifier systems, each defined once.
 //! - [`origin`]: where a planned write came from (kept with it in the outbox).
 //! - [`audit`]: what an audit entry records ([`AuditAction`]).
-//! - [`conflict`]: a conflict's status.
+//! - [`conflict`]: a conflict's status and the side an admin keeps.
 //! - [`job`]: the names of the daemon's jobs.
 
 pub mod audit;
@@ -18,7 +18,7 @@ pub mod origin;
 pub mod record;
 
 pub use audit::AuditAction;
-pub use conflict::ConflictStatus;
+pub use conflict::{ConflictStatus, Keep};
 pub use job::JobName;
 pub use origin::{Origin, Provenance};
 pub use record::{Category, ConsentFacts, DateSource, Decision, RESOURCE_TYPES, RecordKind, Restriction, Stated};

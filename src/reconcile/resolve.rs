@@ -20,23 +20,7 @@ use crate::model::{AuditAction, ConflictStatus};
 use crate::policy::Verdict;
 use crate::store::{AuditEntry, LedgerEntry};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Keep {
-    /// The partner's version.
-    Source,
-    /// The destination's version.
-    Remote,
-}
-
-impl Keep {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Keep::Source => "source",
-            Keep::Remote => "remote",
-        }
-    }
-}
+pub use crate::model::Keep;
 
 /// What a resolution did.
 #[derive(Debug, Clone, serde::Serialize)]
