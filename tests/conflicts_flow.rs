@@ -161,9 +161,17 @@ async fn remote_edits_are_merged_or_kept_as_conflicts_and_resolved_by_an_admin()
     assert!(list.contains("telecom"), "{list}");
     let (code, shown) = connector(&config, &["conflicts", "show", &open[0].id.to_string()]);
     assert_eq!(code, 0);
-    assert!(shown.contains("! telecom") && shown.contains("07700 900111"), "{shown}");
+    // In words: whose record, what each side did to the mobile number, and the commands that decide it.
+    assert!(shown.starts_with(&format!("Conflict {}: Person (Patient) HUB-10", open[0].id)), "{shown}");
+    assert!(shown.contains("! Phone and email (telecom): changed on both sides"), "{shown}");
+    assert!(
+        shown.contains("cito changed    Mobile phone: 07700 900") && shown.contains(" → 07700 900111\n"),
+        "{shown}"
+    );
+    let decide = format!("--config {} conflicts resolve {} --keep remote", config.display(), open[0].id);
+    assert!(shown.contains(&decide), "{shown}");
     let html = york_connector::conflict::report::html(&open, chrono::Utc::now(), "connector");
-    assert!(html.contains("telecom") && html.contains("07700 900111"));
+    assert!(html.contains("Person (Patient) HUB-1008 from hub, at cito") && html.contains("07700 900111"));
     if let Some(out) = std::env::var_os("CONFLICT_REPORT_HTML") {
         let out = PathBuf::from(out);
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();

@@ -144,7 +144,7 @@ fn section(out: &mut String, view: &ConflictView<'_>, program: &str) {
     if !resolutions.is_empty() {
         out.push_str("<div class=\"decide\"><h3>Decide with one of</h3>\n<ul>\n");
         for r in resolutions {
-            let _ = writeln!(out, "<li><code>{}</code> — {}</li>", e(&r.command), e(&r.effect));
+            let _ = writeln!(out, "<li>{}:<br><code>{}</code></li>", e(&r.effect), e(&r.command));
         }
         out.push_str("</ul></div>\n");
     }
@@ -281,11 +281,13 @@ mod tests {
             page.contains("<th>Last sent (version 3)</th><th>hub&#39;s new version</th><th>cito now (version 5)</th>")
         );
         assert!(page.contains(
-            "<li><code>connector conflicts resolve 7 --keep source</code> — write hub&#39;s version to cito"
+            "<li>Write hub&#39;s version to cito (the sharing rules are checked again first):<br>\
+             <code>connector conflicts resolve 7 --keep source</code></li>"
         ));
-        assert!(
-            page.contains("<li><code>connector conflicts resolve 7 --keep remote</code> — keep cito&#39;s version")
-        );
+        assert!(page.contains(
+            "<li>Keep cito&#39;s version as it is; hub&#39;s is not proposed again:<br>\
+             <code>connector conflicts resolve 7 --keep remote</code></li>"
+        ));
         assert!(page.contains("Contains personal data"));
     }
 

@@ -49,10 +49,9 @@ pub fn text(view: &ConflictView<'_>, program: &str, colour: bool) -> String {
     }
     let resolutions = view.resolutions(program);
     if !resolutions.is_empty() {
-        let width = resolutions.iter().map(|r| r.command.chars().count()).max().unwrap_or(0);
         let _ = writeln!(out, "\n! = in conflict. Decide with one of:");
         for r in resolutions {
-            let _ = writeln!(out, "  {:<width$}   {}", r.command, r.effect);
+            let _ = writeln!(out, "  {}:\n    {}", r.effect, r.command);
         }
     }
     out
@@ -157,8 +156,10 @@ Conflict 7: Person (Patient) HUB-1008 from hub, at cito
                           YO10 3JL
 
 ! = in conflict. Decide with one of:
-  connector conflicts resolve 7 --keep source   write hub's version to cito (the sharing rules are checked again first)
-  connector conflicts resolve 7 --keep remote   keep cito's version as it is; hub's is not proposed again
+  Write hub's version to cito (the sharing rules are checked again first):
+    connector conflicts resolve 7 --keep source
+  Keep cito's version as it is; hub's is not proposed again:
+    connector conflicts resolve 7 --keep remote
 ";
         assert_eq!(shown, expected, "\n{shown}");
         assert!(!shown.contains('\x1b'));

@@ -181,9 +181,9 @@ impl<'a> ConflictView<'a> {
                 command: format!("{program} conflicts resolve {} --keep {}", self.record.id, keep.as_str()),
                 effect: match keep {
                     Keep::Source => {
-                        format!("write {partner}'s version to {dest} (the sharing rules are checked again first)")
+                        format!("Write {partner}'s version to {dest} (the sharing rules are checked again first)")
                     }
-                    Keep::Remote => format!("keep {dest}'s version as it is; {partner}'s is not proposed again"),
+                    Keep::Remote => format!("Keep {dest}'s version as it is; {partner}'s is not proposed again"),
                 },
             })
             .collect()
