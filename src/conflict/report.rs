@@ -63,6 +63,9 @@ td.moved{background:#ffe9a8 !important;box-shadow:inset 4px 0 0 #e65100}
 .was{color:#555}
 .now{font-weight:600}
 .arrow{margin:0 .35rem;color:#e65100;font-weight:700}
+.multi .was,.multi .now{display:block;padding-left:1.4rem}
+.multi .now{text-indent:-1.4rem}
+.multi .arrow{display:inline-block;width:1.4rem;margin:0;text-indent:0}
 .badge{display:inline-block;font-size:.72rem;font-weight:700;padding:.05rem .4rem;border-radius:3px;margin-top:.3rem}
 .badge.conflict{background:#e65100;color:#fff}
 .badge.changed{background:#78909c;color:#fff}
@@ -224,25 +227,36 @@ fn cell(out: &mut String, side: &SideView) {
         }
         SideView::Changed(changes) => {
             let body = changes.iter().map(|ch| {
-                let inner = match ch {
-                    Change::Changed { label, was, now } => format!(
-                        "<span class=\"label\">{}:</span> <span class=\"was\">{}</span><span class=\"arrow\">→</span><span class=\"now\">{}</span>",
-                        e(label),
-                        lines(was),
-                        lines(now)
+                let (multi, inner) = match ch {
+                    // An address: the old lines, then the new ones under them, the arrow before the first.
+                    Change::Changed { label, was, now } => (
+                        was.len() > 1 || now.len() > 1,
+                        format!(
+                            "<span class=\"label\">{}:</span> <span class=\"was\">{}</span><span class=\"now\">\
+                             <span class=\"arrow\">→</span>{}</span>",
+                            e(label),
+                            lines(was),
+                            lines(now)
+                        ),
                     ),
-                    Change::Added(i) => format!(
-                        "<span class=\"label\">{}:</span> <span class=\"now\">{}</span> <span class=\"missing\">(added)</span>",
-                        e(&i.label),
-                        lines(&i.lines)
+                    Change::Added(i) => (
+                        false,
+                        format!(
+                            "<span class=\"label\">{}:</span> <span class=\"now\">{}</span> <span class=\"missing\">(added)</span>",
+                            e(&i.label),
+                            lines(&i.lines)
+                        ),
                     ),
-                    Change::Removed(i) => format!(
-                        "<span class=\"label\">{}:</span> <span class=\"was\">{}</span> <span class=\"missing\">(removed)</span>",
-                        e(&i.label),
-                        lines(&i.lines)
+                    Change::Removed(i) => (
+                        false,
+                        format!(
+                            "<span class=\"label\">{}:</span> <span class=\"was\">{}</span> <span class=\"missing\">(removed)</span>",
+                            e(&i.label),
+                            lines(&i.lines)
+                        ),
                     ),
                 };
-                format!("<div class=\"change\">{inner}</div>")
+                format!("<div class=\"change{}\">{inner}</div>", if multi { " multi" } else { "" })
             });
             (" class=\"moved\"", body.collect())
         }
@@ -267,12 +281,15 @@ mod tests {
             page.contains("<dt>Partner&#39;s reference</dt><dd>HUB-1008 <span class=\"what\">(hub client ID)</span>")
         );
         assert!(page.contains(
-            "<span class=\"label\">Mobile phone:</span> <span class=\"was\">07700 900678</span>\
-             <span class=\"arrow\">→</span><span class=\"now\">07700 900679</span>"
+            "<div class=\"change\"><span class=\"label\">Mobile phone:</span> <span class=\"was\">07700 900678</span>\
+             <span class=\"now\"><span class=\"arrow\">→</span>07700 900679</span></div>"
         ));
         assert!(page.contains("<span class=\"label\">Home email:</span> <span class=\"was\">alex.t@example.com</span> <span class=\"missing\">(removed)</span>"));
         // An address as lines; the row says who changed it.
-        assert!(page.contains("<span class=\"was\">9 Hull Road<br>York<br>YO10 3JL</span>"));
+        assert!(page.contains(
+            "<div class=\"change multi\"><span class=\"label\">Home address:</span> <span class=\"was\">9 Hull Road<br>York<br>\
+             YO10 3JL</span><span class=\"now\"><span class=\"arrow\">→</span>1 Clinician Street<br>York<br>YO10 3JL</span></div>"
+        ));
         assert!(page.contains("<span class=\"badge changed\">changed on cito only</span>"));
         assert!(page.contains(
             "Phone and email<code>telecom</code><span class=\"badge conflict\">changed on both sides</span>"
@@ -323,7 +340,7 @@ mod tests {
         let page = html(&[c], Utc::now(), "connector --config '/tmp/a<b>.toml'");
         assert!(!page.contains("<script"), "unescaped markup in the page");
         assert!(!page.contains("<img") && !page.contains("<b>"));
-        assert!(page.contains("<span class=\"now\">&lt;script&gt;alert(1)&lt;/script&gt; Turner</span>"), "{page}");
+        assert!(page.contains("→</span>&lt;script&gt;alert(1)&lt;/script&gt; Turner</span>"), "{page}");
         assert!(page.contains("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;<br>York"));
         assert!(page.contains("from hub, at pkb&#39;&lt;b&gt;</h2>"));
         assert!(page.contains(
