@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Screenshot of the HTML conflict report (src/conflict/report.rs) with headless Chromium, to check by eye that
-# the side-by-side table is legible, and a check that the page parsed (its DOM holds a conflict and a table).
+# it is legible (the partner's reference, values in words, the resolve commands), and a check that the page
+# parsed (its DOM holds a conflict, a table, the Content-Security-Policy and the resolve commands).
 #
 #   scripts/conflict-report-screenshot.sh [REPORT_HTML] [OUT_PNG]
 #
@@ -72,6 +73,10 @@ fi
 dom="$(run_browser --dump-dom "file://$report_abs" || true)"
 if ! grep -q "Conflict " <<<"$dom" || ! grep -q "<table" <<<"$dom"; then
     echo "conflict-report-screenshot: the page's DOM has no \"Conflict \" heading or no table (is the report empty?)" >&2
+    exit 1
+fi
+if ! grep -q 'http-equiv="Content-Security-Policy"' <<<"$dom" || ! grep -q "conflicts resolve .* --keep source" <<<"$dom"; then
+    echo "conflict-report-screenshot: the page has no Content-Security-Policy or no resolve commands" >&2
     exit 1
 fi
 
