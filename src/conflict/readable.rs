@@ -82,10 +82,13 @@ fn capitalised(s: &str) -> String {
     chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
+/// Reads one entry of a list a person tells apart by labels: its label and its lines.
+type Entry = fn(&Map<String, Value>) -> (String, Vec<String>);
+
 /// The entries of an element, labelled. Lists whose entries a person tells apart by a label (telephone
 /// numbers, names, addresses, identifiers) give one entry each; anything else is one entry.
 pub fn items(element: &str, value: &Value) -> Vec<Item> {
-    let entry: Option<fn(&Map<String, Value>) -> (String, Vec<String>)> = match element {
+    let entry: Option<Entry> = match element {
         "telecom" => Some(contact_point),
         "name" => Some(human_name),
         "address" => Some(address),
