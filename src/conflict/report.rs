@@ -239,22 +239,19 @@ fn cell(out: &mut String, side: &SideView) {
                             lines(now)
                         ),
                     ),
-                    Change::Added(i) => (
-                        false,
-                        format!(
-                            "<span class=\"label\">{}:</span> <span class=\"now\">{}</span> <span class=\"missing\">(added)</span>",
-                            e(&i.label),
-                            lines(&i.lines)
-                        ),
-                    ),
-                    Change::Removed(i) => (
-                        false,
-                        format!(
-                            "<span class=\"label\">{}:</span> <span class=\"was\">{}</span> <span class=\"missing\">(removed)</span>",
-                            e(&i.label),
-                            lines(&i.lines)
-                        ),
-                    ),
+                    Change::Added(i) | Change::Removed(i) => {
+                        let (class, word) =
+                            if matches!(ch, Change::Added(_)) { ("now", "added") } else { ("was", "removed") };
+                        let label = e(&i.label);
+                        let value = lines(&i.lines);
+                        (
+                            false,
+                            format!(
+                                "<span class=\"label\">{label}:</span> <span class=\"{class}\">{value}</span> \
+                                 <span class=\"missing\">({word})</span>"
+                            ),
+                        )
+                    }
                 };
                 format!("<div class=\"change{}\">{inner}</div>", if multi { " multi" } else { "" })
             });
