@@ -172,3 +172,95 @@ async fn outbox_retry_in_json_counts_what_went_back_in_the_queue() {
     // No longer a dead letter: an error, on stderr, as in the table form.
     assert_error(&connector(&config, &["outbox", "retry", &first.to_string(), "--format", "json"]), "no dead letter");
 }
+
+#[test]
+fn status_and_consent_show_in_json_name_jobs_and_people_by_id_only() {
+    let dir = TempDir::new("json-status");
+    let config = write_config(dir.path());
+    let out = connector(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (code, status) = json(&config, &["status", "--format", "json"]);
+    assert_eq!(code, 0, "{status}");
+    let jobs = status["jobs"].as_array().unwrap();
+    let hub = jobs.iter().find(|j| j["job"] == "ingest:hub").unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(hub["schedule"], "*/15 * * * *");
+    assert!(hub["next_run"].is_string(), "{status}");
+    assert_eq!(status["queues"], serde_json::json!([]), "no destination, no queue");
+    assert!(status["sources"].as_array().unwrap().iter().any(|s| s["partner"] == "hub"), "{status}");
+
+    // Zoë Ashworth-Bell, HUB-1001 (see tests/fixtures/hub/README.md): by her client reference.
+    let (code, shown) = json(&config, &["consent", "show", "HUB-1001", "--format", "json"]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown["person"].as_str().is_some_and(|p| p.starts_with("Person/")), "an id, not an NHS number: {shown}");
+    assert_eq!(shown["patients"][0]["partner"], "hub", "{shown}");
+    assert!(shown["history"].is_array() && shown["holdings"] == serde_json::json!([]), "{shown}");
+    let text = shown.to_string();
+    assert!(!text.contains("9990123403") && !text.contains("999 012 3403"), "no NHS number: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_list_and_show_in_json_compare_element_by_element() {
+    use york_connector::store::{AuditEntry, ConflictRecord, Store};
+    let dir = TempDir::new("json-conflicts");
+    let config = dir.path().join("config.toml");
+    let url = format!("sqlite://{}/state.db", dir.path().display());
+    std::fs::write(&config, format!("[state]\nurl = \"{url}\"\n")).unwrap();
+    let store = Store::connect(&url).await.unwrap();
+    let patient = |phone: &str, city: &str| {
+        serde_json::json!({"resourceType": "Patient", "id": "p1", "telecom": [{"system": "phone", "value": phone}],
+            "address": [{"city": city}]})
+        .to_string()
+    };
+    let now = chrono::Utc::now();
+    let conflict = ConflictRecord {
+        destination: "cito".into(),
+        resource_type: "Patient".into(),
+        resource_id: "p1".into(),
+        remote_id: "p1".into(),
+        elements: vec!["telecom".into()],
+        base_version: Some("1".into()),
+        base_json: Some(patient("07700 900111", "York")),
+        source_hash: "a".repeat(64),
+        source_json: Some(patient("07700 900222", "York")),
+        remote_version: Some("2".into()),
+        remote_json: Some(patient("07700 900333", "Selby")),
+        created_at: now,
+        updated_at: now,
+        ..ConflictRecord::default()
+    };
+    let audit = AuditEntry { at: now, action: "conflict".parse().unwrap(), ..AuditEntry::default() };
+    let (id, _) = store.conflict_open(&conflict, &audit).await.unwrap();
+    store.close().await;
+
+    let (code, list) = json(&config, &["conflicts", "list", "--format", "json"]);
+    assert_eq!(code, 3, "open conflicts: {list}");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!((list[0]["id"].as_i64(), list[0]["status"].as_str()), (Some(id), Some("open")));
+    assert_eq!(
+        (list[0]["resource_type"].as_str(), list[0]["elements"].clone()),
+        (Some("Patient"), serde_json::json!(["telecom"]))
+    );
+
+    let (code, shown) = json(&config, &["conflicts", "show", &id.to_string(), "--format", "json"]);
+    assert_eq!(code, 0, "{shown}");
+    assert_eq!(
+        (shown["id"].as_i64(), shown["destination"].as_str()),
+        (Some(id), Some("cito")),
+        "the conflict as stored"
+    );
+    let row = |name: &str| shown["comparison"].as_array().unwrap().iter().find(|r| r["element"] == name).cloned();
+    let telecom = row("telecom").unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(telecom["conflict"], true);
+    let phone = |side: &str| telecom[side][0]["value"].as_str().map(str::to_string);
+    assert_eq!(
+        (phone("last_sent"), phone("source"), phone("destination")),
+        (Some("07700 900111".into()), Some("07700 900222".into()), Some("07700 900333".into()))
+    );
+    let address = row("address").unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(
+        (address["conflict"].as_bool(), address["destination"][0]["city"].as_str()),
+        (Some(false), Some("Selby"))
+    );
+    assert_error(&connector(&config, &["conflicts", "show", "999999", "--format", "json"]), "no conflict 999999");
+}
