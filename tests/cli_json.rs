@@ -10,21 +10,12 @@ use std::process::{Command, Output};
 use common::TempDir;
 use serde_json::Value;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A config reading copies of the Hub's fixtures, with no destination.
-fn write_config(dir: &Path) -> PathBuf {
-    let text = format!(
-        "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n{}",
-        dir.display(),
-        root().display(),
-        common::copy_fixtures(dir, &["hub"])
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// A config with only a state store, and that store opened, for a test to fill.
+async fn state_only(dir: &Path) -> (PathBuf, york_connector::store::Store) {
+    let config = dir.join("config.toml");
+    let url = format!("sqlite://{}/state.db", dir.display());
+    std::fs::write(&config, format!("[state]\nurl = \"{url}\"\n")).unwrap();
+    (config, york_connector::store::Store::connect(&url).await.unwrap())
 }
 
 fn connector(config: &Path, args: &[&str]) -> Output {
@@ -65,12 +56,18 @@ fn edit(path: &Path, from: &str, to: &str) {
     std::fs::write(path, out).unwrap();
 }
 
-#[test]
-fn quarantine_show_and_replay_say_where_and_why_in_json_never_the_row() {
-    let dir = TempDir::new("json-quarantine");
-    let config = write_config(dir.path());
+/// The Hub's fixtures synced once (nowhere: no destination); exit 3, as rows are quarantined.
+fn synced_hub(name: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(name);
+    let config = common::hub_config(dir.path(), "");
     let out = connector(&config, &["sync", "--once"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    (dir, config)
+}
+
+#[test]
+fn quarantine_show_and_replay_say_where_and_why_in_json_never_the_row() {
+    let (dir, config) = synced_hub("json-quarantine");
     // HUB-1014 (row 11) has no date of birth; HUB-1013 (row 8) fails Modulus 11.
     let id = quarantined(&config, "HUB-1014");
 
@@ -129,12 +126,9 @@ fn quarantine_show_and_replay_say_where_and_why_in_json_never_the_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_retry_in_json_counts_what_went_back_in_the_queue() {
-    use york_connector::store::{Op, OutboxItem, ResourceKey, Store};
+    use york_connector::store::{Op, OutboxItem, ResourceKey};
     let dir = TempDir::new("json-outbox");
-    let config = dir.path().join("config.toml");
-    let url = format!("sqlite://{}/state.db", dir.path().display());
-    std::fs::write(&config, format!("[state]\nurl = \"{url}\"\n")).unwrap();
-    let store = Store::connect(&url).await.unwrap();
+    let (config, store) = state_only(dir.path()).await;
     let item = |id: &str| OutboxItem {
         destination: "cito".into(),
         key: ResourceKey::new("Observation", id),
@@ -175,10 +169,7 @@ async fn outbox_retry_in_json_counts_what_went_back_in_the_queue() {
 
 #[test]
 fn status_and_consent_show_in_json_name_jobs_and_people_by_id_only() {
-    let dir = TempDir::new("json-status");
-    let config = write_config(dir.path());
-    let out = connector(&config, &["sync", "--once"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_dir, config) = synced_hub("json-status");
 
     let (code, status) = json(&config, &["status", "--format", "json"]);
     assert_eq!(code, 0, "{status}");
@@ -201,12 +192,9 @@ fn status_and_consent_show_in_json_name_jobs_and_people_by_id_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_list_and_show_in_json_compare_element_by_element() {
-    use york_connector::store::{AuditEntry, ConflictRecord, Store};
+    use york_connector::store::{AuditEntry, ConflictRecord};
     let dir = TempDir::new("json-conflicts");
-    let config = dir.path().join("config.toml");
-    let url = format!("sqlite://{}/state.db", dir.path().display());
-    std::fs::write(&config, format!("[state]\nurl = \"{url}\"\n")).unwrap();
-    let store = Store::connect(&url).await.unwrap();
+    let (config, store) = state_only(dir.path()).await;
     let patient = |phone: &str, city: &str| {
         serde_json::json!({"resourceType": "Patient", "id": "p1", "telecom": [{"system": "phone", "value": phone}],
             "address": [{"city": city}]})
