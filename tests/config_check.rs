@@ -67,16 +67,38 @@ fn write_config(dir: &Path, fhir: &str, token_url: &str, secret: &str, mode: u32
     path
 }
 
-fn check(config: &Path) -> (i32, String) {
+fn run_check(config: &Path, extra: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_connector"))
         .args(["config", "check", "--config"])
         .arg(config)
+        .args(extra)
         .env_remove("CREDENTIALS_DIRECTORY")
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!text.contains(SECRET), "the secret was printed: {text}");
+    out
+}
+
+fn check(config: &Path) -> (i32, String) {
+    let out = run_check(config, &[]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// `config check --format json`: the exit code and the document on stdout.
+fn check_json(config: &Path) -> (i32, serde_json::Value) {
+    let out = run_check(config, &["--format", "json"]);
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.code().unwrap_or(-1), doc)
+}
+
+/// The messages of the checks at `level` (`ok`, `warn`, `fail`).
+fn at_level<'a>(doc: &'a serde_json::Value, level: &str) -> Vec<&'a str> {
+    let checks = doc["checks"].as_array().unwrap();
+    checks.iter().filter(|c| c["level"] == level).filter_map(|c| c["message"].as_str()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,6 +111,14 @@ async fn config_check_passes_warns_and_fails_as_it_should() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("issues a token") && out.contains("answers metadata (FHIR 4.0"), "{out}");
     assert!(out.contains("ready: 0 failed, 0 warning(s)"), "{out}");
+    let (code, doc) = check_json(&dir.path().join("config.toml"));
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(
+        (doc["ready"].as_bool(), doc["failed"].as_u64(), doc["warnings"].as_u64()),
+        (Some(true), Some(0), Some(0))
+    );
+    assert!(at_level(&doc, "ok").iter().any(|m| m.contains("issues a token")), "{doc}");
+    assert!(at_level(&doc, "fail").is_empty() && at_level(&doc, "warn").is_empty(), "{doc}");
 
     let dir = TempDir::new("config-check-mode");
     let (code, out) = check(&write_config(dir.path(), &hfs.url(""), &token, SECRET, 0o644));
@@ -110,4 +140,16 @@ async fn config_check_passes_warns_and_fails_as_it_should() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  destination pkb") && out.contains("/metadata"), "{out}");
     assert!(out.contains("NOT READY"), "{out}");
+    let (code, doc) = check_json(&dir.path().join("config.toml"));
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["ready"], false);
+    let failed = at_level(&doc, "fail");
+    assert_eq!(doc["failed"].as_u64(), Some(failed.len() as u64));
+    assert!(failed.iter().any(|m| m.starts_with("destination pkb") && m.contains("/metadata")), "{doc}");
+
+    // A config that does not load is a failed check too, in the same document.
+    std::fs::write(dir.path().join("config.toml"), "[state]\nurl = \"sqlite://x.db\"\nshedule = 1\n").unwrap();
+    let (code, doc) = check_json(&dir.path().join("config.toml"));
+    assert_eq!((code, doc["ready"].as_bool(), doc["failed"].as_u64()), (1, Some(false), Some(1)), "{doc}");
+    assert!(at_level(&doc, "fail")[0].contains("config.toml:3: unknown field `shedule`"), "{doc}");
 }

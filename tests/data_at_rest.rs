@@ -4,27 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::TempDir;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A config reading copies of the Hub's fixtures (so the test can edit them), with no destination.
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        "[state]\nurl = \"sqlite://{}/state/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n{}{extra}",
-        dir.display(),
-        root().display(),
-        common::copy_fixtures(dir, &["hub"])
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn connector(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_connector")).arg("--config").arg(config).args(args).output().unwrap()
@@ -60,7 +43,7 @@ fn edit_person(dir: &Path, swap: (&str, &str), from: &str, to: &str) {
 #[test]
 fn quarantine_replay_follows_the_row_by_its_key_not_its_number() {
     let dir = TempDir::new("replay-by-key");
-    let config = write_config(dir.path(), "");
+    let config = common::hub_config(dir.path(), "");
     let out = connector(&config, &["sync", "--once"]);
     assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
     // HUB-1013 (row 8) fails Modulus 11; HUB-1014 (row 11) has no date of birth.
@@ -92,7 +75,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn a_new_state_store_is_owner_only_and_config_check_fails_when_others_can_read_it() {
     let dir = TempDir::new("state-modes");
-    let config = write_config(dir.path(), "");
+    let config = common::hub_config(dir.path(), "");
     let out = connector(&config, &["sync", "--once", "--dry-run"]);
     assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
     let state = dir.path().join("state");
@@ -159,7 +142,7 @@ async fn a_deleted_quarantined_row_is_gone_from_the_sqlite_file_and_its_wal() {
 fn the_conflict_report_never_writes_through_a_planted_symlink_nor_over_a_file_without_force() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("report-file");
-    let config = write_config(dir.path(), "");
+    let config = common::hub_config(dir.path(), "");
     let victim = dir.path().join("victim.txt");
     std::fs::write(&victim, "keep me").unwrap();
     let report = dir.path().join("conflicts.html");
@@ -185,7 +168,7 @@ async fn audit_verify_names_the_first_entry_edited_past_the_triggers() {
     use sqlx::Connection;
     use york_connector::store::{AuditEntry, AuditFilter, Store};
     let dir = TempDir::new("audit-verify");
-    let config = write_config(dir.path(), "");
+    let config = common::hub_config(dir.path(), "");
     let url = format!("sqlite://{}/state/state.db", dir.path().display());
     let store = Store::connect(&url).await.unwrap();
     for i in 0..3 {

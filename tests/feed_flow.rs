@@ -414,4 +414,20 @@ async fn feeds_reach_a_partner_fhir_endpoint_and_a_webhook() {
         .sum();
     assert_eq!(lines, run.delivery.items);
     engine.store.close().await;
+
+    // `connector feed rebuild --format json`: one document, York Mind's whole feed sent again, exit 0.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_connector"))
+        .args(["feed", "rebuild", "--partner", "york-mind", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {said}"));
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{said}");
+    let (plan, delivery) = (&runs[0]["plan"], &runs[0]["delivery"]);
+    assert_eq!((plan["feed"].as_str(), plan["rebuild"].as_bool()), (Some("feed:york-mind"), Some(true)), "{said}");
+    assert_eq!(delivery["items"].as_u64(), Some(held as u64), "everything sent again: {said}");
+    assert_eq!(delivery["dead"].as_u64(), Some(0), "{said}");
 }

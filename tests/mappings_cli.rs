@@ -81,6 +81,59 @@ fn mappings_test_passes_for_every_shipped_mapping() {
     assert!(!t.contains("FAIL"), "{t}");
 }
 
+/// The one JSON document a command printed on stdout.
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+#[test]
+fn mappings_check_and_test_in_json_list_every_mapping_and_every_result() {
+    let out = connector(&["mappings", "check", "--format", "json"], root());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let checked = json(&out);
+    assert_eq!((checked["ok"].as_bool(), checked["problems"].as_array().map(Vec::len)), (Some(true), Some(0)));
+    let listed: Vec<&str> =
+        checked["partners"].as_array().unwrap().iter().filter_map(|p| p["partner"].as_str()).collect();
+    assert_eq!(listed, partners());
+    let hub = &checked["partners"].as_array().unwrap().iter().find(|p| p["partner"] == "hub").unwrap()["mappings"];
+    assert!(hub.as_array().unwrap().iter().any(|m| m["kind"] == "person" && m["version"].is_string()), "{hub}");
+
+    let out = connector(&["mappings", "test", "--format", "json"], root());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let tested = json(&out);
+    let results = tested["checked"].as_array().unwrap();
+    assert!(results.len() > partners().len(), "an organization and each kind per partner: {tested}");
+    assert_eq!(tested["passed"].as_u64(), Some(results.len() as u64));
+    assert_eq!((tested["failed"].as_u64(), tested["problems"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    assert!(results.iter().all(|r| r["ok"] == true && r["differences"] == serde_json::json!([])), "{tested}");
+    assert!(results.iter().any(|r| r["partner"] == "hub" && r["expected"] == "organization"), "{tested}");
+}
+
+#[test]
+fn a_mapping_that_does_not_load_is_a_problem_in_check_json_and_an_error_elsewhere() {
+    let dir = scratch("broken-mapping");
+    copy_dir(&root().join("mappings"), &dir.join("mappings"));
+    let person = dir.join("mappings/hub/person.toml");
+    let text_before = std::fs::read_to_string(&person).unwrap();
+    std::fs::write(&person, text_before.replacen("version = ", "versoin = \"2\"\nversion = ", 1)).unwrap();
+
+    let out = connector(&["mappings", "check", "--format", "json"], &dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let checked = json(&out);
+    assert_eq!(checked["ok"], false);
+    let problem = &checked["problems"][0];
+    assert!(problem["file"].as_str().is_some_and(|f| f.ends_with("hub/person.toml")), "{checked}");
+    assert_eq!((problem["key"].as_str(), problem["line"].as_u64().is_some()), (Some("versoin"), true), "{checked}");
+    assert!(problem["message"].as_str().is_some_and(|m| m.contains("unknown field")), "{checked}");
+
+    // `test` cannot run at all: an error on stderr, nothing on stdout, exit 1.
+    let out = connector(&["mappings", "test", "--format", "json"], &dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("versoin"), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_broken_expected_file_fails_with_a_diff_that_points_at_the_element() {
     let dir = scratch("broken");
@@ -99,6 +152,17 @@ fn a_broken_expected_file_fails_with_a_diff_that_points_at_the_element() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("FAIL hub/person"), "{t}");
     assert!(t.contains(&format!("hub/person row {row} Patient.birthDate: expected \"1900-01-01\", got \"")), "{t}");
+
+    let out = connector(&["mappings", "test", "--format", "json"], &dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let tested = json(&out);
+    assert_eq!(tested["failed"].as_u64(), Some(1), "{tested}");
+    let results = tested["checked"].as_array().unwrap();
+    let failed: Vec<&serde_json::Value> = results.iter().filter(|r| r["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "{tested}");
+    assert_eq!((failed[0]["partner"].as_str(), failed[0]["expected"].as_str()), (Some("hub"), Some("person")));
+    let wanted = format!("row {row} Patient.birthDate: expected \"1900-01-01\", got \"");
+    assert!(failed[0]["differences"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().starts_with(&wanted)));
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -8,6 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+
+use super::{Format, print_json};
 use crate::config::{Config, Location};
 use crate::deliver::auth::TokenProvider;
 use crate::deliver::fhir::FhirTransport;
@@ -15,28 +18,85 @@ use crate::deliver::limit::RateLimiter;
 use crate::mapping;
 use crate::store::Store;
 
-#[derive(Default)]
-struct Outcome {
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the check: `ok`, `warn` or `fail`, and what was checked (no secrets, no personal data).
+#[derive(Debug, Serialize)]
+struct Check {
+    level: Level,
+    message: String,
+}
+
+/// The whole check, as `--format json` prints it.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    /// True when nothing failed (warnings allowed): the exit code is then 0.
+    ready: bool,
     failed: usize,
-    warned: usize,
+    warnings: usize,
+    checks: Vec<Check>,
+}
+
+/// The checks so far: printed one by one as they finish for a person (a destination may take a while to
+/// answer), kept for one JSON document at the end for a machine.
+struct Outcome {
+    format: Format,
+    report: Report,
 }
 
 impl Outcome {
-    fn ok(&self, what: &str) {
-        println!("ok    {what}");
+    fn add(&mut self, level: Level, message: String) {
+        match level {
+            Level::Ok => {}
+            Level::Warn => self.report.warnings += 1,
+            Level::Fail => self.report.failed += 1,
+        }
+        if self.format == Format::Table {
+            let label = match level {
+                Level::Ok => "ok   ",
+                Level::Warn => "WARN ",
+                Level::Fail => "FAIL ",
+            };
+            println!("{label} {message}");
+        }
+        self.report.checks.push(Check { level, message });
+    }
+    fn ok(&mut self, what: &str) {
+        self.add(Level::Ok, what.to_string());
     }
     fn warn(&mut self, what: &str) {
-        self.warned += 1;
-        println!("WARN  {what}");
+        self.add(Level::Warn, what.to_string());
     }
     fn fail(&mut self, what: &str) {
-        self.failed += 1;
-        println!("FAIL  {what}");
+        self.add(Level::Fail, what.to_string());
+    }
+
+    /// Prints the summary (or the JSON document) and returns the exit code: 0 only when nothing failed.
+    fn finish(mut self) -> anyhow::Result<u8> {
+        let r = &mut self.report;
+        r.ready = r.failed == 0;
+        match self.format {
+            Format::Json => print_json(r)?,
+            Format::Table => println!(
+                "{}: {} failed, {} warning(s)",
+                if r.ready { "ready" } else { "NOT READY" },
+                r.failed,
+                r.warnings
+            ),
+        }
+        Ok(if r.ready { 0 } else { 1 })
     }
 }
 
-pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
-    let mut o = Outcome::default();
+pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
+    let mut o = Outcome { format, report: Report::default() };
     let config = match Config::load(config_path) {
         Ok(c) => {
             o.ok(&format!("config {} reads and checks", config_path.display()));
@@ -44,7 +104,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         }
         Err(e) => {
             o.fail(&format!("config: {e}"));
-            return Ok(1);
+            return o.finish();
         }
     };
     let dir = config.resolve(&config.mappings.dir);
@@ -152,8 +212,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
             Err(e) => o.fail(&format!("destination {name}: {e}")),
         }
     }
-    println!("{}: {} failed, {} warning(s)", if o.failed == 0 { "ready" } else { "NOT READY" }, o.failed, o.warned);
-    Ok(if o.failed == 0 { 0 } else { 1 })
+    o.finish()
 }
 
 /// The files of a SQLite state database that exist (the database, its WAL and shared-memory files).

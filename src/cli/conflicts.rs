@@ -4,13 +4,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
+use serde::Serialize;
 
-use super::{EXIT_FOUND, Format};
+use super::{EXIT_FOUND, Format, print_json};
 use crate::config::Config;
 use crate::conflict::report;
 use crate::model::ConflictStatus;
 use crate::ops::files::{self, Existing};
 use crate::reconcile::resolve::{self, Keep};
+use crate::store::ConflictRecord;
 use crate::sync::Engine;
 
 #[derive(Debug, Subcommand)]
@@ -61,21 +63,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
             let list = store.conflicts_list(all, destination.as_deref(), 10_000).await?;
             let open = list.iter().filter(|c| c.status == ConflictStatus::Open).count();
             match format {
-                Format::Json => {
-                    let rows: Vec<serde_json::Value> = list
-                        .iter()
-                        .map(|c| {
-                            serde_json::json!({
-                                "id": c.id, "destination": c.destination, "resource_type": c.resource_type,
-                                "resource_id": c.resource_id, "elements": c.elements,
-                                "partner": partner(c.origin.as_ref()), "status": c.status,
-                                "resolution": c.resolution, "resolved_by": c.resolved_by,
-                                "created_at": c.created_at, "updated_at": c.updated_at,
-                            })
-                        })
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
-                }
+                Format::Json => print_json(&list.iter().map(Listed::of).collect::<Vec<_>>())?,
                 Format::Table => {
                     if list.is_empty() {
                         println!("No {}conflicts.", if all { "" } else { "open " });
@@ -117,16 +105,7 @@ pub async fn run(config_path: &Path, cmd: ConflictsCommand) -> anyhow::Result<u8
             let rows = report::element_rows(&c);
             match format {
                 Format::Json => {
-                    let elements: Vec<serde_json::Value> = rows
-                        .iter()
-                        .map(|r| {
-                            serde_json::json!({"element": r.name, "conflict": r.conflict,
-                                "last_sent": r.base, "source": r.source, "destination": r.remote})
-                        })
-                        .collect();
-                    let mut out = serde_json::to_value(&c)?;
-                    out["comparison"] = serde_json::Value::Array(elements);
-                    println!("{}", serde_json::to_string_pretty(&out)?);
+                    print_json(&Shown { conflict: &c, comparison: rows.iter().map(Compared::of).collect() })?
                 }
                 Format::Table => {
                     let view = crate::conflict::view::ConflictView::new(&c);
@@ -219,5 +198,68 @@ mod tests {
         assert_eq!(program(Path::new(super::super::DEFAULT_CONFIG)), "connector");
         assert_eq!(program(Path::new("/srv/connector/config.toml")), "connector --config /srv/connector/config.toml");
         assert_eq!(program(Path::new("/tmp/my config's.toml")), "connector --config '/tmp/my config'\\''s.toml'");
+    }
+}
+
+/// One conflict in `list --format json` (its versions are in `show`).
+#[derive(Debug, Serialize)]
+struct Listed<'a> {
+    id: i64,
+    destination: &'a str,
+    resource_type: &'a str,
+    resource_id: &'a str,
+    elements: &'a [String],
+    partner: String,
+    status: ConflictStatus,
+    resolution: Option<&'a str>,
+    resolved_by: Option<&'a str>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl<'a> Listed<'a> {
+    fn of(c: &'a ConflictRecord) -> Self {
+        Listed {
+            id: c.id,
+            destination: &c.destination,
+            resource_type: &c.resource_type,
+            resource_id: &c.resource_id,
+            elements: &c.elements,
+            partner: partner(c.origin.as_ref()),
+            status: c.status,
+            resolution: c.resolution.as_deref(),
+            resolved_by: c.resolved_by.as_deref(),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// `show --format json`: the conflict as stored, and its element-by-element comparison.
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    conflict: &'a ConflictRecord,
+    comparison: Vec<Compared<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Compared<'a> {
+    element: &'a str,
+    conflict: bool,
+    last_sent: Option<&'a serde_json::Value>,
+    source: Option<&'a serde_json::Value>,
+    destination: Option<&'a serde_json::Value>,
+}
+
+impl<'a> Compared<'a> {
+    fn of(r: &'a report::ElementRow) -> Self {
+        Compared {
+            element: &r.name,
+            conflict: r.conflict,
+            last_sent: r.base.as_ref(),
+            source: r.source.as_ref(),
+            destination: r.remote.as_ref(),
+        }
     }
 }

@@ -10,11 +10,13 @@ use std::path::Path;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand};
 
-use super::{EXIT_FOUND, Format};
+use serde::Serialize;
+
+use super::{EXIT_FOUND, Format, print_json};
 use crate::config::Config;
 use crate::mapping::{self, Catalog, RecordKind, ids};
 use crate::model::AuditAction;
-use crate::store::{AuditEntry, AuditFilter, Store};
+use crate::store::{AuditEntry, AuditFilter, LedgerEntry, StatementRecord, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum ConsentCommand {
@@ -106,6 +108,46 @@ async fn one_person(store: &Store, catalog: &Catalog, text: &str) -> anyhow::Res
     }
 }
 
+/// `consent show --format json`: the person's id (never their NHS number), their records at each partner,
+/// consent in force and its history, what each destination holds, what was withheld.
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    person: &'a str,
+    patients: Vec<PatientRecord<'a>>,
+    in_force: Option<&'a StatementRecord>,
+    history: &'a [StatementRecord],
+    holdings: Vec<Holding<'a>>,
+    withheld: &'a [AuditEntry],
+}
+
+#[derive(Debug, Serialize)]
+struct PatientRecord<'a> {
+    patient: &'a str,
+    partner: &'a str,
+}
+
+/// One resource a destination holds for the person.
+#[derive(Debug, Serialize)]
+struct Holding<'a> {
+    destination: &'a str,
+    resource: String,
+    remote_id: &'a str,
+    version: Option<&'a str>,
+    linked: bool,
+}
+
+impl<'a> Holding<'a> {
+    fn of(e: &'a LedgerEntry) -> Self {
+        Holding {
+            destination: &e.destination,
+            resource: e.key.to_string(),
+            remote_id: &e.remote_id,
+            version: e.version_id.as_deref(),
+            linked: e.linked,
+        }
+    }
+}
+
 pub async fn run_consent(config_path: &Path, mappings: &Path, cmd: ConsentCommand) -> anyhow::Result<u8> {
     let ConsentCommand::Show { person, format } = cmd;
     let (_config, catalog, store) = open(config_path, mappings).await?;
@@ -125,24 +167,14 @@ pub async fn run_consent(config_path: &Path, mappings: &Path, cmd: ConsentComman
         })
         .await?;
     match format {
-        Format::Json => {
-            let held: Vec<serde_json::Value> = holdings
-                .iter()
-                .map(|e| {
-                    serde_json::json!({"destination": e.destination, "resource": e.key.to_string(),
-                        "remote_id": e.remote_id, "version": e.version_id, "linked": e.linked})
-                })
-                .collect();
-            let out = serde_json::json!({
-                "person": id,
-                "patients": patients.iter().map(|(p, partner)| serde_json::json!({"patient": p, "partner": partner})).collect::<Vec<_>>(),
-                "in_force": current,
-                "history": history,
-                "holdings": held,
-                "withheld": withheld,
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        }
+        Format::Json => print_json(&Shown {
+            person: &id,
+            patients: patients.iter().map(|(patient, partner)| PatientRecord { patient, partner }).collect(),
+            in_force: current.as_ref(),
+            history: &history,
+            holdings: holdings.iter().map(Holding::of).collect(),
+            withheld: &withheld,
+        })?,
         Format::Table => {
             println!("Person {id}");
             for (p, partner) in &patients {

@@ -15,18 +15,21 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::EXIT_FOUND;
+use super::{EXIT_FOUND, Format, print_json};
 use crate::ingest::file_name;
 use crate::mapping::{
-    self, Catalog, ConsentFacts, DateSource, Decision, Input, MappedResource, NoStatement, Partner, Quarantined,
-    RecordKind, RunReport, Sink,
+    self, Catalog, CompileError, ConsentFacts, DateSource, Decision, Input, MappedResource, NoStatement, Partner,
+    Quarantined, RecordKind, RunReport, Sink,
 };
 use crate::quarantine::{self, QuarantineFile};
 
 #[derive(Debug, Subcommand)]
 pub enum MappingsCommand {
     /// Load and compile every mapping file; report every problem with its file, line and key.
-    Check,
+    Check {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Run each partner's mappings on its fixtures and compare with the expected FHIR.
     ///
     /// A fixture named after a kind (`person.csv`) feeds that kind; any other file feeds every mapping whose
@@ -43,6 +46,8 @@ pub enum MappingsCommand {
         /// Rewrite the expected files from the current output (review the diff before committing).
         #[arg(long)]
         update: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Map export files and print the resources as NDJSON on stdout; quarantined rows are reported on stderr
     /// and kept in a quarantine file, and so is the consent statement each consent row makes (decision, its
@@ -110,6 +115,14 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
     }
     let catalog = match mapping::load_catalog(mappings_dir) {
         Ok(c) => c,
+        Err(errors) if matches!(cmd, MappingsCommand::Check { format: Format::Json }) => {
+            print_json(&Checked {
+                ok: false,
+                partners: Vec::new(),
+                problems: errors.iter().map(Problem::of).collect(),
+            })?;
+            return Ok(1);
+        }
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
@@ -118,7 +131,12 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
         }
     };
     match cmd {
-        MappingsCommand::Check => {
+        MappingsCommand::Check { format: Format::Json } => {
+            let partners = catalog.partners.values().map(PartnerMappings::of).collect();
+            print_json(&Checked { ok: true, partners, problems: Vec::new() })?;
+            Ok(0)
+        }
+        MappingsCommand::Check { format: Format::Table } => {
             for p in catalog.partners.values() {
                 let kinds: Vec<String> = p.mappings.values().map(|m| format!("{}@{}", m.kind, m.version)).collect();
                 println!("{}: {} mapping(s): {}", p.id, p.mappings.len(), kinds.join(", "));
@@ -126,15 +144,166 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
             println!("All mappings load.");
             Ok(0)
         }
-        MappingsCommand::Test { partner, fixtures, update } => {
+        MappingsCommand::Test { partner, fixtures, update, format } => {
             let fixtures = fixtures.unwrap_or_else(|| default_fixtures(mappings_dir));
-            test(&catalog, partner.as_deref(), &fixtures, update)
+            let mut run = TestRun { format, report: TestReport::default() };
+            test(&mut run, &catalog, partner.as_deref(), &fixtures, update)?;
+            run.finish(update)
         }
         MappingsCommand::Preview { partner, inputs, kind, quarantine_dir } => {
             let qdir = quarantine_dir.unwrap_or_else(default_quarantine_dir);
             preview(&catalog, &partner, &inputs, &kind, &qdir)
         }
         MappingsCommand::New(_) => Ok(0),
+    }
+}
+
+/// `check --format json`: every partner's mappings, or every problem that stopped them loading.
+#[derive(Debug, Serialize)]
+struct Checked<'a> {
+    ok: bool,
+    partners: Vec<PartnerMappings<'a>>,
+    problems: Vec<Problem<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartnerMappings<'a> {
+    partner: &'a str,
+    mappings: Vec<MappingVersion<'a>>,
+}
+
+impl<'a> PartnerMappings<'a> {
+    fn of(p: &'a Partner) -> Self {
+        let mappings = p.mappings.values().map(|m| MappingVersion { kind: m.kind, version: &m.version }).collect();
+        PartnerMappings { partner: &p.id, mappings }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct MappingVersion<'a> {
+    kind: RecordKind,
+    version: &'a str,
+}
+
+/// A mapping file that does not load: where, and what is wrong (line and key when the error has them).
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    file: &'a Path,
+    line: Option<usize>,
+    key: Option<&'a str>,
+    message: &'a str,
+}
+
+impl<'a> Problem<'a> {
+    fn of(e: &'a CompileError) -> Self {
+        match e {
+            CompileError::At { file, line, key, message } => {
+                Problem { file, line: Some(*line), key: Some(key), message }
+            }
+            CompileError::File { path, message } => Problem { file: path, line: None, key: None, message },
+        }
+    }
+}
+
+/// `test --format json`: what passed and failed, with each difference.
+#[derive(Debug, Default, Serialize)]
+struct TestReport {
+    passed: usize,
+    failed: usize,
+    /// One per expected file compared (`organization`, or a record kind), with the differences found.
+    checked: Vec<TestCheck>,
+    /// A partner without a fixture for some kind, or a fixture that could not be read at all.
+    problems: Vec<TestProblem>,
+    /// With `--update`: the expected files written.
+    updated: Vec<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct TestCheck {
+    partner: String,
+    /// `organization` or a record kind: which expected file.
+    expected: String,
+    ok: bool,
+    differences: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TestProblem {
+    partner: String,
+    /// The fixture file, when the problem is one file.
+    file: Option<PathBuf>,
+    message: String,
+}
+
+/// A `mappings test` run: each result printed as it comes for a person, kept for one JSON document.
+struct TestRun {
+    format: Format,
+    report: TestReport,
+}
+
+impl TestRun {
+    fn table(&self) -> bool {
+        self.format == Format::Table
+    }
+
+    fn problem(&mut self, partner: &str, file: Option<&Path>, message: String) {
+        if self.table() {
+            match file {
+                Some(f) => println!("FAIL {partner} {}: {message}", f.display()),
+                None => println!("FAIL {partner}: {message}"),
+            }
+        }
+        self.report.failed += 1;
+        self.report.problems.push(TestProblem {
+            partner: partner.to_string(),
+            file: file.map(Path::to_path_buf),
+            message,
+        });
+    }
+
+    fn checked(&mut self, partner: &str, expected: &str, mut differences: Vec<String>) {
+        let label = format!("{partner}/{expected}");
+        let ok = differences.is_empty();
+        if self.table() {
+            report_diffs(&label, &differences);
+        }
+        // As many as the table shows: a broken mapping can differ in every element of every row.
+        if differences.len() > MAX_DIFFS {
+            let more = differences.len() - MAX_DIFFS;
+            differences.truncate(MAX_DIFFS);
+            differences.push(format!("... and {more} more differences"));
+        }
+        if ok {
+            self.report.passed += 1;
+        } else {
+            self.report.failed += 1;
+        }
+        self.report.checked.push(TestCheck {
+            partner: partner.to_string(),
+            expected: expected.to_string(),
+            ok,
+            differences,
+        });
+    }
+
+    fn updated(&mut self, path: PathBuf, quiet: bool) {
+        if self.table() && !quiet {
+            println!("updated {}", path.display());
+        }
+        self.report.updated.push(path);
+    }
+
+    /// Prints the summary (or the JSON document); exit 1 when anything failed, except when updating.
+    fn finish(self, update: bool) -> anyhow::Result<u8> {
+        let r = &self.report;
+        match self.format {
+            Format::Json => print_json(r)?,
+            Format::Table if update => {
+                println!("Expected files written; review them with `git diff` before committing.")
+            }
+            Format::Table => println!("{} passed, {} failed", r.passed, r.failed),
+        }
+        Ok(if update || r.failed == 0 { 0 } else { 1 })
     }
 }
 
@@ -424,48 +593,43 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option
     }
 }
 
-fn test(catalog: &Catalog, only: Option<&str>, fixtures: &Path, update: bool) -> anyhow::Result<u8> {
+fn test(run: &mut TestRun, catalog: &Catalog, only: Option<&str>, fixtures: &Path, update: bool) -> anyhow::Result<()> {
     let partners: Vec<&Partner> = match only {
         Some(id) => vec![partner(catalog, id)?],
         None => catalog.partners.values().collect(),
     };
-    let mut failures = 0usize;
-    let mut checked = 0usize;
     for p in partners {
         let dir = fixtures.join(&p.id);
         let inputs = fixture_inputs(&dir, p)?;
         let untested: Vec<&str> =
             p.mappings.keys().filter(|k| !inputs.iter().any(|i| i.kind == **k)).map(|k| k.as_str()).collect();
         if !untested.is_empty() {
-            println!("FAIL {}: no fixture for {} in {}", p.id, untested.join(", "), dir.display());
-            failures += 1;
+            run.problem(&p.id, None, format!("no fixture for {} in {}", untested.join(", "), dir.display()));
         }
         let mut got = Collect::default();
         let report = mapping::run(p, &inputs, &mut got)?;
         for f in report.failed_files() {
-            println!("FAIL {} {}: {}", p.id, f.path.display(), f.error.as_deref().unwrap_or_default());
-            failures += 1;
+            run.problem(&p.id, Some(&f.path), f.error.clone().unwrap_or_default());
         }
         let expected_dir = dir.join("expected");
         let org_path = expected_dir.join("organization.json");
         let org = got.organization.take().unwrap_or_default();
-        checked += 1;
         if update {
             write_json(&org_path, &org)?;
+            run.updated(org_path, true);
         } else {
             let mut diffs = Vec::new();
             match read_json::<Value>(&org_path)? {
                 Some(want) => diff_json("Organization", &want, &org, &mut diffs),
                 None => diffs.push(format!("{} is missing; run with --update to create it", org_path.display())),
             }
-            failures += report_diffs(&format!("{}/organization", p.id), &diffs);
+            run.checked(&p.id, "organization", diffs);
         }
         for f in report.files.iter().filter(|f| f.error.is_none()) {
             let Some(kind) = f.kind else { continue };
             let (resources, quarantined) = got.by_kind.remove(&kind).unwrap_or_default();
-            let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let now = Expected {
-                file,
+                file: file_name(&f.path),
                 counts: Counts {
                     read: f.read,
                     mapped: f.mapped,
@@ -476,25 +640,19 @@ fn test(catalog: &Catalog, only: Option<&str>, fixtures: &Path, update: bool) ->
                 quarantined,
             };
             let path = expected_dir.join(format!("{kind}.json"));
-            checked += 1;
             if update {
                 write_json(&path, &now)?;
-                println!("updated {}", path.display());
+                run.updated(path, false);
                 continue;
             }
             let diffs = match read_json::<Expected>(&path)? {
                 Some(want) => compare(&want, &now),
                 None => vec![format!("{} is missing; run with --update to create it", path.display())],
             };
-            failures += report_diffs(&format!("{}/{kind}", p.id), &diffs);
+            run.checked(&p.id, kind.as_str(), diffs);
         }
     }
-    if update {
-        println!("Expected files written; review them with `git diff` before committing.");
-        return Ok(0);
-    }
-    println!("{} passed, {failures} failed", checked.saturating_sub(failures));
-    Ok(if failures == 0 { 0 } else { 1 })
+    Ok(())
 }
 
 /// Writes the expected output of one kind of a partner from its fixtures (and the Organization's, when missing),
@@ -537,19 +695,21 @@ pub(super) fn write_expected(
     Ok(written)
 }
 
-fn report_diffs(label: &str, diffs: &[String]) -> usize {
+/// Differences shown for one expected file.
+const MAX_DIFFS: usize = 50;
+
+fn report_diffs(label: &str, diffs: &[String]) {
     if diffs.is_empty() {
         println!("ok   {label}");
-        return 0;
+        return;
     }
     println!("FAIL {label}");
-    for d in diffs.iter().take(50) {
+    for d in diffs.iter().take(MAX_DIFFS) {
         println!("     {label} {d}");
     }
-    if diffs.len() > 50 {
-        println!("     ... and {} more differences", diffs.len() - 50);
+    if diffs.len() > MAX_DIFFS {
+        println!("     ... and {} more differences", diffs.len() - MAX_DIFFS);
     }
-    1
 }
 
 fn compare(want: &Expected, got: &Expected) -> Vec<String> {

@@ -102,7 +102,17 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate everything and reach each destination's metadata and token endpoints; exit 0 only when all pass.
-    Check,
+    Check {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+/// Prints one command's `--format json` document on stdout. Errors that stop a command before it has a
+/// result are not JSON: they go to stderr as `error: ...` with exit 1, and stdout stays empty.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -128,7 +138,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Consent(cmd) => {
             runtime().and_then(|rt| rt.block_on(consent::run_consent(&config, &legacy_mappings, cmd)))
         }
-        Command::Config(ConfigCommand::Check) => runtime().and_then(|rt| rt.block_on(config_check::run(&config))),
+        Command::Config(ConfigCommand::Check { format }) => {
+            runtime().and_then(|rt| rt.block_on(config_check::run(&config, format)))
+        }
         Command::Conflicts(cmd) => runtime().and_then(|rt| rt.block_on(conflicts::run(&config, cmd))),
         Command::Reconcile(args) => runtime().and_then(|rt| rt.block_on(reconcile::run(&config, args))),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(reconcile::pull(&config, args))),

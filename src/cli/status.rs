@@ -4,13 +4,43 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use super::{EXIT_FOUND, Format};
+use serde::Serialize;
+
+use super::{EXIT_FOUND, Format, print_json};
 use crate::config::Config;
 use crate::model::JobName;
-use crate::store::Store;
+use crate::store::{SourceStatus, Store};
 
 fn when(t: Option<DateTime<Utc>>, tz: chrono_tz::Tz) -> String {
     t.map_or_else(|| "-".into(), |t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+}
+
+/// `status --format json`: each job, each destination's queue, each source.
+#[derive(Debug, Serialize)]
+struct Status<'a> {
+    jobs: Vec<JobStatus<'a>>,
+    queues: Vec<QueueStatus<'a>>,
+    sources: &'a [SourceStatus],
+}
+
+#[derive(Debug, Serialize)]
+struct JobStatus<'a> {
+    job: String,
+    schedule: &'a str,
+    last_started: Option<String>,
+    last_finished: Option<String>,
+    /// Null while it runs, or when it was interrupted.
+    last_ok: Option<bool>,
+    last_detail: Option<&'a str>,
+    next_run: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct QueueStatus<'a> {
+    destination: &'a str,
+    pending: u64,
+    dead: u64,
+    oldest_pending: Option<String>,
 }
 
 pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
@@ -36,16 +66,17 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
         let next = schedule.next_after(now);
         let expr = schedule.expression();
         let last = runs.iter().find(|r| r.job == job);
-        jobs.push(serde_json::json!({
-            "job": job,
-            "schedule": expr,
-            "last_started": last.map(|r| r.started_at.to_rfc3339()),
-            "last_finished": last.and_then(|r| r.finished_at.map(|t| t.to_rfc3339())),
-            "last_ok": last.and_then(|r| r.ok),
-            "last_detail": last.and_then(|r| r.detail.clone()),
-            "next_run": next.map(|t| t.to_rfc3339()),
-        }));
-        if format == Format::Table {
+        if format == Format::Json {
+            jobs.push(JobStatus {
+                schedule: expr,
+                last_started: last.map(|r| r.started_at.to_rfc3339()),
+                last_finished: last.and_then(|r| r.finished_at.map(|t| t.to_rfc3339())),
+                last_ok: last.and_then(|r| r.ok),
+                last_detail: last.and_then(|r| r.detail.as_deref()),
+                next_run: next.map(|t| t.to_rfc3339()),
+                job,
+            });
+        } else {
             let outcome = match last.and_then(|r| r.ok) {
                 Some(true) => "ok",
                 Some(false) => "FAILED",
@@ -91,17 +122,16 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
             println!("Dead letters need an admin: `connector outbox list --dead`.");
         }
     } else {
-        let queues: Vec<serde_json::Value> = depths
+        let queues = depths
             .iter()
-            .map(|d| {
-                serde_json::json!({"destination": d.destination, "pending": d.pending, "dead": d.dead,
-                "oldest_pending": d.oldest_pending.map(|t| t.to_rfc3339())})
+            .map(|d| QueueStatus {
+                destination: &d.destination,
+                pending: d.pending,
+                dead: d.dead,
+                oldest_pending: d.oldest_pending.map(|t| t.to_rfc3339()),
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"jobs": jobs, "queues": queues, "sources": sources}))?
-        );
+        print_json(&Status { jobs, queues, sources: &sources })?;
     }
     Ok(if dead > 0 || refused { EXIT_FOUND } else { 0 })
 }

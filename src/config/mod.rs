@@ -406,6 +406,7 @@ impl DestinationConfig {
 pub struct AuthConfig {
     /// OAuth2 token endpoint (client credentials, sent with HTTP Basic).
     pub token_url: HttpUrl,
+    /// The OAuth2 client id.
     pub client_id: String,
     /// File holding the client secret: a path, or a name looked up in `$CREDENTIALS_DIRECTORY` (systemd
     /// `LoadCredential=`) first.

@@ -78,6 +78,7 @@ pub enum SourceMode {
 pub struct ApiSource {
     /// The first page's URL (https, or http to loopback).
     pub url: super::HttpUrl,
+    /// Allow plain http:// to a host that is not loopback (only on a network protected otherwise).
     #[serde(default)]
     pub allow_insecure_http: bool,
     /// Given beside `url` (`auth = { bearer_file = "..." }`), not in `api`.
@@ -98,8 +99,10 @@ pub struct ApiSource {
     pub page_param: String,
     #[serde(default = "ApiSource::default_first_page")]
     pub first_page: u64,
+    /// The page-size parameter (`page` and `offset` paging).
     #[serde(default = "ApiSource::default_size_param")]
     pub size_param: String,
+    /// Records asked for per page; a shorter page ends a `page` or `offset` read.
     #[serde(default = "ApiSource::default_page_size")]
     pub page_size: u64,
     /// Incremental reads: after a complete read, later reads send `since_param=<cursor>`.
@@ -107,10 +110,13 @@ pub struct ApiSource {
     /// The cursor is the newest value of this record field (dotted path) seen in a complete read; none: the
     /// time the last complete read started (UTC, RFC 3339).
     pub since_field: Option<String>,
+    /// Most requests per second sent to the API.
     #[serde(default = "ApiSource::default_rate")]
     pub rate_limit_per_second: f64,
+    /// Seconds before a request is given up (and retried).
     #[serde(default = "ApiSource::default_timeout")]
     pub timeout_seconds: u64,
+    /// Attempts per page (408, 429, 5xx, timeouts and network errors are retried).
     #[serde(default = "ApiSource::default_attempts")]
     pub max_attempts: usize,
     /// Most pages read in one cycle (a runaway next link stops here, loudly).

@@ -466,6 +466,21 @@ pub fn copy_fixtures(dir: &Path, partners: &[&str]) -> String {
     text
 }
 
+/// A config reading copies of the Hub's fixtures (so a test can edit them), with no destination, its state in
+/// `dir/state/state.db`, and `extra` tables after.
+#[allow(dead_code)]
+pub fn hub_config(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        "[state]\nurl = \"sqlite://{}/state/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n{}{extra}",
+        dir.display(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).display(),
+        copy_fixtures(dir, &["hub"])
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The inputs a partner's fixed-file sources give (one per kind), as the mapper takes them.
 pub fn file_inputs(
     config: &york_connector::config::Config,
