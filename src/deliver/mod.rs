@@ -64,6 +64,9 @@ pub struct Destination {
     pub profile: Profile,
     pub batch_size: usize,
     pub concurrency: usize,
+    /// Requests in flight to the destination: at most `concurrency`, whatever the number of workers preparing
+    /// bundles (see [`retry::send_retrying`]).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub max_attempts: usize,
     pub timeout: Duration,
     /// How long rows wait after every attempt failed.
@@ -108,6 +111,7 @@ impl Destination {
             profile: d.profile,
             batch_size: d.batch_size.max(1),
             concurrency: d.concurrency.max(1),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(d.concurrency.max(1))),
             max_attempts: d.max_attempts.max(1),
             timeout: Duration::from_secs(d.timeout_seconds.max(1)),
             defer: chrono::Duration::seconds(i64::try_from(d.defer_seconds).unwrap_or(60)),

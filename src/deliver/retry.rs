@@ -177,8 +177,18 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, TransportError>>,
 {
+    let mut call = call;
+    // Each attempt holds one of the destination's `concurrency` permits while it is in flight (not while it
+    // backs off), so workers preparing the next bundles never add to the server's load.
+    let attempt = || {
+        let request = call();
+        async move {
+            let _permit = dest.in_flight.acquire().await;
+            request.await
+        }
+    };
     dest.retry_policy()
-        .call(stop, call, |e, after| {
+        .call(stop, attempt, |e, after| {
             let retry_in_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
             tracing::warn!(destination = %dest.name, error = %e, retry_in_ms, "Retrying.");
         })
