@@ -67,11 +67,12 @@ fn watch_head(root: &Path) {
 
 /// Today's UTC date, or `SOURCE_DATE_EPOCH`'s, as `YYYY-MM-DD`.
 fn build_date() -> String {
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-    });
+    let epoch =
+        std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+        });
     let (y, m, d) = civil_from_days(epoch.div_euclid(86_400));
     format!("{y:04}-{m:02}-{d:02}")
 }

@@ -9,7 +9,8 @@
 # the package holds that binary (scripts/package-test.sh passes the debug one, already built by `cargo test`).
 # The man pages and the bash, zsh and fish completions are written by the binary itself (`connector generate`)
 # from its clap definitions, so they cannot drift from --help. DIR defaults to target/debian. Environment:
-# DEB_REVISION (default 1), DEB_COMPRESS (xz, the default, or gzip/zstd/none for quicker test builds).
+# DEB_REVISION (default 1); DEB_COMPRESS (xz, the default, readable by every dpkg; or gzip, zstd, none) and
+# DEB_COMPRESS_LEVEL for quicker test builds (xz takes minutes on a debug binary, zstd -z1 a second or two).
 # Prints the package's path.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,6 +46,10 @@ shared_library_depends() {
 
 umask 022
 version="$("$binary" --version | sed -n '1s/^connector //p')"
+commit="$("$binary" --version | sed -n 's/^commit: *//p')"
+case "$commit" in
+    *+dirty | unknown) echo "build-deb: warning: the binary was built from commit $commit; a release is built from a clean checkout" >&2 ;;
+esac
 deb_version="$version-${DEB_REVISION:-1}"
 arch="$(dpkg --print-architecture)"
 work="$(mktemp -d)"
@@ -89,5 +94,5 @@ sed -e "s/@VERSION@/$deb_version/" -e "s/@ARCH@/$arch/" -e "s/@DEPENDS@/$depends
 
 mkdir -p "$out"
 deb="$out/york-connector_${deb_version}_$arch.deb"
-dpkg-deb --root-owner-group -Z"${DEB_COMPRESS:-xz}" --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Z"${DEB_COMPRESS:-xz}" ${DEB_COMPRESS_LEVEL:+-z"$DEB_COMPRESS_LEVEL"} --build "$root" "$deb" >/dev/null
 echo "$deb"

@@ -8,8 +8,9 @@
 #   scripts/package-test.sh [--binary PATH]
 #
 # With --binary the package holds that binary: tests/debian_package.rs passes the debug one `cargo test` has
-# already built, and the package is gzip-compressed, so the test costs seconds, not a release build (the
-# layout and maintainer scripts are the same). Without it, scripts/build-deb.sh builds the release binary.
+# already built, and the package is compressed with zstd -1 (dpkg reads it since Debian 12), so the test
+# costs seconds, not a release build (the layout and maintainer scripts are the same). Without it,
+# scripts/build-deb.sh builds the release binary and compresses with xz, as for a real release.
 # Needs root and dpkg. It never touches an existing installation: if the package, its user's folders or
 # /usr/bin/connector are there it exits 77 (skipped), as without root or dpkg. It leaves the machine as it
 # found it, the `connector` user included, except man-db (installed from Debian's packages if `man` is
@@ -74,14 +75,16 @@ fi
 
 # What is on the machine under the connector's names before, to compare after the purge.
 leftovers() {
-    find /etc /usr/bin /usr/lib /usr/share/doc /usr/share/man/man1 /usr/share/bash-completion /usr/share/zsh \
-        /usr/share/fish /var/lib /var/log /srv -xdev \( -name '*connector*' -o -name "$PKG*" \) 2>/dev/null | sort
+    # (some of these folders may not exist: find then exits 1, which is no failure here)
+    { find /etc /usr/bin /usr/lib /usr/share/doc /usr/share/man/man1 /usr/share/bash-completion /usr/share/zsh \
+        /usr/share/fish /var/lib /var/log /srv -xdev \( -name '*connector*' -o -name "$PKG*" \) 2>/dev/null || true; } | sort
 }
 leftovers >"$work/before"
 
 started=$SECONDS
 if [ -n "$binary" ]; then
-    deb="$(DEB_COMPRESS="${DEB_COMPRESS:-gzip}" bash scripts/build-deb.sh --binary "$binary" --out "$work")"
+    deb="$(DEB_COMPRESS="${DEB_COMPRESS:-zstd}" DEB_COMPRESS_LEVEL="${DEB_COMPRESS_LEVEL:-1}" \
+        bash scripts/build-deb.sh --binary "$binary" --out "$work")"
 else
     deb="$(bash scripts/build-deb.sh --out "$work")"
 fi
@@ -152,7 +155,7 @@ done
 
 # The binary and the installed configuration.
 version="$(connector --version)"
-check "connector --version: $(tr '\n' ' ' <<<"$version" | tr -s ' ')" \
+check "connector --version: $(paste -sd' ' <<<"$version" | tr -s ' ')" \
     bash -c '[[ "$1" == *"commit:"*"build date:"*"target:"*"schema version:"* ]]' _ "$version"
 config_check="$(runuser -u connector -- connector config check 2>&1)" || { echo "$config_check"; fail "connector config check"; }
 check "connector config check (as user connector, on /etc/connector/config.toml): $(tail -1 <<<"$config_check")" \
@@ -163,7 +166,7 @@ check "the state database it made is owner-only" mode_is /var/lib/connector/stat
 man_text="$(MANWIDTH=100 MANPAGER=cat man connector 2>&1)" || fail "man connector: $man_text"
 check "man connector renders (NAME, EXIT STATUS, ENVIRONMENT)" \
     bash -c '[[ "$1" == *NAME*"EXIT STATUS"*CONNECTOR_LOG* ]]' _ "$man_text"
-check "man connector-config-check renders" bash -c 'MANPAGER=cat man connector-config-check 2>&1 | grep -q "config check"'
+check "man connector-config-check renders" bash -c 'MANPAGER=cat man connector-config-check 2>&1 | grep -q "^NAME"'
 completion="$(bash -c 'source /usr/share/bash-completion/completions/connector; complete -p connector' 2>&1)"
 check "bash completion loads: $completion" grep -q -- '-F _connector connector$' <<<"$completion"
 for shell in zsh fish; do
@@ -190,7 +193,8 @@ dpkg --purge "$PKG" >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "dp
 check "dpkg --purge: config, mappings, credentials, state and /srv/connector gone" bash -c '
     ! dpkg-query -W -f="\${db:Status-Status}" york-connector 2>/dev/null | grep -qv "^not-installed$" &&
     [ ! -e /etc/connector ] && [ ! -e /var/lib/connector ] && [ ! -e /srv/connector ]'
-check "purge keeps the connector user (Debian: files elsewhere may still be its)" getent passwd connector
+check "purge keeps the connector user (Debian: files elsewhere may still be its)" \
+    bash -c 'getent passwd connector >/dev/null'
 if [ "$user_existed" = no ]; then
     userdel connector
     getent group connector >/dev/null && groupdel connector

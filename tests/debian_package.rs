@@ -72,7 +72,8 @@ fn man_pages_and_completions_follow_the_command_line() {
     }
     assert!(dir.join("connector-mappings-check.1").exists());
     let page = std::fs::read_to_string(dir.join("connector.1")).unwrap();
-    for text in ["EXIT STATUS", "ENVIRONMENT", "CONNECTOR_LOG", "CONNECTOR_CONFIG", "\\-\\-config", "connector\\-sync"] {
+    for text in ["EXIT STATUS", "ENVIRONMENT", "CONNECTOR_LOG", "CONNECTOR_CONFIG", "\\-\\-config", "connector\\-sync"]
+    {
         assert!(page.contains(text), "{text:?} missing from connector.1:\n{page}");
     }
     for shell in ["bash", "zsh", "fish"] {

@@ -7,7 +7,10 @@ pub const EXIT_CODES: &[(&str, &str)] = &[
     ("0", "success"),
     ("1", "failure (the error is on stderr)"),
     ("2", "usage error: unknown command or option, or a bad value"),
-    ("3", "ran, and found something an admin should look at: quarantined rows, drift, open conflicts, a refused snapshot"),
+    (
+        "3",
+        "ran, and found something an admin should look at: quarantined rows, drift, open conflicts, a refused snapshot",
+    ),
 ];
 
 /// Environment variables that are not an option's (those are listed with their option).
