@@ -3,7 +3,9 @@
 //! the packaged configuration loads; and, as root with dpkg (CI), scripts/package-test.sh builds the package,
 //! installs it, checks it and purges it, leaving the machine as it was.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use clap::CommandFactory;
@@ -52,17 +54,10 @@ fn help_lists_the_exit_codes_the_logging_variable_and_global_options() {
     assert!(own.contains("--once") && global.contains("--config") && !global.contains("--once"), "{sync}");
 }
 
-/// A fresh folder under the system's temporary folder.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("connector-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn man_pages_and_completions_follow_the_command_line() {
-    let dir = temp_dir("generated");
+    let tmp = common::TempDir::new("connector-generated");
+    let dir = tmp.path();
     let d = dir.to_str().unwrap();
     connector(&["generate", "man", d]);
     let cli = york_connector::cli::Cli::command();
@@ -86,7 +81,6 @@ fn man_pages_and_completions_follow_the_command_line() {
         }
         assert!(!script.contains("generate"), "{file} offers the packagers' generate command");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
