@@ -29,12 +29,13 @@
 //! - [`schedule`]: cron schedules across clock changes, and the scheduler that runs the jobs.
 //! - [`ops`]: systemd notify, health and metrics endpoints, logging, safe file writes.
 //! - [`daemon`]: `connector run`: the jobs on their schedules, reloads, shutdown.
-//! - [`cli`]: the admin's commands.
+//! - [`cli`]: the admin's commands; [`build_info`]: what this binary is (`connector --version`).
 //!
 //! Only [`daemon`] and [`cli`] use [`sync`]; `scripts/import-graph.py` checks that no module imports one
 //! that imports it back.
 #![forbid(unsafe_code)]
 
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod conflict;

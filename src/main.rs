@@ -4,6 +4,10 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Packaging's `connector generate` (man pages, completions) is not part of the admins' command line.
+    if let Some(code) = york_connector::cli::generate::run_if_asked() {
+        return code;
+    }
     let cli = york_connector::cli::Cli::parse();
     york_connector::ops::logging::init(cli.log_format);
     york_connector::cli::run(cli)

@@ -8,6 +8,8 @@ mod config_check;
 mod conflicts;
 mod consent;
 mod feed;
+pub mod generate;
+mod help;
 mod mappings;
 mod mappings_new;
 mod outbox;
@@ -34,8 +36,11 @@ pub enum Format {
 #[derive(Debug, Parser)]
 #[command(
     name = "connector",
-    version,
-    about = "York Hub connector: partner records to UK Core FHIR R4, synced to Cito and PKB."
+    version = crate::build_info::SHORT_VERSION,
+    long_version = crate::build_info::LONG_VERSION,
+    about = "York Hub connector: partner records to UK Core FHIR R4, synced to Cito and PKB.",
+    after_help = help::footer(),
+    next_help_heading = "Global options"
 )]
 pub struct Cli {
     /// The configuration file [default: /etc/connector/config.toml]. The `mappings` commands read it only
