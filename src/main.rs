@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    york_connector::ops::metrics::process_start();
     let cli = york_connector::cli::Cli::parse();
     york_connector::ops::logging::init(cli.log_format);
     york_connector::cli::run(cli)

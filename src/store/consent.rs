@@ -507,6 +507,23 @@ impl Store {
         Ok(())
     }
 
+    /// When `destination` last accepted a write (the newest `disclosed` or `retracted` audit entry naming it);
+    /// `None` if it never has. Walks the destination's entries from the newest (index `audit_by_destination`).
+    pub async fn last_write_at(&self, destination: &str) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<i64> = with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT at FROM audit WHERE destination = $1 AND action IN ($2, $3) ORDER BY id DESC LIMIT 1",
+            )
+            .bind(destination)
+            .bind(AuditAction::Disclosed.as_str())
+            .bind(AuditAction::Retracted.as_str())
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(StoreError::query("last_write_at"))?;
+        at.map(|v| from_ms("audit.at", v)).transpose()
+    }
+
     /// Audit entries matching `filter`, oldest first.
     pub async fn audit_list(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let rows: Vec<AuditDb> = with_pool!(self, |pool| {

@@ -59,6 +59,19 @@ impl Store {
         Ok(())
     }
 
+    /// When `job` last finished a run that went well; `None` if it never has. Walks the job's runs from the
+    /// newest (index `job_runs_by_job`), so it stays quick however long the history grows.
+    pub async fn job_last_success(&self, job: &JobName) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<Option<i64>> = with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT finished_at FROM job_runs WHERE job = $1 AND ok = TRUE ORDER BY id DESC LIMIT 1")
+                .bind(job.to_string())
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(StoreError::query("job_last_success"))?;
+        at.flatten().map(|v| from_ms("job_runs.finished_at", v)).transpose()
+    }
+
     /// The latest run of each job, by job name.
     pub async fn last_runs(&self) -> Result<Vec<JobRun>> {
         let rows: Vec<JobRunDb> = with_pool!(self, |pool| {
