@@ -67,6 +67,17 @@ pub async fn render(engine: &Context) -> String {
         let n = open.iter().find(|(name, _)| *name == d.name).map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "connector_conflicts_open{{{}}} {n}", label("destination", &d.name));
     }
+    if let Ok(counts) = engine.store.quarantine_counts().await {
+        let _ = writeln!(
+            out,
+            "# HELP connector_quarantine_rows Source rows waiting in the quarantine for a fixed export or a replay, \
+             per partner.\n# TYPE connector_quarantine_rows gauge"
+        );
+        for p in &engine.config.partners {
+            let n = counts.iter().find(|(name, _)| *name == p.id).map_or(0, |(_, n)| *n);
+            let _ = writeln!(out, "connector_quarantine_rows{{{}}} {n}", label("partner", &p.id));
+        }
+    }
     source_gauges(&mut out, &engine.store.source_statuses().await.unwrap_or_default());
     success_gauges(&mut out, engine).await;
     engine.metrics.render_requests(&mut out);
