@@ -162,7 +162,10 @@ mod tests {
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
-        assert!(lines[0].starts_with("<4>") && lines[0].contains("Retrying batch. destination=\"pkb\" attempt=2"), "{text}");
+        assert!(
+            lines[0].starts_with("<4>") && lines[0].contains("Retrying batch. destination=\"pkb\" attempt=2"),
+            "{text}"
+        );
         assert!(lines[1].starts_with("<3>") && lines[1].contains("Delivery failed."), "{text}");
     }
 }

@@ -244,6 +244,10 @@ where
     Ok(())
 }
 
+/// The newest write a destination accepted: walks its audit entries backwards through `audit_by_destination`.
+pub(super) const LAST_WRITE_AT: &str =
+    "SELECT at FROM audit WHERE destination = $1 AND action IN ($2, $3) ORDER BY id DESC LIMIT 1";
+
 impl Store {
     /// Records which person each Patient is (upsert).
     pub async fn persons_put(&self, links: &[(String, String, String)], now: DateTime<Utc>) -> Result<()> {
@@ -511,14 +515,12 @@ impl Store {
     /// `None` if it never has. Walks the destination's entries from the newest (index `audit_by_destination`).
     pub async fn last_write_at(&self, destination: &str) -> Result<Option<DateTime<Utc>>> {
         let at: Option<i64> = with_pool!(self, |pool| {
-            sqlx::query_scalar(
-                "SELECT at FROM audit WHERE destination = $1 AND action IN ($2, $3) ORDER BY id DESC LIMIT 1",
-            )
-            .bind(destination)
-            .bind(AuditAction::Disclosed.as_str())
-            .bind(AuditAction::Retracted.as_str())
-            .fetch_optional(pool)
-            .await
+            sqlx::query_scalar(LAST_WRITE_AT)
+                .bind(destination)
+                .bind(AuditAction::Disclosed.as_str())
+                .bind(AuditAction::Retracted.as_str())
+                .fetch_optional(pool)
+                .await
         })
         .map_err(StoreError::query("last_write_at"))?;
         at.map(|v| from_ms("audit.at", v)).transpose()

@@ -27,6 +27,10 @@ struct JobRunDb {
     detail: Option<String>,
 }
 
+/// The newest successful run of a job: walks the job's runs backwards through `job_runs_by_job`.
+pub(super) const JOB_LAST_SUCCESS: &str =
+    "SELECT finished_at FROM job_runs WHERE job = $1 AND ok = TRUE ORDER BY id DESC LIMIT 1";
+
 impl Store {
     // -----------------------------------------------------------------------------------------------------
     // Jobs
