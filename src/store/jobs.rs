@@ -67,10 +67,7 @@ impl Store {
     /// newest (index `job_runs_by_job`), so it stays quick however long the history grows.
     pub async fn job_last_success(&self, job: &JobName) -> Result<Option<DateTime<Utc>>> {
         let at: Option<Option<i64>> = with_pool!(self, |pool| {
-            sqlx::query_scalar("SELECT finished_at FROM job_runs WHERE job = $1 AND ok = TRUE ORDER BY id DESC LIMIT 1")
-                .bind(job.to_string())
-                .fetch_optional(pool)
-                .await
+            sqlx::query_scalar(JOB_LAST_SUCCESS).bind(job.to_string()).fetch_optional(pool).await
         })
         .map_err(StoreError::query("job_last_success"))?;
         at.flatten().map(|v| from_ms("job_runs.finished_at", v)).transpose()
