@@ -4,7 +4,10 @@
 #     $CACHE/hfs/bin/hfs (a cold build takes ~30 min on 2 cores);
 #   - the HL7 R4 SearchParameter bundle at $CACHE/hfs-data/search-parameters-r4.json
 #     (HFS reads it from <data-dir>/search-parameters-r4.json; identifier search needs it);
-#   - PostgreSQL from Debian's packages (initdb/pg_ctl under /usr/lib/postgresql/*/bin).
+#   - PostgreSQL from Debian's packages (initdb/pg_ctl under /usr/lib/postgresql/*/bin);
+#   - Prometheus's promtool, copied out of Debian's `prometheus` package to $CACHE/promtool/promtool
+#     (the package itself is not installed, so no Prometheus server is started), to check
+#     docs/alerts.yml and the /metrics text.
 # CACHE is ${CONNECTOR_TEST_CACHE:-$HOME/.cache/connector-test}.
 #
 # Idempotent and silent when everything is already there. Concurrent runs are
@@ -54,13 +57,18 @@ sp_ok() {
     [ -s "$SP_FILE" ] && grep -q '"resourceType"' "$SP_FILE"
 }
 
+PROMTOOL_BIN="$CACHE/promtool/promtool"
+promtool_ok() {
+    [ -x "$PROMTOOL_BIN" ] && "$PROMTOOL_BIN" --version >/dev/null 2>&1
+}
+
 pg_ok() {
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null &&
         compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null
 }
 
 # Fast path: nothing to do, say nothing, take no lock.
-if hfs_ok && sp_ok && pg_ok; then
+if hfs_ok && sp_ok && pg_ok && promtool_ok; then
     exit 0
 fi
 
@@ -87,6 +95,27 @@ apt_install() {
 if ! pg_ok; then
     apt_install postgresql
     pg_ok || die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb"
+fi
+
+# --- promtool -------------------------------------------------------------------
+if ! promtool_ok; then
+    # apt-get download needs the package lists, not root; only promtool is kept from the package.
+    if [ -z "$APT_UPDATED" ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        APT_UPDATED=1
+    fi
+    say "fetching promtool from Debian's prometheus package"
+    tmp="$(mktemp -d)"
+    chmod 755 "$tmp"   # apt's sandbox user writes the download here
+    (
+        cd "$tmp"
+        apt-get download -qq prometheus >/dev/null 2>&1
+        dpkg-deb -x prometheus_*.deb pkg
+    ) || { rm -rf "$tmp"; die "could not fetch Debian's prometheus package for promtool"; }
+    mkdir -p "$(dirname "$PROMTOOL_BIN")"
+    mv "$tmp/pkg/usr/bin/promtool" "$PROMTOOL_BIN"
+    rm -rf "$tmp"
+    promtool_ok || die "$PROMTOOL_BIN does not run"
 fi
 
 # --- SearchParameter bundle ----------------------------------------------------

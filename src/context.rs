@@ -35,6 +35,8 @@ pub struct Context {
 impl Context {
     /// Loads the mappings, opens the state store (running migrations) and builds the destinations.
     pub async fn start(config: Config) -> anyhow::Result<Context> {
+        // `process_start_time_seconds`: fixed by `main` already; here for library users (tests, benches).
+        crate::ops::metrics::process_start();
         let mappings_dir = config.resolve(&config.mappings.dir);
         let catalog = mapping::load_catalog(&mappings_dir).map_err(|errors| {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -56,10 +58,12 @@ impl Context {
         }
         let store = Store::connect(&config.state_url()).await.context("opening the state store")?;
         let policy = Arc::new(Policy::new(&config, &catalog));
+        let metrics = Arc::new(Metrics::default());
         let shared = Shared {
             policy: policy.clone(),
             salt: Arc::from(store.salt()),
             auto_merge: Arc::new(config.conflicts.auto_merge.iter().cloned().collect()),
+            metrics: metrics.clone(),
         };
         let mut destinations = Vec::new();
         for (name, d) in &config.destinations {
@@ -79,7 +83,7 @@ impl Context {
             store,
             destinations,
             policy,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             owner,
         })
     }

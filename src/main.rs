@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    york_connector::ops::metrics::process_start();
     // Packaging's `connector generate` (man pages, completions) is not part of the admins' command line.
     if let Some(code) = york_connector::cli::generate::run_if_asked() {
         return code;

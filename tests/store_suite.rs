@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
-use york_connector::model::JobName;
+use york_connector::model::{AuditAction, JobName};
 use york_connector::store::{
     AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord,
     ResourceKey, SendIntent, Store, StoreError,
@@ -173,6 +173,7 @@ suite!(
     leader_election,
     ledger_round_trip,
     job_runs,
+    last_write_times,
     quarantine_round_trip,
     feed_ledger_round_trip,
     audit_chain_detects_edits_deletions_and_truncation,
@@ -972,6 +973,39 @@ async fn job_runs(db: &Db) {
     assert_eq!(runs[0].run_id, b);
     assert_eq!((runs[0].started_at, runs[0].finished_at), (at(60), Some(at(70))));
     assert_eq!((runs[0].ok, runs[0].detail.as_deref()), (Some(true), Some("cito: 120 sent")));
+
+    // The last success stays put through a later failure; a job that never succeeded has none.
+    let d = store.job_started(&ingest, at(90)).await.unwrap();
+    store.job_finished(d, false, "person.csv unreadable", at(95)).await.unwrap();
+    assert_eq!(store.job_last_success(&ingest).await.unwrap(), Some(at(70)));
+    assert_eq!(store.job_last_success(&JobName::Reconcile).await.unwrap(), None);
+    assert_eq!(store.job_last_success(&JobName::Deliver("pkb".into())).await.unwrap(), None);
+}
+
+/// When each destination last accepted a write: the newest disclosure or retraction naming it, whatever
+/// else was audited for it since.
+async fn last_write_times(db: &Db) {
+    let store = db.connect().await;
+    let entry = |action: AuditAction, destination: &str, secs: i64| AuditEntry {
+        at: at(secs),
+        action,
+        destination: Some(destination.into()),
+        resource_type: Some("Patient".into()),
+        resource_id: Some("p1".into()),
+        ..AuditEntry::default()
+    };
+    assert_eq!(store.last_write_at("cito").await.unwrap(), None);
+    for e in [
+        entry(AuditAction::Disclosed, "cito", 10),
+        entry(AuditAction::Retracted, "cito", 20),
+        entry(AuditAction::Withheld, "cito", 30),
+        entry(AuditAction::Withheld, "pkb", 40),
+        entry(AuditAction::Disclosed, "feed:hub", 50),
+    ] {
+        store.audit_append(&e).await.unwrap();
+    }
+    assert_eq!(store.last_write_at("cito").await.unwrap(), Some(at(20)));
+    assert_eq!(store.last_write_at("pkb").await.unwrap(), None, "withheld is not a write");
 }
 
 async fn quarantine_round_trip(db: &Db) {
@@ -996,6 +1030,8 @@ async fn quarantine_round_trip(db: &Db) {
     assert_eq!(mind.len(), 2);
     assert_eq!(mind[1].1.key, None);
     assert_eq!(store.quarantine_list(None, 1).await.unwrap().len(), 1);
+    let counts = store.quarantine_counts().await.unwrap();
+    assert_eq!(counts, [("carers-centre".to_string(), 1), ("york-mind".to_string(), 2)]);
     assert_eq!(store.quarantine_get(b).await.unwrap(), Some(record("carers-centre", 3)));
     assert!(store.quarantine_delete(b).await.unwrap());
     assert!(!store.quarantine_delete(b).await.unwrap());

@@ -51,17 +51,7 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
     let depths = store.queue_depths().await?;
     let now = Utc::now();
     let mut jobs = Vec::new();
-    let schedules = config
-        .partners
-        .iter()
-        .map(|p| (JobName::Ingest(p.id.clone()), &p.schedule))
-        .chain(config.destinations.iter().map(|(n, d)| (JobName::Deliver(n.clone()), &d.schedule)))
-        .chain(config.feeds.iter().map(|f| (JobName::Feed(f.partner.clone()), &f.schedule)));
-    // `pull:<destination>` jobs have their own schedule too.
-    let schedules = schedules.chain(
-        config.destinations.iter().filter_map(|(n, d)| Some((JobName::Pull(n.clone()), d.pull_schedule.as_ref()?))),
-    );
-    for (job, schedule) in schedules {
+    for (job, schedule) in config.jobs() {
         let job = job.to_string();
         let next = schedule.next_after(now);
         let expr = schedule.expression();

@@ -626,6 +626,19 @@ impl Config {
         Ok(())
     }
 
+    /// The jobs `connector run` schedules for this configuration, with their schedules: each partner's ingest,
+    /// each destination's delivery, each partner feed, and each destination's pull where it has a
+    /// `pull_schedule`. `connector status` and `/metrics` list these.
+    pub fn jobs(&self) -> Vec<(crate::model::JobName, &Schedule)> {
+        use crate::model::JobName;
+        let ingest = self.partners.iter().map(|p| (JobName::Ingest(p.id.clone()), &p.schedule));
+        let deliver = self.destinations.iter().map(|(n, d)| (JobName::Deliver(n.clone()), &d.schedule));
+        let feed = self.feeds.iter().map(|f| (JobName::Feed(f.partner.clone()), &f.schedule));
+        let pull =
+            self.destinations.iter().filter_map(|(n, d)| Some((JobName::Pull(n.clone()), d.pull_schedule.as_ref()?)));
+        ingest.chain(deliver).chain(feed).chain(pull).collect()
+    }
+
     /// A path from the file, taken from the config file's folder when relative.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }

@@ -13,6 +13,7 @@ use super::http::{self, MAX_METADATA_BYTES, MAX_PAGE_BYTES, MAX_SMALL_BYTES};
 use super::limit::RateLimiter;
 use super::retry::{self, Answer};
 use super::transport::{BoxFuture, Found, Method, Transport, TransportError, Write, Written};
+use crate::ops::metrics::{Metrics, RequestOutcome};
 
 const FHIR_JSON: &str = "application/fhir+json";
 
@@ -22,6 +23,8 @@ pub struct FhirTransport {
     limiter: Arc<RateLimiter>,
     token: Option<TokenProvider>,
     org_public_id: Option<String>,
+    /// Where each request's duration is recorded, under the destination's name.
+    observer: Option<(String, Arc<Metrics>)>,
 }
 
 impl FhirTransport {
@@ -33,7 +36,31 @@ impl FhirTransport {
         org_public_id: Option<String>,
     ) -> Result<Self, TransportError> {
         let client = http::client(timeout)?;
-        Ok(Self { base: base_url.trim_end_matches('/').to_string(), client, limiter, token, org_public_id })
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_string(),
+            client,
+            limiter,
+            token,
+            org_public_id,
+            observer: None,
+        })
+    }
+
+    /// Records each request's duration in `metrics` (`connector_request_duration_seconds`) as `destination`'s.
+    pub fn observed_by(mut self, destination: &str, metrics: Arc<Metrics>) -> Self {
+        self.observer = Some((destination.to_string(), metrics));
+        self
+    }
+
+    /// Records how long one request took (the rate limiter's wait and the token's renewal not included).
+    fn observe(&self, method: &HttpMethod, sent: &reqwest::Result<Response>, took: Duration) {
+        let Some((destination, metrics)) = &self.observer else { return };
+        let outcome = match sent {
+            Ok(r) => RequestOutcome::Status(r.status().as_u16()),
+            Err(e) if e.is_timeout() => RequestOutcome::Timeout,
+            Err(_) => RequestOutcome::Error,
+        };
+        metrics.observe_request(destination, method.as_str(), outcome, took);
     }
 
     fn url(&self, path: &str) -> String {
@@ -66,7 +93,10 @@ impl FhirTransport {
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t.token().await?);
             }
-            let resp = req.send().await.map_err(|e| http::network_error("the destination", e))?;
+            let started = tokio::time::Instant::now();
+            let sent = req.send().await;
+            self.observe(&method, &sent, started.elapsed());
+            let resp = sent.map_err(|e| http::network_error("the destination", e))?;
             if resp.status().is_redirection() {
                 return Err(http::redirect_error("the destination", resp.status()));
             }

@@ -56,6 +56,8 @@ pub struct Shared {
     pub salt: Arc<str>,
     /// Resource types whose changes on both sides are merged when they touch different elements.
     pub auto_merge: Arc<std::collections::HashSet<String>>,
+    /// Where each destination records its requests' durations.
+    pub metrics: Arc<crate::ops::metrics::Metrics>,
 }
 
 /// A destination as the delivery loop sees it.
@@ -98,9 +100,10 @@ impl Destination {
             None => None,
         };
         let transport: Box<dyn Transport> = match d.transport {
-            crate::config::TransportKind::Fhir => {
-                Box::new(fhir::FhirTransport::new(&d.base_url, timeout, limiter, token, d.org_public_id.clone())?)
-            }
+            crate::config::TransportKind::Fhir => Box::new(
+                fhir::FhirTransport::new(&d.base_url, timeout, limiter, token, d.org_public_id.clone())?
+                    .observed_by(name, shared.metrics.clone()),
+            ),
         };
         Ok(Self::new(name, d, transport, shared))
     }

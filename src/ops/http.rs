@@ -11,12 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use super::metrics::{COUNTERS, label};
+use super::metrics::{COUNTERS, label, render_process};
 use crate::context::Context;
 
 /// The text of `/metrics`.
 pub async fn render(engine: &Context) -> String {
     let mut out = String::new();
+    render_process(&mut out);
     let counters = engine.metrics.counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for (name, help) in COUNTERS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -66,8 +67,57 @@ pub async fn render(engine: &Context) -> String {
         let n = open.iter().find(|(name, _)| *name == d.name).map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "connector_conflicts_open{{{}}} {n}", label("destination", &d.name));
     }
+    if let Ok(counts) = engine.store.quarantine_counts().await {
+        let _ = writeln!(
+            out,
+            "# HELP connector_quarantine_rows Source rows waiting in the quarantine for a fixed export or a replay, \
+             per partner.\n# TYPE connector_quarantine_rows gauge"
+        );
+        for p in &engine.config.partners {
+            let n = counts.iter().find(|(name, _)| *name == p.id).map_or(0, |(_, n)| *n);
+            let _ = writeln!(out, "connector_quarantine_rows{{{}}} {n}", label("partner", &p.id));
+        }
+    }
     source_gauges(&mut out, &engine.store.source_statuses().await.unwrap_or_default());
+    success_gauges(&mut out, engine).await;
+    engine.metrics.render_requests(&mut out);
     out
+}
+
+/// When each scheduled job last succeeded, and when each destination last accepted a write (0: never), read
+/// from the state store: every instance sharing a PostgreSQL store shows the same values, and a restart or a
+/// reload loses nothing. Only the jobs and destinations of the running configuration are listed, so one removed
+/// from it does not alert for ever.
+async fn success_gauges(out: &mut String, engine: &Context) {
+    let _ = writeln!(
+        out,
+        "# HELP connector_job_last_success_timestamp_seconds Unix time a scheduled job last finished without \
+         failures (0: never).\n# TYPE connector_job_last_success_timestamp_seconds gauge"
+    );
+    for (job, _) in engine.config.jobs() {
+        // A store that does not answer leaves the series out (it is not "never"): `/readyz` says so.
+        let Ok(at) = engine.store.job_last_success(&job).await else { continue };
+        let _ = writeln!(
+            out,
+            "connector_job_last_success_timestamp_seconds{{{}}} {}",
+            label("job_name", &job.to_string()),
+            at.map_or(0, |t| t.timestamp())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP connector_destination_last_write_timestamp_seconds Unix time a destination last accepted a \
+         write (0: never).\n# TYPE connector_destination_last_write_timestamp_seconds gauge"
+    );
+    for d in &engine.destinations {
+        let Ok(at) = engine.store.last_write_at(&d.name).await else { continue };
+        let _ = writeln!(
+            out,
+            "connector_destination_last_write_timestamp_seconds{{{}}} {}",
+            label("destination", &d.name),
+            at.map_or(0, |t| t.timestamp())
+        );
+    }
 }
 
 /// Each partner source's freshness, so "no export for two days" can alert: when it was last read through, and

@@ -244,6 +244,10 @@ where
     Ok(())
 }
 
+/// The newest write a destination accepted: walks its audit entries backwards through `audit_by_destination`.
+pub(super) const LAST_WRITE_AT: &str =
+    "SELECT at FROM audit WHERE destination = $1 AND action IN ($2, $3) ORDER BY id DESC LIMIT 1";
+
 impl Store {
     /// Records which person each Patient is (upsert).
     pub async fn persons_put(&self, links: &[(String, String, String)], now: DateTime<Utc>) -> Result<()> {
@@ -505,6 +509,21 @@ impl Store {
     pub async fn audit_append(&self, entry: &AuditEntry) -> Result<()> {
         in_tx!(self, "audit_append", |tx| append_audit(&mut *tx, entry).await?);
         Ok(())
+    }
+
+    /// When `destination` last accepted a write (the newest `disclosed` or `retracted` audit entry naming it);
+    /// `None` if it never has. Walks the destination's entries from the newest (index `audit_by_destination`).
+    pub async fn last_write_at(&self, destination: &str) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<i64> = with_pool!(self, |pool| {
+            sqlx::query_scalar(LAST_WRITE_AT)
+                .bind(destination)
+                .bind(AuditAction::Disclosed.as_str())
+                .bind(AuditAction::Retracted.as_str())
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(StoreError::query("last_write_at"))?;
+        at.map(|v| from_ms("audit.at", v)).transpose()
     }
 
     /// Audit entries matching `filter`, oldest first.

@@ -27,6 +27,10 @@ struct JobRunDb {
     detail: Option<String>,
 }
 
+/// The newest successful run of a job: walks the job's runs backwards through `job_runs_by_job`.
+pub(super) const JOB_LAST_SUCCESS: &str =
+    "SELECT finished_at FROM job_runs WHERE job = $1 AND ok = TRUE ORDER BY id DESC LIMIT 1";
+
 impl Store {
     // -----------------------------------------------------------------------------------------------------
     // Jobs
@@ -57,6 +61,16 @@ impl Store {
         })
         .map_err(StoreError::query("job_finished"))?;
         Ok(())
+    }
+
+    /// When `job` last finished a run that went well; `None` if it never has. Walks the job's runs from the
+    /// newest (index `job_runs_by_job`), so it stays quick however long the history grows.
+    pub async fn job_last_success(&self, job: &JobName) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<Option<i64>> = with_pool!(self, |pool| {
+            sqlx::query_scalar(JOB_LAST_SUCCESS).bind(job.to_string()).fetch_optional(pool).await
+        })
+        .map_err(StoreError::query("job_last_success"))?;
+        at.flatten().map(|v| from_ms("job_runs.finished_at", v)).transpose()
     }
 
     /// The latest run of each job, by job name.

@@ -95,6 +95,16 @@ impl Store {
         rows.into_iter().map(QuarantineDb::into_record).collect()
     }
 
+    /// How many rows wait in the quarantine, by partner (partners with none are left out).
+    pub async fn quarantine_counts(&self) -> Result<Vec<(String, i64)>> {
+        with_pool!(self, |pool| {
+            sqlx::query_as("SELECT partner, COUNT(*) FROM quarantine GROUP BY partner ORDER BY partner")
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(StoreError::query("quarantine_counts"))
+    }
+
     pub async fn quarantine_get(&self, id: i64) -> Result<Option<QuarantineRecord>> {
         let row: Option<QuarantineDb> = with_pool!(self, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = $1")))

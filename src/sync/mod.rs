@@ -294,17 +294,20 @@ impl Engine {
         }
         let job = JobName::Deliver(name.to_string());
         let work = async { Ok(deliver::deliver(&self.store, dest, &self.owner, shutdown).await?) };
+        // A pass that ends with the circuit open (found open, or opened by this pass's failures) failed: its
+        // rows wait, and `connector_job_last_success_timestamp_seconds` must not move.
+        let circuit_open = |r: &DeliveryReport| r.breaker_open || dest.breaker.open_since().is_some();
         let r = self
             .run_job(&job, work, |r: &DeliveryReport| {
                 let detail = format!(
                     "{} written, {} linked, {} dead-lettered, {} deferred",
                     r.written, r.linked, r.dead_lettered, r.deferred
                 );
-                (!r.breaker_open, detail)
+                (!circuit_open(r), detail)
             })
             .await?;
         count_delivery(&self.metrics, &r);
-        if !r.breaker_open {
+        if !circuit_open(&r) {
             self.metrics.mark_cycle_ok();
         }
         info!(destination = %name, written = r.written, linked = r.linked, dead = r.dead_lettered, deferred = r.deferred, "Delivered.");

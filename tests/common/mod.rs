@@ -16,6 +16,7 @@
 //! - `CONNECTOR_TEST_CACHE`: `$CACHE` (default `~/.cache/connector-test`)
 //! - `HFS_START_TIMEOUT_SECS`: how long to wait for `/metadata` (default 60)
 //! - `CONNECTOR_TEST_KEEP_TMP=1`: keep the temporary directories (database, log)
+//! - `PROMTOOL`: Prometheus's promtool (default `$CACHE/promtool/promtool`, else on `PATH`)
 #![allow(dead_code)]
 pub mod daemon;
 pub mod paged_api;
@@ -60,6 +61,28 @@ pub fn hfs_data_dir() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("hfs-data"))
+}
+
+/// Prometheus's `promtool` (Debian package `prometheus`; scripts/setup-test-env.sh copies it to
+/// `$CACHE/promtool/promtool`): `$PROMTOOL`, else that copy, else `promtool` on `PATH`. `None`, with the
+/// reason printed, when none runs: the caller skips. Under CI (`CI` set) a missing promtool is a failure,
+/// as the setup script should have provided it.
+pub fn promtool() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("PROMTOOL").filter(|v| !v.is_empty()).map(PathBuf::from),
+        Some(cache_dir().join("promtool/promtool")),
+        Some(PathBuf::from("promtool")),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| {
+        Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        let why = "promtool not found ($PROMTOOL, $CACHE/promtool/promtool or PATH); \
+                   run scripts/setup-test-env.sh or apt-get install prometheus";
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+    }
+    found
 }
 
 /// A uniquely named directory under `std::env::temp_dir()`, removed on drop
