@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::{EXIT_FOUND, Format, print_json};
 use crate::config::Config;
-use crate::model::JobName;
 use crate::store::{SourceStatus, Store};
 
 fn when(t: Option<DateTime<Utc>>, tz: chrono_tz::Tz) -> String {
