@@ -22,9 +22,10 @@ const START: &str = "audit_chain_start";
 /// already holds the write lock) and reads it.
 const HEAD_LOCK: &str = "UPDATE settings SET value = value WHERE name = 'audit_chain_head' RETURNING value";
 const HEAD_SET: &str = "UPDATE settings SET value = $1 WHERE name = 'audit_chain_head'";
-const INSERT: &str = "INSERT INTO audit (at, action, destination, person, resource_type, resource_id, \
-     version_id, content_hash, partner, category, agreement, lawful_basis, consent, reason, prev_hash, hash) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+const INSERT_INTO: &str = "INSERT INTO audit (at, action, destination, person, resource_type, resource_id, \
+     version_id, content_hash, partner, category, agreement, lawful_basis, consent, reason, prev_hash, hash) VALUES ";
+/// The columns [`bind_audit`] binds.
+const COLUMNS: usize = 16;
 
 /// The fields an entry's hash covers, in a fixed order (its id is not among them: it is given by the
 /// database after the hash is computed; the order of entries is held by the chain itself).
@@ -79,23 +80,8 @@ macro_rules! audit_conn {
                 })?;
                 let (count, prev) = parse_head(&head)?;
                 let hash = chain_hash(&prev, entry);
-                sqlx::query(INSERT)
-                    .bind(ms(entry.at))
-                    .bind(entry.action.as_str())
-                    .bind(&entry.destination)
-                    .bind(&entry.person)
-                    .bind(&entry.resource_type)
-                    .bind(&entry.resource_id)
-                    .bind(&entry.version_id)
-                    .bind(&entry.content_hash)
-                    .bind(&entry.partner)
-                    .bind(&entry.category)
-                    .bind(&entry.agreement)
-                    .bind(&entry.lawful_basis)
-                    .bind(&entry.consent)
-                    .bind(&entry.reason)
-                    .bind(&prev)
-                    .bind(&hash)
+                let insert = format!("{INSERT_INTO}{}", super::values_list(1, COLUMNS));
+                bind_audit(sqlx::query(sqlx::AssertSqlSafe(insert)), entry, prev, hash.clone())
                     .execute(&mut *self)
                     .await
                     .map_err(StoreError::query(op))?;
@@ -108,6 +94,70 @@ macro_rules! audit_conn {
             }
         }
     };
+}
+
+/// Binds an entry, its predecessor's hash and its own to [`INSERT_INTO`]'s columns.
+fn bind_audit<'q, DB: sqlx::Database>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    e: &'q AuditEntry,
+    prev: String,
+    hash: String,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(ms(e.at))
+        .bind(e.action.as_str())
+        .bind(&e.destination)
+        .bind(&e.person)
+        .bind(&e.resource_type)
+        .bind(&e.resource_id)
+        .bind(&e.version_id)
+        .bind(&e.content_hash)
+        .bind(&e.partner)
+        .bind(&e.category)
+        .bind(&e.agreement)
+        .bind(&e.lawful_basis)
+        .bind(&e.consent)
+        .bind(&e.reason)
+        .bind(prev)
+        .bind(hash)
+}
+
+/// Appends `entries`, chained in their order, inside the caller's SQLite transaction (which holds the write
+/// lock): the head read once, the entries inserted with one multi-row statement per
+/// [`super::ROWS_PER_STATEMENT`] (SQLite numbers them in that order), the head moved once. Each statement is
+/// a round trip to SQLite's worker thread: three per entry were most of a delivered bundle's recording.
+pub(crate) async fn append_chained_sqlite(conn: &mut sqlx::SqliteConnection, entries: &[&AuditEntry]) -> Result<()> {
+    let op = "writing the audit trail";
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let head: Option<String> =
+        sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
+    let head = head.ok_or(StoreError::Corrupt {
+        what: "settings.audit_chain_head",
+        detail: "missing (the audit chain's head was deleted)".into(),
+    })?;
+    let (count, mut prev) = parse_head(&head)?;
+    for chunk in entries.chunks(super::ROWS_PER_STATEMENT) {
+        let insert = format!("{INSERT_INTO}{}", super::values_list(chunk.len(), COLUMNS));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for e in chunk {
+            let hash = chain_hash(&prev, e);
+            q = bind_audit(q, e, std::mem::replace(&mut prev, hash.clone()), hash);
+        }
+        q.execute(&mut *conn).await.map_err(StoreError::query(op))?;
+    }
+    sqlx::query(HEAD_SET)
+        .bind(format!("{} {prev}", count + entries.len() as u64))
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::query(op))?;
+    Ok(())
 }
 
 audit_conn!(sqlx::SqliteConnection);

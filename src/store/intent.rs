@@ -80,29 +80,32 @@ impl Store {
         if intents.is_empty() {
             return Ok(());
         }
+        // One statement per 500 intents (a statement is a round trip; on SQLite to its worker thread).
         in_tx!(self, "intents_record", |tx| {
-            for i in intents {
-                sqlx::query(
+            for chunk in intents.chunks(super::ROWS_PER_STATEMENT) {
+                let sql = format!(
                     "INSERT INTO send_intent (destination, resource_type, resource_id, held_hash, remote_id, \
-                     patient, origin, content_hash, agreement, lawful_basis, consent, since) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     patient, origin, content_hash, agreement, lawful_basis, consent, since) VALUES {} \
                      ON CONFLICT (destination, resource_type, resource_id, held_hash) DO NOTHING",
-                )
-                .bind(&i.destination)
-                .bind(&i.resource_type)
-                .bind(&i.resource_id)
-                .bind(&i.held_hash)
-                .bind(&i.remote_id)
-                .bind(&i.patient)
-                .bind(i.origin.as_ref().map(Provenance::encode))
-                .bind(&i.content_hash)
-                .bind(&i.agreement)
-                .bind(&i.lawful_basis)
-                .bind(&i.consent)
-                .bind(ms(i.since))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("intents_record"))?;
+                    super::values_list(chunk.len(), 12)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for i in chunk {
+                    q = q
+                        .bind(&i.destination)
+                        .bind(&i.resource_type)
+                        .bind(&i.resource_id)
+                        .bind(&i.held_hash)
+                        .bind(&i.remote_id)
+                        .bind(&i.patient)
+                        .bind(i.origin.as_ref().map(Provenance::encode))
+                        .bind(&i.content_hash)
+                        .bind(&i.agreement)
+                        .bind(&i.lawful_basis)
+                        .bind(&i.consent)
+                        .bind(ms(i.since));
+                }
+                q.execute(&mut *tx).await.map_err(StoreError::query("intents_record"))?;
             }
         });
         Ok(())

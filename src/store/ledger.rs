@@ -93,6 +93,11 @@ macro_rules! ledger_on_conflict {
     };
 }
 
+/// [`LEDGER_UPSERT`]'s conflict clause, for multi-row inserts (SQLite's `complete`).
+pub(super) const LEDGER_ON_CONFLICT: &str = ledger_on_conflict!();
+/// The ledger's columns as [`bind_ledger`] binds them.
+pub(super) const LEDGER_BOUND: usize = 15;
+
 /// The insert or update of one ledger entry ([`bind_ledger`] binds it).
 pub(super) const LEDGER_UPSERT: &str = concat!(
     "INSERT INTO ledger (destination, resource_type, resource_id, remote_id, \

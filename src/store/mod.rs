@@ -61,7 +61,10 @@ pub use intent::SendIntent;
 pub use jobs::JobRun;
 pub use leader::LeaderGuard;
 pub use ledger::LedgerEntry;
-use ledger::{LEDGER_UPSERT, LEDGER_UPSERT_ARRAYS, bind_ledger, bind_ledger_arrays};
+use ledger::{
+    LEDGER_BOUND, LEDGER_COLUMNS, LEDGER_ON_CONFLICT, LEDGER_UPSERT, LEDGER_UPSERT_ARRAYS, bind_ledger,
+    bind_ledger_arrays,
+};
 pub use outbox::{Completion, Op, OutboxItem, OutboxRow, QueueDepth};
 pub(crate) use outbox::{
     KEY_LEDGER_HASH, KEY_ROWS, OUTBOX_CANCEL, OUTBOX_DELETE_DEAD, OUTBOX_INSERT, OutboxDb, body_of,
@@ -354,6 +357,27 @@ const ROW_DONE: [&str; 2] = [
 /// Clears the lease taken under seq `$1` on a row that was replaced (and so renumbered) since.
 const CLEAR_LEASE_BY_TOKEN: &str = "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, lease_seq = NULL \
      WHERE lease_seq = $1 AND dead = FALSE";
+
+/// Most rows written by one multi-row statement: 500 rows of at most 16 parameters stay well below SQLite's
+/// 32766 parameters and PostgreSQL's 65535.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2), ($3, $4)`: `rows` groups of `cols` numbered parameters, for a multi-row `VALUES` list.
+fn values_list(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
 
 /// Hex sha256: content hashes in the ledger and outbox, and the identity of a quarantined row.
 pub fn sha256_hex(text: &str) -> String {

@@ -206,7 +206,7 @@ macro_rules! complete_one {
 
 /// Closes the open conflicts of a resource that was deleted on the destination. Binds: destination, type,
 /// id, now (unix ms).
-const CONFLICTS_RETRACT: &str = "UPDATE conflicts SET status = 'resolved', resolution = 'retracted', resolved_at = $4, \
+pub(super) const CONFLICTS_RETRACT: &str = "UPDATE conflicts SET status = 'resolved', resolution = 'retracted', resolved_at = $4, \
      updated_at = $4, base_json = NULL, source_json = NULL, remote_json = NULL \
      WHERE destination = $1 AND resource_type = $2 AND resource_id = $3 AND status = 'open'";
 
@@ -350,7 +350,7 @@ impl Store {
 
     /// [`Store::complete`] for many rows (a delivered bundle) in one transaction: all are recorded or none.
     /// The audit entries are chained in the order of `done`. On PostgreSQL the rows are recorded with a few
-    /// statements over arrays, whatever their number; on SQLite (in-process) row by row.
+    /// statements over arrays, whatever their number; on SQLite with a few multi-row statements per 500 rows.
     pub async fn complete_many(&self, done: &[Completion<'_>]) -> Result<()> {
         if done.is_empty() {
             return Ok(());
@@ -377,6 +377,7 @@ impl Store {
             // One statement cannot write a ledger row twice: a key twice (never seen from delivery, which
             // leases one pending row per key) takes the row-by-row path.
             Inner::Postgres(pool) if distinct => postgres::complete(pool, done, now).await,
+            Inner::Sqlite(pool) if distinct => sqlite::complete(pool, done, now).await,
             _ => {
                 in_tx!(self, "complete", |tx| {
                     for c in done {
