@@ -25,6 +25,8 @@ pub struct FhirTransport {
     org_public_id: Option<String>,
     /// Where each request's duration is recorded, under the destination's name.
     observer: Option<(String, Arc<Metrics>)>,
+    /// The server refused a batch bundle of searches: look-ups use one search of OR-ed values from then on.
+    no_batch_search: std::sync::atomic::AtomicBool,
 }
 
 impl FhirTransport {
@@ -43,6 +45,7 @@ impl FhirTransport {
             token,
             org_public_id,
             observer: None,
+            no_batch_search: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -250,6 +253,19 @@ impl Transport for FhirTransport {
         identifiers: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Vec<Found>>, TransportError>> {
         Box::pin(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            if !self.no_batch_search.load(Relaxed) {
+                match self.search_batch(resource_type, identifiers).await {
+                    Err(TransportError::Rejected { status, .. }) => {
+                        tracing::warn!(
+                            status,
+                            "The destination refused a batch of searches; looking Patients up with one search of many values instead."
+                        );
+                        self.no_batch_search.store(true, Relaxed);
+                    }
+                    found => return found,
+                }
+            }
             let mut out: Vec<Vec<Found>> = vec![Vec::new(); identifiers.len()];
             // Identifiers with a comma would read as several values: each of those is searched alone.
             let (alone, together): (Vec<usize>, Vec<usize>) =
@@ -302,11 +318,63 @@ impl Transport for FhirTransport {
     }
 }
 
-/// Identifiers per search when looking many up at once: well under what servers take in one search
-/// (HFS fails somewhere between 800 and 1000 OR-ed values).
+/// Identifiers per search (or per batch of searches) when looking many up at once: well under what servers
+/// take in one search (HFS fails somewhere between 800 and 1000 OR-ed values).
 const LOOKUP_CHUNK: usize = 100;
+/// Matches asked for per identifier in a batch of searches; more means asking again for that one alone.
+const LOOKUP_PAGE: usize = 20;
 
 impl FhirTransport {
+    /// Looks `identifiers` up with one `batch` bundle per [`LOOKUP_CHUNK`], an entry
+    /// `GET [type]?identifier=…` each: the server runs one indexed search per identifier, where a search of
+    /// OR-ed values may not use its index (HFS answers 100 single searches in a batch in a third of the time of
+    /// one search for the same 100 values, and 17 in a ninth). The identifiers (NHS numbers) travel in the
+    /// body, never in a URL. An entry the server could not answer whole (an error, a next page) is asked again
+    /// alone with [`FhirTransport::search_identifiers`].
+    async fn search_batch(
+        &self,
+        resource_type: &str,
+        identifiers: &[String],
+    ) -> Result<Vec<Vec<Found>>, TransportError> {
+        let mut out = Vec::with_capacity(identifiers.len());
+        for chunk in identifiers.chunks(LOOKUP_CHUNK) {
+            let entries: Vec<Value> = chunk
+                .iter()
+                .map(|i| {
+                    let url = format!("{resource_type}?identifier={}&_count={LOOKUP_PAGE}", url_encode(i));
+                    json!({ "request": { "method": "GET", "url": url } })
+                })
+                .collect();
+            let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": entries });
+            let resp = self.request(HttpMethod::POST, "", Some(&bundle)).await?;
+            if !resp.status().is_success() {
+                return Err(failure(resp).await);
+            }
+            let answer = http::read_json(resp, MAX_PAGE_BYTES, "the batch of searches").await?;
+            let answers = answer["entry"].as_array().map_or(&[][..], Vec::as_slice);
+            if answers.len() != chunk.len() {
+                return Err(TransportError::transient(format!(
+                    "batch response has {} entries for {} searches",
+                    answers.len(),
+                    chunk.len()
+                )));
+            }
+            for (identifier, a) in chunk.iter().zip(answers) {
+                let page = &a["resource"];
+                let whole = a["response"]["status"].as_str().is_some_and(|s| s.starts_with('2'))
+                    && page["resourceType"] == "Bundle"
+                    && !page["link"].as_array().is_some_and(|ls| ls.iter().any(|l| l["relation"] == "next"));
+                if whole {
+                    out.push(matches_of(page, resource_type, identifier));
+                } else {
+                    let (page, _) = self.search_identifiers(resource_type, &[identifier], Some(1000)).await?;
+                    out.push(matches_of(&page, resource_type, identifier));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// One `POST [type]/_search` for resources carrying any of `identifiers`, with a form body: the
     /// identifiers (NHS numbers) stay out of the URL, so out of error messages and the destination's access
     /// logs. Returns the first page and whether the server has more (a `next` link, never followed here).
@@ -579,9 +647,10 @@ mod tests {
         assert_eq!(found.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["same"]);
     }
 
-    /// Many identifiers are looked up with one `POST Patient/_search` (the identifiers OR-ed in the form
-    /// body, none in the request line); the answer is matched back by identifier; a page with a `next` link
-    /// is asked again in halves instead of following the link (which carries the identifiers in its URL).
+    /// On a server that refuses a batch of searches, many identifiers are looked up with one
+    /// `POST Patient/_search` (the identifiers OR-ed in the form body, none in the request line), and the batch
+    /// is not tried again; the answer is matched back by identifier; a page with a `next` link is asked again
+    /// in halves instead of following the link (which carries the identifiers in its URL).
     #[tokio::test]
     async fn many_identifiers_are_found_with_few_posted_searches() {
         let nhs = |v: &str| format!("https://fhir.nhs.uk/Id/nhs-number|{v}");
@@ -595,7 +664,18 @@ mod tests {
                 let mut buf = vec![0u8; 65536];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                seen.lock().unwrap().push(text.lines().next().unwrap_or_default().to_string());
+                let first = text.lines().next().unwrap_or_default().to_string();
+                seen.lock().unwrap().push(first.clone());
+                if first == "POST /fhir HTTP/1.1" {
+                    let refusal =
+                        r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported"}]}"#;
+                    let head = format!(
+                        "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        refusal.len()
+                    );
+                    let _ = s.write_all(format!("{head}{refusal}").as_bytes()).await;
+                    continue;
+                }
                 let form = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
                 let wanted = form.split('&').find_map(|p| p.strip_prefix("identifier=")).unwrap_or_default();
                 let values: Vec<&str> = wanted.split(',').collect();
@@ -625,7 +705,11 @@ mod tests {
         let found = t.find_each("Patient", &two).await.unwrap();
         let ids = |f: &Vec<Found>| f.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
         assert_eq!(found.iter().map(ids).collect::<Vec<_>>(), [vec!["a"], vec!["b", "b2"]]);
-        assert_eq!(lines.lock().unwrap().clone(), ["POST /fhir/Patient/_search HTTP/1.1"], "one search");
+        assert_eq!(
+            lines.lock().unwrap().clone(),
+            ["POST /fhir HTTP/1.1", "POST /fhir/Patient/_search HTTP/1.1"],
+            "the batch refused, then one search"
+        );
         // Three: the first page is not whole, so two searches more, in halves.
         lines.lock().unwrap().clear();
         let three = [nhs("9990123403"), nhs("9990000018"), nhs("9992115785")];
@@ -634,6 +718,52 @@ mod tests {
         let lines = lines.lock().unwrap().clone();
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines.iter().all(|l| l == "POST /fhir/Patient/_search HTTP/1.1"), "{lines:?}");
+    }
+
+    /// Many identifiers are looked up with one `batch` bundle of single searches posted to the base (the
+    /// identifiers in the body, none in the request line) and matched back by identifier; an entry the
+    /// server could not answer whole (a `next` page, an error) is asked again alone with a posted search.
+    #[tokio::test]
+    async fn many_identifiers_are_found_with_one_batch_of_searches() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = lines.clone();
+        let patient = |id: &str, v: &str| json!({"resource": {"resourceType": "Patient", "id": id, "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": v}]}});
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let first = text.lines().next().unwrap_or_default().to_string();
+                seen.lock().unwrap().push(first.clone());
+                let body = if first == "POST /fhir HTTP/1.1" {
+                    let searchset = |entry: Vec<Value>, link: Value| json!({"resourceType": "Bundle", "type": "searchset", "link": link, "entry": entry});
+                    json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+                        // The first: one match; the second: none; the third: more than a page holds.
+                        {"response": {"status": "200 OK"}, "resource": searchset(vec![patient("a", "9990123403")], json!([]))},
+                        {"response": {"status": "200 OK"}, "resource": searchset(vec![], json!([]))},
+                        {"response": {"status": "200 OK"}, "resource": searchset(vec![patient("b", "9992115785")], json!([{"relation": "next", "url": "http://x/Patient?identifier=..."}]))},
+                    ]})
+                } else {
+                    json!({"resourceType": "Bundle", "type": "searchset", "entry": [patient("b", "9992115785"), patient("b2", "9992115785")]})
+                }
+                .to_string();
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        let t = transport(&format!("http://{addr}/fhir"));
+        let nhs = |v: &str| format!("https://fhir.nhs.uk/Id/nhs-number|{v}");
+        let three = [nhs("9990123403"), nhs("9990000018"), nhs("9992115785")];
+        let found = t.find_each("Patient", &three).await.unwrap();
+        let ids = |f: &Vec<Found>| f.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
+        assert_eq!(found.iter().map(ids).collect::<Vec<_>>(), [vec!["a"], vec![], vec!["b", "b2"]]);
+        assert_eq!(
+            lines.lock().unwrap().clone(),
+            ["POST /fhir HTTP/1.1", "POST /fhir/Patient/_search HTTP/1.1"],
+            "one batch, then the paged one alone"
+        );
     }
 
     /// A `next` link is parsed: user-info tricks and other servers are refused before the token goes there.
