@@ -7,7 +7,9 @@
 #   - PostgreSQL from Debian's packages (initdb/pg_ctl under /usr/lib/postgresql/*/bin);
 #   - Prometheus's promtool, copied out of Debian's `prometheus` package to $CACHE/promtool/promtool
 #     (the package itself is not installed, so no Prometheus server is started), to check
-#     docs/alerts.yml and the /metrics text.
+#     docs/alerts.yml and the /metrics text;
+#   - a Python venv at $CACHE/hl7-venv with hl7apy (pinned), for the independent HL7 v2 MLLP listener
+#     (tests/hl7/listener.py) the HL7 v2 destination tests send to.
 # CACHE is ${CONNECTOR_TEST_CACHE:-$HOME/.cache/connector-test}.
 #
 # Idempotent and silent when everything is already there. Concurrent runs are
@@ -17,6 +19,7 @@ set -euo pipefail
 HFS_VERSION=0.2.7
 HFS_FEATURES=R4,sqlite
 MEDPLUM_DEFS_VERSION=5.2.13
+HL7APY_VERSION=1.3.5
 
 CACHE="${CONNECTOR_TEST_CACHE:-$HOME/.cache/connector-test}"
 HFS_ROOT="$CACHE/hfs"
@@ -67,8 +70,13 @@ pg_ok() {
         compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null
 }
 
+HL7_VENV="$CACHE/hl7-venv"
+hl7apy_ok() {
+    "$HL7_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('hl7apy') != '$HL7APY_VERSION')" 2>/dev/null
+}
+
 # Fast path: nothing to do, say nothing, take no lock.
-if hfs_ok && sp_ok && pg_ok && promtool_ok; then
+if hfs_ok && sp_ok && pg_ok && promtool_ok && hl7apy_ok; then
     exit 0
 fi
 
@@ -116,6 +124,15 @@ if ! promtool_ok; then
     mv "$tmp/pkg/usr/bin/promtool" "$PROMTOOL_BIN"
     rm -rf "$tmp"
     promtool_ok || die "$PROMTOOL_BIN does not run"
+fi
+
+# --- hl7apy (the HL7 v2 listener's parser) ----------------------------------------
+if ! hl7apy_ok; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+    python3 -m venv "$HL7_VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$HL7_VENV"; }
+    say "pip install hl7apy==$HL7APY_VERSION into $HL7_VENV"
+    "$HL7_VENV/bin/pip" install -q --disable-pip-version-check "hl7apy==$HL7APY_VERSION" >/dev/null
+    hl7apy_ok || die "hl7apy $HL7APY_VERSION did not install into $HL7_VENV"
 fi
 
 # --- SearchParameter bundle ----------------------------------------------------
