@@ -67,7 +67,7 @@ impl Context {
         };
         let mut destinations = Vec::new();
         for (name, d) in &config.destinations {
-            if d.allow_insecure_http && !crate::config::is_loopback_url(&d.base_url) {
+            if d.allow_insecure_http && !crate::config::is_loopback_url(d.fhir_url()) {
                 warn!(destination = %name, "Plain http to a non-loopback destination is allowed by allow_insecure_http; personal data travels unencrypted.");
             }
             destinations.push(Arc::new(

@@ -175,7 +175,7 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
         Err(e) => o.fail(&format!("state store: {e}")),
     }
     for (name, d) in &config.destinations {
-        if d.allow_insecure_http && !crate::config::is_loopback_url(&d.base_url) {
+        if d.allow_insecure_http && !crate::config::is_loopback_url(d.fhir_url()) {
             o.warn(&format!("destination {name}: plain http to a remote host is allowed (allow_insecure_http)"));
         }
         let timeout = Duration::from_secs(d.timeout_seconds.clamp(1, 30));
@@ -200,14 +200,23 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
                 Err(e) => o.fail(&format!("destination {name}: {e}")),
             }
         }
+        if let Some(h) = &d.hl7v2 {
+            // Connects and closes: an MLLP port answers nothing until sent a message, and nothing is sent.
+            match crate::deliver::hl7v2::Hl7v2Transport::probe(&h.address, timeout).await {
+                Ok(()) => o.ok(&format!("destination {name}: {} accepts connections (HL7 v2; nothing sent)", h.address)),
+                Err(e) => o.fail(&format!("destination {name}: {e}")),
+            }
+            continue;
+        }
         let limiter = Arc::new(RateLimiter::per_second(d.rate_limit_per_second));
-        match FhirTransport::new(&d.base_url, timeout, limiter, token, d.org_public_id.clone()) {
+        let base_url = d.fhir_url();
+        match FhirTransport::new(base_url, timeout, limiter, token, d.org_public_id.clone()) {
             Ok(t) => match t.capability().await {
                 Ok(v) if v.starts_with("4.0") => {
-                    o.ok(&format!("destination {name}: {} answers metadata (FHIR {v})", d.base_url))
+                    o.ok(&format!("destination {name}: {} answers metadata (FHIR {v})", base_url))
                 }
-                Ok(v) => o.fail(&format!("destination {name}: {} speaks FHIR {v}, not R4 (4.0.x)", d.base_url)),
-                Err(e) => o.fail(&format!("destination {name}: {}/metadata: {e}", d.base_url)),
+                Ok(v) => o.fail(&format!("destination {name}: {} speaks FHIR {v}, not R4 (4.0.x)", base_url)),
+                Err(e) => o.fail(&format!("destination {name}: {base_url}/metadata: {e}")),
             },
             Err(e) => o.fail(&format!("destination {name}: {e}")),
         }

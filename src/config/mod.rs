@@ -182,6 +182,127 @@ pub enum TransportKind {
     /// FHIR R4 REST with transaction bundles.
     #[default]
     Fhir,
+    /// HL7 v2 messages over MLLP (a trust's integration engine): write-only, settings in `[destination.NAME.hl7v2]`.
+    Hl7v2,
+}
+
+/// `[destination.NAME.hl7v2]`: how an HL7 v2 destination (an integration engine's MLLP port) is reached and
+/// what its messages say about who sends them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7v2Config {
+    /// `mllp://host:port` (plain TCP: loopback only unless `allow_plain_mllp`) or `mllps://host:port` (TLS).
+    pub address: MllpAddress,
+    /// Allow plain `mllp://` to a host that is not loopback (only on a network protected otherwise, e.g. the
+    /// trust's HSCN link to the engine); a warning is logged.
+    #[serde(default)]
+    pub allow_plain_mllp: bool,
+    /// The HL7 v2 version the messages declare and follow: `2.5.1` (default) or `2.4`.
+    #[serde(default)]
+    pub version: Hl7Version,
+    /// Seconds to wait for the engine's ACK before the message is sent again (same control id).
+    #[serde(default = "Hl7v2Config::default_ack_timeout")]
+    pub ack_timeout_seconds: u64,
+    /// MSH-3, the sending application.
+    #[serde(default = "Hl7v2Config::default_sending_application")]
+    pub sending_application: String,
+    /// MSH-4, the sending facility.
+    #[serde(default = "Hl7v2Config::default_sending_facility")]
+    pub sending_facility: String,
+    /// MSH-5, the receiving application (the engine's name for the EPR feed).
+    pub receiving_application: String,
+    /// MSH-6, the receiving facility (the trust).
+    pub receiving_facility: String,
+    /// The folder of message definitions (`<type>.toml`, see mappings/hl7v2/README.md); default
+    /// `<mappings.dir>/hl7v2`.
+    pub messages_dir: Option<PathBuf>,
+}
+
+impl Hl7v2Config {
+    const fn default_ack_timeout() -> u64 {
+        30
+    }
+    fn default_sending_application() -> String {
+        "YORKHUB".into()
+    }
+    fn default_sending_facility() -> String {
+        "YORKHUB".into()
+    }
+}
+
+/// An HL7 v2 version the connector writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum Hl7Version {
+    #[serde(rename = "2.4")]
+    V2_4,
+    #[default]
+    #[serde(rename = "2.5.1")]
+    V2_5_1,
+}
+
+impl Hl7Version {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V2_4 => "2.4",
+            Self::V2_5_1 => "2.5.1",
+        }
+    }
+}
+
+/// An MLLP address, parsed as the file is read: `mllp://host:port` or `mllps://host:port` (TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MllpAddress {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl MllpAddress {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = text.strip_prefix("mllps://") {
+            (true, r)
+        } else if let Some(r) = text.strip_prefix("mllp://") {
+            (false, r)
+        } else {
+            return Err(format!("\"{text}\" must start with mllp:// or mllps:// (TLS)"));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains(['@', '/', '?', '#']) {
+            return Err(format!("\"{text}\" must be mllp://host:port, with no user-info or path"));
+        }
+        let (host, port) =
+            rest.rsplit_once(':').ok_or_else(|| format!("\"{text}\" has no port (mllp://host:port)"))?;
+        let port = port.parse::<u16>().map_err(|_| format!("\"{text}\": the port must be a number up to 65535"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("\"{text}\" has no host name"));
+        }
+        Ok(Self { host: host.to_string(), port, tls })
+    }
+
+    /// True when the host is a loopback address or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl std::fmt::Display for MllpAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mllps" } else { "mllp" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MllpAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        MllpAddress::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,11 +310,13 @@ pub enum TransportKind {
 pub struct DestinationConfig {
     /// The rules this destination's data follows: `cito` or `pkb`.
     pub profile: Profile,
-    /// How it is reached (only `fhir` for now).
+    /// How it is reached: `fhir` (default) or `hl7v2` (then `[destination.NAME.hl7v2]` says where).
     #[serde(default)]
     pub transport: TransportKind,
-    /// The FHIR base URL, for example `https://fhir.example.nhs.uk/R4`.
-    pub base_url: HttpUrl,
+    /// The FHIR base URL, for example `https://fhir.example.nhs.uk/R4` (required for `transport = "fhir"`).
+    pub base_url: Option<HttpUrl>,
+    /// HL7 v2 over MLLP settings (required for `transport = "hl7v2"`).
+    pub hl7v2: Option<Hl7v2Config>,
     /// Plain `http://` to anything but loopback is refused unless this is true (and then warned about).
     #[serde(default)]
     pub allow_insecure_http: bool,
@@ -399,6 +522,10 @@ impl DestinationConfig {
     fn default_schedule() -> Schedule {
         every("*/5 * * * *")
     }
+    /// The FHIR base URL; empty for a destination reached another way.
+    pub fn fhir_url(&self) -> &str {
+        self.base_url.as_ref().map_or("", HttpUrl::as_str)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,7 +625,24 @@ impl Config {
         for (name, d) in &self.destinations {
             let key = |k: &str| format!("destination.{name}.{k}");
             let insecure_key = format!("destination.{name}.allow_insecure_http");
-            check_url(&d.base_url, &insecure_key, d.allow_insecure_http).map_err(|m| invalid(key("base_url"), m))?;
+            match (d.transport, &d.base_url, &d.hl7v2) {
+                (TransportKind::Fhir, Some(url), None) => {
+                    check_url(url, &insecure_key, d.allow_insecure_http).map_err(|m| invalid(key("base_url"), m))?;
+                }
+                (TransportKind::Fhir, None, _) => {
+                    return Err(invalid(key("base_url"), "is required for a FHIR destination".into()));
+                }
+                (TransportKind::Fhir, Some(_), Some(_)) => {
+                    return Err(invalid(key("hl7v2"), "is only for transport = \"hl7v2\"; remove it".into()));
+                }
+                (TransportKind::Hl7v2, _, None) => {
+                    return Err(invalid(key("hl7v2"), "is required for transport = \"hl7v2\" (address, receiving_application, receiving_facility)".into()));
+                }
+                (TransportKind::Hl7v2, Some(_), Some(_)) => {
+                    return Err(invalid(key("base_url"), "is for FHIR destinations; an HL7 v2 destination is reached at hl7v2.address".into()));
+                }
+                (TransportKind::Hl7v2, None, Some(h)) => check_hl7v2(h, &key).map_err(|(k, m)| invalid(k, m))?,
+            }
             if let Some(a) = &d.auth {
                 // The client secret goes here: the same rule as the data, under the destination's own key.
                 check_url(&a.token_url, &insecure_key, d.allow_insecure_http)
@@ -702,6 +846,34 @@ fn bounded(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String, Str
     } else {
         Err((key.to_string(), format!("is {value}; it must be between {min} and {max}")))
     }
+}
+
+/// The HL7 v2 settings: the plain-MLLP rule (as for http: loopback only unless allowed), the ACK timeout, and
+/// MSH names that fit in a field.
+fn check_hl7v2(h: &Hl7v2Config, key: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if !h.address.tls && !h.address.is_loopback() {
+        if !h.allow_plain_mllp {
+            return Err((
+                key("hl7v2.address"),
+                "plain mllp:// to a non-loopback host would send personal data unencrypted; use mllps://, or set \
+                 hl7v2.allow_plain_mllp = true if this network is protected otherwise"
+                    .into(),
+            ));
+        }
+        tracing::warn!(key = %key("hl7v2.allow_plain_mllp"), "Plain mllp:// to a host that is not loopback: data goes unencrypted.");
+    }
+    bounded(&key("hl7v2.ack_timeout_seconds"), h.ack_timeout_seconds, 1, MAX_SECONDS_HOUR)?;
+    for (k, v) in [
+        ("hl7v2.sending_application", &h.sending_application),
+        ("hl7v2.sending_facility", &h.sending_facility),
+        ("hl7v2.receiving_application", &h.receiving_application),
+        ("hl7v2.receiving_facility", &h.receiving_facility),
+    ] {
+        if v.is_empty() || v.len() > 180 || !v.chars().all(|c| c.is_ascii_alphanumeric() || " -_.".contains(c)) {
+            return Err((key(k), "must be 1-180 letters, digits, spaces, '-', '_' or '.'".into()));
+        }
+    }
+    Ok(())
 }
 
 /// The rule for every URL the connector calls (destinations, token endpoints, partner feeds): parsed as a URL

@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod fhir;
+pub mod hl7v2;
 pub mod http;
 pub mod limit;
 pub mod paging;
@@ -101,18 +102,25 @@ impl Destination {
         };
         let transport: Box<dyn Transport> = match d.transport {
             crate::config::TransportKind::Fhir => Box::new(
-                fhir::FhirTransport::new(&d.base_url, timeout, limiter, token, d.org_public_id.clone())?
+                fhir::FhirTransport::new(d.fhir_url(), timeout, limiter, token, d.org_public_id.clone())?
                     .observed_by(name, shared.metrics.clone()),
             ),
+            crate::config::TransportKind::Hl7v2 => {
+                let h = d.hl7v2.as_ref().ok_or_else(|| anyhow::anyhow!("destination {name}: [hl7v2] is missing"))?;
+                let dir = h.messages_dir.as_ref().map_or_else(|| config.resolve(&config.mappings.dir).join("hl7v2"), |p| config.resolve(p));
+                Box::new(hl7v2::Hl7v2Transport::new(name, h, &dir, timeout, limiter)?)
+            }
         };
         Ok(Self::new(name, d, transport, shared))
     }
 
     pub fn new(name: &str, d: &DestinationConfig, transport: Box<dyn Transport>, shared: &Shared) -> Self {
+        let can = transport.capabilities();
         Self {
             name: name.to_string(),
             profile: d.profile,
-            batch_size: d.batch_size.max(1),
+            // Without all-or-nothing batches, one write a time: a refusal then never undoes (or resends) another.
+            batch_size: if can.atomic_batches { d.batch_size.max(1) } else { 1 },
             concurrency: d.concurrency.max(1),
             in_flight: Arc::new(tokio::sync::Semaphore::new(d.concurrency.max(1))),
             max_attempts: d.max_attempts.max(1),
@@ -121,7 +129,8 @@ impl Destination {
             transport,
             breaker: Breaker::new(d.breaker_failures, Duration::from_secs(d.breaker_cooldown_seconds)),
             policy: shared.policy.clone(),
-            retract: d.retract,
+            // A destination that cannot delete gets no retractions: the withdrawal report lists what was sent.
+            retract: d.retract && can.delete,
             salt: shared.salt.clone(),
             auto_merge: shared.auto_merge.clone(),
         }

@@ -113,6 +113,23 @@ impl TransportError {
     }
 }
 
+/// What a destination can do besides being written to. FHIR servers can do everything; an HL7 v2 engine can
+/// only be written. Delivery, pull, reconcile and retraction ask before they use a capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Search by identifier, read, vread and history: Patient matching, pull, reconcile, settling writes in doubt.
+    pub read: bool,
+    /// Delete: retraction.
+    pub delete: bool,
+    /// A batch of writes is applied whole or not at all; without it, delivery sends one write at a time.
+    pub atomic_batches: bool,
+}
+
+impl Capabilities {
+    pub const ALL: Self = Self { read: true, delete: true, atomic_batches: true };
+    pub const WRITE_ONLY: Self = Self { read: false, delete: false, atomic_batches: false };
+}
+
 /// A way of delivering resources to a destination.
 pub trait Transport: Send + Sync {
     /// Sends writes as one unit (a FHIR transaction): all are applied or none.
@@ -151,4 +168,8 @@ pub trait Transport: Send + Sync {
     /// Reads a page of a search or history: a path relative to the base (`Patient?_count=500`), or the
     /// `next` link of the page before (which must point at the same server).
     fn page<'a>(&'a self, path_or_link: &'a str) -> BoxFuture<'a, Result<Value, TransportError>>;
+    /// What this destination can do besides being written to.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
 }

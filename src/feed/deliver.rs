@@ -240,7 +240,7 @@ fn render(
     }
     Ok(match feed.format {
         FeedFormat::Bundle => {
-            let base = engine.config.destinations.get(&feed.from).map(|d| d.base_url.as_str()).unwrap_or_default();
+            let base = engine.config.destinations.get(&feed.from).map(|d| d.fhir_url()).unwrap_or_default();
             let doc = Document {
                 name: format!("{stem}.json"),
                 content_type: "application/fhir+json",
