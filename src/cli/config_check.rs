@@ -203,7 +203,9 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
         if let Some(h) = &d.hl7v2 {
             // Connects and closes: an MLLP port answers nothing until sent a message, and nothing is sent.
             match crate::deliver::hl7v2::Hl7v2Transport::probe(&h.address, timeout).await {
-                Ok(()) => o.ok(&format!("destination {name}: {} accepts connections (HL7 v2; nothing sent)", h.address)),
+                Ok(()) => {
+                    o.ok(&format!("destination {name}: {} accepts connections (HL7 v2; nothing sent)", h.address))
+                }
                 Err(e) => o.fail(&format!("destination {name}: {e}")),
             }
             continue;

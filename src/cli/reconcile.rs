@@ -59,6 +59,9 @@ fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
 pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     let engine = Engine::start(config).await?;
+    if let Some(code) = write_only(&engine, args.destination.as_deref(), "reconciled").await? {
+        return Ok(code);
+    }
     let opts = Options {
         destination: args.destination.clone(),
         partner: args.partner.clone(),
@@ -166,13 +169,45 @@ fn print_table(r: &ReconcileReport) {
     }
 }
 
+/// When `only` names a destination that cannot be read back (an HL7 v2 engine), says so plainly, reports
+/// what the ledger says was sent there instead, and returns the exit code (0: nothing failed).
+async fn write_only(engine: &Engine, only: Option<&str>, verb: &str) -> anyhow::Result<Option<u8>> {
+    let Some(d) = only.and_then(|n| engine.destinations.iter().find(|d| d.name == n)) else { return Ok(None) };
+    if d.transport.capabilities().read {
+        return Ok(None);
+    }
+    let count = engine.store.ledger_count(&d.name).await?;
+    let types = engine.store.ledger_types(&d.name).await?;
+    println!(
+        "{}: cannot be {verb}: it is write-only (HL7 v2 messages to an integration engine; nothing can be read back).",
+        d.name
+    );
+    println!(
+        "From the connector's ledger instead: {count} resource(s) acknowledged there{}.",
+        if types.is_empty() { String::new() } else { format!(" ({})", types.join(", ")) }
+    );
+    println!(
+        "`connector outbox list --destination {}` shows what waits or was refused; `connector audit` what was disclosed.",
+        d.name
+    );
+    engine.store.close().await;
+    Ok(Some(0))
+}
+
 pub async fn pull(config_path: &Path, args: PullArgs) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     let engine = Engine::start(config).await?;
     // A one-off command: Ctrl-C ends the process, so nothing needs to be told to stop.
     let (_stop, no_stop) = tokio::sync::watch::channel(false);
+    if let Some(code) = write_only(&engine, args.destination.as_deref(), "pulled from").await? {
+        return Ok(code);
+    }
     let mut reports = Vec::new();
     for d in engine.destinations.iter().filter(|d| args.destination.as_deref().is_none_or(|o| o == d.name)) {
+        if !d.transport.capabilities().read {
+            eprintln!("{}: skipped: it cannot be read back (write-only destination).", d.name);
+            continue;
+        }
         reports.push(engine.pull(&d.name, &no_stop).await?);
     }
     engine.store.close().await;

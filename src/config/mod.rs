@@ -270,8 +270,7 @@ impl MllpAddress {
         if rest.contains(['@', '/', '?', '#']) {
             return Err(format!("\"{text}\" must be mllp://host:port, with no user-info or path"));
         }
-        let (host, port) =
-            rest.rsplit_once(':').ok_or_else(|| format!("\"{text}\" has no port (mllp://host:port)"))?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("\"{text}\" has no port (mllp://host:port)"))?;
         let port = port.parse::<u16>().map_err(|_| format!("\"{text}\": the port must be a number up to 65535"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -636,12 +635,25 @@ impl Config {
                     return Err(invalid(key("hl7v2"), "is only for transport = \"hl7v2\"; remove it".into()));
                 }
                 (TransportKind::Hl7v2, _, None) => {
-                    return Err(invalid(key("hl7v2"), "is required for transport = \"hl7v2\" (address, receiving_application, receiving_facility)".into()));
+                    return Err(invalid(
+                        key("hl7v2"),
+                        "is required for transport = \"hl7v2\" (address, receiving_application, receiving_facility)"
+                            .into(),
+                    ));
                 }
                 (TransportKind::Hl7v2, Some(_), Some(_)) => {
-                    return Err(invalid(key("base_url"), "is for FHIR destinations; an HL7 v2 destination is reached at hl7v2.address".into()));
+                    return Err(invalid(
+                        key("base_url"),
+                        "is for FHIR destinations; an HL7 v2 destination is reached at hl7v2.address".into(),
+                    ));
                 }
                 (TransportKind::Hl7v2, None, Some(h)) => check_hl7v2(h, &key).map_err(|(k, m)| invalid(k, m))?,
+            }
+            if d.transport == TransportKind::Hl7v2 && d.pull_schedule.is_some() {
+                return Err(invalid(
+                    key("pull_schedule"),
+                    "an HL7 v2 destination cannot be read back, so there is nothing to pull; remove it".into(),
+                ));
             }
             if let Some(a) = &d.auth {
                 // The client secret goes here: the same rule as the data, under the destination's own key.

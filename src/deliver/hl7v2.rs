@@ -138,10 +138,8 @@ impl MessageDefinition {
         let mut out = BTreeMap::new();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(read)?;
-            let def = Self::parse(&text).map_err(|message| DefinitionError::Invalid {
-                path: path.display().to_string(),
-                message,
-            })?;
+            let def = Self::parse(&text)
+                .map_err(|message| DefinitionError::Invalid { path: path.display().to_string(), message })?;
             if let Some(before) = out.insert(def.resource.clone(), def) {
                 return Err(DefinitionError::Invalid {
                     path: path.display().to_string(),
@@ -161,9 +159,11 @@ impl MessageDefinition {
         }
         let mut segments = Vec::new();
         for s in file.segments {
-            if s.id.len() != 3 || !s.id.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) || s.id == "MSH"
-            {
-                return Err(format!("segment id \"{}\" must be three capitals (MSH is written by the connector)", s.id));
+            if s.id.len() != 3 || !s.id.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) || s.id == "MSH" {
+                return Err(format!(
+                    "segment id \"{}\" must be three capitals (MSH is written by the connector)",
+                    s.id
+                ));
             }
             let mut fields = Vec::new();
             for (n, t) in &s.fields {
@@ -330,7 +330,8 @@ impl Path_ {
                 let inner = &r[..close];
                 steps.push(if inner.contains('=') {
                     let pairs = inner.split(',').map(|kv| {
-                        let (k, v) = kv.split_once('=').ok_or_else(|| format!("\"{text}\": [{kv}] is not key=value"))?;
+                        let (k, v) =
+                            kv.split_once('=').ok_or_else(|| format!("\"{text}\": [{kv}] is not key=value"))?;
                         Ok((k.trim().to_string(), v.trim().to_string()))
                     });
                     Step::Where(pairs.collect::<Result<_, String>>()?)
@@ -403,11 +404,7 @@ pub fn escape(text: &str) -> String {
 
 /// Reverses [`escape`] for text read from an ACK (the ERR text).
 fn unescape(text: &str) -> String {
-    text.replace("\\F\\", "|")
-        .replace("\\S\\", "^")
-        .replace("\\T\\", "&")
-        .replace("\\R\\", "~")
-        .replace("\\E\\", "\\")
+    text.replace("\\F\\", "|").replace("\\S\\", "^").replace("\\T\\", "&").replace("\\R\\", "~").replace("\\E\\", "\\")
 }
 
 /// MSH-10: the same for the same resource, content and replaced version (so a resend is a recognisable
@@ -746,7 +743,9 @@ mod tests {
 
     #[test]
     fn an_ack_is_read_with_its_error_text() {
-        let a = parse_ack("MSH|^~\\&|E|T|C|H|2026||ACK^A28^ACK|1|P|2.5.1\rMSA|AE|C1\rERR|||207^x^HL70357|E||||No \\T\\ way\r");
+        let a = parse_ack(
+            "MSH|^~\\&|E|T|C|H|2026||ACK^A28^ACK|1|P|2.5.1\rMSA|AE|C1\rERR|||207^x^HL70357|E||||No \\T\\ way\r",
+        );
         assert_eq!(a, Some(Ack { code: "AE".into(), control_id: "C1".into(), error: "No & way".into() }));
         assert_eq!(parse_ack("garbage"), None);
     }

@@ -40,7 +40,15 @@ pub(super) fn intent_of(
 /// in the ledger, one it does not hold is forgotten. Unreachable: tried again on the next pass.
 pub async fn settle_intents(store: &Store, dest: &Destination) -> Result<usize, StoreError> {
     let mut settled = 0;
+    let can_read = dest.transport.capabilities().read;
     for intent in store.intents_due(&dest.name, Utc::now(), 500).await? {
+        if !can_read {
+            // It cannot be read back (HL7 v2): the row is still in the outbox and goes again with the same
+            // message control id, which the engine recognises as a duplicate if the first one landed.
+            store.intent_settle(&intent, None).await?;
+            settled += 1;
+            continue;
+        }
         let found = match dest.transport.read(&intent.resource_type, &intent.remote_id).await {
             Ok(found) => found,
             Err(e) => {

@@ -107,7 +107,10 @@ impl Destination {
             ),
             crate::config::TransportKind::Hl7v2 => {
                 let h = d.hl7v2.as_ref().ok_or_else(|| anyhow::anyhow!("destination {name}: [hl7v2] is missing"))?;
-                let dir = h.messages_dir.as_ref().map_or_else(|| config.resolve(&config.mappings.dir).join("hl7v2"), |p| config.resolve(p));
+                let dir = h.messages_dir.as_ref().map_or_else(
+                    || config.resolve(&config.mappings.dir).join(crate::mapping::compile::HL7V2_MESSAGES_FOLDER),
+                    |p| config.resolve(p),
+                );
                 Box::new(hl7v2::Hl7v2Transport::new(name, h, &dir, timeout, limiter)?)
             }
         };
@@ -116,6 +119,12 @@ impl Destination {
 
     pub fn new(name: &str, d: &DestinationConfig, transport: Box<dyn Transport>, shared: &Shared) -> Self {
         let can = transport.capabilities();
+        if !can.read {
+            tracing::info!(destination = %name, "This destination cannot be searched or read back: new Patients are sent without a look-up, and writes in doubt are sent again with the same message id.");
+        }
+        if d.retract && !can.delete {
+            tracing::warn!(destination = %name, "retract = true, but this destination cannot delete: nothing will be retracted there; the withdrawal report lists what was sent.");
+        }
         Self {
             name: name.to_string(),
             profile: d.profile,

@@ -69,7 +69,9 @@ pub(super) async fn look_up(
     identifiers: &[String],
     stop: &watch::Receiver<bool>,
 ) -> Result<HashMap<String, Vec<Found>>, Outcome> {
-    if identifiers.is_empty() {
+    // A destination that cannot be searched (an HL7 v2 engine): nobody else's Patient can be found there, so
+    // ours is sent; the engine matches people itself. Said once, when the destination is built.
+    if identifiers.is_empty() || !dest.transport.capabilities().read {
         return Ok(HashMap::new());
     }
     let found =

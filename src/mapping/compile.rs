@@ -188,6 +188,9 @@ impl Errors<'_> {
     }
 }
 
+/// The folder under the mappings folder that holds HL7 v2 message definitions instead of a partner.
+pub const HL7V2_MESSAGES_FOLDER: &str = "hl7v2";
+
 /// Loads every partner folder under `dir`. Returns all problems found, not just the first.
 pub fn load_catalog(dir: &Path) -> Result<Catalog, Vec<CompileError>> {
     let mut errors = Vec::new();
@@ -196,7 +199,8 @@ pub fn load_catalog(dir: &Path) -> Result<Catalog, Vec<CompileError>> {
         Ok(e) => e,
         Err(message) => return Err(vec![CompileError::File { path: dir.to_path_buf(), message }]),
     };
-    for sub in entries.into_iter().filter(|p| p.is_dir()) {
+    // `hl7v2/` holds HL7 v2 message definitions (read by that transport), not a partner's mappings.
+    for sub in entries.into_iter().filter(|p| p.is_dir() && !p.ends_with(HL7V2_MESSAGES_FOLDER)) {
         let partner_file = sub.join("partner.toml");
         if !partner_file.exists() {
             errors.push(CompileError::File {

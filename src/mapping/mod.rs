@@ -2,7 +2,7 @@
 //! that runs them over ingested rows. The format is documented in `mappings/README.md`.
 
 mod check;
-mod compile;
+pub mod compile;
 mod engine;
 pub mod ids;
 pub mod reverse;

@@ -510,8 +510,13 @@ where
     E: Fn(String) -> F,
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let dests: Vec<&std::sync::Arc<Destination>> =
-        engine.destinations.iter().filter(|d| opts.destination.as_deref().is_none_or(|only| only == d.name)).collect();
+    let dests: Vec<&std::sync::Arc<Destination>> = engine
+        .destinations
+        .iter()
+        .filter(|d| opts.destination.as_deref().is_none_or(|only| only == d.name))
+        // A write-only destination (HL7 v2) cannot be read back: there is nothing to compare with.
+        .filter(|d| d.transport.capabilities().read)
+        .collect();
     if dests.is_empty() {
         anyhow::bail!("no destination \"{}\" in the config", opts.destination.as_deref().unwrap_or_default());
     }

@@ -12,7 +12,8 @@ as an integration engine would.
 - A message whose control id (MSH-10) or PID-3 identifier is a line of --reject-file is answered AE with an
   ERR segment naming that rule (a configured rejection, as an engine's business rule would).
 - --mode-file, read for every message: "ack" (default), "silent" (never answer; the connection stays
-  open), "reset" (close the connection at once, without answering). The test changes it while running.
+  open), "reset" (close the connection at once, without answering); "silent-once" and "reset-once" do that
+  to one message and then go back to "ack". The test changes it while running.
 """
 
 import argparse
@@ -110,7 +111,12 @@ class Handler(socketserver.BaseRequestHandler):
             rejected = read_lines(s.reject_file)
             if f["control_id"] in rejected or (f["pid3"] and f["pid3"] in rejected):
                 error = "Refused by the engine's rule for this record (test rejection)"
-        m = mode(s.mode_file)
+        with LOCK:
+            m = mode(s.mode_file)
+            if m.endswith("-once"):
+                m = m[: -len("-once")]
+                with open(s.mode_file, "w", encoding="utf-8") as out:
+                    out.write("ack\n")
         answer = "none" if m in ("silent", "reset") else ("AE" if error else "AA")
         with LOCK, open(s.record, "a", encoding="utf-8") as out:
             row = dict(f, valid=invalid is None, error=error, answer=answer, raw=raw)
