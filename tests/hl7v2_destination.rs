@@ -75,6 +75,11 @@ impl Drop for Listener {
 
 /// A config with the three partners' fixtures (copied, so a test can edit them) and one HL7 v2 destination.
 fn write_config(dir: &Path, port: u16) -> PathBuf {
+    write_config_with(dir, port, "")
+}
+
+/// As [`write_config`], with `extra` lines in the destination's table.
+fn write_config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut text = format!(
         "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n",
@@ -83,7 +88,7 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
     );
     text.push_str(&common::copy_fixtures(dir, &PARTNERS));
     text.push_str(&format!(
-        "[destination.cito-hl7]\nprofile = \"cito\"\ntransport = \"hl7v2\"\nmax_attempts = 3\ndefer_seconds = 0\n\
+        "[destination.cito-hl7]\nprofile = \"cito\"\ntransport = \"hl7v2\"\nmax_attempts = 3\ndefer_seconds = 0\n{extra}\
          [destination.cito-hl7.hl7v2]\naddress = \"mllp://127.0.0.1:{port}\"\nreceiving_application = \"CITO\"\n\
          receiving_facility = \"YTHFT\"\nack_timeout_seconds = 2\n"
     ));
@@ -247,4 +252,32 @@ async fn resets_and_silence_are_retried_with_the_same_control_id_and_an_ae_is_a_
     assert_eq!(after[1]["answer"], "AA");
     assert_eq!(after[0]["control_id"], after[1]["control_id"]);
     assert_eq!(after[1]["type"], "ADT^A31^ADT_A05");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_sends_nothing_more_retracts_nothing_and_says_who_must_remove_what_was_sent() {
+    let dir = TempDir::new("hl7v2-withdraw");
+    let Some(listener) = Listener::start(dir.path()) else { return };
+    // retract = true is ignored: the destination cannot delete.
+    let config = write_config_with(dir.path(), listener.port, "retract = true\n");
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    let before = listener.received().len();
+
+    // Sian (HUB-1002) withdraws at the Hub.
+    let consent = dir.path().join("hub/consent.csv");
+    let text = std::fs::read_to_string(&consent).unwrap();
+    let line = "CN-702,HUB-1002,20/03/2023,Yes,Yes,,,Active,";
+    assert!(text.contains(line), "fixture changed?");
+    std::fs::write(&consent, text.replace(line, "CN-702,HUB-1002,20/03/2023,Yes,Yes,,,Withdrawn,01/06/2024")).unwrap();
+    let report = engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+
+    assert_eq!(listener.received().len(), before, "nothing is sent after a withdrawal, and no retraction");
+    let w = report.ingest.iter().flat_map(|i| &i.withdrawals).find(|w| w.holdings.contains_key("cito-hl7"));
+    let w = w.expect("a withdrawal report listing what was sent to cito-hl7");
+    assert!(w.holdings["cito-hl7"].iter().any(|k| k.starts_with("Patient/")), "{w:?}");
+    assert!(w.retracting.is_empty(), "{w:?}");
+    assert_eq!(w.cannot_delete, ["cito-hl7"]);
+    let rows = engine.store.outbox_list(Some("cito-hl7"), false, 10_000).await.unwrap();
+    assert!(rows.iter().all(|r| r.item.op != york_connector::store::Op::Delete), "a retraction was queued");
 }

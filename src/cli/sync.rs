@@ -182,6 +182,9 @@ fn print_table(r: &CycleReport) {
             for (d, list) in &w.holdings {
                 let action = if w.retracting.contains(d) {
                     "being deleted (retract = true)"
+                } else if w.cannot_delete.contains(d) {
+                    "sent as messages the connector cannot take back (write-only destination): ask its owners \
+                     (the trust's integration engine and EPR team) to remove them"
                 } else {
                     "left in place: ask its administrator, or set retract = true"
                 };

@@ -242,6 +242,12 @@ impl Planner<'_> {
                     });
                 }
             }
+            // Destinations that cannot delete (HL7 v2 engines): what was sent there stays until their owners remove it.
+            let cannot_delete: Vec<String> = holdings
+                .keys()
+                .filter(|d| self.ctx.destination(d).is_some_and(|d| !d.transport.capabilities().delete))
+                .cloned()
+                .collect();
             let retracting: Vec<String> = {
                 let mut d: Vec<String> = retract.iter().map(|i| i.destination.clone()).collect();
                 d.dedup();
@@ -249,7 +255,14 @@ impl Planner<'_> {
             };
             warn!(person = %person, statement = %cite, cancelled, held = holdings.values().map(Vec::len).sum::<usize>(), retracting = ?retracting, "Consent withdrawn or declined: sends stopped.");
             self.retract(retract).await?;
-            report.withdrawals.push(WithdrawalReport { person, statement: cite, cancelled, holdings, retracting });
+            report.withdrawals.push(WithdrawalReport {
+                person,
+                statement: cite,
+                cancelled,
+                holdings,
+                retracting,
+                cannot_delete,
+            });
         }
         Ok(())
     }

@@ -31,6 +31,10 @@ pub struct WithdrawalReport {
     pub holdings: BTreeMap<String, Vec<String>>,
     /// Destinations where those are being deleted (`retract = true`).
     pub retracting: Vec<String>,
+    /// Destinations that cannot delete (write-only, e.g. HL7 v2): their administrators must be asked to remove
+    /// what is listed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cannot_delete: Vec<String>,
 }
 
 /// What mapping and planning one partner did.
