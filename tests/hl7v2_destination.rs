@@ -281,3 +281,31 @@ async fn a_withdrawal_sends_nothing_more_retracts_nothing_and_says_who_must_remo
     let rows = engine.store.outbox_list(Some("cito-hl7"), false, 10_000).await.unwrap();
     assert!(rows.iter().all(|r| r.item.op != york_connector::store::Op::Delete), "a retraction was queued");
 }
+
+#[test]
+fn config_check_connects_without_sending_and_reconcile_and_pull_explain_instead_of_failing() {
+    let dir = TempDir::new("hl7v2-cli");
+    let Some(listener) = Listener::start(dir.path()) else { return };
+    let config = write_config(dir.path(), listener.port);
+    let run = |args: &[&str]| {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_connector")).arg("--config").arg(&config).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["config", "check"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("mllp://127.0.0.1:{} accepts connections", listener.port)), "{out}");
+    assert!(listener.received().is_empty(), "config check sent a message");
+
+    for args in [&["reconcile", "--destination", "cito-hl7"][..], &["pull", "--destination", "cito-hl7"][..]] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {out}{err}");
+        assert!(out.contains("cito-hl7: cannot be") && out.contains("write-only"), "{args:?}: {out}");
+        assert!(out.contains("From the connector's ledger instead"), "{out}");
+        assert!(!err.to_lowercase().contains("error"), "{args:?}: {err}");
+    }
+}

@@ -863,6 +863,14 @@ fn bounded(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String, Str
 /// The HL7 v2 settings: the plain-MLLP rule (as for http: loopback only unless allowed), the ACK timeout, and
 /// MSH names that fit in a field.
 fn check_hl7v2(h: &Hl7v2Config, key: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if h.address.tls {
+        return Err((
+            key("hl7v2.address"),
+            "mllps:// (MLLP over TLS) is not supported yet; reach the engine through a TLS tunnel (e.g. stunnel) \
+             listening on loopback, mllp://127.0.0.1:PORT"
+                .into(),
+        ));
+    }
     if !h.address.tls && !h.address.is_loopback() {
         if !h.allow_plain_mllp {
             return Err((
@@ -1044,6 +1052,35 @@ mod tests {
         .unwrap();
         assert_eq!(c.partners[0].schedule.to_string(), "30 1 * * * (America/New_York)");
         assert_eq!(c.partners[1].schedule.to_string(), "*/15 * * * * (America/New_York)", "defaults too");
+    }
+
+    #[test]
+    fn an_hl7v2_destination_is_plain_mllp_only_to_loopback_and_needs_its_table() {
+        let base =
+            "[state]\nurl = \"sqlite://x.db\"\n[destination.cito-hl7]\nprofile = \"cito\"\ntransport = \"hl7v2\"\n";
+        let table = "[destination.cito-hl7.hl7v2]\nreceiving_application = \"CITO\"\nreceiving_facility = \"YTHFT\"\n";
+        let with = |extra: &str, address: &str| load(&format!("{base}{extra}{table}address = \"{address}\"\n"));
+        let c = with("", "mllp://127.0.0.1:2575").unwrap();
+        let h = c.destinations["cito-hl7"].hl7v2.as_ref().unwrap();
+        assert_eq!((h.address.port, h.version.as_str(), h.ack_timeout_seconds), (2575, "2.5.1", 30));
+        for (extra, address, says) in [
+            ("", "mllp://engine.trust.nhs.uk:2575", "allow_plain_mllp"),
+            ("", "mllps://engine.trust.nhs.uk:2575", "not supported yet"),
+            ("", "tcp://127.0.0.1:2575", "mllp://"),
+            ("", "mllp://127.0.0.1", "no port"),
+            ("", "mllp://user@127.0.0.1:1", "user-info"),
+            ("base_url = \"http://127.0.0.1:1\"\n", "mllp://127.0.0.1:2575", "hl7v2.address"),
+            ("pull_schedule = \"0 * * * *\"\n", "mllp://127.0.0.1:2575", "nothing to pull"),
+        ] {
+            let msg = with(extra, address).unwrap_err().to_string();
+            assert!(msg.contains(says), "{address} {extra}: {msg}");
+        }
+        let remote = format!("{base}{table}address = \"mllp://engine.trust.nhs.uk:2575\"\nallow_plain_mllp = true\n");
+        assert!(load(&remote).is_ok());
+        let msg = load(base).unwrap_err().to_string();
+        assert!(msg.contains("destination.cito-hl7.hl7v2") && msg.contains("required"), "{msg}");
+        let msg = load("[state]\nurl = \"sqlite://x.db\"\n[destination.cito]\nprofile = \"cito\"\n").unwrap_err();
+        assert!(msg.to_string().contains("base_url"), "{msg}");
     }
 
     #[test]

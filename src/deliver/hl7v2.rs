@@ -480,12 +480,6 @@ impl Hl7v2Transport {
         timeout: Duration,
         limiter: Arc<RateLimiter>,
     ) -> Result<Self, TransportError> {
-        if settings.address.tls {
-            return Err(TransportError::Setup(format!(
-                "destination {destination}: mllps:// (TLS) is not supported yet; use mllp:// through a TLS tunnel \
-                 (stunnel) on loopback, or on a protected network with hl7v2.allow_plain_mllp = true"
-            )));
-        }
         let definitions = MessageDefinition::load_dir(messages_dir)
             .map_err(|e| TransportError::Setup(format!("destination {destination}: {e}")))?;
         Ok(Self {
