@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::TempDir;
+use common::{TempDir, no_shutdown};
 use serde_json::Value;
 use york_connector::config::Config;
 use york_connector::sync::Engine;
@@ -29,6 +29,11 @@ struct Listener {
 impl Listener {
     /// `None` (skipped, with the reason printed) when hl7apy's venv is missing outside CI.
     fn start(dir: &Path) -> Option<Self> {
+        Self::start_for(dir, "2.5.1")
+    }
+
+    /// A listener validating strictly for HL7 v2 `version`.
+    fn start_for(dir: &Path, version: &str) -> Option<Self> {
         let python = common::cache_dir().join("hl7-venv/bin/python");
         if !python.exists() {
             let why = format!("{} not found; run scripts/setup-test-env.sh", python.display());
@@ -40,7 +45,7 @@ impl Listener {
         let (record, mode, reject) = (dir.join("received.jsonl"), dir.join("mode"), dir.join("reject"));
         let mut child = Command::new(python)
             .arg(script)
-            .args(["--version", "2.5.1", "--record"])
+            .args(["--version", version, "--record"])
             .arg(&record)
             .arg("--mode-file")
             .arg(&mode)
@@ -75,11 +80,12 @@ impl Drop for Listener {
 
 /// A config with the three partners' fixtures (copied, so a test can edit them) and one HL7 v2 destination.
 fn write_config(dir: &Path, port: u16) -> PathBuf {
-    write_config_with(dir, port, "")
+    write_config_with(dir, port, "", "")
 }
 
 /// As [`write_config`], with `extra` lines in the destination's table.
-fn write_config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
+/// `hl7_extra` in its `hl7v2` table.
+fn write_config_with(dir: &Path, port: u16, extra: &str, hl7_extra: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut text = format!(
         "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{}/mappings\"\n",
@@ -90,18 +96,12 @@ fn write_config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
     text.push_str(&format!(
         "[destination.cito-hl7]\nprofile = \"cito\"\ntransport = \"hl7v2\"\nmax_attempts = 3\ndefer_seconds = 0\n{extra}\
          [destination.cito-hl7.hl7v2]\naddress = \"mllp://127.0.0.1:{port}\"\nreceiving_application = \"CITO\"\n\
-         receiving_facility = \"YTHFT\"\nack_timeout_seconds = 2\n"
+         receiving_facility = \"YTHFT\"\nack_timeout_seconds = 2\n{hl7_extra}"
     ));
     text.push_str(&common::open_sharing(&PARTNERS, &["cito-hl7"]));
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn no_shutdown() -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(tx);
-    rx
 }
 
 /// The connector's id for the person a message is about (PID-3's `^^^YORKHUB^PI` repetition).
@@ -115,18 +115,10 @@ fn person_of(message: &Value) -> String {
 /// Every Patient the mapping produces that the sharing rules allow on `dest` (not audited as withheld),
 /// and the withheld ones.
 async fn patients(engine: &Engine) -> (HashSet<String>, HashSet<String>) {
-    let withheld: HashSet<String> = engine
-        .store
-        .audit_list(&york_connector::store::AuditFilter {
-            destination: Some("cito-hl7".into()),
-            actions: vec!["withheld".parse().unwrap()],
-            ..Default::default()
-        })
+    let withheld: HashSet<String> = common::withheld(&engine.store, "cito-hl7")
         .await
-        .unwrap()
         .into_iter()
-        .filter(|a| a.resource_type.as_deref() == Some("Patient"))
-        .filter_map(|a| a.resource_id)
+        .filter_map(|(t, id)| (t == "Patient").then_some(id))
         .collect();
     struct Ids(HashSet<String>);
     impl york_connector::mapping::Sink for Ids {
@@ -259,7 +251,7 @@ async fn a_withdrawal_sends_nothing_more_retracts_nothing_and_says_who_must_remo
     let dir = TempDir::new("hl7v2-withdraw");
     let Some(listener) = Listener::start(dir.path()) else { return };
     // retract = true is ignored: the destination cannot delete.
-    let config = write_config_with(dir.path(), listener.port, "retract = true\n");
+    let config = write_config_with(dir.path(), listener.port, "retract = true\n", "");
     let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
     let before = listener.received().len();
@@ -308,4 +300,18 @@ fn config_check_connects_without_sending_and_reconcile_and_pull_explain_instead_
         assert!(out.contains("From the connector's ledger instead"), "{out}");
         assert!(!err.to_lowercase().contains("error"), "{args:?}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_24_destination_gets_messages_valid_for_hl7_v24() {
+    let dir = TempDir::new("hl7v2-v24");
+    let Some(listener) = Listener::start_for(dir.path(), "2.4") else { return };
+    let config = write_config_with(dir.path(), listener.port, "", "version = \"2.4\"\n");
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    let received = listener.received();
+    assert!(!received.is_empty());
+    let invalid: Vec<_> = received.iter().filter(|m| m["valid"] != true).map(|m| &m["error"]).collect();
+    assert!(invalid.is_empty(), "hl7apy (strict, 2.4) refused: {invalid:?}");
+    assert!(received.iter().all(|m| m["version"] == "2.4" && m["answer"] == "AA"));
 }

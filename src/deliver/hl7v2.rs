@@ -186,7 +186,7 @@ impl MessageDefinition {
     fn body(&self, resource: &Value, id: &str, now: &str) -> String {
         let mut out = String::new();
         for s in &self.segments {
-            if s.when.as_ref().is_some_and(|p| p.eval(resource, id, now).is_none()) {
+            if s.when.as_ref().is_some_and(|p| !p.present(resource)) {
                 continue;
             }
             let last = s.fields.last().map_or(0, |(n, _)| *n);
@@ -352,12 +352,15 @@ impl Path_ {
         Ok(Self::Steps(steps))
     }
 
-    fn eval(&self, resource: &Value, id: &str, now: &str) -> Option<String> {
-        let steps = match self {
-            Self::Id => return Some(id.to_string()),
-            Self::Now => return Some(now.to_string()),
-            Self::Steps(s) => s,
-        };
+    /// Whether the path leads anywhere (an element, whatever its kind): `when` on a segment.
+    fn present(&self, resource: &Value) -> bool {
+        match self {
+            Self::Id | Self::Now => true,
+            Self::Steps(s) => Self::walk(s, resource).is_some_and(|v| !v.is_null()),
+        }
+    }
+
+    fn walk<'v>(steps: &[Step], resource: &'v Value) -> Option<&'v Value> {
         let mut v = resource;
         for step in steps {
             v = match step {
@@ -370,7 +373,16 @@ impl Path_ {
                     .find(|e| pairs.iter().all(|(k, want)| e.get(k).and_then(Value::as_str) == Some(want.as_str())))?,
             };
         }
-        match first(v) {
+        Some(v)
+    }
+
+    fn eval(&self, resource: &Value, id: &str, now: &str) -> Option<String> {
+        let steps = match self {
+            Self::Id => return Some(id.to_string()),
+            Self::Now => return Some(now.to_string()),
+            Self::Steps(s) => s,
+        };
+        match first(Self::walk(steps, resource)?) {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
@@ -703,6 +715,17 @@ mod tests {
         assert_eq!(f[8], "F");
         assert_eq!(f[32], "01");
         assert!(body.contains("\rPV1|1|N\r"), "{body}");
+    }
+
+    #[test]
+    fn pd1_is_written_only_where_a_gp_is_known() {
+        let def = patient_def();
+        let without = def.body(&json!({"name": [{"family": "A"}]}), "p1", "now");
+        assert!(!without.contains("PD1"), "{without}");
+        let gp =
+            json!({"generalPractitioner": [{"display": "Old Station Surgery", "identifier": {"value": "B82001"}}]});
+        let with = def.body(&gp, "p1", "now");
+        assert!(with.contains("\rPD1|||Old Station Surgery^^^^^^^^^B82001\r"), "{with}");
     }
 
     #[test]

@@ -534,3 +534,23 @@ pub fn sync_json(config: &Path, extra: &[&str]) -> (i32, Value) {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap_or(-1), report)
 }
+
+/// A stop signal that never fires, for a cycle run by a test.
+#[allow(dead_code)]
+pub fn no_shutdown() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(tx);
+    rx
+}
+
+/// The resources audited as withheld from `destination`, as (type, id).
+#[allow(dead_code)]
+pub async fn withheld(store: &york_connector::store::Store, destination: &str) -> Vec<(String, String)> {
+    let filter = york_connector::store::AuditFilter {
+        destination: Some(destination.to_string()),
+        actions: vec!["withheld".parse().unwrap()],
+        ..Default::default()
+    };
+    let entries = store.audit_list(&filter).await.unwrap();
+    entries.into_iter().map(|a| (a.resource_type.unwrap_or_default(), a.resource_id.unwrap_or_default())).collect()
+}
