@@ -291,6 +291,7 @@ fn config_check_connects_without_sending_and_reconcile_and_pull_explain_instead_
     let (code, out, err) = run(&["config", "check"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(&format!("mllp://127.0.0.1:{} accepts connections", listener.port)), "{out}");
+    assert!(out.contains("cito-hl7: HL7 v2 messages defined for Patient"), "{out}");
     assert!(listener.received().is_empty(), "config check sent a message");
 
     for args in [&["reconcile", "--destination", "cito-hl7"][..], &["pull", "--destination", "cito-hl7"][..]] {

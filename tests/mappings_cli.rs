@@ -41,11 +41,12 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The partner folders under mappings/ (`hl7v2/` holds HL7 v2 message definitions, not a partner).
 fn partners() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(root().join("mappings"))
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && e.file_name() != york_connector::mapping::compile::HL7V2_MESSAGES_FOLDER)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();

@@ -201,6 +201,14 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
             }
         }
         if let Some(h) = &d.hl7v2 {
+            let dir = h.messages_dir(&config);
+            match crate::deliver::hl7v2::MessageDefinition::load_dir(&dir) {
+                Ok(defs) => o.ok(&format!(
+                    "destination {name}: HL7 v2 messages defined for {}",
+                    defs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+                Err(e) => o.fail(&format!("destination {name}: {e}")),
+            }
             // Connects and closes: an MLLP port answers nothing until sent a message, and nothing is sent.
             match crate::deliver::hl7v2::Hl7v2Transport::probe(&h.address, timeout).await {
                 Ok(()) => {

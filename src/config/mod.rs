@@ -222,6 +222,13 @@ impl Hl7v2Config {
     const fn default_ack_timeout() -> u64 {
         30
     }
+    /// The folder of message definitions: `messages_dir`, else `<mappings.dir>/hl7v2`.
+    pub fn messages_dir(&self, config: &Config) -> PathBuf {
+        match &self.messages_dir {
+            Some(p) => config.resolve(p),
+            None => config.resolve(&config.mappings.dir).join(crate::mapping::compile::HL7V2_MESSAGES_FOLDER),
+        }
+    }
     fn default_sending_application() -> String {
         "YORKHUB".into()
     }

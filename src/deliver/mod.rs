@@ -107,10 +107,7 @@ impl Destination {
             ),
             crate::config::TransportKind::Hl7v2 => {
                 let h = d.hl7v2.as_ref().ok_or_else(|| anyhow::anyhow!("destination {name}: [hl7v2] is missing"))?;
-                let dir = h.messages_dir.as_ref().map_or_else(
-                    || config.resolve(&config.mappings.dir).join(crate::mapping::compile::HL7V2_MESSAGES_FOLDER),
-                    |p| config.resolve(p),
-                );
+                let dir = h.messages_dir(config);
                 Box::new(hl7v2::Hl7v2Transport::new(name, h, &dir, timeout, limiter)?)
             }
         };
