@@ -344,6 +344,9 @@ impl Engine {
         let mut out: BTreeMap<String, DeliveryReport> = BTreeMap::new();
         loop {
             let mut busy = false;
+            if planned.has_changed().is_err() || *shutdown.borrow() {
+                return Ok(out);
+            }
             for d in self.destinations.iter().filter(|d| only.is_none_or(|o| o == d.name)) {
                 if planned.has_changed().is_err() || *shutdown.borrow() {
                     return Ok(out);
