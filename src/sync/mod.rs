@@ -280,17 +280,6 @@ impl Engine {
 
     /// Delivers one destination's outbox.
     pub async fn deliver(&self, name: &str, shutdown: &watch::Receiver<bool>) -> anyhow::Result<DeliveryReport> {
-        self.deliver_after(name, shutdown, None).await
-    }
-
-    /// Delivers one destination's outbox, as the job that also took `early` (what was delivered while the
-    /// cycle was still planning): its report and the job's record count both.
-    async fn deliver_after(
-        &self,
-        name: &str,
-        shutdown: &watch::Receiver<bool>,
-        early: Option<DeliveryReport>,
-    ) -> anyhow::Result<DeliveryReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
         let unread: Vec<String> = {
             let read = self.consent_read.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,13 +293,7 @@ impl Engine {
             self.export_audit().await?;
         }
         let job = JobName::Deliver(name.to_string());
-        let work = async {
-            let mut r = deliver::deliver(&self.store, dest, &self.owner, shutdown).await?;
-            if let Some(e) = early {
-                r.absorb(&e);
-            }
-            Ok(r)
-        };
+        let work = async { Ok(deliver::deliver(&self.store, dest, &self.owner, shutdown).await?) };
         // A pass that ends with the circuit open (found open, or opened by this pass's failures) failed: its
         // rows wait, and `connector_job_last_success_timestamp_seconds` must not move.
         let circuit_open = |r: &DeliveryReport| r.breaker_open || dest.breaker.open_since().is_some();
@@ -329,41 +312,6 @@ impl Engine {
         }
         info!(destination = %name, written = r.written, linked = r.linked, dead = r.dead_lettered, deferred = r.deferred, "Delivered.");
         Ok(r)
-    }
-
-    /// Delivery passes over the chosen destinations while planning runs (until `planned`'s sender is dropped),
-    /// so the destination works while the rest is mapped and planned; a pass that finds nothing waits a
-    /// little. Stops early on shutdown or an open circuit (the cycle's own pass then reports it). Returns what
-    /// each destination took.
-    async fn deliver_while_planning(
-        &self,
-        only: Option<&str>,
-        mut planned: watch::Receiver<()>,
-        shutdown: &watch::Receiver<bool>,
-    ) -> anyhow::Result<BTreeMap<String, DeliveryReport>> {
-        let mut out: BTreeMap<String, DeliveryReport> = BTreeMap::new();
-        loop {
-            let mut busy = false;
-            if planned.has_changed().is_err() || *shutdown.borrow() {
-                return Ok(out);
-            }
-            for d in self.destinations.iter().filter(|d| only.is_none_or(|o| o == d.name)) {
-                if planned.has_changed().is_err() || *shutdown.borrow() {
-                    return Ok(out);
-                }
-                let r = deliver::deliver(&self.store, d, &self.owner, shutdown).await?;
-                if r.breaker_open {
-                    return Ok(out);
-                }
-                busy |= r.bundles > 0;
-                out.entry(d.name.clone())
-                    .or_insert_with(|| DeliveryReport { destination: d.name.clone(), ..Default::default() })
-                    .absorb(&r);
-            }
-            if !busy {
-                let _ = tokio::time::timeout(std::time::Duration::from_millis(200), planned.changed()).await;
-            }
-        }
     }
 
     /// One full cycle: ingest the chosen partners (all by default), then deliver to the chosen destinations.
@@ -398,41 +346,28 @@ impl Engine {
                 consent_reports.insert(p.clone(), r);
             }
         }
-        // Planning and delivery side by side: what is queued goes out while the rest is still mapped and
-        // planned (the outbox keeps each person's order; every row's rules are checked again as it is sent,
-        // against the consent read above). The sender's drop tells the early deliveries planning is over.
-        let (planning, planned) = watch::channel(());
-        let plan_all = async move {
-            let _planning = planning;
-            let mut ingest = Vec::new();
-            for p in chosen {
-                if *shutdown.borrow() {
-                    break;
-                }
-                let Some(g) = gathered.remove(p) else { continue };
-                let mut r = self.plan_sources(p, g, dry_run, shutdown).await?;
-                if let Some(pre) = consent_reports.remove(p) {
-                    r.consent_statements += pre.consent_statements;
-                    let mut w = pre.withdrawals;
-                    w.append(&mut r.withdrawals);
-                    r.withdrawals = w;
-                }
-                ingest.push(r);
+        for p in chosen {
+            if *shutdown.borrow() {
+                break;
             }
-            anyhow::Ok(ingest)
-        };
+            let Some(g) = gathered.remove(p) else { continue };
+            let mut r = self.plan_sources(p, g, dry_run, shutdown).await?;
+            if let Some(pre) = consent_reports.remove(p) {
+                r.consent_statements += pre.consent_statements;
+                let mut w = pre.withdrawals;
+                w.append(&mut r.withdrawals);
+                r.withdrawals = w;
+            }
+            report.ingest.push(r);
+        }
         if dry_run {
-            report.ingest = plan_all.await?;
             return Ok(report);
         }
-        let (ingest, early) = tokio::join!(plan_all, self.deliver_while_planning(destination, planned, shutdown));
-        report.ingest = ingest?;
-        let mut early = early?;
         for d in self.destinations.iter().filter(|d| destination.is_none_or(|only| only == d.name)) {
             if *shutdown.borrow() {
                 break;
             }
-            report.delivery.push(self.deliver_after(&d.name, shutdown, early.remove(&d.name)).await?);
+            report.delivery.push(self.deliver(&d.name, shutdown).await?);
         }
         // The audit trail's copy: what this cycle disclosed, on the central record now.
         if let Some(d) = self.config.audit.fhir_destination.clone()
