@@ -162,6 +162,7 @@ suite!(
     unchanged_input_writes_nothing,
     enqueue_replaces_a_pending_row,
     enqueue_cancels_what_the_destination_already_holds,
+    forgetting_links_keeps_what_is_queued_for_deletion,
     lease_keeps_seq_order_per_patient,
     expired_lease_is_taken_over,
     complete_when_a_newer_plan_replaced_the_row,
@@ -436,6 +437,48 @@ async fn enqueue_cancels_what_the_destination_already_holds(db: &Db) {
     let next = store.lease(CITO, "w", 10, LONG, at(8)).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].item.op, Op::Delete);
+}
+
+/// A withdrawal queues deletes of every partner's records of the person; when our Patient's delete lands and
+/// another partner's Patient was linked to it, the person's ledger entries are forgotten (to be sent again),
+/// but not those still queued for deletion: a plan made meanwhile (delete, no ledger entry) would otherwise
+/// cancel the queued retraction and leave the record on the destination.
+async fn forgetting_links_keeps_what_is_queued_for_deletion(db: &Db) {
+    let store = db.connect().await;
+    let person = "Person/x";
+    let entry = |resource_type: &str, id: &str, remote_id: &str, linked: bool| LedgerEntry {
+        destination: CITO.to_string(),
+        key: key(resource_type, id),
+        remote_id: remote_id.to_string(),
+        version_id: Some("1".into()),
+        content_hash: sha(id),
+        linked,
+        patient: Some(person.to_string()),
+        updated_at: t0(),
+        ..Default::default()
+    };
+    for e in [
+        entry("Patient", "hub-p", "hub-p", false),
+        entry("Patient", "mind-p", "hub-p", true),
+        entry("Encounter", "mind-e", "mind-e", false),
+        entry("Encounter", "kept-e", "kept-e", false),
+    ] {
+        store.ledger_put(&e).await.unwrap();
+    }
+    // The withdrawal's retraction of the other partner's Encounter waits in the outbox.
+    let retract = delete(CITO, "Encounter", "mind-e", Some(person));
+    store.enqueue(std::slice::from_ref(&retract), at(1)).await.unwrap();
+
+    // Our Patient's delete landed: the link is forgotten, and so is what is not queued for deletion.
+    let forgotten = store.forget_links_to(CITO, "hub-p", person).await.unwrap();
+    assert_eq!(forgotten, 3, "hub-p, mind-p and kept-e");
+    assert!(store.ledger_get(CITO, &key("Encounter", "mind-e")).await.unwrap().is_some(), "still held there");
+    assert!(store.ledger_get(CITO, &key("Encounter", "kept-e")).await.unwrap().is_none());
+
+    // A plan made meanwhile asks for the same retraction: it stays queued, once.
+    store.enqueue(std::slice::from_ref(&retract), at(2)).await.unwrap();
+    let queued = pending(&store, CITO).await;
+    assert_eq!((ids(&queued), queued[0].item.op), (vec!["mind-e"], Op::Delete));
 }
 
 async fn lease_keeps_seq_order_per_patient(db: &Db) {

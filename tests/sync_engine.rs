@@ -241,17 +241,17 @@ async fn new_patients_are_looked_up_a_batch_at_a_time_and_never_in_a_url() {
     assert_eq!(same_person[0]["id"], "hospital-zoe");
 
     let log = proxy.log();
-    let searches: Vec<_> = log.iter().filter(|r| r.target.ends_with("/Patient/_search")).collect();
-    assert!(searches.iter().all(|r| r.method == "POST"), "searches go by POST");
+    // The look-ups: posted batch bundles of single searches, the NHS numbers in the body.
+    let searches: Vec<Vec<String>> = log.iter().map(|r| r.searches()).filter(|s| !s.is_empty()).collect();
     let per_search: Vec<usize> = searches
         .iter()
-        .map(|r| {
-            let form = String::from_utf8_lossy(&r.body).to_string();
-            assert!(form.contains("nhs-number"), "the NHS numbers are in the form body: {form}");
-            form.split('&').find_map(|p| p.strip_prefix("identifier=")).map_or(0, |v| v.split(',').count())
+        .map(|urls| {
+            assert!(urls.iter().all(|u| u.starts_with("Patient?identifier=")), "one search per person: {urls:?}");
+            assert!(urls.iter().any(|u| u.contains("nhs-number")), "by NHS number: {urls:?}");
+            urls.len()
         })
         .collect();
-    let bundles: Vec<_> = log.iter().filter(|r| r.method == "POST" && r.target == "/").collect();
+    let bundles: Vec<_> = log.iter().filter(|r| r.method == "POST" && r.target == "/" && r.is_write()).collect();
     let created = bundles
         .iter()
         .flat_map(|r| entries(r))

@@ -178,3 +178,18 @@ pub struct DeliveryReport {
     pub bundles: u64,
     pub breaker_open: bool,
 }
+
+impl DeliveryReport {
+    /// Adds what another pass to the same destination did (the circuit state is this pass's own).
+    pub fn absorb(&mut self, other: &DeliveryReport) {
+        self.written += other.written;
+        self.linked += other.linked;
+        self.dead_lettered += other.dead_lettered;
+        self.withheld += other.withheld;
+        self.relink += other.relink;
+        self.deferred += other.deferred;
+        self.merged += other.merged;
+        self.conflicts += other.conflicts;
+        self.bundles += other.bundles;
+    }
+}

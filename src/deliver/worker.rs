@@ -97,16 +97,7 @@ async fn worker(
         }
         bundles += 1;
         let r = process(&store, &dest, rows, &shutdown).await?;
-        let mut total = report.lock().unwrap_or_else(|p| p.into_inner());
-        total.written += r.written;
-        total.linked += r.linked;
-        total.dead_lettered += r.dead_lettered;
-        total.withheld += r.withheld;
-        total.relink += r.relink;
-        total.deferred += r.deferred;
-        total.merged += r.merged;
-        total.conflicts += r.conflicts;
-        total.bundles += r.bundles;
+        report.lock().unwrap_or_else(|p| p.into_inner()).absorb(&r);
         if r.deferred > 0 {
             // Transient trouble: stop this pass; the rows wait for their not-before time.
             return Ok(false);

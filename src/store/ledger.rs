@@ -281,6 +281,10 @@ impl Store {
     /// there would point at nothing. Forgets what the destination holds for `person` (apart from what was
     /// just deleted) when any was linked, so the next cycle sends the person's records again and they find
     /// (or create) a Patient that exists. Returns how many ledger entries were forgotten.
+    ///
+    /// What is queued for deletion there is not forgotten: the destination still holds it until that delete
+    /// lands, and a plan that finds no ledger entry for a delete cancels the queued one (so a withdrawal's
+    /// retraction of another partner's records would be lost when planning and delivery run at once).
     pub async fn forget_links_to(&self, destination: &str, remote_id: &str, person: &str) -> Result<u64> {
         let n = in_tx!(self, "forget_links_to", |tx| {
             let linked: i64 = sqlx::query_scalar(
@@ -295,13 +299,18 @@ impl Store {
             if linked == 0 {
                 0
             } else {
-                sqlx::query("DELETE FROM ledger WHERE destination = $1 AND patient = $2")
-                    .bind(destination)
-                    .bind(person)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("forget_links_to"))?
-                    .rows_affected()
+                sqlx::query(
+                    "DELETE FROM ledger WHERE destination = $1 AND patient = $2 AND NOT EXISTS (\
+                     SELECT 1 FROM outbox o WHERE o.destination = ledger.destination \
+                     AND o.resource_type = ledger.resource_type AND o.resource_id = ledger.resource_id \
+                     AND o.op = 'delete' AND o.dead = FALSE)",
+                )
+                .bind(destination)
+                .bind(person)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("forget_links_to"))?
+                .rows_affected()
             }
         });
         Ok(n)

@@ -205,9 +205,20 @@ impl ProxyRecord {
         header(&self.headers, name)
     }
 
-    /// `POST`, `PUT`, `PATCH` or `DELETE`.
+    /// `POST`, `PUT`, `PATCH` or `DELETE`, except a posted `batch` bundle of searches (reads).
     pub fn is_write(&self) -> bool {
-        is_write(&self.method)
+        is_write(&self.method) && self.searches().is_empty()
+    }
+
+    /// The search URLs of a posted `batch` bundle whose entries are all `GET`s (the connector's Patient
+    /// look-ups); empty for any other request.
+    pub fn searches(&self) -> Vec<String> {
+        let bundle: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        let entries = bundle["entry"].as_array().map_or(&[][..], Vec::as_slice);
+        if bundle["type"] != "batch" || entries.iter().any(|e| e["request"]["method"] != "GET") {
+            return Vec::new();
+        }
+        entries.iter().filter_map(|e| e["request"]["url"].as_str().map(str::to_string)).collect()
     }
 
     /// Whether the upstream received the request (passed through, or [`Fault::AfterForwardReset`]).
