@@ -80,7 +80,7 @@ macro_rules! audit_conn {
                 })?;
                 let (count, prev) = parse_head(&head)?;
                 let hash = chain_hash(&prev, entry);
-                let insert = format!("{INSERT_INTO}{}", super::values_list(1, COLUMNS));
+                let insert = format!("{INSERT_INTO}{}", super::values_list(1, COLUMNS, true));
                 bind_audit(sqlx::query(sqlx::AssertSqlSafe(insert)), entry, prev, hash.clone())
                     .execute(&mut *self)
                     .await
@@ -144,7 +144,7 @@ pub(crate) async fn append_chained_sqlite(conn: &mut sqlx::SqliteConnection, ent
     })?;
     let (count, mut prev) = parse_head(&head)?;
     for chunk in entries.chunks(super::ROWS_PER_STATEMENT) {
-        let insert = format!("{INSERT_INTO}{}", super::values_list(chunk.len(), COLUMNS));
+        let insert = format!("{INSERT_INTO}{}", super::values_list(chunk.len(), COLUMNS, false));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(insert));
         for e in chunk {
             let hash = chain_hash(&prev, e);

@@ -81,13 +81,14 @@ impl Store {
             return Ok(());
         }
         // One statement per 500 intents (a statement is a round trip; on SQLite to its worker thread).
+        let numbered = self.backend() == super::Backend::Postgres;
         in_tx!(self, "intents_record", |tx| {
             for chunk in intents.chunks(super::ROWS_PER_STATEMENT) {
                 let sql = format!(
                     "INSERT INTO send_intent (destination, resource_type, resource_id, held_hash, remote_id, \
                      patient, origin, content_hash, agreement, lawful_basis, consent, since) VALUES {} \
                      ON CONFLICT (destination, resource_type, resource_id, held_hash) DO NOTHING",
-                    super::values_list(chunk.len(), 12)
+                    super::values_list(chunk.len(), 12, numbered)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for i in chunk {

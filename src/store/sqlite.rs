@@ -258,7 +258,7 @@ async fn delete_keys<'k>(
     for chunk in keys.chunks(super::ROWS_PER_STATEMENT) {
         let sql = format!(
             "DELETE FROM {table} WHERE (destination, resource_type, resource_id) IN (VALUES {})",
-            values_list(chunk.len(), 3)
+            values_list(chunk.len(), 3, false)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for key in chunk {
@@ -293,7 +293,7 @@ pub(super) async fn complete(pool: &SqlitePool, done: &[Completion<'_>], now: i6
     for chunk in written.chunks(super::ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES {} {LEDGER_ON_CONFLICT}",
-            values_list(chunk.len(), LEDGER_BOUND)
+            values_list(chunk.len(), LEDGER_BOUND, false)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for e in chunk {
@@ -314,7 +314,7 @@ pub(super) async fn complete(pool: &SqlitePool, done: &[Completion<'_>], now: i6
         for chunk in std::mem::take(&mut left).chunks(super::ROWS_PER_STATEMENT) {
             let sql = format!(
                 "DELETE FROM outbox WHERE ({column}, op, content_hash) IN (VALUES {}){also} RETURNING {column}",
-                values_list(chunk.len(), 3)
+                values_list(chunk.len(), 3, false)
             );
             let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
             for c in chunk {
