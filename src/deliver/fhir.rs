@@ -209,20 +209,7 @@ impl Transport for FhirTransport {
                     entry
                 })
                 .collect();
-            let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries });
-            let resp = self.request(HttpMethod::POST, "", Some(&bundle)).await?;
-            if !resp.status().is_success() {
-                return Err(failure(resp).await);
-            }
-            let body = http::read_json(resp, MAX_PAGE_BYTES, "the transaction response").await?;
-            let answers = body["entry"].as_array().cloned().unwrap_or_default();
-            if answers.len() != writes.len() {
-                return Err(TransportError::transient(format!(
-                    "transaction response has {} entries for {} writes",
-                    answers.len(),
-                    writes.len()
-                )));
-            }
+            let answers = self.post_bundle("transaction", entries, "the transaction response").await?;
             Ok(answers
                 .iter()
                 .map(|a| Written {
@@ -325,6 +312,29 @@ const LOOKUP_CHUNK: usize = 100;
 const LOOKUP_PAGE: usize = 20;
 
 impl FhirTransport {
+    /// Posts a bundle of `kind` (transaction, batch) holding `entries` to the base; returns the answer's
+    /// entries, one per entry sent (a different count is transient: the answer cannot be matched up).
+    async fn post_bundle(&self, kind: &str, entries: Vec<Value>, what: &str) -> Result<Vec<Value>, TransportError> {
+        let sent = entries.len();
+        let bundle = json!({ "resourceType": "Bundle", "type": kind, "entry": entries });
+        let resp = self.request(HttpMethod::POST, "", Some(&bundle)).await?;
+        if !resp.status().is_success() {
+            return Err(failure(resp).await);
+        }
+        let mut answer = http::read_json(resp, MAX_PAGE_BYTES, what).await?;
+        let answers = match answer.get_mut("entry").map(Value::take) {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        if answers.len() != sent {
+            return Err(TransportError::transient(format!(
+                "{kind} response has {} entries for {sent} sent",
+                answers.len()
+            )));
+        }
+        Ok(answers)
+    }
+
     /// Looks `identifiers` up with one `batch` bundle per [`LOOKUP_CHUNK`], an entry
     /// `GET [type]?identifier=…` each: the server runs one indexed search per identifier, where a search of
     /// OR-ed values may not use its index (HFS answers 100 single searches in a batch in a third of the time of
@@ -345,21 +355,8 @@ impl FhirTransport {
                     json!({ "request": { "method": "GET", "url": url } })
                 })
                 .collect();
-            let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": entries });
-            let resp = self.request(HttpMethod::POST, "", Some(&bundle)).await?;
-            if !resp.status().is_success() {
-                return Err(failure(resp).await);
-            }
-            let answer = http::read_json(resp, MAX_PAGE_BYTES, "the batch of searches").await?;
-            let answers = answer["entry"].as_array().map_or(&[][..], Vec::as_slice);
-            if answers.len() != chunk.len() {
-                return Err(TransportError::transient(format!(
-                    "batch response has {} entries for {} searches",
-                    answers.len(),
-                    chunk.len()
-                )));
-            }
-            for (identifier, a) in chunk.iter().zip(answers) {
+            let answers = self.post_bundle("batch", entries, "the batch of searches").await?;
+            for (identifier, a) in chunk.iter().zip(&answers) {
                 let page = &a["resource"];
                 let whole = a["response"]["status"].as_str().is_some_and(|s| s.starts_with('2'))
                     && page["resourceType"] == "Bundle"

@@ -171,13 +171,12 @@ impl RetryPolicy {
 pub(super) async fn send_retrying<T, F, Fut>(
     dest: &Destination,
     stop: &watch::Receiver<bool>,
-    call: F,
+    mut call: F,
 ) -> Result<T, TransportError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, TransportError>>,
 {
-    let mut call = call;
     // Each attempt holds one of the destination's `concurrency` permits while it is in flight (not while it
     // backs off), so workers preparing the next bundles never add to the server's load.
     let attempt = || {

@@ -67,33 +67,25 @@ pub(crate) trait AuditConn {
     fn append_chained(&mut self, entry: &AuditEntry) -> impl std::future::Future<Output = Result<()>> + Send;
 }
 
-macro_rules! audit_conn {
-    ($conn:ty) => {
-        impl AuditConn for $conn {
-            async fn append_chained(&mut self, entry: &AuditEntry) -> Result<()> {
-                let op = "writing the audit trail";
-                let head: Option<String> =
-                    sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *self).await.map_err(StoreError::query(op))?;
-                let head = head.ok_or(StoreError::Corrupt {
-                    what: "settings.audit_chain_head",
-                    detail: "missing (the audit chain's head was deleted)".into(),
-                })?;
-                let (count, prev) = parse_head(&head)?;
-                let hash = chain_hash(&prev, entry);
-                let insert = format!("{INSERT_INTO}{}", super::values_list(1, COLUMNS, true));
-                bind_audit(sqlx::query(sqlx::AssertSqlSafe(insert)), entry, prev, hash.clone())
-                    .execute(&mut *self)
-                    .await
-                    .map_err(StoreError::query(op))?;
-                sqlx::query(HEAD_SET)
-                    .bind(format!("{} {hash}", count + 1))
-                    .execute(&mut *self)
-                    .await
-                    .map_err(StoreError::query(op))?;
-                Ok(())
-            }
-        }
-    };
+impl AuditConn for sqlx::SqliteConnection {
+    async fn append_chained(&mut self, entry: &AuditEntry) -> Result<()> {
+        append_chained_sqlite(self, &[entry]).await
+    }
+}
+
+impl AuditConn for sqlx::PgConnection {
+    async fn append_chained(&mut self, entry: &AuditEntry) -> Result<()> {
+        append_chained_pg(self, &[entry]).await
+    }
+}
+
+/// The chain's head as [`HEAD_LOCK`] read it: (entries chained, last hash).
+fn head_of(head: Option<String>) -> Result<(u64, String)> {
+    let head = head.ok_or(StoreError::Corrupt {
+        what: "settings.audit_chain_head",
+        detail: "missing (the audit chain's head was deleted)".into(),
+    })?;
+    parse_head(&head)
 }
 
 /// Binds an entry, its predecessor's hash and its own to [`INSERT_INTO`]'s columns.
@@ -136,13 +128,8 @@ pub(crate) async fn append_chained_sqlite(conn: &mut sqlx::SqliteConnection, ent
     if entries.is_empty() {
         return Ok(());
     }
-    let head: Option<String> =
-        sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
-    let head = head.ok_or(StoreError::Corrupt {
-        what: "settings.audit_chain_head",
-        detail: "missing (the audit chain's head was deleted)".into(),
-    })?;
-    let (count, mut prev) = parse_head(&head)?;
+    let head = sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
+    let (count, mut prev) = head_of(head)?;
     for chunk in entries.chunks(super::ROWS_PER_STATEMENT) {
         let insert = format!("{INSERT_INTO}{}", super::values_list(chunk.len(), COLUMNS, false));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(insert));
@@ -160,9 +147,6 @@ pub(crate) async fn append_chained_sqlite(conn: &mut sqlx::SqliteConnection, ent
     Ok(())
 }
 
-audit_conn!(sqlx::SqliteConnection);
-audit_conn!(sqlx::PgConnection);
-
 /// Appends `entries`, chained in their order, inside the caller's transaction, with three statements
 /// whatever their number: the head locked and read, the entries inserted from arrays, the head moved.
 ///
@@ -174,13 +158,8 @@ pub(crate) async fn append_chained_pg(conn: &mut sqlx::PgConnection, entries: &[
     if entries.is_empty() {
         return Ok(());
     }
-    let head: Option<String> =
-        sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
-    let head = head.ok_or(StoreError::Corrupt {
-        what: "settings.audit_chain_head",
-        detail: "missing (the audit chain's head was deleted)".into(),
-    })?;
-    let (count, mut prev) = parse_head(&head)?;
+    let head = sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
+    let (count, mut prev) = head_of(head)?;
     let (mut prevs, mut hashes) = (Vec::with_capacity(entries.len()), Vec::with_capacity(entries.len()));
     for e in entries {
         let hash = chain_hash(&prev, e);
