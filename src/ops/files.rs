@@ -66,7 +66,7 @@ fn random_hex() -> String {
             chunk.copy_from_slice(&h.finish().to_le_bytes());
         }
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::store::hex(&bytes)
 }
 
 #[cfg(test)]

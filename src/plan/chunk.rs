@@ -6,16 +6,20 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{Explained, IngestReport, Mapped, Planner, content_hash, shape};
+use serde_json::Value;
+
+use super::{Explained, IngestReport, Mapped, Planner, content_hash, memo, shape};
 use crate::deliver::Destination;
 use crate::model::AuditAction;
 use crate::policy::{self, Origin, Verdict};
-use crate::store::{AuditEntry, Expected, LedgerEntry, Op, OutboxItem, ResourceKey, StatementRecord};
+use crate::store::{AuditEntry, Expected, LedgerEntry, Memo, Op, OutboxItem, ResourceKey, StatementRecord};
 
 /// What the rules and the destination's profile decided for one destination, by index in the chunk.
 struct Decided {
     /// The rows to queue, in the chunk's order.
     items: Vec<OutboxItem>,
+    /// Sent resources the plan memo knows unchanged: queueing them would change nothing (index, content hash).
+    unchanged: Vec<(usize, String)>,
     /// When explaining: why each sent resource may go.
     sends: Vec<(usize, String)>,
     /// Why each withheld resource may not go.
@@ -41,10 +45,11 @@ impl Planner<'_> {
         let partner = report.partner.clone();
         let now = Utc::now();
         for dest in &self.ctx.destinations {
-            let decided = self.decide(dest, pending, &consents, &partner);
+            let fast = !(report.dry_run || self.explain);
+            let decided = self.decide(dest, pending, &consents, &partner, fast).await?;
             *report.withheld.entry(dest.name.clone()).or_default() += decided.withheld.len() as u64;
             if report.collect_expected {
-                self.expect(dest, &decided, &partner).await?;
+                self.expect(dest, pending, &decided, &partner).await?;
             }
             let held = self.held(dest, pending, &decided, report.dry_run).await?;
             if self.explain {
@@ -86,15 +91,25 @@ impl Planner<'_> {
         Ok(consents)
     }
 
-    /// Decides each resource for `dest` and shapes those it may send.
-    fn decide(
+    /// Decides each resource for `dest` and shapes those it may send. With `fast`, a resource whose shaping
+    /// inputs are those the plan memo recorded, and whose recorded content the destination holds with nothing
+    /// else queued, is not shaped again (it goes in `unchanged`); a dry run or an explanation shapes everything,
+    /// so what they report is computed as it always was.
+    async fn decide(
         &self,
         dest: &Destination,
         pending: &[Mapped],
         consents: &HashMap<String, StatementRecord>,
         partner: &str,
-    ) -> Decided {
-        let mut d = Decided { items: Vec::with_capacity(pending.len()), sends: Vec::new(), withheld: Vec::new() };
+        fast: bool,
+    ) -> anyhow::Result<Decided> {
+        let mut d = Decided {
+            items: Vec::with_capacity(pending.len()),
+            unchanged: Vec::new(),
+            sends: Vec::new(),
+            withheld: Vec::new(),
+        };
+        let mut permitted = Vec::with_capacity(pending.len());
         for (n, m) in pending.iter().enumerate() {
             let origin = Origin {
                 partner: partner.to_string(),
@@ -118,41 +133,84 @@ impl Planner<'_> {
                     continue;
                 }
             };
-            match shape::shape(dest.profile, &m.body, m.category, m.not_for_patient, partner) {
+            if self.explain {
+                let consent = permit.consent.as_deref().unwrap_or("no consent needed");
+                let why = format!("agreement \"{}\" ({}); consent {consent}", permit.agreement, permit.lawful_basis);
+                d.sends.push((n, why));
+            }
+            permitted.push((n, origin));
+        }
+        let fingerprints: Vec<String> = permitted
+            .iter()
+            .map(|(n, _)| {
+                let m = &pending[*n];
+                memo::fingerprint(&m.json_hash, dest.profile, m.category, m.not_for_patient, partner)
+            })
+            .collect();
+        let known = if fast {
+            self.known_unchanged(dest, pending, &permitted, &fingerprints).await?
+        } else {
+            vec![None; permitted.len()]
+        };
+        let mut memos = Vec::new();
+        for (((n, origin), fingerprint), known) in permitted.into_iter().zip(fingerprints).zip(known) {
+            if let Some(hash) = known {
+                d.unchanged.push((n, hash));
+                continue;
+            }
+            let m = &pending[n];
+            let shaped = serde_json::from_str::<Value>(&m.json)
+                .map_err(|e| format!("the mapped resource could not be read back ({e}); report this as a bug"))
+                .and_then(|body| shape::shape(dest.profile, &body, m.category, m.not_for_patient, partner));
+            match shaped {
                 Ok(body) => {
                     let text = body.to_string();
+                    let hash = content_hash(&text);
+                    memos.push((&m.key, Memo { input_hash: fingerprint, content_hash: hash.clone() }));
                     d.items.push(OutboxItem {
                         destination: dest.name.clone(),
                         key: m.key.clone(),
                         patient: m.patient.clone(),
                         op: Op::Upsert,
-                        content_hash: content_hash(&text),
+                        content_hash: hash,
                         body: Some(text),
-                        origin: Some(origin.clone().into()),
+                        origin: Some(origin.into()),
                     });
-                    if self.explain {
-                        let consent = permit.consent.as_deref().unwrap_or("no consent needed");
-                        let why =
-                            format!("agreement \"{}\" ({}); consent {consent}", permit.agreement, permit.lawful_basis);
-                        d.sends.push((n, why));
-                    }
                 }
-                Err(why) => d.withheld.push((n, format!("{} rules: {why}", dest.name))),
+                Err(why) => {
+                    d.sends.retain(|(s, _)| *s != n);
+                    d.withheld.push((n, format!("{} rules: {why}", dest.name)));
+                }
             }
         }
-        d
+        if fast {
+            self.ctx.store.memo_put(&dest.name, &memos).await?;
+        }
+        Ok(d)
+    }
+
+    /// For each permitted resource, its content hash when the plan memo knows it (same fingerprint), the
+    /// destination holds exactly that, and nothing of it is queued or parked.
+    async fn known_unchanged(
+        &self,
+        dest: &Destination,
+        pending: &[Mapped],
+        permitted: &[(usize, Origin)],
+        fingerprints: &[String],
+    ) -> anyhow::Result<Vec<Option<String>>> {
+        let probes: Vec<(&ResourceKey, &str)> =
+            permitted.iter().zip(fingerprints).map(|((n, _), fp)| (&pending[*n].key, fp.as_str())).collect();
+        Ok(self.ctx.store.memo_unchanged(&dest.name, &probes).await?)
     }
 
     /// Records what `dest` should hold of the chunk (reconcile's expected set).
-    async fn expect(&self, dest: &Destination, d: &Decided, partner: &str) -> anyhow::Result<()> {
+    async fn expect(&self, dest: &Destination, pending: &[Mapped], d: &Decided, partner: &str) -> anyhow::Result<()> {
         let expected: Vec<Expected> = d
             .items
             .iter()
-            .map(|i| Expected {
-                key: i.key.clone(),
-                content_hash: i.content_hash.clone(),
-                partner: partner.to_string(),
-            })
+            .map(|i| (&i.key, &i.content_hash))
+            .chain(d.unchanged.iter().map(|(n, hash)| (&pending[*n].key, hash)))
+            .map(|(key, hash)| Expected { key: key.clone(), content_hash: hash.clone(), partner: partner.to_string() })
             .collect();
         self.ctx.store.expected_put(&dest.name, &expected).await?;
         Ok(())

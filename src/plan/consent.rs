@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use tracing::warn;
 
-use super::{IngestReport, Planner, WithdrawalReport, person_group};
+use super::{IngestReport, Planner, WithdrawalReport, person_group_of};
 use crate::mapping::{self, ConsentFacts, Input, MappedResource, Quarantined, RecordKind, RunReport, Sink};
 use crate::model::AuditAction;
 use crate::policy;
@@ -27,8 +27,9 @@ struct ConsentSink {
 impl Sink for ConsentSink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         if r.resource_type == "Patient" {
-            let patient = format!("Patient/{}", r.id);
-            let group = person_group(&patient, &r.resource());
+            let (patient, nhs) = super::memo::heads(r.resource_type, r.id, r.json);
+            let patient = patient.unwrap_or_else(|| format!("Patient/{}", r.id));
+            let group = person_group_of(&patient, nhs.as_deref());
             self.groups.insert(patient.clone(), group.clone());
             self.links.push((patient, group, r.partner.to_string()));
         }

@@ -13,6 +13,7 @@
 
 mod chunk;
 mod consent;
+mod memo;
 mod report;
 pub mod shape;
 
@@ -55,7 +56,12 @@ struct Mapped {
     patient: Option<String>,
     category: Category,
     not_for_patient: bool,
-    body: Value,
+    /// The resource as the mapper wrote it (compact, keys sorted); parsed only when it must be shaped.
+    json: String,
+    /// sha256 of `json`, for the plan memo's fingerprints.
+    json_hash: [u8; 32],
+    /// A Patient's NHS number (its person group), read with `patient`.
+    nhs: Option<String>,
 }
 
 enum Msg {
@@ -68,10 +74,20 @@ struct ChannelSink(mpsc::Sender<Msg>);
 impl Sink for ChannelSink {
     fn resource(&mut self, r: &MappedResource<'_>) -> std::io::Result<()> {
         let key = ResourceKey { resource_type: r.resource_type.to_string(), id: r.id.to_string() };
-        let body = r.resource();
-        let patient = patient_of(r.resource_type, r.id, &body);
+        // The hash and the few fields planning reads are taken here, on the mapper's thread, from the JSON the
+        // mapper wrote: no value tree is built for a resource that turns out unchanged.
+        let (patient, nhs) = memo::heads(r.resource_type, r.id, r.json);
         let from = r.kind.map(|_| (r.file.to_path_buf(), r.source_key.to_string()));
-        let m = Mapped { key, from, patient, category: r.category, not_for_patient: r.not_for_patient, body };
+        let m = Mapped {
+            key,
+            from,
+            patient,
+            category: r.category,
+            not_for_patient: r.not_for_patient,
+            json: r.json.to_string(),
+            json_hash: memo::json_hash(r.json),
+            nhs,
+        };
         self.0.blocking_send(Msg::Resource(m)).map_err(|_| std::io::Error::other("planner stopped"))
     }
     fn quarantined(&mut self, q: &Quarantined) -> std::io::Result<()> {
@@ -133,7 +149,7 @@ impl Planner<'_> {
                     }
                     if let Some(p) = m.patient.take() {
                         let group = if m.key.resource_type == "Patient" {
-                            let g = person_group(&p, &m.body);
+                            let g = person_group_of(&p, m.nhs.as_deref());
                             groups.insert(p, g.clone());
                             g
                         } else {
@@ -208,6 +224,11 @@ pub fn person_group(patient_ref: &str, patient: &Value) -> String {
     let nhs = patient["identifier"]
         .as_array()
         .and_then(|ids| ids.iter().find(|i| i["system"] == NHS_NUMBER_SYSTEM).and_then(|i| i["value"].as_str()));
+    person_group_of(patient_ref, nhs)
+}
+
+/// [`person_group`] from the Patient's NHS number, when it has one.
+pub fn person_group_of(patient_ref: &str, nhs: Option<&str>) -> String {
     match nhs {
         Some(n) => format!("Person/{}", crate::mapping::ids::resource_id("person", "nhs-number", "group", n)),
         None => patient_ref.to_string(),

@@ -156,7 +156,7 @@ pub fn take(c: &Candidate, done_marker: bool) -> std::io::Result<Option<Ready>> 
     if meta.len() != c.size || meta.modified()? != c.mtime {
         return Ok(None);
     }
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = crate::store::hex(&hasher.finalize());
     Ok(Some(Ready {
         path: c.path.clone(),
         name: c.name.clone(),

@@ -65,6 +65,7 @@ use ledger::{
     LEDGER_BOUND, LEDGER_COLUMNS, LEDGER_ON_CONFLICT, LEDGER_UPSERT, LEDGER_UPSERT_ARRAYS, bind_ledger,
     bind_ledger_arrays,
 };
+pub use memo::Memo;
 pub use outbox::{Completion, Op, OutboxItem, OutboxRow, QueueDepth};
 pub(crate) use outbox::{
     KEY_LEDGER_HASH, KEY_ROWS, OUTBOX_CANCEL, OUTBOX_DELETE_DEAD, OUTBOX_INSERT, OutboxDb, body_of,
@@ -201,6 +202,7 @@ mod intent;
 mod jobs;
 mod leader;
 mod ledger;
+mod memo;
 mod outbox;
 mod quarantine;
 mod sources;
@@ -389,5 +391,16 @@ fn values_list(rows: usize, cols: usize, numbered: bool) -> String {
 /// Hex sha256: content hashes in the ledger and outbox, and the identity of a quarantined row.
 pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }

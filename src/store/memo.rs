@@ -1,0 +1,84 @@
+//! The plan memo (`plan_memo`): for each destination and resource, the fingerprint of what planning last shaped
+//! and the content hash it shaped to, so an unchanged resource is recognised without shaping it again. And the
+//! read-only question planning asks before it shapes: would queueing this hash change anything?
+
+use std::collections::HashMap;
+
+use super::{Inner, KEY_CHUNK, ResourceKey, Result, Store, StoreError};
+
+/// What planning last made of one resource for one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memo {
+    /// The fingerprint of the input (see `plan::memo`).
+    pub input_hash: String,
+    /// The content hash of the body that input shaped to.
+    pub content_hash: String,
+}
+
+impl Store {
+    /// Records (or replaces) the memo of each resource.
+    pub async fn memo_put(&self, destination: &str, memos: &[(&ResourceKey, Memo)]) -> Result<()> {
+        if memos.is_empty() {
+            return Ok(());
+        }
+        let numbered = self.backend() == super::Backend::Postgres;
+        in_tx!(self, "memo_put", |tx| {
+            for chunk in memos.chunks(super::ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO plan_memo (destination, resource_type, resource_id, input_hash, content_hash) \
+                     VALUES {} ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET \
+                     input_hash = excluded.input_hash, content_hash = excluded.content_hash",
+                    super::values_list(chunk.len(), 5, numbered)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (key, m) in chunk {
+                    q = q
+                        .bind(destination)
+                        .bind(&key.resource_type)
+                        .bind(&key.id)
+                        .bind(&m.input_hash)
+                        .bind(&m.content_hash);
+                }
+                q.execute(&mut *tx).await.map_err(StoreError::query("memo_put"))?;
+            }
+        });
+        Ok(())
+    }
+
+    /// For each (key, fingerprint) of `destination`: the content hash the memo recorded for that fingerprint,
+    /// when the destination holds exactly that content (the ledger) and the outbox has no row of the key, pending
+    /// or dead; otherwise `None`, and planning shapes the resource and lets [`Store::enqueue`] decide. One read.
+    pub async fn memo_unchanged(
+        &self,
+        destination: &str,
+        items: &[(&ResourceKey, &str)],
+    ) -> Result<Vec<Option<String>>> {
+        let mut found: HashMap<(String, String), String> = HashMap::new();
+        for chunk in items.chunks(KEY_CHUNK) {
+            let rows: Vec<(String, String, String)> = with_pool!(self, |pool| {
+                let mut qb = sqlx::QueryBuilder::new("WITH k(t, i, f) AS (VALUES ");
+                for (n, (key, fingerprint)) in chunk.iter().enumerate() {
+                    qb.push(if n == 0 { "(" } else { ", (" });
+                    qb.push_bind(key.resource_type.clone());
+                    qb.push(", ");
+                    qb.push_bind(key.id.clone());
+                    qb.push(", ");
+                    qb.push_bind((*fingerprint).to_string());
+                    qb.push(")");
+                }
+                qb.push(") SELECT m.resource_type, m.resource_id, m.content_hash FROM k CROSS JOIN plan_memo m CROSS JOIN ledger l \
+                     WHERE m.destination = ");
+                qb.push_bind(destination.to_string());
+                qb.push(" AND m.resource_type = k.t AND m.resource_id = k.i AND m.input_hash = k.f AND l.destination = m.destination \
+                     AND l.resource_type = k.t AND l.resource_id = k.i AND l.content_hash = m.content_hash AND NOT EXISTS (\
+                     SELECT 1 FROM outbox o WHERE o.destination = m.destination AND o.resource_type = k.t AND o.resource_id = k.i)");
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query("memo_unchanged"))?;
+            for (t, i, hash) in rows {
+                found.insert((t, i), hash);
+            }
+        }
+        Ok(items.iter().map(|(key, _)| found.remove(&(key.resource_type.clone(), key.id.clone()))).collect())
+    }
+}
