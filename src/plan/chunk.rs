@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::subjects::Subjects;
 use super::{Explained, IngestReport, Mapped, Planner, content_hash, shape};
 use crate::deliver::Destination;
 use crate::model::AuditAction;
@@ -32,6 +33,7 @@ impl Planner<'_> {
         pending: &mut Vec<Mapped>,
         overlay: &HashMap<String, StatementRecord>,
         retractions: &mut Vec<OutboxItem>,
+        subjects: &mut Subjects,
         report: &mut IngestReport,
     ) -> anyhow::Result<()> {
         if pending.is_empty() {
@@ -41,7 +43,8 @@ impl Planner<'_> {
         let partner = report.partner.clone();
         let now = Utc::now();
         for dest in &self.ctx.destinations {
-            let decided = self.decide(dest, pending, &consents, &partner);
+            let mut decided = self.decide(dest, pending, &consents, &partner);
+            self.attach_subjects(dest, &mut decided.items, subjects).await?;
             *report.withheld.entry(dest.name.clone()).or_default() += decided.withheld.len() as u64;
             if report.collect_expected {
                 self.expect(dest, &decided, &partner).await?;

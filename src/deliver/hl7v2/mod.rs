@@ -1,0 +1,340 @@
+//! HL7 v2 over MLLP: the transport for a trust's integration engine (Cito's only way in). Each write becomes
+//! one message built from a message definition (`<mappings.dir>/hl7v2/*.toml`, one per resource type, so a
+//! trust's local variant is configuration), sent in an MLLP frame, one at a time, and settled by the engine's
+//! ACK: AA is delivered; AE/AR is a refusal carrying the ERR text (a dead letter); no ACK within the timeout
+//! or a dropped connection is transient, and the retry sends the same message control id (MSH-10, derived
+//! from the resource, its content and the version it replaces), so the engine can recognise a duplicate.
+//!
+//! The destination can only be written: searches, reads and history are refused with a plain reason, and
+//! [`Transport::capabilities`] says so, so Patient matching, pull, reconcile and retraction use what they have.
+//! Values from records are escaped for every HL7 delimiter, and carriage returns or line feeds in them become
+//! spaces, so no value can start a segment. Logs name record ids and control ids, never a field's content.
+
+mod message;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use super::limit::RateLimiter;
+use super::transport::{BoxFuture, Capabilities, Found, Method, Transport, TransportError, Write, Written};
+use crate::config::{Hl7v2Config, MllpAddress};
+use message::unescape;
+pub use message::{DefinitionError, MessageDefinition, escape};
+
+/// MLLP's frame: start block, then end block and carriage return.
+const START: u8 = 0x0b;
+const END: [u8; 2] = [0x1c, 0x0d];
+/// The largest ACK read before the answer is treated as garbage.
+const MAX_ACK_BYTES: usize = 64 * 1024;
+
+/// MSH-10: the same for the same resource, content and replaced version (so a resend is a recognisable
+/// duplicate), different after any change. 20 characters, the field's length in 2.5.1.
+pub fn control_id(write: &Write) -> String {
+    let mut h = Sha256::new();
+    for part in [write.resource_type.as_str(), write.id.as_str(), write.if_match.as_deref().unwrap_or("")] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    if let Some(body) = &write.body {
+        h.update(crate::conflict::content_hash(body).as_bytes());
+    }
+    h.finalize().iter().take(10).map(|b| format!("{b:02X}")).collect()
+}
+
+/// The engine's answer to one message.
+#[derive(Debug, PartialEq, Eq)]
+struct Ack {
+    code: String,
+    control_id: String,
+    /// The ERR segments' text (ERR-8, else ERR-3's text), for the dead letter.
+    error: String,
+}
+
+fn parse_ack(text: &str) -> Option<Ack> {
+    let mut ack = None;
+    let mut errors = Vec::new();
+    for seg in text.split(['\r', '\n']) {
+        let f: Vec<&str> = seg.split('|').collect();
+        match f[0] {
+            "MSA" => {
+                ack = Some(Ack {
+                    code: f.get(1)?.to_string(),
+                    control_id: f.get(2).unwrap_or(&"").to_string(),
+                    error: f.get(3).map(|t| unescape(t)).unwrap_or_default(),
+                });
+            }
+            "ERR" => {
+                let user = f.get(8).filter(|t| !t.is_empty());
+                let code = f.get(3).filter(|t| !t.is_empty()).or(f.get(1));
+                if let Some(t) = user.or(code) {
+                    errors.push(unescape(t));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut ack = ack?;
+    if !errors.is_empty() {
+        ack.error = errors.join("; ");
+    }
+    Some(ack)
+}
+
+/// The HL7 v2 transport for one destination.
+pub struct Hl7v2Transport {
+    destination: String,
+    settings: Hl7v2Config,
+    definitions: BTreeMap<String, MessageDefinition>,
+    connect_timeout: Duration,
+    ack_timeout: Duration,
+    limiter: Arc<RateLimiter>,
+    /// One connection, one message at a time: the engine's ACKs answer in order.
+    conn: Mutex<Option<TcpStream>>,
+}
+
+impl Hl7v2Transport {
+    pub fn new(
+        destination: &str,
+        settings: &Hl7v2Config,
+        messages_dir: &Path,
+        timeout: Duration,
+        limiter: Arc<RateLimiter>,
+    ) -> Result<Self, TransportError> {
+        let definitions = MessageDefinition::load_dir(messages_dir)
+            .map_err(|e| TransportError::Setup(format!("destination {destination}: {e}")))?;
+        Ok(Self {
+            destination: destination.to_string(),
+            settings: settings.clone(),
+            definitions,
+            connect_timeout: timeout,
+            ack_timeout: Duration::from_secs(settings.ack_timeout_seconds.max(1)),
+            limiter,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// The resource types this destination has a message for.
+    pub fn resource_types(&self) -> Vec<String> {
+        self.definitions.keys().cloned().collect()
+    }
+
+    /// The whole message for one write: MSH, then the definition's segments.
+    pub fn message(&self, write: &Write, now: &str) -> Result<(String, String), TransportError> {
+        let Some(def) = self.definitions.get(&write.resource_type) else {
+            return Err(refused(format!(
+                "no HL7 v2 message is defined for {} on destination {}: add a definition for it to the \
+                 destination's messages folder, or stop sharing {} with this destination",
+                write.resource_type, self.destination, write.resource_type
+            )));
+        };
+        let (Method::Put, Some(body)) = (write.method, &write.body) else {
+            return Err(refused(format!(
+                "destination {} cannot delete: the connector does not send retractions there",
+                self.destination
+            )));
+        };
+        let update = write.if_match.is_some();
+        if def.needs_subject() && super::transport::attached_subject(body).is_none() {
+            return Err(refused(format!(
+                "{}/{} was not sent to destination {}: its HL7 v2 message names the person (PID) from the subject \
+                 Patient, and the Patient was not available when it was planned (withheld from this destination, \
+                 or not in the same export run as the record). Share the Patient with {} or send the person file \
+                 with the export; the record is planned and sent again once its Patient is read with it",
+                write.resource_type, write.id, self.destination, self.destination
+            )));
+        }
+        let kind = def.message_type(update);
+        let control = control_id(write);
+        let s = &self.settings;
+        let msh = format!(
+            "MSH|^~\\&|{}|{}|{}|{}|{now}||{kind}|{control}|P|{}\r",
+            s.sending_application,
+            s.sending_facility,
+            s.receiving_application,
+            s.receiving_facility,
+            s.version.as_str()
+        );
+        Ok((control, msh + &def.body(body, &write.id, now, update)))
+    }
+
+    /// Connects without sending anything (`connector config check`).
+    pub async fn probe(address: &MllpAddress, timeout: Duration) -> Result<(), TransportError> {
+        connect(address, timeout).await.map(drop)
+    }
+
+    /// Sends one message and waits for its ACK on the open connection (opened first if need be). Any
+    /// failure drops the connection, so a late ACK is never read as the next message's.
+    async fn exchange(&self, control: &str, message: &str) -> Result<Ack, TransportError> {
+        let mut guard = self.conn.lock().await;
+        let stream = match guard.as_mut() {
+            Some(s) => s,
+            None => guard.insert(connect(&self.settings.address, self.connect_timeout).await?),
+        };
+        let answer = tokio::time::timeout(self.ack_timeout, round_trip(stream, message)).await;
+        let outcome = match answer {
+            Ok(Ok(raw)) => match parse_ack(&raw) {
+                Some(ack) if ack.control_id == control => Ok(ack),
+                Some(_) => Err(TransportError::transient("the engine acknowledged another message id")),
+                None => Err(TransportError::transient("the engine's answer has no MSA segment")),
+            },
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(TransportError::transient(format!(
+                "no ACK from the HL7 v2 engine within {} s; the message will be sent again with the same control id",
+                self.ack_timeout.as_secs()
+            ))),
+        };
+        if outcome.is_err() {
+            *guard = None;
+        }
+        outcome
+    }
+
+    async fn send_one(&self, write: &Write) -> Result<Written, TransportError> {
+        let now = chrono::Local::now().format("%Y%m%d%H%M%S%z").to_string();
+        let (control, message) = self.message(write, &now)?;
+        self.limiter.acquire().await;
+        let ack = self.exchange(&control, &message).await?;
+        match ack.code.as_str() {
+            "AA" | "CA" => {
+                debug!(destination = %self.destination, resource_type = %write.resource_type, resource = %write.id, control_id = %control, "Acknowledged.");
+                Ok(Written { version_id: Some(control) })
+            }
+            code => {
+                warn!(destination = %self.destination, resource_type = %write.resource_type, resource = %write.id, control_id = %control, ack = %code, "The engine refused a message.");
+                Err(TransportError::Rejected {
+                    // The HTTP status nearest in meaning: AR (the message itself refused) 400, AE/CE/CR 422.
+                    status: if code == "AR" { 400 } else { 422 },
+                    message: format!("HL7 v2 {code} for control id {control}: {}", ack.error),
+                    outcome: None,
+                })
+            }
+        }
+    }
+}
+
+fn refused(message: String) -> TransportError {
+    TransportError::Rejected { status: 422, message, outcome: None }
+}
+
+async fn connect(address: &MllpAddress, timeout: Duration) -> Result<TcpStream, TransportError> {
+    let target = (address.host.as_str(), address.port);
+    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => {
+            info!(address = %address, "Connected to the HL7 v2 engine.");
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(TransportError::transient(format!(
+            "cannot connect to the HL7 v2 engine at {address}: {} (is it listening? is a firewall in the way?)",
+            e.kind()
+        ))),
+        Err(_) => Err(TransportError::transient(format!("connecting to the HL7 v2 engine at {address} timed out"))),
+    }
+}
+
+/// Writes one framed message and reads one framed answer.
+async fn round_trip(stream: &mut TcpStream, message: &str) -> Result<String, TransportError> {
+    let lost = |what: &str, e: std::io::Error| {
+        TransportError::transient(format!("the HL7 v2 connection failed while {what} ({})", e.kind()))
+    };
+    let mut frame = Vec::with_capacity(message.len() + 3);
+    frame.push(START);
+    frame.extend_from_slice(message.as_bytes());
+    frame.extend_from_slice(&END);
+    stream.write_all(&frame).await.map_err(|e| lost("sending", e))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| lost("waiting for the ACK", e))?;
+        if n == 0 {
+            return Err(TransportError::transient("the HL7 v2 engine closed the connection before acknowledging"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(2).position(|w| w == END) {
+            let start = buf.iter().position(|b| *b == START).map_or(0, |i| i + 1);
+            return Ok(String::from_utf8_lossy(&buf[start.min(end)..end]).into_owned());
+        }
+        if buf.len() > MAX_ACK_BYTES {
+            return Err(TransportError::transient("the HL7 v2 engine's answer is not an MLLP frame"));
+        }
+    }
+}
+
+fn not_available(what: &str) -> TransportError {
+    TransportError::Setup(format!(
+        "{what} is not available on an HL7 v2 destination: it can only be written (the connector's ledger and audit \
+         trail say what was sent there)"
+    ))
+}
+
+impl Transport for Hl7v2Transport {
+    /// Sends each write as one message, in order, waiting for each ACK. Delivery gives this transport one
+    /// write at a time ([`Capabilities::atomic_batches`] is false), so a refusal never undoes another's.
+    fn send<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<Vec<Written>, TransportError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(self.send_one(w).await?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn find<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Vec<Found>, TransportError>> {
+        Box::pin(async { Err(not_available("Searching")) })
+    }
+
+    fn read<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Option<Found>, TransportError>> {
+        Box::pin(async { Err(not_available("Reading back")) })
+    }
+
+    fn vread<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Option<Found>, TransportError>> {
+        Box::pin(async { Err(not_available("Reading back")) })
+    }
+
+    fn page<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Value, TransportError>> {
+        Box::pin(async { Err(not_available("History and search")) })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::WRITE_ONLY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_control_id_is_stable_for_a_resend_and_changes_with_the_content() {
+        let w = |name: &str, v: Option<&str>| Write {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+            method: Method::Put,
+            body: Some(json!({"name": name})),
+            if_match: v.map(str::to_string),
+        };
+        assert_eq!(control_id(&w("a", None)), control_id(&w("a", None)));
+        assert_ne!(control_id(&w("a", None)), control_id(&w("b", None)));
+        assert_ne!(control_id(&w("a", None)), control_id(&w("a", Some("X"))));
+        assert_eq!(control_id(&w("a", None)).len(), 20);
+    }
+
+    #[test]
+    fn an_ack_is_read_with_its_error_text() {
+        let a = parse_ack(
+            "MSH|^~\\&|E|T|C|H|2026||ACK^A28^ACK|1|P|2.5.1\rMSA|AE|C1\rERR|||207^x^HL70357|E||||No \\T\\ way\r",
+        );
+        assert_eq!(a, Some(Ack { code: "AE".into(), control_id: "C1".into(), error: "No & way".into() }));
+        assert_eq!(parse_ack("garbage"), None);
+    }
+}
