@@ -104,40 +104,92 @@ fn write_config_with(dir: &Path, port: u16, extra: &str, hl7_extra: &str) -> Pat
     path
 }
 
-/// The connector's id for the person a message is about (PID-3's `^^^YORKHUB^PI` repetition).
-fn person_of(message: &Value) -> String {
+/// A message's segment `id`, split into fields (`[0]` is the id).
+fn segment<'a>(message: &'a Value, id: &str) -> Option<Vec<&'a str>> {
     let raw = message["raw"].as_str().unwrap();
-    let pid = raw.split('\r').find(|s| s.starts_with("PID|")).expect("a PID segment");
-    let pid3 = pid.split('|').nth(3).unwrap();
-    pid3.split('~').find_map(|r| r.strip_suffix("^^^YORKHUB^PI")).expect("the connector's id in PID-3").to_string()
+    raw.split('\r').find(|s| s.starts_with(&format!("{id}|"))).map(|s| s.split('|').collect())
 }
 
-/// Every Patient the mapping produces that the sharing rules allow on `dest` (not audited as withheld),
-/// and the withheld ones.
-async fn patients(engine: &Engine) -> (HashSet<String>, HashSet<String>) {
-    let withheld: HashSet<String> = common::withheld(&engine.store, "cito-hl7")
-        .await
-        .into_iter()
-        .filter_map(|(t, id)| (t == "Patient").then_some(id))
-        .collect();
-    struct Ids(HashSet<String>);
-    impl york_connector::mapping::Sink for Ids {
+/// The connector's id for the person a message is about (PID-3's `^^^YORKHUB^PI` repetition).
+fn person_of(message: &Value) -> String {
+    let pid = segment(message, "PID").expect("a PID segment");
+    pid[3].split('~').find_map(|r| r.strip_suffix("^^^YORKHUB^PI")).expect("the connector's id in PID-3").to_string()
+}
+
+/// The id of the resource a message carries: the Patient's (ADT), or the connector's id in OBR-3 (ORU),
+/// TXA-12 (MDM) or RF1-6 (REF).
+fn resource_of(message: &Value) -> String {
+    let kind = message["type"].as_str().unwrap();
+    let (seg, n) = match &kind[..3] {
+        "ADT" => return person_of(message),
+        "ORU" => ("OBR", 3),
+        "MDM" => ("TXA", 12),
+        "REF" => ("RF1", 6),
+        other => panic!("unexpected message type {other}"),
+    };
+    let fields = segment(message, seg).unwrap_or_else(|| panic!("{kind} without {seg}"));
+    fields[n].strip_suffix("^YORKHUB").expect("the connector's id").to_string()
+}
+
+/// The message type each resource type is sent as.
+fn message_type(resource_type: &str) -> &'static str {
+    match resource_type {
+        "Patient" => "ADT^A28^ADT_A05",
+        "Observation" | "QuestionnaireResponse" => "ORU^R01^ORU_R01",
+        "Encounter" | "Goal" | "CarePlan" => "MDM^T02^MDM_T02",
+        "ServiceRequest" => "REF^I12^REF_I12",
+        other => panic!("no message for {other}"),
+    }
+}
+
+/// One mapped resource: type, id, and its Patient's id.
+#[derive(Debug, Clone)]
+struct Mapped {
+    resource_type: String,
+    id: String,
+    patient: Option<String>,
+}
+
+/// Every resource the mapping produces from the config's sources, in the order it is planned, and the ids
+/// the sharing rules withheld from the destination (audited).
+async fn resources(engine: &Engine) -> (Vec<Mapped>, HashSet<String>) {
+    let withheld: HashSet<String> =
+        common::withheld(&engine.store, "cito-hl7").await.into_iter().map(|(_, id)| id).collect();
+    struct All(Vec<Mapped>);
+    impl york_connector::mapping::Sink for All {
         fn resource(&mut self, r: &york_connector::mapping::MappedResource<'_>) -> std::io::Result<()> {
-            if r.resource_type == "Patient" {
-                self.0.insert(r.id.to_string());
-            }
+            let patient = york_connector::sync::patient_of(r.resource_type, r.id, &r.resource());
+            self.0.push(Mapped {
+                resource_type: r.resource_type.to_string(),
+                id: r.id.to_string(),
+                patient: patient.map(|p| p.trim_start_matches("Patient/").to_string()),
+            });
             Ok(())
         }
         fn quarantined(&mut self, _: &york_connector::mapping::Quarantined) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let mut ids = Ids(HashSet::new());
+    let mut all = All(Vec::new());
     for p in &engine.config.partners {
         let inputs = engine.inputs(&p.id).unwrap();
-        york_connector::mapping::run(&engine.catalog.partners[&p.id], &inputs, &mut ids).unwrap();
+        york_connector::mapping::run(&engine.catalog.partners[&p.id], &inputs, &mut all).unwrap();
     }
-    let allowed = ids.0.difference(&withheld).cloned().collect();
+    (all.0, withheld)
+}
+
+/// The resource types the destination has a message definition for.
+fn defined() -> HashSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/hl7v2");
+    york_connector::deliver::hl7v2::MessageDefinition::load_dir(&dir).unwrap().into_keys().collect()
+}
+
+/// What the destination should receive, in planning order: every mapped resource with a message definition
+/// that the rules allow there.
+async fn expected(engine: &Engine) -> (Vec<Mapped>, HashSet<String>) {
+    let (all, withheld) = resources(engine).await;
+    let defined = defined();
+    let allowed = all.into_iter().filter(|r| defined.contains(&r.resource_type) && !withheld.contains(&r.id)).collect();
     (allowed, withheld)
 }
 
@@ -150,30 +202,62 @@ fn acknowledged(received: &[Value]) -> BTreeMap<String, Vec<Value>> {
     out
 }
 
+/// Fails with hl7apy's reasons when any message was not valid for the listener's version.
+fn assert_all_valid(received: &[Value]) {
+    let invalid: Vec<_> = received.iter().filter(|m| m["valid"] != true).map(|m| (&m["type"], &m["error"])).collect();
+    assert!(invalid.is_empty(), "hl7apy (strict) refused: {invalid:?}");
+}
+
+/// Replaces `from` (which must be there) with `to` in a copied fixture.
+fn edit(path: &Path, from: &str, to: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).unwrap_or_else(|| panic!("{from}?"));
+    std::fs::write(path, [&bytes[..at], to.as_bytes(), &bytes[at + from.len()..]].concat()).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cycle_sends_every_allowed_patient_once_then_nothing_then_one_a31() {
+async fn a_cycle_sends_every_allowed_resource_once_then_nothing_then_one_a31_and_no_document_again() {
     let dir = TempDir::new("hl7v2-cycle");
     let Some(listener) = Listener::start(dir.path()) else { return };
     let engine = Engine::start(Config::load(&write_config(dir.path(), listener.port)).unwrap()).await.unwrap();
 
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
     let received = listener.received();
-    let invalid: Vec<_> = received.iter().filter(|m| m["valid"] != true).map(|m| &m["error"]).collect();
-    assert!(invalid.is_empty(), "hl7apy (strict, 2.5.1) refused: {invalid:?}");
-    assert!(received.iter().all(|m| m["type"] == "ADT^A28^ADT_A05" && m["answer"] == "AA"));
-    let (allowed, withheld) = patients(&engine).await;
-    let acked = acknowledged(&received);
-    assert_eq!(acked.keys().cloned().collect::<HashSet<_>>(), allowed, "every allowed Patient, as an A28");
-    assert!(acked.values().all(|m| m.len() == 1), "each exactly once");
-    // Consent: nobody withheld appears on the wire, in any message.
+    assert_all_valid(&received);
+    assert!(received.iter().all(|m| m["answer"] == "AA"), "{received:?}");
+    let (allowed, withheld) = expected(&engine).await;
+    // Every allowed resource exactly once, as its message type, naming its person in PID.
+    let mut sent: BTreeMap<String, &Value> = BTreeMap::new();
+    for m in &received {
+        assert!(sent.insert(resource_of(m), m).is_none(), "sent twice: {}", resource_of(m));
+    }
+    assert_eq!(sent.len(), allowed.len(), "one message per allowed resource");
+    let mut kinds = HashSet::new();
+    for r in &allowed {
+        let m = sent.get(&r.id).unwrap_or_else(|| panic!("{} {} was not sent", r.resource_type, r.id));
+        assert_eq!(m["type"], message_type(&r.resource_type), "{}", r.resource_type);
+        assert_eq!(Some(person_of(m)), r.patient, "PID names the subject of {} {}", r.resource_type, r.id);
+        assert!(!segment(m, "PID").unwrap()[5].is_empty(), "a person without a name: {m}");
+        kinds.insert(r.resource_type.clone());
+    }
+    let all: HashSet<String> = defined();
+    assert_eq!(kinds, all, "the fixtures exercise every message definition");
+    // Documents: the record in readable lines (TX, a line per repetition), without the person's details.
+    let contact =
+        received.iter().find(|m| m["type"] == "MDM^T02^MDM_T02" && m["raw"].as_str().unwrap().contains("YH-CONTACT"));
+    let obx = segment(contact.expect("a contact document"), "OBX").unwrap();
+    assert_eq!(obx[2], "TX");
+    assert!(obx[5].split('~').any(|l| l.starts_with("Type: Welcoming conversation")), "{}", obx[5]);
+    // Consent: nobody and nothing withheld appears on the wire, in any message.
     assert!(!withheld.is_empty(), "the fixtures hold people who declined or withdrew");
     for id in &withheld {
         assert!(!received.iter().any(|m| m["raw"].as_str().unwrap().contains(id.as_str())), "{id} was sent");
     }
     // Everything else has no message definition: refused for this destination, saying so.
     let dead = engine.store.outbox_list(Some("cito-hl7"), true, 10_000).await.unwrap();
+    assert!(!dead.is_empty());
     for row in &dead {
-        assert_ne!(row.item.key.resource_type, "Patient");
+        assert!(!all.contains(&row.item.key.resource_type), "{row:?}");
         let why = row.last_error.as_deref().unwrap_or_default();
         assert!(why.contains("no HL7 v2 message is defined for"), "{why}");
     }
@@ -182,12 +266,9 @@ async fn a_cycle_sends_every_allowed_patient_once_then_nothing_then_one_a31() {
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
     assert_eq!(listener.received().len(), received.len(), "the second cycle sent messages");
 
-    // One changed source row: exactly one A31.
-    let person = dir.path().join("hub/person.csv");
-    let bytes = std::fs::read(&person).unwrap();
-    let at = bytes.windows(6).position(|w| w == b"Connor").expect("Connor Walsh (HUB-1006) in the fixture");
-    let changed = [&bytes[..at], b"Conor", &bytes[at + 6..]].concat();
-    std::fs::write(&person, changed).unwrap();
+    // Connor Walsh (HUB-1006, with contacts, goals, a referral and ReQoL scores) changes his name: exactly one
+    // A31. His documents and results, which name him in PID, are not sent again (the EPR would file them twice).
+    edit(&dir.path().join("hub/person.csv"), "Connor", "Conor");
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
     let after = listener.received();
     assert_eq!(after.len(), received.len() + 1, "exactly one message for one change");
@@ -195,47 +276,68 @@ async fn a_cycle_sends_every_allowed_patient_once_then_nothing_then_one_a31() {
     assert_eq!(update["type"], "ADT^A31^ADT_A05");
     assert_eq!(update["valid"], true, "{:?}", update["error"]);
     assert!(update["raw"].as_str().unwrap().contains("|Walsh^Conor^"));
+    let connor = person_of(update);
+    let his = allowed.iter().filter(|r| r.patient.as_deref() == Some(&connor) && r.resource_type != "Patient");
+    assert!(his.count() >= 4, "Connor's records in the fixture");
+
+    // One of his records changes: that one goes again (the person as now known), and nothing else.
+    edit(
+        &dir.path().join("hub/goals.csv"),
+        "Less gaming through the night,,",
+        "Less gaming through the night,Improving,",
+    );
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    let later = &listener.received()[after.len()..];
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0]["type"], "MDM^T02^MDM_T02");
+    assert_eq!(later[0]["valid"], true, "{:?}", later[0]["error"]);
+    let raw = later[0]["raw"].as_str().unwrap();
+    assert!(raw.contains("|Walsh^Conor^"), "the person as now known: {raw}");
+    assert!(raw.contains("Achievement status: Improving"), "{raw}");
+    assert_eq!(segment(&later[0], "OBX").unwrap()[11], "C", "a corrected document");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_and_silence_are_retried_with_the_same_control_id_and_an_ae_is_a_dead_letter() {
     let dir = TempDir::new("hl7v2-faults");
     let Some(listener) = Listener::start(dir.path()) else { return };
-    // Connor Walsh's NHS number: the engine refuses him.
+    // Connor Walsh's NHS number: the engine refuses every message about him (PID-3's first identifier).
     std::fs::write(&listener.reject, "9995158302\n").unwrap();
     listener.set_mode("reset-once");
     let engine = Engine::start(Config::load(&write_config(dir.path(), listener.port)).unwrap()).await.unwrap();
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
     let received = listener.received();
+    assert_all_valid(&received);
     assert_eq!(received[0]["answer"], "none", "the first message met a reset");
     // Sent again with the same control id (another person's message may go in between: two workers).
     let again: Vec<&Value> = received[1..].iter().filter(|m| m["control_id"] == received[0]["control_id"]).collect();
     assert_eq!(again.len(), 1, "resent once with the same control id");
 
-    let (allowed, _) = patients(&engine).await;
-    let acked = acknowledged(&received);
+    let (allowed, _) = expected(&engine).await;
     let refused: Vec<&Value> = received.iter().filter(|m| m["answer"] == "AE").collect();
-    // Connor is a client of the Hub and of York Mind: two Patients, each refused once and not retried.
-    let refused: HashSet<String> = refused.iter().map(|m| person_of(m)).collect::<Vec<_>>().into_iter().collect();
-    assert_eq!(refused.len(), 2, "{refused:?}");
-    assert_eq!(received.iter().filter(|m| m["answer"] == "AE").count(), 2, "an AE is not retried");
-    let expected: HashSet<String> = allowed.difference(&refused).cloned().collect();
-    assert_eq!(acked.keys().cloned().collect::<HashSet<_>>(), expected);
+    // Connor is a client of the Hub and of York Mind: two Patients, each of their messages refused once and
+    // not retried.
+    let refused_people: HashSet<String> = refused.iter().map(|m| person_of(m)).collect();
+    assert_eq!(refused_people.len(), 2, "{refused_people:?}");
+    let refused_ids: Vec<String> = refused.iter().map(|m| resource_of(m)).collect();
+    assert_eq!(refused_ids.len(), refused_ids.iter().collect::<HashSet<_>>().len(), "an AE is not retried");
+    let expected: HashSet<String> = allowed
+        .iter()
+        .filter(|r| !r.patient.as_ref().is_some_and(|p| refused_people.contains(p)))
+        .map(|r| r.id.clone())
+        .collect();
+    let acked: Vec<String> = acknowledged(&received).values().flatten().map(resource_of).collect();
+    assert_eq!(acked.iter().cloned().collect::<HashSet<_>>(), expected);
     // Exactly once per control id among the acknowledged.
-    let ids: Vec<&str> = acked.values().flatten().map(|m| m["control_id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), ids.iter().collect::<HashSet<_>>().len());
+    assert_eq!(acked.len(), expected.len(), "acknowledged twice");
     let dead = engine.store.outbox_list(Some("cito-hl7"), true, 10_000).await.unwrap();
-    for id in &refused {
-        let row = dead.iter().find(|r| &r.item.key.id == id).expect("a refused Patient is a dead letter");
+    for id in &refused_ids {
+        let row = dead.iter().find(|r| &r.item.key.id == id).expect("a refused message is a dead letter");
         assert!(row.last_error.as_deref().unwrap_or_default().contains("Refused by the engine's rule"), "{row:?}");
     }
 
     // Silence: no ACK within the timeout, sent again (same control id) and acknowledged.
-    let person = dir.path().join("hub/person.csv");
-    let bytes = std::fs::read(&person).unwrap();
-    let at = bytes.windows(8).position(|w| w == b"Roberts,").expect("Sian Roberts (HUB-1002)");
-    let changed = [&bytes[..at], b"Robertz,", &bytes[at + 8..]].concat();
-    std::fs::write(&person, changed).unwrap();
+    edit(&dir.path().join("hub/person.csv"), "Roberts,", "Robertz,");
     listener.set_mode("silent-once");
     engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
     let after = &listener.received()[received.len()..];
@@ -244,6 +346,175 @@ async fn resets_and_silence_are_retried_with_the_same_control_id_and_an_ae_is_a_
     assert_eq!(after[1]["answer"], "AA");
     assert_eq!(after[0]["control_id"], after[1]["control_id"]);
     assert_eq!(after[1]["type"], "ADT^A31^ADT_A05");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_resets_and_silence_each_persons_messages_arrive_in_outbox_order_exactly_once() {
+    let dir = TempDir::new("hl7v2-order");
+    let Some(listener) = Listener::start(dir.path()) else { return };
+    // Faults all through the run: every 4th message received is met by a reset, every 7th by silence.
+    listener.set_mode("every reset=4 silent=7");
+    let config = write_config_with(dir.path(), listener.port, "concurrency = 2\nbreaker_failures = 1000\n", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace("ack_timeout_seconds = 2", "ack_timeout_seconds = 1");
+    std::fs::write(&config, text).unwrap();
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    // A pass stops at the first row it defers; cycles go on until the outbox holds only dead letters.
+    for _ in 0..40 {
+        engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+        let rows = engine.store.outbox_list(Some("cito-hl7"), false, 10_000).await.unwrap();
+        if rows.iter().all(|r| r.dead) {
+            break;
+        }
+    }
+    let rows = engine.store.outbox_list(Some("cito-hl7"), false, 10_000).await.unwrap();
+    assert!(rows.iter().all(|r| r.dead), "still queued after 40 cycles");
+    let received = listener.received();
+    assert_all_valid(&received);
+    let faults = received.iter().filter(|m| m["answer"] == "none").count();
+    assert!(faults >= received.len() / 4, "{faults} faults in {} messages", received.len());
+
+    // Everything allowed is acknowledged exactly once (by control id and by resource).
+    let (allowed, _) = expected(&engine).await;
+    let acked: Vec<&Value> = received.iter().filter(|m| m["answer"] == "AA").collect();
+    let controls: HashSet<&str> = acked.iter().map(|m| m["control_id"].as_str().unwrap()).collect();
+    assert_eq!(controls.len(), acked.len(), "a control id acknowledged twice");
+    assert_eq!(acked.len(), allowed.len());
+
+    // Per person, in outbox (planning) order: the Patient's A28 first, then their records; a message that met
+    // a fault is the next one of that person on the wire again, before anything after it.
+    let mut by_person: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for m in &received {
+        by_person.entry(person_of(m)).or_default().push(m);
+    }
+    for (person, messages) in &by_person {
+        let want: Vec<&str> =
+            allowed.iter().filter(|r| r.patient.as_deref() == Some(person)).map(|r| r.id.as_str()).collect();
+        let got: Vec<String> = messages.iter().filter(|m| m["answer"] == "AA").map(|m| resource_of(m)).collect();
+        assert_eq!(got, want, "person {person}: acknowledged out of order");
+        assert_eq!(messages[0]["type"], "ADT^A28^ADT_A05", "person {person}: a record before the Patient");
+        for pair in messages.windows(2) {
+            if pair[0]["answer"] == "none" {
+                assert_eq!(pair[1]["control_id"], pair[0]["control_id"], "person {person}: overtaken after a fault");
+            }
+        }
+    }
+}
+
+/// Messages about the Hub's clients: those whose person (PID-3) is one of the Hub's Patients.
+fn about(received: &[Value], patients: &HashSet<String>) -> usize {
+    received.iter().filter(|m| patients.contains(&person_of(m))).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_patient_is_withheld_is_a_dead_letter_and_goes_once_the_patient_may() {
+    let dir = TempDir::new("hl7v2-no-subject");
+    let Some(listener) = Listener::start(dir.path()) else { return };
+    let config = write_config(dir.path(), listener.port);
+    let open = std::fs::read_to_string(&config).unwrap();
+    // The Hub's agreement with this destination covers mental health only: its Patients (general health) are
+    // withheld, its contacts, goals, referrals and scores (mental health) are not.
+    let all = "partner = \"hub\"\ndestination = \"cito-hl7\"\ncategories = [\"general_health\", \"mental_health\", \"sexual_health\", \"social_care\"]";
+    assert!(open.contains(all));
+    std::fs::write(
+        &config,
+        open.replace(all, "partner = \"hub\"\ndestination = \"cito-hl7\"\ncategories = [\"mental_health\"]"),
+    )
+    .unwrap();
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+
+    let (mapped, withheld) = resources(&engine).await;
+    let hub: HashSet<String> = mapped
+        .iter()
+        .filter(|r| r.resource_type == "Patient" && withheld.contains(&r.id))
+        .map(|r| r.id.clone())
+        .collect();
+    assert!(!hub.is_empty());
+    let received = listener.received();
+    assert_all_valid(&received);
+    assert_eq!(about(&received, &hub), 0, "a message without its person, or a withheld Patient, on the wire");
+    assert!(!received.is_empty(), "the other partners' records still go");
+    let records: Vec<&Mapped> = mapped
+        .iter()
+        .filter(|r| r.resource_type != "Patient" && defined().contains(&r.resource_type))
+        .filter(|r| r.patient.as_ref().is_some_and(|p| hub.contains(p)) && !withheld.contains(&r.id))
+        .collect();
+    assert!(records.len() >= 10, "the Hub's records allowed there");
+    let dead = engine.store.outbox_list(Some("cito-hl7"), true, 10_000).await.unwrap();
+    for r in &records {
+        let row = dead
+            .iter()
+            .find(|d| d.item.key.id == r.id)
+            .unwrap_or_else(|| panic!("{} {} not dead", r.resource_type, r.id));
+        let why = row.last_error.as_deref().unwrap_or_default();
+        assert!(why.contains(&format!("{}/{} was not sent", r.resource_type, r.id)), "{why}");
+        assert!(why.contains("Share the Patient with cito-hl7"), "{why}");
+        let number = why.as_bytes().windows(10).any(|w| w.iter().all(u8::is_ascii_digit));
+        assert!(!why.contains("Bront") && !number, "personal data in a dead letter: {why}");
+    }
+
+    // The agreement now covers general health too: the Patients go, then their records (planned again).
+    drop(engine);
+    std::fs::write(&config, &open).unwrap();
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    let after = &listener.received()[received.len()..];
+    assert_all_valid(after);
+    assert!(after.iter().all(|m| m["answer"] == "AA"));
+    let sent: HashSet<String> = after.iter().map(resource_of).collect();
+    for r in &records {
+        assert!(sent.contains(&r.id), "{} {} not sent once its Patient may go", r.resource_type, r.id);
+    }
+    let dead = engine.store.outbox_list(Some("cito-hl7"), true, 10_000).await.unwrap();
+    assert!(!dead.iter().any(|d| records.iter().any(|r| r.id == d.item.key.id)), "dead letters left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_without_the_person_file_sends_nothing_without_a_person_and_resends_nothing_unchanged() {
+    let dir = TempDir::new("hl7v2-partial");
+    let Some(listener) = Listener::start(dir.path()) else { return };
+    let config = write_config(dir.path(), listener.port);
+    let full = std::fs::read_to_string(&config).unwrap();
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    let first = listener.received().len();
+    let dead_before = engine.store.outbox_list(Some("cito-hl7"), true, 10_000).await.unwrap().len();
+    drop(engine);
+
+    // An export run without the Hub's person and consent files (an agreement that needs no consent), where one
+    // of Connor's contacts changed.
+    let line = |kind: &str| {
+        format!("  {{ kind = \"{kind}\", path = \"{}\" }},\n", dir.path().join(format!("hub/{kind}.csv")).display())
+    };
+    let partial = full.replace(&line("person"), "").replace(&line("consent"), "");
+    assert_eq!(partial.len() + line("person").len() + line("consent").len(), full.len());
+    std::fs::write(&config, partial).unwrap();
+    edit(
+        &dir.path().join("hub/contact.csv"),
+        "C-5010,HUB-1006,EP-306,14/06/2023 16:00,40,",
+        "C-5010,HUB-1006,EP-306,14/06/2023 16:00,45,",
+    );
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    assert_eq!(listener.received().len(), first, "sent without the person, or unchanged records sent again");
+    let dead = engine.store.outbox_list(Some("cito-hl7"), true, 10_000).await.unwrap();
+    assert_eq!(dead.len(), dead_before + 1, "only the changed contact waits: {dead:?}");
+    let contact = dead.iter().find(|d| d.item.key.resource_type == "Encounter").expect("the changed contact");
+    assert!(contact.last_error.as_deref().unwrap_or_default().contains("not in the same export run"));
+    drop(engine);
+
+    // The next run has the person file: the contact goes, as a corrected document, once.
+    std::fs::write(&config, &full).unwrap();
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    let after = &listener.received()[first..];
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["type"], "MDM^T02^MDM_T02");
+    assert_eq!(resource_of(&after[0]), contact.item.key.id);
+    assert_eq!(segment(&after[0], "OBX").unwrap()[11], "C");
+    assert!(after[0]["raw"].as_str().unwrap().contains("Length: 45 min"));
+    let dead = engine.store.outbox_list(Some("cito-hl7"), true, 10_000).await.unwrap();
+    assert_eq!(dead.len(), dead_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +562,13 @@ fn config_check_connects_without_sending_and_reconcile_and_pull_explain_instead_
     let (code, out, err) = run(&["config", "check"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(&format!("mllp://127.0.0.1:{} accepts connections", listener.port)), "{out}");
-    assert!(out.contains("cito-hl7: HL7 v2 messages defined for Patient"), "{out}");
+    assert!(
+        out.contains(
+            "cito-hl7: HL7 v2 messages defined for CarePlan, Encounter, Goal, Observation, Patient, \
+             QuestionnaireResponse, ServiceRequest"
+        ),
+        "{out}"
+    );
     assert!(listener.received().is_empty(), "config check sent a message");
 
     for args in [&["reconcile", "--destination", "cito-hl7"][..], &["pull", "--destination", "cito-hl7"][..]] {

@@ -13,7 +13,9 @@ as an integration engine would.
   ERR segment naming that rule (a configured rejection, as an engine's business rule would).
 - --mode-file, read for every message: "ack" (default), "silent" (never answer; the connection stays
   open), "reset" (close the connection at once, without answering); "silent-once" and "reset-once" do that
-  to one message and then go back to "ack". The test changes it while running.
+  to one message and then go back to "ack"; "every reset=N silent=M" resets at every Nth message received
+  and stays silent at every Mth (counting all messages, retries included). The test changes it while
+  running.
 """
 
 import argparse
@@ -112,7 +114,12 @@ class Handler(socketserver.BaseRequestHandler):
             if f["control_id"] in rejected or (f["pid3"] and f["pid3"] in rejected):
                 error = "Refused by the engine's rule for this record (test rejection)"
         with LOCK:
+            s.count += 1
             m = mode(s.mode_file)
+            if m.startswith("every "):
+                every = dict(kv.split("=", 1) for kv in m.split()[1:])
+                hits = [f for f in ("silent", "reset") if f in every and s.count % int(every[f]) == 0]
+                m = hits[0] if hits else "ack"
             if m.endswith("-once"):
                 m = m[: -len("-once")]
                 with open(s.mode_file, "w", encoding="utf-8") as out:
@@ -145,6 +152,7 @@ def main():
     server = Server(("127.0.0.1", a.port), Handler)
     server.version, server.record = a.version, a.record
     server.reject_file, server.mode_file = a.reject_file, a.mode_file
+    server.count = 0
     print(f"LISTENING {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -5,7 +5,7 @@
 //! placeholder can read the subject Patient the planner attached (`$subject`, for PID), the element a repeated
 //! segment stands for (`$each`, e.g. one OBX per questionnaire answer), the segment's set id (`$seq`), whether
 //! the destination had the resource before (`$update`), and the resource as a readable plain-text document
-//! (`$document`, the conflict views' labelled lines, [`crate::conflict::readable`]).
+//! (`$document`: the conflict views' labelled lines, [`crate::conflict::readable`], one TX repetition each).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -15,9 +15,11 @@ use serde_json::Value;
 
 use crate::deliver::transport::attached_subject;
 
-/// FT's line break (HL7 escape `.br`).
-const LINE_BREAK: &str = "\\.br\\";
-/// The longest `$document` written (FT holds 65536 characters; the escapes and line breaks fit in the rest).
+/// The longest line of a `$document`, escapes included: each line is one repetition of a TX field (the
+/// repeat delimiter is TX's line break), and strict parsers (hl7apy among them) hold each to ST's 199
+/// characters. Longer lines are wrapped at spaces.
+const MAX_LINE_CHARS: usize = 199;
+/// The longest `$document` written, in characters (a field holds 65536; the rest is room to spare).
 const MAX_DOCUMENT_CHARS: usize = 60_000;
 /// Elements a `$document` never shows: what the message states elsewhere (the person is PID) or what is not
 /// the record's content (labels, the attached subject).
@@ -125,7 +127,7 @@ enum Path_ {
     Seq,
     /// `$update`: `true` when the destination has had this resource from us, else `false`.
     Update,
-    /// `$document`: the resource as readable lines, joined with FT line breaks.
+    /// `$document`: the resource as readable lines, each a repetition (TX).
     Document,
     /// Elements from a root: `name.name[0].name[key=value]`.
     Steps(Root, Vec<Step>),
@@ -388,25 +390,56 @@ impl Template {
     }
 }
 
-/// The resource as a person reads it (the conflict views' labelled lines), each line escaped, joined with
-/// FT line breaks; cut at a line, and said so, when it would not fit the field.
+/// The resource as a person reads it (the conflict views' labelled lines): each line escaped, wrapped to
+/// [`MAX_LINE_CHARS`], and one repetition (TX's line break); cut at a line, and said so, when it would not fit.
 fn document(scope: &Scope<'_>) -> String {
     let omit: Vec<&str> =
         DOCUMENT_NEVER.iter().copied().chain(scope.document_omit.iter().map(String::as_str)).collect();
-    let mut out = String::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut total = 0;
     for line in crate::conflict::readable::lines(scope.resource, &omit) {
-        let line = escape(&line);
-        if out.len() + line.len() + LINE_BREAK.len() > MAX_DOCUMENT_CHARS {
-            out.push_str(LINE_BREAK);
-            out.push_str("(cut here: the rest is in the source record)");
-            break;
+        for piece in wrap(&line, MAX_LINE_CHARS) {
+            total += piece.len() + 1;
+            if total > MAX_DOCUMENT_CHARS {
+                out.push("(cut here: the rest is in the source record)".into());
+                return out.join("~");
+            }
+            out.push(piece);
         }
-        if !out.is_empty() {
-            out.push_str(LINE_BREAK);
-        }
-        out.push_str(&line);
     }
-    out
+    out.join("~")
+}
+
+/// `line` escaped and cut into pieces of at most `max` characters, at spaces where it can be (a word longer
+/// than a line is cut between characters, never inside an escape).
+fn wrap(line: &str, max: usize) -> Vec<String> {
+    let mut pieces = Vec::new();
+    let mut current = String::new();
+    for word in line.split(' ') {
+        let escaped = escape(word);
+        let space = usize::from(!current.is_empty());
+        if current.len() + space + escaped.len() <= max {
+            if space == 1 {
+                current.push(' ');
+            }
+            current.push_str(&escaped);
+            continue;
+        }
+        if !current.is_empty() {
+            pieces.push(std::mem::take(&mut current));
+        }
+        for c in word.chars() {
+            let unit = escape(c.encode_utf8(&mut [0; 4]));
+            if current.len() + unit.len() > max {
+                pieces.push(std::mem::take(&mut current));
+            }
+            current.push_str(&unit);
+        }
+    }
+    if !current.is_empty() || pieces.is_empty() {
+        pieces.push(current);
+    }
+    pieces
 }
 
 impl Filter {
@@ -777,23 +810,34 @@ mod tests {
     }
 
     #[test]
-    fn a_document_is_the_readable_record_in_ft_lines_without_the_person() {
+    fn a_document_is_the_readable_record_in_tx_lines_without_the_person() {
         let defs = definitions();
         let goal = with_subject(json!({"resourceType": "Goal", "lifecycleStatus": "active",
             "description": {"text": "Getting out | about"}, "startDate": "2023-03-24",
             "meta": {"source": "urn:x"}}));
         let body = defs["Goal"].body(&goal, "g1", "now", false);
         let obx = &segments(&body, "OBX")[0];
-        assert_eq!(obx[2], "FT");
-        assert_eq!(
-            obx[5],
-            "Description: Getting out \\F\\ about\\.br\\Lifecycle status: active\\.br\\Start date: 24 Mar 2023"
-        );
+        assert_eq!(obx[2], "TX");
+        assert_eq!(obx[5], "Description: Getting out \\F\\ about~Lifecycle status: active~Start date: 24 Mar 2023");
         assert!(!obx[5].contains("Brontë") && !obx[5].contains("urn:x"), "{}", obx[5]);
         let txa = &segments(&body, "TXA")[0];
         assert_eq!(txa[12], "g1^YORKHUB");
         let long = json!({"resourceType": "Goal", "note": [{"text": "x".repeat(70_000)}], "startDate": "2023-03-24"});
         let cut = document(&scope(&long));
-        assert!(cut.len() <= MAX_DOCUMENT_CHARS + 60 && cut.ends_with("(cut here: the rest is in the source record)"));
+        assert!(cut.len() <= MAX_DOCUMENT_CHARS + 60 && cut.ends_with("~(cut here: the rest is in the source record)"));
+        assert!(cut.split('~').all(|l| l.len() <= MAX_LINE_CHARS));
+    }
+
+    #[test]
+    fn long_lines_wrap_at_spaces_and_never_inside_an_escape() {
+        let line = format!("Note: {} and|{}", "word ".repeat(50).trim_end(), "y".repeat(300));
+        let pieces = wrap(&line, 40);
+        assert!(pieces.iter().all(|p| p.len() <= 40), "{pieces:?}");
+        assert!(pieces[0].starts_with("Note: word word") && pieces[0].ends_with("word"), "{pieces:?}");
+        assert_eq!(unescape(&pieces.concat().replace(' ', "")), line.replace(' ', ""));
+        for p in &pieces {
+            assert_eq!(p.matches('\\').count() % 2, 0, "an escape cut in two: {p}");
+        }
+        assert_eq!(wrap("", 40), [""]);
     }
 }
