@@ -80,3 +80,94 @@ impl Planner<'_> {
 fn without_subject(hash: &str) -> String {
     content_hash(&format!("{hash} without its subject Patient"))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::context::Context;
+    use crate::store::{LedgerEntry, Op, ResourceKey};
+
+    async fn context(name: &str) -> Context {
+        let dir = std::env::temp_dir().join(format!("connector-subjects-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = env!("CARGO_MANIFEST_DIR");
+        let text = format!(
+            "[state]\nurl = \"sqlite://{}/state.db\"\n[mappings]\ndir = \"{root}/mappings\"\n\
+             [destination.cito-hl7]\nprofile = \"cito\"\ntransport = \"hl7v2\"\n\
+             [destination.cito-hl7.hl7v2]\naddress = \"mllp://127.0.0.1:9\"\nreceiving_application = \"CITO\"\n\
+             receiving_facility = \"YTHFT\"\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+        Context::start(crate::config::Config::load(&dir.join("config.toml")).unwrap()).await.unwrap()
+    }
+
+    fn item(resource_type: &str, id: &str, body: Value) -> OutboxItem {
+        let text = body.to_string();
+        OutboxItem {
+            destination: "cito-hl7".into(),
+            key: ResourceKey::new(resource_type, id),
+            patient: Some("Person/x".into()),
+            op: Op::Upsert,
+            content_hash: content_hash(&text),
+            body: Some(text),
+            origin: None,
+        }
+    }
+
+    fn chunk(family: &str) -> Vec<OutboxItem> {
+        vec![
+            item("Patient", "p1", json!({"resourceType": "Patient", "id": "p1", "name": [{"family": family}]})),
+            item("Goal", "g1", json!({"resourceType": "Goal", "id": "g1", "subject": {"reference": "Patient/p1"}})),
+            item("Goal", "g2", json!({"resourceType": "Goal", "id": "g2", "subject": {"reference": "Patient/p2"}})),
+        ]
+    }
+
+    fn body(item: &OutboxItem) -> Value {
+        serde_json::from_str(item.body.as_deref().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_subject_is_attached_and_hashed_out_and_a_missing_one_marks_the_record() {
+        let ctx = context("attach").await;
+        let planner = Planner { ctx: &ctx, explain: false, consent_read: &std::sync::Mutex::default(), stop: None };
+        let dest = &ctx.destinations[0];
+        let plain = chunk("Walsh");
+        let mut items = plain.clone();
+        planner.attach_subjects(dest, &mut items, &mut Subjects::default()).await.unwrap();
+        // The Patient is sent as it is; its record carries it, hashed without it.
+        assert_eq!(items[0].body, plain[0].body);
+        let g1 = body(&items[1]);
+        let subject = crate::deliver::transport::attached_subject(&g1).expect("attached");
+        assert_eq!(subject["name"][0]["family"], "Walsh");
+        assert_eq!(items[1].content_hash, plain[1].content_hash);
+        // A new name: the Patient's hash changes, the record's does not (it is not sent again).
+        let mut renamed = chunk("Welsh");
+        planner.attach_subjects(dest, &mut renamed, &mut Subjects::default()).await.unwrap();
+        assert_ne!(renamed[0].content_hash, items[0].content_hash);
+        assert_eq!(renamed[1].content_hash, items[1].content_hash);
+        assert_eq!(
+            crate::deliver::transport::attached_subject(&body(&renamed[1])).unwrap()["name"][0]["family"],
+            "Welsh"
+        );
+        // Patient/p2 is not in the run: the record goes without it (the transport refuses it into a dead letter),
+        // with a marked hash, so that it is planned again once its Patient is read with it...
+        assert!(crate::deliver::transport::attached_subject(&body(&items[2])).is_none());
+        assert_ne!(items[2].content_hash, plain[2].content_hash);
+        // ...unless the destination holds it unchanged already: then nothing is queued at all.
+        let held = LedgerEntry {
+            destination: "cito-hl7".into(),
+            key: plain[2].key.clone(),
+            remote_id: "g2".into(),
+            content_hash: plain[2].content_hash.clone(),
+            ..LedgerEntry::default()
+        };
+        ctx.store.ledger_put(&held).await.unwrap();
+        let mut again = chunk("Walsh");
+        planner.attach_subjects(dest, &mut again, &mut Subjects::default()).await.unwrap();
+        assert_eq!(again[2].content_hash, plain[2].content_hash);
+    }
+}

@@ -329,6 +329,45 @@ mod tests {
         assert_eq!(control_id(&w("a", None)).len(), 20);
     }
 
+    fn transport() -> Hl7v2Transport {
+        let settings: Hl7v2Config = toml::from_str(
+            "address = \"mllp://127.0.0.1:9\"\nreceiving_application = \"CITO\"\nreceiving_facility = \"YTHFT\"",
+        )
+        .unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/hl7v2");
+        let limiter = Arc::new(RateLimiter::per_second(0.0));
+        Hl7v2Transport::new("cito-hl7", &settings, &dir, Duration::from_secs(1), limiter).unwrap()
+    }
+
+    #[test]
+    fn a_record_without_its_subject_patient_is_refused_naming_it_and_what_to_do() {
+        let mut goal = json!({"resourceType": "Goal", "subject": {"reference": "Patient/p1"},
+            "description": {"text": "Getting to college"}});
+        let write = |body: &Value| Write {
+            resource_type: "Goal".into(),
+            id: "g1".into(),
+            method: Method::Put,
+            body: Some(body.clone()),
+            if_match: None,
+        };
+        let Err(TransportError::Rejected { message, .. }) = transport().message(&write(&goal), "now") else {
+            panic!("sent without a person")
+        };
+        assert!(message.contains("Goal/g1 was not sent to destination cito-hl7"), "{message}");
+        assert!(message.contains("Share the Patient with cito-hl7"), "{message}");
+        assert!(!message.contains("college"), "{message}");
+        let patient = json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Walsh"}]});
+        super::super::transport::attach_subject(&mut goal, patient);
+        let (control, message) = transport().message(&write(&goal), "20260101120000").unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "MSH|^~\\&|YORKHUB|YORKHUB|CITO|YTHFT|20260101120000||MDM^T02^MDM_T02|{control}|P|2.5.1\r"
+            )),
+            "{message}"
+        );
+        assert!(message.contains("\rPID|1||p1^^^YORKHUB^PI||Walsh^"), "{message}");
+    }
+
     #[test]
     fn an_ack_is_read_with_its_error_text() {
         let a = parse_ack(
