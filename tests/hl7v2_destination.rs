@@ -34,6 +34,15 @@ impl Listener {
 
     /// A listener validating strictly for HL7 v2 `version`.
     fn start_for(dir: &Path, version: &str) -> Option<Self> {
+        Self::spawn(dir, version, &[])
+    }
+
+    /// A listener speaking MLLP over TLS with this certificate and key.
+    fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Option<Self> {
+        Self::spawn(dir, "2.5.1", &["--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()])
+    }
+
+    fn spawn(dir: &Path, version: &str, extra: &[&std::ffi::OsStr]) -> Option<Self> {
         let python = common::cache_dir().join("hl7-venv/bin/python");
         if !python.exists() {
             let why = format!("{} not found; run scripts/setup-test-env.sh", python.display());
@@ -51,6 +60,7 @@ impl Listener {
             .arg(&mode)
             .arg("--reject-file")
             .arg(&reject)
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -475,4 +485,94 @@ async fn a_24_destination_gets_messages_valid_for_hl7_v24() {
     let invalid: Vec<_> = received.iter().filter(|m| m["valid"] != true).map(|m| &m["error"]).collect();
     assert!(invalid.is_empty(), "hl7apy (strict, 2.4) refused: {invalid:?}");
     assert!(received.iter().all(|m| m["version"] == "2.4" && m["answer"] == "AA"));
+}
+
+/// A test CA and a certificate it issued for 127.0.0.1 and localhost (openssl CLI), made fresh for the test:
+/// (CA certificate, server certificate, server key).
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl command");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Connector test CA"],
+            &["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ]
+        .concat(),
+    );
+    openssl(&[&["req"][..], &ec, &["-keyout", "engine.key", "-out", "engine.csr", "-subj", "/CN=localhost"]].concat());
+    std::fs::write(
+        dir.join("engine.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "engine.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "engine.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "engine.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("engine.pem"), dir.join("engine.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_messages_go_only_to_an_engine_whose_certificate_is_trusted() {
+    let dir = TempDir::new("hl7v2-tls");
+    let (ca, cert, key) = test_ca(dir.path());
+    let Some(listener) = Listener::start_tls(dir.path(), &cert, &key) else { return };
+    let config = write_config(dir.path(), listener.port);
+    let plain = std::fs::read_to_string(&config).unwrap();
+    let tls = plain.replace("address = \"mllp://127.0.0.1:", "address = \"mllps://127.0.0.1:");
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_connector"))
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    // The engine's CA is not trusted: config check says so and what to do; a cycle sends nothing.
+    std::fs::write(&config, &tls).unwrap();
+    let (code, out) = check();
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("does not trust") && out.contains("hl7v2.ca_file"), "{out}");
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    assert!(listener.received().is_empty(), "sent to an engine whose certificate is not trusted");
+    let waiting = engine.store.outbox_list(Some("cito-hl7"), false, 10_000).await.unwrap();
+    let why = waiting.iter().filter(|r| !r.dead).find_map(|r| r.last_error.clone()).expect("rows wait, saying why");
+    assert!(why.contains("does not trust"), "{why}");
+    drop(engine);
+
+    // With the CA in hl7v2.ca_file: the handshake checks out and every message arrives, valid, acknowledged.
+    let with_ca = format!("ack_timeout_seconds = 2\nca_file = \"{}\"\n", ca.display());
+    std::fs::write(&config, tls.replace("ack_timeout_seconds = 2\n", &with_ca)).unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("accepts connections, with a trusted TLS certificate"), "{out}");
+    assert!(listener.received().is_empty(), "config check sent a message");
+    let engine = Engine::start(Config::load(&config).unwrap()).await.unwrap();
+    engine.cycle(None, None, false, &no_shutdown()).await.unwrap();
+    let received = listener.received();
+    assert_all_valid(&received);
+    let (allowed, _) = expected(&engine).await;
+    assert_eq!(received.len(), allowed.len());
+    assert!(received.iter().all(|m| m["answer"] == "AA"));
 }

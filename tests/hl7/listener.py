@@ -4,7 +4,9 @@ with hl7apy (a third-party HL7 v2 library) at strict validation for the configur
 as an integration engine would.
 
     listener.py --version 2.5.1 --record FILE [--reject-file FILE] [--mode-file FILE] [--port N]
+                [--tls-cert FILE --tls-key FILE]
 
+- With --tls-cert and --tls-key (PEM), MLLP over TLS (Python's ssl module): the connector's mllps://.
 - Prints "LISTENING <port>" on stdout once bound (port 0: any free port), then serves until killed.
 - Every frame received (0x0b ... 0x1c 0x0d) is appended to --record as one JSON line:
   {"control_id", "type", "pid3", "valid", "error", "answer", "raw"}.
@@ -23,6 +25,7 @@ import datetime
 import json
 import os
 import socketserver
+import ssl
 import sys
 import threading
 
@@ -148,8 +151,14 @@ def main():
     p.add_argument("--record", required=True)
     p.add_argument("--reject-file")
     p.add_argument("--mode-file")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     a = p.parse_args()
     server = Server(("127.0.0.1", a.port), Handler)
+    if a.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(a.tls_cert, a.tls_key)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.version, server.record = a.version, a.record
     server.reject_file, server.mode_file = a.reject_file, a.mode_file
     server.count = 0

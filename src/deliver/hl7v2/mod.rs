@@ -11,6 +11,7 @@
 //! spaces, so no value can start a segment. Logs name record ids and control ids, never a field's content.
 
 mod message;
+mod mllp;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,22 +20,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::limit::RateLimiter;
 use super::transport::{BoxFuture, Capabilities, Found, Method, Transport, TransportError, Write, Written};
-use crate::config::{Hl7v2Config, MllpAddress};
+use crate::config::Hl7v2Config;
 use message::unescape;
 pub use message::{DefinitionError, MessageDefinition, escape};
-
-/// MLLP's frame: start block, then end block and carriage return.
-const START: u8 = 0x0b;
-const END: [u8; 2] = [0x1c, 0x0d];
-/// The largest ACK read before the answer is treated as garbage.
-const MAX_ACK_BYTES: usize = 64 * 1024;
+use mllp::{Connection, Endpoint, round_trip};
 
 /// MSH-10: the same for the same resource, content and replaced version (so a resend is a recognisable
 /// duplicate), different after any change. 20 characters, the field's length in 2.5.1.
@@ -94,28 +88,32 @@ pub struct Hl7v2Transport {
     destination: String,
     settings: Hl7v2Config,
     definitions: BTreeMap<String, MessageDefinition>,
-    connect_timeout: Duration,
+    endpoint: Endpoint,
     ack_timeout: Duration,
     limiter: Arc<RateLimiter>,
     /// One connection, one message at a time: the engine's ACKs answer in order.
-    conn: Mutex<Option<TcpStream>>,
+    conn: Mutex<Option<Box<dyn Connection>>>,
 }
 
 impl Hl7v2Transport {
+    /// `ca_file`: for `mllps://`, CA certificates trusted besides the system's (resolved against the config).
     pub fn new(
         destination: &str,
         settings: &Hl7v2Config,
         messages_dir: &Path,
+        ca_file: Option<&Path>,
         timeout: Duration,
         limiter: Arc<RateLimiter>,
     ) -> Result<Self, TransportError> {
         let definitions = MessageDefinition::load_dir(messages_dir)
             .map_err(|e| TransportError::Setup(format!("destination {destination}: {e}")))?;
+        let endpoint = Endpoint::new(&settings.address, ca_file, timeout)
+            .map_err(|e| TransportError::Setup(format!("destination {destination}: {e}")))?;
         Ok(Self {
             destination: destination.to_string(),
             settings: settings.clone(),
             definitions,
-            connect_timeout: timeout,
+            endpoint,
             ack_timeout: Duration::from_secs(settings.ack_timeout_seconds.max(1)),
             limiter,
             conn: Mutex::new(None),
@@ -166,9 +164,14 @@ impl Hl7v2Transport {
         Ok((control, msh + &def.body(body, &write.id, now, update)))
     }
 
-    /// Connects without sending anything (`connector config check`).
-    pub async fn probe(address: &MllpAddress, timeout: Duration) -> Result<(), TransportError> {
-        connect(address, timeout).await.map(drop)
+    /// Connects without sending anything (`connector config check`); over TLS, the handshake checks the
+    /// engine's certificate.
+    pub async fn probe(
+        settings: &Hl7v2Config,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        Endpoint::new(&settings.address, ca_file, timeout)?.connect().await.map(drop)
     }
 
     /// Sends one message and waits for its ACK on the open connection (opened first if need be). Any
@@ -177,9 +180,9 @@ impl Hl7v2Transport {
         let mut guard = self.conn.lock().await;
         let stream = match guard.as_mut() {
             Some(s) => s,
-            None => guard.insert(connect(&self.settings.address, self.connect_timeout).await?),
+            None => guard.insert(self.endpoint.connect().await?),
         };
-        let answer = tokio::time::timeout(self.ack_timeout, round_trip(stream, message)).await;
+        let answer = tokio::time::timeout(self.ack_timeout, round_trip(stream.as_mut(), message)).await;
         let outcome = match answer {
             Ok(Ok(raw)) => match parse_ack(&raw) {
                 Some(ack) if ack.control_id == control => Ok(ack),
@@ -223,49 +226,6 @@ impl Hl7v2Transport {
 
 fn refused(message: String) -> TransportError {
     TransportError::Rejected { status: 422, message, outcome: None }
-}
-
-async fn connect(address: &MllpAddress, timeout: Duration) -> Result<TcpStream, TransportError> {
-    let target = (address.host.as_str(), address.port);
-    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => {
-            info!(address = %address, "Connected to the HL7 v2 engine.");
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(TransportError::transient(format!(
-            "cannot connect to the HL7 v2 engine at {address}: {} (is it listening? is a firewall in the way?)",
-            e.kind()
-        ))),
-        Err(_) => Err(TransportError::transient(format!("connecting to the HL7 v2 engine at {address} timed out"))),
-    }
-}
-
-/// Writes one framed message and reads one framed answer.
-async fn round_trip(stream: &mut TcpStream, message: &str) -> Result<String, TransportError> {
-    let lost = |what: &str, e: std::io::Error| {
-        TransportError::transient(format!("the HL7 v2 connection failed while {what} ({})", e.kind()))
-    };
-    let mut frame = Vec::with_capacity(message.len() + 3);
-    frame.push(START);
-    frame.extend_from_slice(message.as_bytes());
-    frame.extend_from_slice(&END);
-    stream.write_all(&frame).await.map_err(|e| lost("sending", e))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| lost("waiting for the ACK", e))?;
-        if n == 0 {
-            return Err(TransportError::transient("the HL7 v2 engine closed the connection before acknowledging"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(2).position(|w| w == END) {
-            let start = buf.iter().position(|b| *b == START).map_or(0, |i| i + 1);
-            return Ok(String::from_utf8_lossy(&buf[start.min(end)..end]).into_owned());
-        }
-        if buf.len() > MAX_ACK_BYTES {
-            return Err(TransportError::transient("the HL7 v2 engine's answer is not an MLLP frame"));
-        }
-    }
 }
 
 fn not_available(what: &str) -> TransportError {
@@ -336,7 +296,7 @@ mod tests {
         .unwrap();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/hl7v2");
         let limiter = Arc::new(RateLimiter::per_second(0.0));
-        Hl7v2Transport::new("cito-hl7", &settings, &dir, Duration::from_secs(1), limiter).unwrap()
+        Hl7v2Transport::new("cito-hl7", &settings, &dir, None, Duration::from_secs(1), limiter).unwrap()
     }
 
     #[test]
