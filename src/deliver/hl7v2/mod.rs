@@ -9,6 +9,14 @@
 //! [`Transport::capabilities`] says so, so Patient matching, pull, reconcile and retraction use what they have.
 //! Values from records are escaped for every HL7 delimiter, and carriage returns or line feeds in them become
 //! spaces, so no value can start a segment. Logs name record ids and control ids, never a field's content.
+//!
+//! A record's message names its person (PID) from the subject Patient planning attaches for this kind of
+//! destination ([`Capabilities::subject`]); a message whose definition needs it is never sent without it.
+//!
+//! # Layout
+//! - `mod.rs`: the transport: a write made a message, sent, and settled by its ACK.
+//! - `message.rs`: message definitions (`mappings/hl7v2/README.md`) and the segments they make of a resource.
+//! - `mllp.rs`: the connection (TCP or TLS) and MLLP framing.
 
 mod message;
 mod mllp;
