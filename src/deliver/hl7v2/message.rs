@@ -747,38 +747,14 @@ mod tests {
 
     #[test]
     fn a_segment_repeats_for_each_element_with_its_own_set_id() {
-        let def = MessageDefinition::parse(
-            r#"resource = "QuestionnaireResponse"
-               create = "ORU^R01^ORU_R01"
-               [[segment]]
-               id = "OBX"
-               fields.1 = "{$seq}"
-               fields.3 = "{$each.linkId}"
-               fields.4 = "{status}"
-               [[segment]]
-               id = "OBX"
-               each = "item"
-               when = "$each.answer.valueInteger"
-               fields.1 = "{$seq}"
-               fields.3 = "{$each.linkId}"
-               fields.5 = "{$each.answer.valueInteger}""#,
-        );
+        let head = "resource = \"QuestionnaireResponse\"\ncreate = \"ORU^R01^ORU_R01\"\n";
+        let each = "[[segment]]\nid = \"OBX\"\neach = \"item\"\nwhen = \"$each.answer.valueInteger\"\n\
+                    fields.1 = \"{$seq}\"\nfields.3 = \"{$each.linkId}\"\nfields.5 = \"{$each.answer.valueInteger}\"\n";
+        let stray = "[[segment]]\nid = \"OBX\"\nfields.1 = \"{$seq}\"\nfields.3 = \"{$each.linkId}\"\n";
+        let def = MessageDefinition::parse(&format!("{head}{stray}{each}"));
         assert!(def.unwrap_err().contains("$each is only for a segment with each"));
-        let def = MessageDefinition::parse(
-            r#"resource = "QuestionnaireResponse"
-               create = "ORU^R01^ORU_R01"
-               [[segment]]
-               id = "OBR"
-               fields.1 = "{$seq}"
-               [[segment]]
-               id = "OBX"
-               each = "item"
-               when = "$each.answer.valueInteger"
-               fields.1 = "{$seq}"
-               fields.3 = "{$each.linkId}"
-               fields.5 = "{$each.answer.valueInteger}""#,
-        )
-        .unwrap();
+        let obr = "[[segment]]\nid = \"OBR\"\nfields.1 = \"{$seq}\"\n";
+        let def = MessageDefinition::parse(&format!("{head}{obr}{each}")).unwrap();
         let qr = json!({"item": [
             {"linkId": "1", "answer": [{"valueInteger": 3}]},
             {"linkId": "2", "answer": [{"valueString": "skipped: not an integer"}]},
