@@ -71,6 +71,25 @@ fn mappings_check_loads_every_shipped_mapping() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("All mappings load."));
     assert!(partners().len() >= 3, "the hub and at least two VCSE partners");
+    assert!(
+        text(&out).contains("hl7v2: HL7 v2 messages for CarePlan, Encounter, Goal, Observation, Patient"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn mappings_check_names_a_broken_hl7v2_message_definition() {
+    let dir = scratch("broken-hl7v2");
+    copy_dir(&root().join("mappings"), &dir.join("mappings"));
+    let goal = dir.join("mappings/hl7v2/Goal.toml");
+    let before = std::fs::read_to_string(&goal).unwrap();
+    std::fs::write(&goal, before.replace("\"{$document}\"", "\"{$document|date}\"")).unwrap();
+    let out = connector(&["mappings", "check", "--format", "json"], &dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let problem = &json(&out)["problems"][0];
+    assert!(problem["file"].as_str().is_some_and(|f| f.ends_with("hl7v2/Goal.toml")), "{problem}");
+    assert!(problem["message"].as_str().is_some_and(|m| m.contains("OBX-5") && m.contains("no filter")), "{problem}");
 }
 
 #[test]

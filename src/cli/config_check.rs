@@ -210,7 +210,12 @@ pub async fn run(config_path: &Path, format: Format) -> anyhow::Result<u8> {
                 Err(e) => o.fail(&format!("destination {name}: {e}")),
             }
             // Connects and closes: an MLLP port answers nothing until sent a message, and nothing is sent.
-            match crate::deliver::hl7v2::Hl7v2Transport::probe(&h.address, timeout).await {
+            let ca = h.ca_file(&config);
+            match crate::deliver::hl7v2::Hl7v2Transport::probe(h, ca.as_deref(), timeout).await {
+                Ok(()) if h.address.tls => o.ok(&format!(
+                    "destination {name}: {} accepts connections, with a trusted TLS certificate (HL7 v2; nothing sent)",
+                    h.address
+                )),
                 Ok(()) => {
                     o.ok(&format!("destination {name}: {} accepts connections (HL7 v2; nothing sent)", h.address))
                 }

@@ -113,12 +113,15 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
     if let MappingsCommand::New(args) = cmd {
         return super::mappings_new::run(mappings_dir, args);
     }
-    let catalog = match mapping::load_catalog(mappings_dir) {
+    let loaded = mapping::load_catalog(mappings_dir)
+        .and_then(|c| hl7v2_messages(mappings_dir).map(|m| (c, m)).map_err(|e| vec![e]));
+    let (catalog, hl7v2) = match loaded {
         Ok(c) => c,
         Err(errors) if matches!(cmd, MappingsCommand::Check { format: Format::Json }) => {
             print_json(&Checked {
                 ok: false,
                 partners: Vec::new(),
+                hl7v2_messages: Vec::new(),
                 problems: errors.iter().map(Problem::of).collect(),
             })?;
             return Ok(1);
@@ -133,13 +136,16 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
     match cmd {
         MappingsCommand::Check { format: Format::Json } => {
             let partners = catalog.partners.values().map(PartnerMappings::of).collect();
-            print_json(&Checked { ok: true, partners, problems: Vec::new() })?;
+            print_json(&Checked { ok: true, partners, hl7v2_messages: hl7v2, problems: Vec::new() })?;
             Ok(0)
         }
         MappingsCommand::Check { format: Format::Table } => {
             for p in catalog.partners.values() {
                 let kinds: Vec<String> = p.mappings.values().map(|m| format!("{}@{}", m.kind, m.version)).collect();
                 println!("{}: {} mapping(s): {}", p.id, p.mappings.len(), kinds.join(", "));
+            }
+            if !hl7v2.is_empty() {
+                println!("{}: HL7 v2 messages for {}", mapping::compile::HL7V2_MESSAGES_FOLDER, hl7v2.join(", "));
             }
             println!("All mappings load.");
             Ok(0)
@@ -158,11 +164,30 @@ pub fn run(mappings_dir: &Path, cmd: MappingsCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// The resource types `<mappings>/hl7v2/` has HL7 v2 message definitions for (none without the folder).
+fn hl7v2_messages(mappings_dir: &Path) -> Result<Vec<String>, CompileError> {
+    let dir = mappings_dir.join(mapping::compile::HL7V2_MESSAGES_FOLDER);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    match crate::deliver::hl7v2::MessageDefinition::load_dir(&dir) {
+        Ok(defs) => Ok(defs.into_keys().collect()),
+        Err(crate::deliver::hl7v2::DefinitionError::Invalid { path, message }) => {
+            Err(CompileError::File { path: path.into(), message })
+        }
+        Err(e @ crate::deliver::hl7v2::DefinitionError::Read { .. }) => {
+            Err(CompileError::File { path: dir, message: e.to_string() })
+        }
+    }
+}
+
 /// `check --format json`: every partner's mappings, or every problem that stopped them loading.
 #[derive(Debug, Serialize)]
 struct Checked<'a> {
     ok: bool,
     partners: Vec<PartnerMappings<'a>>,
+    /// The resource types with an HL7 v2 message definition in `hl7v2/`.
+    hl7v2_messages: Vec<String>,
     problems: Vec<Problem<'a>>,
 }
 

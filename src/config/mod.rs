@@ -216,6 +216,9 @@ pub struct Hl7v2Config {
     /// The folder of message definitions (`<type>.toml`, see mappings/hl7v2/README.md); default
     /// `<mappings.dir>/hl7v2`.
     pub messages_dir: Option<PathBuf>,
+    /// For `mllps://`: a PEM file of CA certificates trusted besides the system's (a trust's own CA for the
+    /// engine's certificate). Relative to the config file's folder.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Hl7v2Config {
@@ -228,6 +231,10 @@ impl Hl7v2Config {
             Some(p) => config.resolve(p),
             None => config.resolve(&config.mappings.dir).join(crate::mapping::compile::HL7V2_MESSAGES_FOLDER),
         }
+    }
+    /// `ca_file`, resolved against the config file's folder.
+    pub fn ca_file(&self, config: &Config) -> Option<PathBuf> {
+        self.ca_file.as_ref().map(|p| config.resolve(p))
     }
     fn default_sending_application() -> String {
         "YORKHUB".into()
@@ -870,13 +877,8 @@ fn bounded(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String, Str
 /// The HL7 v2 settings: the plain-MLLP rule (as for http: loopback only unless allowed), the ACK timeout, and
 /// MSH names that fit in a field.
 fn check_hl7v2(h: &Hl7v2Config, key: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
-    if h.address.tls {
-        return Err((
-            key("hl7v2.address"),
-            "mllps:// (MLLP over TLS) is not supported yet; reach the engine through a TLS tunnel (e.g. stunnel) \
-             listening on loopback, mllp://127.0.0.1:PORT"
-                .into(),
-        ));
+    if h.ca_file.is_some() && !h.address.tls {
+        return Err((key("hl7v2.ca_file"), "is for mllps:// (TLS) addresses; remove it or use mllps://".into()));
     }
     if !h.address.tls && !h.address.is_loopback() {
         if !h.allow_plain_mllp {
@@ -1072,7 +1074,6 @@ mod tests {
         assert_eq!((h.address.port, h.version.as_str(), h.ack_timeout_seconds), (2575, "2.5.1", 30));
         for (extra, address, says) in [
             ("", "mllp://engine.trust.nhs.uk:2575", "allow_plain_mllp"),
-            ("", "mllps://engine.trust.nhs.uk:2575", "not supported yet"),
             ("", "tcp://127.0.0.1:2575", "mllp://"),
             ("", "mllp://127.0.0.1", "no port"),
             ("", "mllp://user@127.0.0.1:1", "user-info"),
@@ -1084,6 +1085,12 @@ mod tests {
         }
         let remote = format!("{base}{table}address = \"mllp://engine.trust.nhs.uk:2575\"\nallow_plain_mllp = true\n");
         assert!(load(&remote).is_ok());
+        // TLS: to any host; a CA file only with it.
+        let tls = with("", "mllps://engine.trust.nhs.uk:2575").unwrap();
+        assert!(tls.destinations["cito-hl7"].hl7v2.as_ref().unwrap().address.tls);
+        let plain_ca = format!("{base}{table}address = \"mllp://127.0.0.1:2575\"\nca_file = \"ca.pem\"\n");
+        let msg = load(&plain_ca).unwrap_err().to_string();
+        assert!(msg.contains("hl7v2.ca_file") && msg.contains("mllps://"), "{msg}");
         let msg = load(base).unwrap_err().to_string();
         assert!(msg.contains("destination.cito-hl7.hl7v2") && msg.contains("required"), "{msg}");
         let msg = load("[state]\nurl = \"sqlite://x.db\"\n[destination.cito]\nprofile = \"cito\"\n").unwrap_err();

@@ -118,6 +118,20 @@ pub fn items(element: &str, value: &Value) -> Vec<Item> {
     out
 }
 
+/// A whole resource as a person reads it: "Label: value" for each entry of each element ([`items`]), the
+/// elements in name order, leaving out those named in `omit` and entries with nothing to read. The text is
+/// not escaped. (The HL7 v2 transport writes it as a plain-text document.)
+pub fn lines(resource: &Value, omit: &[&str]) -> Vec<String> {
+    let Some(elements) = resource.as_object() else { return Vec::new() };
+    elements
+        .iter()
+        .filter(|(name, _)| !omit.contains(&name.as_str()))
+        .flat_map(|(name, value)| items(name, value))
+        .filter(|i| i.lines.iter().any(|l| !l.trim().is_empty()))
+        .map(|i| i.one_line())
+        .collect()
+}
+
 /// `meta` as security labels and tags; `None` for any other element.
 fn meta_items(element: &str, value: &Value) -> Option<Vec<Item>> {
     let meta = value.as_object().filter(|_| element == "meta")?;
@@ -458,6 +472,22 @@ mod tests {
                 "Client ID: HUB-1008",
                 "Hardest thing ID: P-1-1",
                 "urn:oid:1.2.3: x"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_resource_reads_as_labelled_lines_in_name_order() {
+        let goal = json!({"resourceType": "Goal", "id": "g1", "lifecycleStatus": "active", "note": [],
+            "description": {"text": "Getting out of the house"}, "startDate": "2023-03-24",
+            "identifier": [{"system": "https://id.york-connector.example/hub/hardest-thing", "value": "GP-401-1"}]});
+        assert_eq!(
+            super::lines(&goal, &["resourceType", "id"]),
+            [
+                "Description: Getting out of the house",
+                "Hardest thing ID: GP-401-1",
+                "Lifecycle status: active",
+                "Start date: 24 Mar 2023"
             ]
         );
     }

@@ -108,7 +108,8 @@ impl Destination {
             crate::config::TransportKind::Hl7v2 => {
                 let h = d.hl7v2.as_ref().ok_or_else(|| anyhow::anyhow!("destination {name}: [hl7v2] is missing"))?;
                 let dir = h.messages_dir(config);
-                Box::new(hl7v2::Hl7v2Transport::new(name, h, &dir, timeout, limiter)?)
+                let ca = h.ca_file(config);
+                Box::new(hl7v2::Hl7v2Transport::new(name, h, &dir, ca.as_deref(), timeout, limiter)?)
             }
         };
         Ok(Self::new(name, d, transport, shared))

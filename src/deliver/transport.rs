@@ -123,11 +123,38 @@ pub struct Capabilities {
     pub delete: bool,
     /// A batch of writes is applied whole or not at all; without it, delivery sends one write at a time.
     pub atomic_batches: bool,
+    /// Each write must name its person in full (an HL7 v2 message's PID), and the destination cannot be asked
+    /// who a `Patient/<id>` is: planning attaches the subject Patient to every other resource
+    /// ([`attach_subject`]).
+    pub subject: bool,
 }
 
 impl Capabilities {
-    pub const ALL: Self = Self { read: true, delete: true, atomic_batches: true };
-    pub const WRITE_ONLY: Self = Self { read: false, delete: false, atomic_batches: false };
+    pub const ALL: Self = Self { read: true, delete: true, atomic_batches: true, subject: false };
+    pub const WRITE_ONLY: Self = Self { read: false, delete: false, atomic_batches: false, subject: true };
+}
+
+/// The id of the subject Patient attached to a resource as a contained resource ([`attach_subject`]).
+pub const SUBJECT_ID: &str = "subject";
+
+/// Attaches the subject Patient (as shaped for the same destination) to a resource bound for a destination
+/// that needs it ([`Capabilities::subject`]): a contained Patient with id `subject`. Planning hashes the
+/// resource without it, so a change of the person's details alone never sends the resource again.
+pub fn attach_subject(resource: &mut Value, mut patient: Value) {
+    let Some(obj) = resource.as_object_mut() else { return };
+    if let Some(p) = patient.as_object_mut() {
+        p.insert("id".into(), Value::String(SUBJECT_ID.into()));
+    }
+    let contained = obj.entry("contained").or_insert_with(|| Value::Array(Vec::new()));
+    if let Some(list) = contained.as_array_mut() {
+        list.retain(|r| r["id"] != SUBJECT_ID);
+        list.push(patient);
+    }
+}
+
+/// The subject Patient attached by [`attach_subject`], if any.
+pub fn attached_subject(resource: &Value) -> Option<&Value> {
+    resource["contained"].as_array()?.iter().find(|r| r["resourceType"] == "Patient" && r["id"] == SUBJECT_ID)
 }
 
 /// A way of delivering resources to a destination.

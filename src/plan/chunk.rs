@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use serde_json::Value;
 
+use super::subjects::Subjects;
 use super::{Explained, IngestReport, Mapped, Planner, content_hash, memo, shape};
 use crate::deliver::Destination;
 use crate::model::AuditAction;
@@ -36,6 +37,7 @@ impl Planner<'_> {
         pending: &mut Vec<Mapped>,
         overlay: &HashMap<String, StatementRecord>,
         retractions: &mut Vec<OutboxItem>,
+        subjects: &mut Subjects,
         report: &mut IngestReport,
     ) -> anyhow::Result<()> {
         if pending.is_empty() {
@@ -46,7 +48,8 @@ impl Planner<'_> {
         let now = Utc::now();
         for dest in &self.ctx.destinations {
             let fast = !(report.dry_run || self.explain);
-            let decided = self.decide(dest, pending, &consents, &partner, fast).await?;
+            let mut decided = self.decide(dest, pending, &consents, &partner, fast).await?;
+            self.attach_subjects(dest, &mut decided.items, subjects).await?;
             *report.withheld.entry(dest.name.clone()).or_default() += decided.withheld.len() as u64;
             if report.collect_expected {
                 self.expect(dest, pending, &decided, &partner).await?;
@@ -198,9 +201,22 @@ impl Planner<'_> {
         permitted: &[(usize, Origin)],
         fingerprints: &[String],
     ) -> anyhow::Result<Vec<Option<String>>> {
-        let probes: Vec<(&ResourceKey, &str)> =
-            permitted.iter().zip(fingerprints).map(|((n, _), fp)| (&pending[*n].key, fp.as_str())).collect();
-        Ok(self.ctx.store.memo_unchanged(&dest.name, &probes).await?)
+        // A destination that is sent each record's Patient with it gets the Patients shaped every time, so that
+        // the records that follow find them (`subjects.rs`).
+        let shape_patients = dest.transport.capabilities().subject;
+        let probes: Vec<(&ResourceKey, &str)> = permitted
+            .iter()
+            .zip(fingerprints)
+            .map(|((n, _), fp)| (&pending[*n].key, fp.as_str()))
+            .filter(|(key, _)| !(shape_patients && key.resource_type == "Patient"))
+            .collect();
+        let mut unchanged: HashMap<&ResourceKey, String> = probes
+            .iter()
+            .map(|(k, _)| *k)
+            .zip(self.ctx.store.memo_unchanged(&dest.name, &probes).await?)
+            .filter_map(|(k, h)| h.map(|h| (k, h)))
+            .collect();
+        Ok(permitted.iter().map(|(n, _)| unchanged.remove(&pending[*n].key)).collect())
     }
 
     /// Records what `dest` should hold of the chunk (reconcile's expected set).

@@ -7,6 +7,8 @@
 //! 3. `chunk.rs`, per chunk of resources and per destination: **decide** (the sharing rules), **shape** (labels,
 //!    the source-partner tag, the destination's profile: `shape.rs`), **compare** with the ledger (what is
 //!    unchanged, what the destination holds but may no longer), and **record** (withheld notes, the outbox).
+//!    For a destination whose messages name the person in full (HL7 v2), `subjects.rs` attaches each record's
+//!    subject Patient between decide and compare.
 //! 4. Quarantined rows are kept in the store; retractions are queued last.
 //!
 //! `report.rs` holds what an ingest reports. The cycle and its job bookkeeping stay in `sync`.
@@ -16,6 +18,7 @@ mod consent;
 mod memo;
 mod report;
 pub mod shape;
+mod subjects;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -131,6 +134,8 @@ impl Planner<'_> {
         let mut retractions: Vec<OutboxItem> = Vec::new();
         // Patient reference -> person group, for the resources that follow their Patient in this run.
         let mut groups: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        // This run's Patients, for the destinations whose messages carry the person (`subjects.rs`).
+        let mut subjects = subjects::Subjects::default();
         let mut stop = self.stop.clone();
         loop {
             let msg = match &mut stop {
@@ -159,7 +164,7 @@ impl Planner<'_> {
                     }
                     pending.push(m);
                     if pending.len() >= PLAN_CHUNK {
-                        self.chunk(&mut pending, &overlay, &mut retractions, &mut report).await?;
+                        self.chunk(&mut pending, &overlay, &mut retractions, &mut subjects, &mut report).await?;
                     }
                 }
                 Msg::Quarantined(q) => {
@@ -173,7 +178,7 @@ impl Planner<'_> {
                 }
             }
         }
-        self.chunk(&mut pending, &overlay, &mut retractions, &mut report).await?;
+        self.chunk(&mut pending, &overlay, &mut retractions, &mut subjects, &mut report).await?;
         if !dry_run {
             self.retract(retractions).await?;
         }

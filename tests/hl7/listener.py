@@ -4,7 +4,9 @@ with hl7apy (a third-party HL7 v2 library) at strict validation for the configur
 as an integration engine would.
 
     listener.py --version 2.5.1 --record FILE [--reject-file FILE] [--mode-file FILE] [--port N]
+                [--tls-cert FILE --tls-key FILE]
 
+- With --tls-cert and --tls-key (PEM), MLLP over TLS (Python's ssl module): the connector's mllps://.
 - Prints "LISTENING <port>" on stdout once bound (port 0: any free port), then serves until killed.
 - Every frame received (0x0b ... 0x1c 0x0d) is appended to --record as one JSON line:
   {"control_id", "type", "pid3", "valid", "error", "answer", "raw"}.
@@ -13,7 +15,9 @@ as an integration engine would.
   ERR segment naming that rule (a configured rejection, as an engine's business rule would).
 - --mode-file, read for every message: "ack" (default), "silent" (never answer; the connection stays
   open), "reset" (close the connection at once, without answering); "silent-once" and "reset-once" do that
-  to one message and then go back to "ack". The test changes it while running.
+  to one message and then go back to "ack"; "every reset=N silent=M" resets at every Nth message received
+  and stays silent at every Mth (counting all messages, retries included). The test changes it while
+  running.
 """
 
 import argparse
@@ -21,6 +25,7 @@ import datetime
 import json
 import os
 import socketserver
+import ssl
 import sys
 import threading
 
@@ -112,7 +117,12 @@ class Handler(socketserver.BaseRequestHandler):
             if f["control_id"] in rejected or (f["pid3"] and f["pid3"] in rejected):
                 error = "Refused by the engine's rule for this record (test rejection)"
         with LOCK:
+            s.count += 1
             m = mode(s.mode_file)
+            if m.startswith("every "):
+                every = dict(kv.split("=", 1) for kv in m.split()[1:])
+                hits = [f for f in ("silent", "reset") if f in every and s.count % int(every[f]) == 0]
+                m = hits[0] if hits else "ack"
             if m.endswith("-once"):
                 m = m[: -len("-once")]
                 with open(s.mode_file, "w", encoding="utf-8") as out:
@@ -141,10 +151,17 @@ def main():
     p.add_argument("--record", required=True)
     p.add_argument("--reject-file")
     p.add_argument("--mode-file")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     a = p.parse_args()
     server = Server(("127.0.0.1", a.port), Handler)
+    if a.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(a.tls_cert, a.tls_key)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.version, server.record = a.version, a.record
     server.reject_file, server.mode_file = a.reject_file, a.mode_file
+    server.count = 0
     print(f"LISTENING {server.server_address[1]}", flush=True)
     server.serve_forever()
 
