@@ -20,7 +20,7 @@ mod report;
 pub mod shape;
 mod subjects;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use anyhow::Context as _;
@@ -32,7 +32,7 @@ use tracing::info;
 use crate::context::Context;
 use crate::mapping::{self, Category, MappedResource, Quarantined, Sink};
 use crate::model::fhir::NHS_NUMBER_SYSTEM;
-use crate::store::{OutboxItem, QuarantineRecord, ResourceKey};
+use crate::store::{OutboxItem, QuarantineRecord, ResourceKey, StatementRecord};
 
 pub use report::{Explained, IngestReport, WithdrawalReport};
 
@@ -116,10 +116,26 @@ impl Planner<'_> {
         dry_run: bool,
         expect: bool,
     ) -> anyhow::Result<IngestReport> {
+        self.ingest_read(partner_id, inputs, dry_run, expect, None).await
+    }
+
+    /// [`Planner::ingest`], given what [`Planner::read_consent`] returned for exactly these inputs earlier in
+    /// the same cycle (`consent`), so the person and consent records are not mapped a second time.
+    pub async fn ingest_read(
+        &self,
+        partner_id: &str,
+        inputs: Vec<mapping::Input>,
+        dry_run: bool,
+        expect: bool,
+        consent: Option<HashMap<String, StatementRecord>>,
+    ) -> anyhow::Result<IngestReport> {
         let mut report =
             IngestReport { partner: partner_id.to_string(), dry_run, collect_expected: expect, ..Default::default() };
         // First who is who and what they consented to, so the plan below decides on today's consent.
-        let overlay = self.read_consent(partner_id, &inputs, &mut report).await?;
+        let overlay = match consent {
+            Some(overlay) => overlay,
+            None => self.read_consent(partner_id, &inputs, &mut report).await?,
+        };
         let catalog = self.ctx.catalog.clone();
         let id = partner_id.to_string();
         let max_bytes = self.ctx.config.limits.max_input_bytes;
@@ -133,7 +149,7 @@ impl Planner<'_> {
         let mut pending: Vec<Mapped> = Vec::with_capacity(PLAN_CHUNK);
         let mut retractions: Vec<OutboxItem> = Vec::new();
         // Patient reference -> person group, for the resources that follow their Patient in this run.
-        let mut groups: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        let mut groups: HashMap<String, String> = HashMap::new();
         // This run's Patients, for the destinations whose messages carry the person (`subjects.rs`).
         let mut subjects = subjects::Subjects::default();
         let mut stop = self.stop.clone();

@@ -175,6 +175,7 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
             "ledger",
             "outbox",
             "persons",
+            "plan_memo",
             "quarantine",
             "send_intent",
             "settings",

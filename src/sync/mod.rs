@@ -2,7 +2,7 @@
 //! thread, streaming), plans each destination's outbox from the mapped content (only what differs from the
 //! ledger is queued, so unchanged input writes nothing), then delivers the outboxes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -19,7 +19,7 @@ use crate::plan::Planner;
 pub use crate::plan::{Explained, IngestReport, WithdrawalReport, content_hash, patient_of, person_group};
 use crate::policy;
 use crate::source;
-use crate::store::{Op, OutboxItem, ResourceKey};
+use crate::store::{Op, OutboxItem, ResourceKey, StatementRecord};
 
 /// The planner and the cycle over a [`Context`] (which it dereferences to, so `engine.store` reads as before).
 pub struct Engine {
@@ -115,23 +115,25 @@ impl Engine {
         stop: &watch::Receiver<bool>,
     ) -> anyhow::Result<IngestReport> {
         let gathered = source::gather(&self.ctx, partner_id, dry_run, stop).await?;
-        self.plan_sources(partner_id, gathered, dry_run, stop).await
+        self.plan_sources(partner_id, gathered, dry_run, stop, None).await
     }
 
-    /// Plans what the partner's sources gave, as the partner's ingest job (a dry run is not a job).
+    /// Plans what the partner's sources gave, as the partner's ingest job (a dry run is not a job). `consent`:
+    /// what reading the first round's consent returned earlier in this cycle, when it was.
     async fn plan_sources(
         &self,
         partner_id: &str,
         gathered: source::Gathered,
         dry_run: bool,
         stop: &watch::Receiver<bool>,
+        consent: Option<HashMap<String, StatementRecord>>,
     ) -> anyhow::Result<IngestReport> {
         if dry_run {
-            return self.ingest_gathered(partner_id, gathered, true, stop).await;
+            return self.ingest_gathered(partner_id, gathered, true, stop, consent).await;
         }
         let job = JobName::Ingest(partner_id.to_string());
         let result = self
-            .run_job(&job, self.ingest_gathered(partner_id, gathered, false, stop), |r| {
+            .run_job(&job, self.ingest_gathered(partner_id, gathered, false, stop, consent), |r| {
                 let m = &r.mapping;
                 let detail = format!("{} read, {} mapped, {} quarantined", m.read(), m.mapped(), m.quarantined());
                 (m.failed_files().count() == 0 && !r.sources.iter().any(|s| s.failed()), detail)
@@ -151,6 +153,7 @@ impl Engine {
         gathered: source::Gathered,
         dry_run: bool,
         stop: &watch::Receiver<bool>,
+        mut consent: Option<HashMap<String, StatementRecord>>,
     ) -> anyhow::Result<IngestReport> {
         let mut sources = gathered.reports;
         let mut total: Option<IngestReport> = None;
@@ -160,7 +163,7 @@ impl Engine {
                 break;
             }
             let planner = Planner { stop: Some(stop.clone()), ..self.planner() };
-            let mut r = planner.ingest(partner_id, round.inputs.clone(), dry_run, false).await?;
+            let mut r = planner.ingest_read(partner_id, round.inputs.clone(), dry_run, false, consent.take()).await?;
             if !dry_run {
                 let outcome = source::Outcome {
                     members: std::mem::take(&mut r.members),
@@ -338,11 +341,12 @@ impl Engine {
             gathered.insert(p.to_string(), source::gather(&self.ctx, p, dry_run, shutdown).await?);
         }
         let mut consent_reports = BTreeMap::new();
+        let mut consent_read = BTreeMap::new();
         if !dry_run {
             for (p, g) in &gathered {
                 let mut r = IngestReport { partner: p.clone(), ..Default::default() };
                 let first = g.rounds.first().map(|r| r.inputs.as_slice()).unwrap_or_default();
-                self.planner().read_consent(p, first, &mut r).await?;
+                consent_read.insert(p.clone(), self.planner().read_consent(p, first, &mut r).await?);
                 consent_reports.insert(p.clone(), r);
             }
         }
@@ -351,7 +355,7 @@ impl Engine {
                 break;
             }
             let Some(g) = gathered.remove(p) else { continue };
-            let mut r = self.plan_sources(p, g, dry_run, shutdown).await?;
+            let mut r = self.plan_sources(p, g, dry_run, shutdown, consent_read.remove(p)).await?;
             if let Some(pre) = consent_reports.remove(p) {
                 r.consent_statements += pre.consent_statements;
                 let mut w = pre.withdrawals;
