@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use york_connector::model::{AuditAction, JobName};
 use york_connector::store::{
-    AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord,
+    AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Memo, Op, OutboxItem, OutboxRow, QuarantineRecord,
     ResourceKey, SendIntent, Store, StoreError,
 };
 
@@ -163,6 +163,7 @@ suite!(
     enqueue_replaces_a_pending_row,
     enqueue_cancels_what_the_destination_already_holds,
     forgetting_links_keeps_what_is_queued_for_deletion,
+    the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued,
     lease_keeps_seq_order_per_patient,
     expired_lease_is_taken_over,
     complete_when_a_newer_plan_replaced_the_row,
@@ -479,6 +480,65 @@ async fn forgetting_links_keeps_what_is_queued_for_deletion(db: &Db) {
     store.enqueue(std::slice::from_ref(&retract), at(2)).await.unwrap();
     let queued = pending(&store, CITO).await;
     assert_eq!((ids(&queued), queued[0].item.op), (vec!["mind-e"], Op::Delete));
+}
+
+async fn the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued(db: &Db) {
+    let store = db.connect().await;
+    let memo = |input: &str, body: &str| Memo { input_hash: sha(input), content_hash: sha(body) };
+    let (held, queued, dead, stale, unheld) = (
+        key("Patient", "held"),
+        key("Patient", "queued"),
+        key("Patient", "dead"),
+        key("Patient", "stale"),
+        key("Patient", "unheld"),
+    );
+    store
+        .memo_put(
+            CITO,
+            &[
+                (&held, memo("in-held", "held")),
+                (&queued, memo("in-queued", "queued")),
+                (&dead, memo("in-dead", "dead")),
+                (&stale, memo("in-stale", "stale v2")),
+                (&unheld, memo("in-unheld", "unheld")),
+            ],
+        )
+        .await
+        .unwrap();
+    // Replacing a memo keeps one row per key.
+    store.memo_put(CITO, &[(&held, memo("in-held", "held"))]).await.unwrap();
+    for id in ["held", "queued", "dead", "stale"] {
+        let entry = LedgerEntry {
+            destination: CITO.to_string(),
+            key: key("Patient", id),
+            remote_id: id.to_string(),
+            version_id: Some("1".into()),
+            content_hash: sha(id),
+            updated_at: t0(),
+            ..Default::default()
+        };
+        store.ledger_put(&entry).await.unwrap();
+    }
+    // "queued": a newer plan waits in the outbox; "dead": a dead letter of another version is parked.
+    store.enqueue(&[upsert(CITO, "Patient", "queued", None, "queued v2")], t0()).await.unwrap();
+    store.enqueue(&[upsert(CITO, "Patient", "dead", None, "dead v2")], t0()).await.unwrap();
+    let row = store.lease(CITO, "w", 10, LONG, t0()).await.unwrap().into_iter().find(|r| r.item.key == dead).unwrap();
+    store.dead_letter(row.seq, "refused").await.unwrap();
+    let never = key("Patient", "never");
+    let probes: Vec<(&ResourceKey, String)> = vec![
+        (&held, sha("in-held")),
+        (&held, sha("in-held-changed")),
+        (&queued, sha("in-queued")),
+        (&dead, sha("in-dead")),
+        (&stale, sha("in-stale")),
+        (&unheld, sha("in-unheld")),
+        (&never, sha("x")),
+    ];
+    let probes: Vec<(&ResourceKey, &str)> = probes.iter().map(|(k, f)| (*k, f.as_str())).collect();
+    let answers = store.memo_unchanged(CITO, &probes).await.unwrap();
+    assert_eq!(answers, [Some(sha("held")), None, None, None, None, None, None]);
+    // Another destination's memo says nothing about this one.
+    assert_eq!(store.memo_unchanged(PKB, &probes[..1]).await.unwrap(), [None]);
 }
 
 async fn lease_keeps_seq_order_per_patient(db: &Db) {

@@ -15,6 +15,15 @@ pub struct Memo {
     pub content_hash: String,
 }
 
+/// After the keys `k(t, i, f)`: the memo rows of the keys with their fingerprint whose content the ledger holds,
+/// with no outbox row; the destination's parameter goes between the two parts.
+const MEMO_UNCHANGED: &str = "SELECT m.resource_type, m.resource_id, m.content_hash FROM k CROSS JOIN plan_memo m \
+     CROSS JOIN ledger l WHERE m.destination =";
+const MEMO_UNCHANGED_END: &str = " AND m.resource_type = k.t AND m.resource_id = k.i AND m.input_hash = k.f \
+     AND l.destination = m.destination AND l.resource_type = k.t AND l.resource_id = k.i \
+     AND l.content_hash = m.content_hash AND NOT EXISTS (SELECT 1 FROM outbox o \
+     WHERE o.destination = m.destination AND o.resource_type = k.t AND o.resource_id = k.i)";
+
 impl Store {
     /// Records (or replaces) the memo of each resource.
     pub async fn memo_put(&self, destination: &str, memos: &[(&ResourceKey, Memo)]) -> Result<()> {
@@ -47,7 +56,9 @@ impl Store {
 
     /// For each (key, fingerprint) of `destination`: the content hash the memo recorded for that fingerprint,
     /// when the destination holds exactly that content (the ledger) and the outbox has no row of the key, pending
-    /// or dead; otherwise `None`, and planning shapes the resource and lets [`Store::enqueue`] decide. One read.
+    /// or dead; otherwise `None`, and planning shapes the resource and lets [`Store::enqueue`] decide. One read
+    /// per chunk: the keys as a `VALUES` list (SQLite: faster there than one JSON array through `json_each`,
+    /// measured) or as three arrays (PostgreSQL).
     pub async fn memo_unchanged(
         &self,
         destination: &str,
@@ -55,25 +66,45 @@ impl Store {
     ) -> Result<Vec<Option<String>>> {
         let mut found: HashMap<(String, String), String> = HashMap::new();
         for chunk in items.chunks(KEY_CHUNK) {
-            let rows: Vec<(String, String, String)> = with_pool!(self, |pool| {
-                let mut qb = sqlx::QueryBuilder::new("WITH k(t, i, f) AS (VALUES ");
-                for (n, (key, fingerprint)) in chunk.iter().enumerate() {
-                    qb.push(if n == 0 { "(" } else { ", (" });
-                    qb.push_bind(key.resource_type.clone());
-                    qb.push(", ");
-                    qb.push_bind(key.id.clone());
-                    qb.push(", ");
-                    qb.push_bind((*fingerprint).to_string());
-                    qb.push(")");
+            let rows: Vec<(String, String, String)> = match &self.inner {
+                Inner::Sqlite(pool) => {
+                    let mut qb = sqlx::QueryBuilder::new("WITH k(t, i, f) AS (VALUES ");
+                    for (n, (key, fingerprint)) in chunk.iter().enumerate() {
+                        qb.push(if n == 0 { "(" } else { ", (" });
+                        qb.push_bind(key.resource_type.as_str());
+                        qb.push(", ");
+                        qb.push_bind(key.id.as_str());
+                        qb.push(", ");
+                        qb.push_bind(*fingerprint);
+                        qb.push(")");
+                    }
+                    qb.push(") ");
+                    qb.push(MEMO_UNCHANGED);
+                    qb.push(" ");
+                    qb.push_bind(destination);
+                    qb.push(MEMO_UNCHANGED_END);
+                    qb.build_query_as().fetch_all(pool).await
                 }
-                qb.push(") SELECT m.resource_type, m.resource_id, m.content_hash FROM k CROSS JOIN plan_memo m CROSS JOIN ledger l \
-                     WHERE m.destination = ");
-                qb.push_bind(destination.to_string());
-                qb.push(" AND m.resource_type = k.t AND m.resource_id = k.i AND m.input_hash = k.f AND l.destination = m.destination \
-                     AND l.resource_type = k.t AND l.resource_id = k.i AND l.content_hash = m.content_hash AND NOT EXISTS (\
-                     SELECT 1 FROM outbox o WHERE o.destination = m.destination AND o.resource_type = k.t AND o.resource_id = k.i)");
-                qb.build_query_as().fetch_all(pool).await
-            })
+                Inner::Postgres(pool) => {
+                    let (t, i, f): (Vec<&str>, Vec<&str>, Vec<&str>) =
+                        chunk.iter().fold((Vec::new(), Vec::new(), Vec::new()), |(mut t, mut i, mut f), (k, fp)| {
+                            t.push(k.resource_type.as_str());
+                            i.push(k.id.as_str());
+                            f.push(fp);
+                            (t, i, f)
+                        });
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "WITH k(t, i, f) AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
+                         {MEMO_UNCHANGED} $4{MEMO_UNCHANGED_END}"
+                    )))
+                    .bind(t)
+                    .bind(i)
+                    .bind(f)
+                    .bind(destination)
+                    .fetch_all(pool)
+                    .await
+                }
+            }
             .map_err(StoreError::query("memo_unchanged"))?;
             for (t, i, hash) in rows {
                 found.insert((t, i), hash);
