@@ -6,6 +6,8 @@ pub mod compile;
 mod engine;
 pub mod ids;
 pub mod reverse;
+mod spill;
+mod state;
 mod template;
 pub mod transform;
 mod writer;
