@@ -216,8 +216,18 @@ pub fn run_with_limit(
     sink: &mut dyn Sink,
     max_bytes: Option<u64>,
 ) -> std::io::Result<RunReport> {
+    run_with_state(partner, inputs, sink, max_bytes, RunState::new(&std::env::temp_dir()))
+}
+
+/// As `run_with_limit`, remembering the run in `state` (tests make it spill early).
+pub(crate) fn run_with_state(
+    partner: &Partner,
+    inputs: &[Input],
+    sink: &mut dyn Sink,
+    max_bytes: Option<u64>,
+    mut state: RunState,
+) -> std::io::Result<RunReport> {
     let mut report = RunReport { partner: partner.id.clone(), ..Default::default() };
-    let mut state = RunState::new(&std::env::temp_dir());
 
     let org = organization(partner);
     let org_json = org.to_string();

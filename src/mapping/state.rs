@@ -112,11 +112,16 @@ pub struct RunState {
 impl RunState {
     /// An empty run's memory, spilling to files in `dir`.
     pub fn new(dir: &Path) -> Self {
+        Self::with_memory(dir, [SEEN_IN_MEMORY, KNOWN_IN_MEMORY, WITHHELD_IN_MEMORY])
+    }
+
+    /// As `new`, keeping at most these numbers of record keys, resources and withheld resources in memory.
+    pub fn with_memory(dir: &Path, [seen, known, withheld]: [usize; 3]) -> Self {
         Self {
-            seen: SpillMap::new(dir, SEEN_IN_MEMORY, "record keys seen"),
-            known: SpillMap::new(dir, KNOWN_IN_MEMORY, "resources produced"),
+            seen: SpillMap::new(dir, seen, "record keys seen"),
+            known: SpillMap::new(dir, known, "resources produced"),
             known_text: HashSet::new(),
-            withheld: SpillMap::new(dir, WITHHELD_IN_MEMORY, "resources of quarantined rows"),
+            withheld: SpillMap::new(dir, withheld, "resources of quarantined rows"),
             withheld_text: HashMap::new(),
         }
     }
