@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use compile::{CompileError, load_catalog};
+pub use state::RefKey;
 #[cfg(test)]
 pub(crate) use engine::REFERENCE_PATH;
 pub use engine::{

@@ -29,8 +29,9 @@ const SEEN_IN_MEMORY: usize = (1 << 16) / 8 * 7;
 const KNOWN_IN_MEMORY: usize = (1 << 16) / 8 * 7;
 const WITHHELD_IN_MEMORY: usize = (1 << 12) / 8 * 7;
 
-/// A reference as the run remembers it: its exact key, or (rarely) its text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A reference (`Type/id`) as a run remembers it: its exact 16-byte key, or (rarely) its text. Its `Display`
+/// gives back the reference's text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RefKey {
     Code(Key),
     Text(Box<str>),
@@ -41,6 +42,20 @@ impl RefKey {
         match ref_code(reference) {
             Some(k) => Self::Code(k),
             None => Self::Text(reference.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for RefKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(t) => f.write_str(t),
+            Self::Code(k) => {
+                let mut id = *k;
+                let t = RESOURCE_TYPES.get(usize::from(id[6] >> 4)).copied().unwrap_or_default();
+                id[6] = 0x50 | (id[6] & 0x0f);
+                write!(f, "{t}/{}", uuid::Uuid::from_bytes(id))
+            }
         }
     }
 }
@@ -200,6 +215,18 @@ mod tests {
             assert_eq!(ref_code(&odd), None, "{odd}");
             assert_eq!(RefKey::of(&odd), RefKey::Text(odd.clone().into()));
         }
+    }
+
+    #[test]
+    fn a_reference_key_gives_back_its_text() {
+        let id = crate::mapping::ids::resource_id("hub", "person", "patient", "C001");
+        for t in RESOURCE_TYPES {
+            let text = format!("{t}/{id}");
+            assert!(matches!(RefKey::of(&text), RefKey::Code(_)));
+            assert_eq!(RefKey::of(&text).to_string(), text);
+        }
+        assert_eq!(RefKey::of("Organization/ods-RCB").to_string(), "Organization/ods-RCB");
+        assert_eq!(RefKey::of("").to_string(), "");
     }
 
     #[test]

@@ -128,8 +128,7 @@ impl Planner<'_> {
             match msg {
                 Msg::Resource(mut m) => {
                     if let Some((file, key)) = m.from.take() {
-                        let members = report.members.entry(file).or_default();
-                        members.records.entry(key).or_default().insert(m.key.to_string());
+                        report.members.entry(file).or_default().add(&key, &m.key.to_string());
                     }
                     if let Some(p) = m.patient.take() {
                         let group = if m.key.resource_type == "Patient" {
@@ -148,7 +147,7 @@ impl Planner<'_> {
                 }
                 Msg::Quarantined(q) => {
                     if let Some(key) = &q.key {
-                        report.members.entry(q.file.clone()).or_default().quarantined.insert(key.clone());
+                        report.members.entry(q.file.clone()).or_default().add_quarantined(key);
                     }
                     report.quarantined_rows.push(crate::quarantine::QuarantinedRow::of(&q));
                     if !dry_run {
