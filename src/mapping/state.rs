@@ -31,7 +31,7 @@ const WITHHELD_IN_MEMORY: usize = (1 << 12) / 8 * 7;
 
 /// A reference (`Type/id`) as a run remembers it: its exact 16-byte key, or (rarely) its text. Its `Display`
 /// gives back the reference's text.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RefKey {
     Code(Key),
     Text(Box<str>),
