@@ -204,21 +204,14 @@ pub enum Verdict {
 
 impl Memo {
     /// Writes one resource of a row into `out` and says whether it must be checked in full.
-    pub fn write(
-        &mut self,
-        compiled: &Compiled,
-        row: &RowData<'_>,
-        out: &mut String,
-    ) -> Verdict {
+    pub fn write(&mut self, compiled: &Compiled, row: &RowData<'_>, out: &mut String) -> Verdict {
         self.sig.clear();
         self.refs.clear();
         self.walk_refs = false;
         self.cacheable = !compiled.places.is_empty();
         self.refs.extend(compiled.writer.const_refs.iter().cloned());
         let leaves = compiled.writer.leaves();
-        compiled
-            .writer
-            .write(row, None, out, &mut |i, seen| self.see(compiled, &leaves[i as usize], i, seen));
+        compiled.writer.write(row, None, out, &mut |i, seen| self.see(compiled, &leaves[i as usize], i, seen));
         if !self.cacheable {
             return Verdict::CheckInFull;
         }

@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use compile::{CompileError, load_catalog};
-pub use state::RefKey;
 #[cfg(test)]
 pub(crate) use engine::REFERENCE_PATH;
 pub use engine::{
     FileCounts, Input, MappedResource, NoStatement, NoStatementWhy, Quarantined, Reason, RunReport, Sink, organization,
     run, run_with_limit,
 };
+pub use state::RefKey;
 pub use template::Node;
 
 use crate::ingest::ReadOptions;

@@ -130,11 +130,8 @@ impl Planner<'_> {
                         report.members.entry(file).or_default().add(&key, &m.key.to_string());
                     }
                     if let Some(p) = m.patient.take() {
-                        let group = if m.key.resource_type == "Patient" {
-                            groups.of_patient(p, &m.body)
-                        } else {
-                            groups.of(p)
-                        };
+                        let group =
+                            if m.key.resource_type == "Patient" { groups.of_patient(p, &m.body) } else { groups.of(p) };
                         m.patient = Some(group);
                     }
                     pending.push(m);
