@@ -185,7 +185,7 @@ impl<V: Fixed> SpillMap<V> {
     /// the next newer one (so there are at most about log2(entries / capacity) of them).
     fn spill(&mut self) -> std::io::Result<()> {
         let mut entries: Vec<(Key, V)> = self.mem.drain().collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_unstable_by_key(|e| e.0);
         let mut w = self.writer(entries.len() as u64)?;
         for (key, value) in entries {
             w.push(&key, value).map_err(|e| self.error("writing", &e))?;
@@ -310,7 +310,7 @@ struct RunWriter<V> {
 
 impl<V: Fixed> RunWriter<V> {
     fn push(&mut self, key: &Key, value: V) -> std::io::Result<()> {
-        if self.entries % SpillMap::<V>::PER_BLOCK as u64 == 0 {
+        if self.entries.is_multiple_of(SpillMap::<V>::PER_BLOCK as u64) {
             self.first_keys.push(*key);
         }
         self.bloom.insert(spread(key));

@@ -63,12 +63,7 @@ fn decode(rows: Vec<String>) -> Vec<(Box<str>, RefKey)> {
 /// The distinct keys of sorted pairs.
 fn keys<'a>(pairs: &'a [(&'a str, &'a RefKey)]) -> impl Iterator<Item = &'a str> + 'a {
     let mut last: Option<&str> = None;
-    pairs.iter().filter_map(move |&(k, _)| {
-        (last != Some(k)).then(|| {
-            last = Some(k);
-            k
-        })
-    })
+    pairs.iter().map(|&(k, _)| k).filter(move |&k| last.replace(k) != Some(k))
 }
 
 /// The pairs of `key` in sorted pairs.
