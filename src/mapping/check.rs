@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::state::RefKey;
 use super::writer::{Leaf, RowData, Seen, Writer};
 use super::{Field, FieldSource, Ref};
 use crate::ingest::limits::MAX_VALUE_CHARS;
@@ -185,8 +186,8 @@ pub struct Memo {
     /// The signature of the row being checked.
     sig: Vec<u32>,
     cacheable: bool,
-    /// Hashes of the `reference` strings the row's resource may hold.
-    pub refs: Vec<u64>,
+    /// The `reference` strings the row's resource may hold, as the run remembers references.
+    pub refs: Vec<RefKey>,
     /// A value holds an object: its references are found by walking the built resource.
     pub walk_refs: bool,
     scratch: String,
@@ -203,24 +204,14 @@ pub enum Verdict {
 
 impl Memo {
     /// Writes one resource of a row into `out` and says whether it must be checked in full.
-    pub fn write(
-        &mut self,
-        compiled: &Compiled,
-        row: &RowData<'_>,
-        out: &mut String,
-        ref_hash: fn(&str) -> u64,
-    ) -> Verdict {
+    pub fn write(&mut self, compiled: &Compiled, row: &RowData<'_>, out: &mut String) -> Verdict {
         self.sig.clear();
         self.refs.clear();
         self.walk_refs = false;
         self.cacheable = !compiled.places.is_empty();
-        for r in &compiled.writer.const_refs {
-            self.refs.push(ref_hash(r));
-        }
+        self.refs.extend(compiled.writer.const_refs.iter().cloned());
         let leaves = compiled.writer.leaves();
-        compiled
-            .writer
-            .write(row, None, out, &mut |i, seen| self.see(compiled, &leaves[i as usize], i, seen, ref_hash));
+        compiled.writer.write(row, None, out, &mut |i, seen| self.see(compiled, &leaves[i as usize], i, seen));
         if !self.cacheable {
             return Verdict::CheckInFull;
         }
@@ -237,9 +228,9 @@ impl Memo {
         }
     }
 
-    fn see(&mut self, compiled: &Compiled, leaf: &Leaf, i: u32, seen: Seen<'_>, ref_hash: fn(&str) -> u64) {
+    fn see(&mut self, compiled: &Compiled, leaf: &Leaf, i: u32, seen: Seen<'_>) {
         if let (Some("reference"), Seen::Str(s)) = (leaf.key.as_deref(), seen) {
-            self.refs.push(ref_hash(s));
+            self.refs.push(RefKey::of(s));
         }
         match seen {
             Seen::Json(v) => self.walk_refs |= holds_object(v),

@@ -2,13 +2,12 @@
 //! resources and quarantining whatever cannot be mapped, with every reason. Rows read always equal rows
 //! mapped plus rows quarantined.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
 use super::check::{Memo, Verdict};
+use super::state::{FirstSeen, RefKey, RunState};
 use super::template::{self, Slot};
 use super::writer::RowData;
 use super::{
@@ -205,21 +204,6 @@ impl RunReport {
     }
 }
 
-/// Hashes a `Type/id` reference so the set of known resources stays small however large the run.
-fn ref_hash(reference: &str) -> u64 {
-    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(reference)
-}
-
-struct RunState {
-    /// Every resource produced so far, as hashes of `Type/id`.
-    known: std::collections::HashSet<u64>,
-    /// Resources that would have come from quarantined rows: hash -> (file, row).
-    withheld: HashMap<u64, (usize, u64)>,
-    /// Per kind: key hash -> (row, first 64 bits of the raw content's sha256), to spot duplicates. Kept
-    /// small: this is most of what a run holds in memory (about 50 bytes a row).
-    seen: HashMap<RecordKind, HashMap<u64, (u64, u64)>>,
-}
-
 /// Maps a partner's inputs. Inputs are taken in kind order (person first) so that references resolve.
 pub fn run(partner: &Partner, inputs: &[Input], sink: &mut dyn Sink) -> std::io::Result<RunReport> {
     run_with_limit(partner, inputs, sink, None)
@@ -232,13 +216,23 @@ pub fn run_with_limit(
     sink: &mut dyn Sink,
     max_bytes: Option<u64>,
 ) -> std::io::Result<RunReport> {
+    run_with_state(partner, inputs, sink, max_bytes, RunState::new(&std::env::temp_dir()))
+}
+
+/// As `run_with_limit`, remembering the run in `state` (tests make it spill early).
+pub(crate) fn run_with_state(
+    partner: &Partner,
+    inputs: &[Input],
+    sink: &mut dyn Sink,
+    max_bytes: Option<u64>,
+    mut state: RunState,
+) -> std::io::Result<RunReport> {
     let mut report = RunReport { partner: partner.id.clone(), ..Default::default() };
-    let mut state = RunState { known: Default::default(), withheld: HashMap::new(), seen: HashMap::new() };
 
     let org = organization(partner);
     let org_json = org.to_string();
     let org_ref = format!("Organization/{}", partner.organization_id);
-    state.known.insert(ref_hash(&org_ref));
+    state.produced(RefKey::of(&org_ref))?;
     sink.resource(&MappedResource {
         partner: &partner.id,
         kind: None,
@@ -362,7 +356,7 @@ fn map_file(
         counts.read += 1;
         buf.clear();
         let cx = RowCx { header: header.as_deref(), binding: binding.as_ref(), paths };
-        match map_row(partner, mapping, &row, &cx, state, &mut memos, &mut buf) {
+        match map_row(partner, mapping, &row, &cx, state, &mut memos, &mut buf)? {
             Ok(RowResult::NoStatement(why)) => {
                 let spec = mapping.consent.as_ref();
                 sink.no_statement(&NoStatement {
@@ -415,9 +409,8 @@ fn map_file(
                 if let Some(k) = &key {
                     for spec in &mapping.resources {
                         let id = ids::resource_id(&partner.id, mapping.kind.as_str(), &spec.name, k);
-                        state
-                            .withheld
-                            .insert(ref_hash(&format!("{}/{id}", spec.resource_type)), (file_index, row.number));
+                        let reference = RefKey::of(&format!("{}/{id}", spec.resource_type));
+                        state.withhold(reference, file_index, row.number)?;
                     }
                 }
                 let person = mapping
@@ -541,6 +534,7 @@ fn key_string(values: &[Option<Value>], fields: &[usize]) -> Option<String> {
 
 type RowFailure = (Option<String>, Vec<Reason>);
 
+/// Maps one row, or says why it cannot be; fails only when the run's memory cannot be read or written.
 fn map_row(
     partner: &Partner,
     mapping: &Mapping,
@@ -549,22 +543,22 @@ fn map_row(
     state: &mut RunState,
     memos: &mut [Memo],
     buf: &mut String,
-) -> Result<RowResult, RowFailure> {
+) -> std::io::Result<Result<RowResult, RowFailure>> {
     let (header, binding, paths) = (cx.header, cx.binding, cx.paths);
     let mut reasons = Vec::new();
     if let Values::Unreadable { reason, .. } = &row.values {
-        return Err((
+        return Ok(Err((
             None,
             vec![Reason::row(ingest::cap_message(with_action(
                 format!("the reader could not make a record of this row: {reason}"),
                 "fix the record at the source and re-send it",
             )))],
-        ));
+        )));
     }
     if let Values::Untrusted { reason, .. } = &row.values {
         // Never mapped; the key is read only so that the quarantined record names its person.
         let reason = with_action(reason.clone(), "fix the row at the source and re-export");
-        return Err((own_key(mapping, row, binding), vec![Reason::row(ingest::cap_message(reason))]));
+        return Ok(Err((own_key(mapping, row, binding), vec![Reason::row(ingest::cap_message(reason))])));
     }
     if row.extra_cells > 0 {
         let width = header.map_or(0, |h| h.names.len());
@@ -575,7 +569,7 @@ fn map_row(
     } else if let Some(spec) = &mapping.consent
         && let Some(why) = no_statement(spec, mapping, row, binding)
     {
-        return Ok(RowResult::NoStatement(why));
+        return Ok(Ok(RowResult::NoStatement(why)));
     }
 
     // Fields: source fields first, computed sums after.
@@ -606,24 +600,23 @@ fn map_row(
     }
     let key = match key {
         Some(k) if reasons.is_empty() => k,
-        other => return Err((other, reasons)),
+        other => return Ok(Err((other, reasons))),
     };
     // Not for the patient unless the partner said it is: a missing answer keeps it from the patient-held record.
     let not_for_patient = mapping.patient_visible.is_some_and(|f| values[f] != Some(Value::Bool(true)));
 
     // Duplicates within this run.
-    let key_hash = ref_hash(&key);
     let full = row.raw_hash();
     let raw_hash = u64::from_le_bytes([full[0], full[1], full[2], full[3], full[4], full[5], full[6], full[7]]);
-    if let Some((first_row, first_hash)) = state.seen.get(&mapping.kind).and_then(|m| m.get(&key_hash)) {
-        let message = if *first_hash == raw_hash {
+    if let Some(FirstSeen { row: first_row, content: first_hash }) = state.seen(mapping.kind, &key)? {
+        let message = if first_hash == raw_hash {
             format!("duplicate of row {first_row} (identical content); nothing to do unless the export itself is wrong")
         } else {
             format!(
                 "another row ({first_row}) has the same key with different content: the export holds two versions of one record; keep the right one and re-export"
             )
         };
-        return Err((Some(key), vec![Reason::row(message)]));
+        return Ok(Err((Some(key), vec![Reason::row(message)])));
     }
 
     // References this row makes.
@@ -644,9 +637,9 @@ fn map_row(
 
     let mut resources: Vec<Made> = Vec::new();
     let mut produced = Vec::new();
-    // Hashes of the references the resources may hold, and whether a value holds an object (whose references
-    // only a walk of the built resource finds).
-    let mut ref_hashes: Vec<u64> = Vec::new();
+    // The references the resources may hold, and whether a value holds an object (whose references only a
+    // walk of the built resource finds).
+    let mut ref_keys: Vec<RefKey> = Vec::new();
     let mut walk_refs = false;
     let problems_of = |spec: &ResourceSpec, problems: Vec<String>, reasons: &mut Vec<Reason>| {
         for problem in problems {
@@ -666,8 +659,8 @@ fn map_row(
             Some(compiled) => {
                 let data = RowData { fields: &values, refs: &ref_targets, key: &key, id: &id };
                 let memo = &mut memos[si];
-                let verdict = memo.write(compiled, &data, buf, ref_hash);
-                ref_hashes.extend_from_slice(&memo.refs);
+                let verdict = memo.write(compiled, &data, buf);
+                ref_keys.extend(memo.refs.iter().cloned());
                 walk_refs |= memo.walk_refs;
                 match verdict {
                     Verdict::Passes => None,
@@ -695,17 +688,33 @@ fn map_row(
     // Every reference must point at something this run produced (this row's own resources included). The
     // references the templates can make are known; when one does not resolve (or a value held an object), the
     // resources are walked as before, for the reasons.
-    let own: Vec<u64> = produced.iter().map(|p| ref_hash(p)).collect();
-    let resolved = !walk_refs && ref_hashes.iter().all(|h| state.known.contains(h) || own.contains(h));
+    let own: Vec<RefKey> = produced.iter().map(|p| RefKey::of(p)).collect();
+    let mut resolved = !walk_refs;
+    for r in &ref_keys {
+        if !resolved {
+            break;
+        }
+        resolved = own.contains(r) || state.known(r)?;
+    }
+    let mut failed: Option<std::io::Error> = None;
     for made in resources.iter_mut().filter(|_| !resolved) {
         let spec = &mapping.resources[made.spec];
         let resource =
             made.value.get_or_insert_with(|| build(partner, mapping, spec, &values, &ref_targets, &key, &made.id));
         validate::each_reference(resource, &mut |path, reference| {
-            let h = ref_hash(reference);
-            if state.known.contains(&h) || own.contains(&h) {
+            let r = RefKey::of(reference);
+            if failed.is_some() || own.contains(&r) {
                 return;
             }
+            let found = state.known(&r).and_then(|known| if known { Ok(None) } else { state.withheld(&r).map(Some) });
+            let withheld = match found {
+                Ok(None) => return,
+                Ok(Some(w)) => w,
+                Err(e) => {
+                    failed = Some(e);
+                    return;
+                }
+            };
             let named = mapping.refs.iter().zip(&ref_targets).find(|(_, t)| t.as_deref() == Some(reference));
             let target = match named {
                 Some((r, _)) => format!(
@@ -716,17 +725,20 @@ fn map_row(
                 ),
                 None => format!("{path} points at {reference}"),
             };
-            let why = match state.withheld.get(&h) {
+            let why = match withheld {
                 Some((file, row)) => {
-                    let name = paths[*file]
+                    let name = paths[file]
                         .file_name()
-                        .map_or_else(|| paths[*file].display().to_string(), |n| n.to_string_lossy().into_owned());
+                        .map_or_else(|| paths[file].display().to_string(), |n| n.to_string_lossy().into_owned());
                     format!("which was quarantined ({name} row {row}); fix that row first")
                 }
                 None => "which is not in this run's output; include that export, or check the key".to_string(),
             };
             reasons.push(Reason::row(format!("{target}, {why}")));
         });
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let consent = match &mapping.consent {
         Some(spec) => match consent_facts(spec, mapping, &values, &ref_targets) {
@@ -739,11 +751,13 @@ fn map_row(
         None => None,
     };
     if !reasons.is_empty() {
-        return Err((Some(key), reasons));
+        return Ok(Err((Some(key), reasons)));
     }
-    state.known.extend(own);
-    state.seen.entry(mapping.kind).or_default().insert(key_hash, (row.number, raw_hash));
-    Ok(RowResult::Mapped(RowOut { key, resources, not_for_patient, consent, fields: values, refs: ref_targets }))
+    for r in own {
+        state.produced(r)?;
+    }
+    state.see(mapping.kind, &key, FirstSeen { row: row.number, content: raw_hash })?;
+    Ok(Ok(RowResult::Mapped(RowOut { key, resources, not_for_patient, consent, fields: values, refs: ref_targets })))
 }
 
 /// The row's key, from the key fields read on their own (for rows that are not mapped).

@@ -6,6 +6,8 @@ pub mod compile;
 mod engine;
 pub mod ids;
 pub mod reverse;
+mod spill;
+mod state;
 mod template;
 pub mod transform;
 mod writer;
@@ -20,6 +22,7 @@ pub use engine::{
     FileCounts, Input, MappedResource, NoStatement, NoStatementWhy, Quarantined, Reason, RunReport, Sink, organization,
     run, run_with_limit,
 };
+pub use state::RefKey;
 pub use template::Node;
 
 use crate::ingest::ReadOptions;

@@ -263,6 +263,69 @@ fn messy_rows_are_quarantined_with_reasons_and_counts_add_up() {
     assert_eq!(enc["subject"]["reference"], format!("Patient/{}", patient["id"].as_str().unwrap()));
 }
 
+/// Every duplicate and reference check gives the same answer, with the same words, when the run's memory of
+/// keys and resources is on disk (here after four entries) as when it is all in memory.
+#[test]
+fn checks_fire_the_same_when_the_run_remembers_on_disk() {
+    // 300 people; then duplicates of early rows (identical, and changed) and a quarantined early person.
+    let mut people = String::from("Client ID,NHS,Surname,Forename,DOB,Sex\n");
+    for n in 1..=300 {
+        let dob = if n == 7 { "" } else { "01/01/1990" };
+        people.push_str(&format!("C{n},,Family{n},Given,{dob},F\n"));
+    }
+    people.push_str("C1,,Family1,Given,01/01/1990,F\n"); // row 302: identical to row 2
+    people.push_str("C2,,Changed,Given,01/01/1990,F\n"); // row 303: same key as row 3, other content
+    let mut contacts = String::from("Contact,Client ID,Date,Time\n");
+    for n in 1..=300 {
+        contacts.push_str(&format!("K{n},C{n},28/03/2026,10:30\n"));
+    }
+    contacts.push_str("K1,C1,28/03/2026,10:30\n"); // row 302: a duplicate contact
+    contacts.push_str("K900,C7,28/03/2026,10:30\n"); // row 303: its person was quarantined (person row 8)
+    contacts.push_str("K901,C999,28/03/2026,10:30\n"); // row 304: no such person
+    contacts.push_str("K902,C300,28/03/2026,10:30\n"); // row 305: the last person, fine
+    let d = setup(
+        "spilled",
+        &[
+            ("mappings/p1/partner.toml", PARTNER),
+            ("mappings/p1/person.toml", PERSON),
+            ("mappings/p1/contact.toml", CONTACT),
+            ("person.csv", &people),
+            ("contact.csv", &contacts),
+        ],
+    );
+    let cat = catalog(&d.0);
+    let p = cat.partner("p1").unwrap();
+    let inputs = vec![
+        Input { kind: RecordKind::Person, path: d.0.join("person.csv") },
+        Input { kind: RecordKind::Contact, path: d.0.join("contact.csv") },
+    ];
+    let mut in_memory = Got::default();
+    run(p, &inputs, &mut in_memory).unwrap();
+    let mut on_disk = Got::default();
+    let state = super::state::RunState::with_memory(&d.0, [4, 4, 4]);
+    let report = super::engine::run_with_state(p, &inputs, &mut on_disk, None, state).unwrap();
+
+    let reasons = |got: &Got| -> Vec<(RecordKind, u64, String)> {
+        got.quarantined
+            .iter()
+            .map(|q| (q.kind, q.row, q.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")))
+            .collect()
+    };
+    assert_eq!(reasons(&on_disk), reasons(&in_memory));
+    assert_eq!(on_disk.resources, in_memory.resources);
+    assert_eq!((report.read(), report.mapped(), report.quarantined()), (606, 599, 7));
+    let said = reasons(&on_disk);
+    let of = |kind: RecordKind, row: u64| said.iter().find(|(k, r, _)| *k == kind && *r == row).unwrap().2.clone();
+    assert!(of(RecordKind::Person, 8).contains("required"));
+    assert!(of(RecordKind::Person, 302).contains("duplicate of row 2 (identical content)"));
+    assert!(of(RecordKind::Person, 303).contains("another row (3) has the same key with different content"));
+    assert!(of(RecordKind::Contact, 8).contains("quarantined (person.csv row 8)"));
+    assert!(of(RecordKind::Contact, 302).contains("duplicate of row 2"));
+    assert!(of(RecordKind::Contact, 303).contains("quarantined (person.csv row 8)"));
+    assert!(of(RecordKind::Contact, 304).contains("not in this run's output"));
+    assert!(!said.iter().any(|(k, r, _)| *k == RecordKind::Contact && *r == 305));
+}
+
 #[test]
 fn same_input_gives_identical_output() {
     let d = setup(

@@ -99,8 +99,8 @@ pub struct Writer {
     /// `{"source":"..."}`: the `meta` the engine sets when the template's own is absent.
     bare_meta: Box<str>,
     resource_type: Box<str>,
-    /// `reference` strings that are constant in the template.
-    pub const_refs: Vec<String>,
+    /// `reference` strings that are constant in the template, as the run remembers references.
+    pub const_refs: Vec<super::state::RefKey>,
 }
 
 #[derive(Debug)]
@@ -175,7 +175,7 @@ impl Writer {
             leaves: c.leaves,
             bare_meta: bare_meta.into(),
             resource_type: rt.into(),
-            const_refs: c.const_refs,
+            const_refs: c.const_refs.iter().map(|r| super::state::RefKey::of(r)).collect(),
         })
     }
 

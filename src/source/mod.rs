@@ -289,7 +289,8 @@ pub async fn finish(
             _ => true,
         };
         if src.mode == SourceMode::Snapshot && complete {
-            let members = outcome.members.get(t.path()).cloned().unwrap_or_default();
+            let none = Members::default();
+            let members = outcome.members.get(t.path()).unwrap_or(&none);
             snapshot::compare(ctx, partner, src, &label, members, accept_shrink, report, &mut status).await?;
         }
         ctx.store.source_status_put(&status).await?;
