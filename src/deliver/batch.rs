@@ -40,22 +40,24 @@ pub(super) async fn send_rows(
     report: &mut DeliveryReport,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let mut stack: Vec<Vec<(OutboxRow, Write)>> = vec![rows];
-    while let Some(chunk) = stack.pop() {
-        if chunk.is_empty() {
+    // Rows and their writes side by side, so a bundle is sent from the writes as they are (no copy of the
+    // bodies per attempt).
+    let (rows, writes): (Vec<OutboxRow>, Vec<Write>) = rows.into_iter().unzip();
+    let mut stack: Vec<(Vec<OutboxRow>, Vec<Write>)> = vec![(rows, writes)];
+    while let Some((rows, writes)) = stack.pop() {
+        if rows.is_empty() {
             continue;
         }
-        let writes: Vec<Write> = chunk.iter().map(|(_, w)| w.clone()).collect();
+        let chunk = || rows.iter().zip(&writes);
         // Before anything leaves: should the answer never be recorded (a crash, a lost answer), the next pass
         // finds out whether it landed and audits it then.
         let intents: Vec<SendIntent> =
-            chunk.iter().filter_map(|(row, write)| intent_of(dest, row, write, permits.get(&row.seq))).collect();
+            chunk().filter_map(|(row, write)| intent_of(dest, row, write, permits.get(&row.seq))).collect();
         store.intents_record(&intents).await?;
         match send_retrying(dest, stop, || dest.transport.send(&writes)).await {
             Ok(results) => {
                 dest.breaker.success();
-                let recorded: Vec<(Option<LedgerEntry>, Option<AuditEntry>)> = chunk
-                    .iter()
+                let recorded: Vec<(Option<LedgerEntry>, Option<AuditEntry>)> = chunk()
                     .zip(results)
                     .map(|((row, write), Written { version_id })| {
                         let action =
@@ -81,7 +83,7 @@ pub(super) async fn send_rows(
                     .collect();
                 // The bundle landed whole (a transaction): it is recorded whole, in one transaction.
                 let mut done: Vec<Completion<'_>> = settled.iter().map(Settled::completion).collect();
-                done.extend(chunk.iter().zip(&recorded).map(|((row, _), (entry, audit))| Completion {
+                done.extend(chunk().zip(&recorded).map(|((row, _), (entry, audit))| Completion {
                     row,
                     ledger: entry.as_ref(),
                     audit: audit.as_ref(),
@@ -89,7 +91,7 @@ pub(super) async fn send_rows(
                 store.complete_many(&done).await?;
                 drop(done);
                 settled.clear();
-                for (row, write) in &chunk {
+                for (row, write) in chunk() {
                     if write.method == Method::Delete
                         && write.resource_type == "Patient"
                         && let Some(person) = &row.item.patient
@@ -103,27 +105,28 @@ pub(super) async fn send_rows(
                     report.written += 1;
                 }
             }
-            Err(TransportError::Rejected { .. } | TransportError::PreconditionFailed { .. }) if chunk.len() > 1 => {
-                let mut first = chunk;
-                let second = first.split_off(first.len() / 2);
+            Err(TransportError::Rejected { .. } | TransportError::PreconditionFailed { .. }) if rows.len() > 1 => {
+                let (mut first_rows, mut first_writes) = (rows, writes);
+                let half = first_rows.len() / 2;
+                let second = (first_rows.split_off(half), first_writes.split_off(half));
                 stack.push(second);
-                stack.push(first);
+                stack.push((first_rows, first_writes));
             }
             Err(TransportError::Rejected { status, message, outcome }) => {
-                let (row, write) = &chunk[0];
+                let (row, write) = (&rows[0], &writes[0]);
                 error!(destination = %dest.name, resource_type = %write.resource_type, resource = %write.id, status, "Rejected; dead-lettered.");
                 let detail = serde_json::json!({ "status": status, "message": message, "outcome": outcome });
                 store.dead_letter(row.seq, &detail.to_string()).await?;
                 report.dead_lettered += 1;
             }
             Err(TransportError::PreconditionFailed { .. }) => {
-                let (row, write) = &chunk[0];
+                let (row, write) = (&rows[0], &writes[0]);
                 if write.method == Method::Delete {
                     // Retracting something changed there since: the person's consent still rules; delete the
                     // current version.
                     let mut again = write.clone();
                     again.if_match = None;
-                    stack.push(vec![(row.clone(), again)]);
+                    stack.push((vec![row.clone()], vec![again]));
                     continue;
                 }
                 let known = ledger.get(&row.item.key);
@@ -132,7 +135,7 @@ pub(super) async fn send_rows(
             Err(TransportError::Stopped) => {
                 // The daemon is stopping: nothing failed. The rows keep their leases until the daemon releases
                 // them on the way out; the intents just recorded are settled by the next pass.
-                report.deferred += chunk.len() as u64 + stack.iter().map(|c| c.len() as u64).sum::<u64>();
+                report.deferred += rows.len() as u64 + stack.iter().map(|(r, _)| r.len() as u64).sum::<u64>();
                 return record_settled(store, &mut settled).await;
             }
             Err(e) => {
@@ -141,7 +144,7 @@ pub(super) async fn send_rows(
                 error!(destination = %dest.name, error = %e, circuit_opened = opened, "Delivery failed; rows deferred.");
                 let wait = dest.retry_policy().defer_for(0, e.retry_after());
                 let later = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(dest.defer);
-                for (row, _) in chunk.iter().chain(stack.iter().flatten()) {
+                for row in rows.iter().chain(stack.iter().flat_map(|(r, _)| r)) {
                     store.retry_later(row.seq, later, &e.full_text()).await?;
                     report.deferred += 1;
                 }

@@ -194,22 +194,26 @@ fn version_of(etag: Option<&str>, location: Option<&str>, resource: Option<&Valu
 impl Transport for FhirTransport {
     fn send<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<Vec<Written>, TransportError>> {
         Box::pin(async move {
-            let entries: Vec<Value> = writes
+            // Each entry refers to its write's body: the bundle is written out from the bodies as they are.
+            let entries: Vec<TransactionEntry<'_>> = writes
                 .iter()
                 .map(|w| {
                     let url = format!("{}/{}", w.resource_type, w.id);
-                    let mut request = json!({ "method": match w.method { Method::Put => "PUT", Method::Delete => "DELETE" }, "url": url });
-                    if let Some(v) = &w.if_match {
-                        request["ifMatch"] = Value::String(format!("W/\"{v}\""));
+                    TransactionEntry {
+                        full_url: self.url(&url),
+                        request: EntryRequest {
+                            method: match w.method {
+                                Method::Put => "PUT",
+                                Method::Delete => "DELETE",
+                            },
+                            url,
+                            if_match: w.if_match.as_ref().map(|v| format!("W/\"{v}\"")),
+                        },
+                        resource: w.body.as_ref(),
                     }
-                    let mut entry = json!({ "fullUrl": self.url(&url), "request": request });
-                    if let Some(b) = &w.body {
-                        entry["resource"] = b.clone();
-                    }
-                    entry
                 })
                 .collect();
-            let answers = self.post_bundle("transaction", entries, "the transaction response").await?;
+            let answers = self.post_bundle("transaction", &entries, "the transaction response").await?;
             Ok(answers
                 .iter()
                 .map(|a| Written {
@@ -305,6 +309,34 @@ impl Transport for FhirTransport {
     }
 }
 
+/// A bundle as sent: its entries are serialised where they are.
+#[derive(serde::Serialize)]
+struct BundleOut<'a, E> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    entry: &'a [E],
+}
+
+/// One entry of a transaction: the request, and the write's body by reference.
+#[derive(serde::Serialize)]
+struct TransactionEntry<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    request: EntryRequest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a Value>,
+}
+
+#[derive(serde::Serialize)]
+struct EntryRequest {
+    method: &'static str,
+    url: String,
+    #[serde(rename = "ifMatch", skip_serializing_if = "Option::is_none")]
+    if_match: Option<String>,
+}
+
 /// Identifiers per search (or per batch of searches) when looking many up at once: well under what servers
 /// take in one search (HFS fails somewhere between 800 and 1000 OR-ed values).
 const LOOKUP_CHUNK: usize = 100;
@@ -314,10 +346,17 @@ const LOOKUP_PAGE: usize = 20;
 impl FhirTransport {
     /// Posts a bundle of `kind` (transaction, batch) holding `entries` to the base; returns the answer's
     /// entries, one per entry sent (a different count is transient: the answer cannot be matched up).
-    async fn post_bundle(&self, kind: &str, entries: Vec<Value>, what: &str) -> Result<Vec<Value>, TransportError> {
+    async fn post_bundle<E: serde::Serialize>(
+        &self,
+        kind: &str,
+        entries: &[E],
+        what: &str,
+    ) -> Result<Vec<Value>, TransportError> {
         let sent = entries.len();
-        let bundle = json!({ "resourceType": "Bundle", "type": kind, "entry": entries });
-        let resp = self.request(HttpMethod::POST, "", Some(&bundle)).await?;
+        // The bundle's text with the entries serialised in place (no tree of them is built).
+        let text = serde_json::to_string(&BundleOut { resource_type: "Bundle", kind, entry: entries })
+            .map_err(|e| TransportError::Setup(format!("writing the bundle: {e}")))?;
+        let resp = self.request_with(HttpMethod::POST, "", Some((FHIR_JSON, text))).await?;
         if !resp.status().is_success() {
             return Err(failure(resp).await);
         }
@@ -355,7 +394,7 @@ impl FhirTransport {
                     json!({ "request": { "method": "GET", "url": url } })
                 })
                 .collect();
-            let answers = self.post_bundle("batch", entries, "the batch of searches").await?;
+            let answers = self.post_bundle("batch", &entries, "the batch of searches").await?;
             for (identifier, a) in chunk.iter().zip(&answers) {
                 let page = &a["resource"];
                 let whole = a["response"]["status"].as_str().is_some_and(|s| s.starts_with('2'))
