@@ -8,7 +8,8 @@
 #                                     (2) the full Hub mappings: wall time, rows/s, peak memory.
 #   scripts/bench.sh sync [PATIENTS]  initial load of a generated Hub export of PATIENTS people (default 10000)
 #                                     and their contacts into a fresh local Helios FHIR Server with
-#                                     `connector sync --once` (wall time, peak memory), then the no-change cycle;
+#                                     `connector sync --once` (wall time, peak memory), then the no-change cycle
+#                                     beside the time of mapping the same exports alone (`mappings preview`);
 #                                     compared with a plain client (scripts/bench/post_bundles.py) posting the same
 #                                     resources, precomputed, as transaction bundles of the same size and
 #                                     concurrency to a second fresh server (only the posting is timed).
@@ -209,9 +210,10 @@ sync)
     rm -rf "$run"
     mkdir -p "$run"
 
-    echo "Precomputing the resources (connector mappings preview)..." >&2
-    "$connector" --mappings mappings mappings preview --partner hub --input "$data/person.csv" \
-        --input "$data/contact.csv" --quarantine-dir "$run/quarantine" >"$run/resources.ndjson" 2>"$run/preview.txt" ||
+    echo "Precomputing the resources (connector mappings preview; timed: the no-change cycle's baseline)..." >&2
+    /usr/bin/time -v -o "$run/time-mapping.txt" "$connector" --mappings mappings mappings preview --partner hub \
+        --input "$data/person.csv" --input "$data/contact.csv" --quarantine-dir "$run/quarantine" \
+        >"$run/resources.ndjson" 2>"$run/preview.txt" ||
         ok_exit $? || { tail -5 "$run/preview.txt" >&2; exit 1; }
     read -r n_resources n_patients n_encounters n_orgs < <(python3 -c '
 import collections, json, sys
@@ -280,7 +282,9 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "  of which delivery:    ${delivery}s (the rest: start-up, mapping, planning into the outbox)"
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
     echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x"
+    mapping=$(seconds "$run/time-mapping.txt")
     echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
+    echo "mapping the same exports alone (mappings preview): ${mapping}s; no-change/mapping: $(python3 -c "print(round($nochange / $mapping, 2))")x"
     echo "files: $run (config, logs, GNU time reports)"
     ;;
 reconcile)

@@ -51,6 +51,9 @@ pub struct Planner<'a> {
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
+/// What [`Planner::read_consent`] returned (the statements of this read that prevail) and reported.
+pub type ConsentRead = (HashMap<String, StatementRecord>, IngestReport);
+
 /// A mapped resource on its way to planning.
 struct Mapped {
     key: ResourceKey,
@@ -119,21 +122,24 @@ impl Planner<'_> {
         self.ingest_read(partner_id, inputs, dry_run, expect, None).await
     }
 
-    /// [`Planner::ingest`], given what [`Planner::read_consent`] returned for exactly these inputs earlier in
-    /// the same cycle (`consent`), so the person and consent records are not mapped a second time.
+    /// [`Planner::ingest`], given what [`Planner::read_consent`] returned and reported for exactly these inputs
+    /// earlier in the same cycle (`consent`), so the person and consent records are not mapped a second time.
     pub async fn ingest_read(
         &self,
         partner_id: &str,
         inputs: Vec<mapping::Input>,
         dry_run: bool,
         expect: bool,
-        consent: Option<HashMap<String, StatementRecord>>,
+        consent: Option<ConsentRead>,
     ) -> anyhow::Result<IngestReport> {
         let mut report =
             IngestReport { partner: partner_id.to_string(), dry_run, collect_expected: expect, ..Default::default() };
         // First who is who and what they consented to, so the plan below decides on today's consent.
         let overlay = match consent {
-            Some(overlay) => overlay,
+            Some((overlay, read)) => {
+                report.absorb_consent(read);
+                overlay
+            }
             None => self.read_consent(partner_id, &inputs, &mut report).await?,
         };
         let catalog = self.ctx.catalog.clone();

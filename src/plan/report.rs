@@ -78,6 +78,21 @@ pub struct IngestReport {
 }
 
 impl IngestReport {
+    /// Takes what reading consent reported (statements recorded, withdrawals, holds, an unreadable export)
+    /// from `read`, a report of [`super::Planner::read_consent`] alone.
+    pub fn absorb_consent(&mut self, read: IngestReport) {
+        self.consent_statements += read.consent_statements;
+        let mut withdrawals = read.withdrawals;
+        withdrawals.append(&mut self.withdrawals);
+        self.withdrawals = withdrawals;
+        let mut held = read.consent_held;
+        held.append(&mut self.consent_held);
+        self.consent_held = held;
+        if self.consent_unreadable.is_none() {
+            self.consent_unreadable = read.consent_unreadable;
+        }
+    }
+
     /// Adds a later round's report to this one (several inbox files read in one cycle).
     pub fn absorb(&mut self, o: IngestReport) {
         self.mapping.files.extend(o.mapping.files);

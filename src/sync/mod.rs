@@ -2,7 +2,7 @@
 //! thread, streaming), plans each destination's outbox from the mapped content (only what differs from the
 //! ledger is queued, so unchanged input writes nothing), then delivers the outboxes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -15,11 +15,11 @@ pub use crate::context::{Context, reclaim_dead_leases};
 use crate::deliver::{self, DeliveryReport};
 use crate::model::{AuditAction, JobName};
 use crate::ops::metrics::{Metrics, label};
-use crate::plan::Planner;
+use crate::plan::{ConsentRead, Planner};
 pub use crate::plan::{Explained, IngestReport, WithdrawalReport, content_hash, patient_of, person_group};
 use crate::policy;
 use crate::source;
-use crate::store::{Op, OutboxItem, ResourceKey, StatementRecord};
+use crate::store::{Op, OutboxItem, ResourceKey};
 
 /// The planner and the cycle over a [`Context`] (which it dereferences to, so `engine.store` reads as before).
 pub struct Engine {
@@ -126,7 +126,7 @@ impl Engine {
         gathered: source::Gathered,
         dry_run: bool,
         stop: &watch::Receiver<bool>,
-        consent: Option<HashMap<String, StatementRecord>>,
+        consent: Option<ConsentRead>,
     ) -> anyhow::Result<IngestReport> {
         if dry_run {
             return self.ingest_gathered(partner_id, gathered, true, stop, consent).await;
@@ -153,7 +153,7 @@ impl Engine {
         gathered: source::Gathered,
         dry_run: bool,
         stop: &watch::Receiver<bool>,
-        mut consent: Option<HashMap<String, StatementRecord>>,
+        mut consent: Option<ConsentRead>,
     ) -> anyhow::Result<IngestReport> {
         let mut sources = gathered.reports;
         let mut total: Option<IngestReport> = None;
@@ -181,6 +181,10 @@ impl Engine {
             }
         }
         let mut total = total.unwrap_or_else(|| IngestReport { partner: partner_id.to_string(), ..Default::default() });
+        // No round took the consent read (the sources offered nothing): what it reported still counts.
+        if let Some((_, read)) = consent {
+            total.absorb_consent(read);
+        }
         total.sources = sources;
         Ok(total)
     }
@@ -340,14 +344,14 @@ impl Engine {
         for p in &chosen {
             gathered.insert(p.to_string(), source::gather(&self.ctx, p, dry_run, shutdown).await?);
         }
-        let mut consent_reports = BTreeMap::new();
+        // What each read returned and reported goes to the partner's first round, which does not read it again.
         let mut consent_read = BTreeMap::new();
         if !dry_run {
             for (p, g) in &gathered {
                 let mut r = IngestReport { partner: p.clone(), ..Default::default() };
                 let first = g.rounds.first().map(|r| r.inputs.as_slice()).unwrap_or_default();
-                consent_read.insert(p.clone(), self.planner().read_consent(p, first, &mut r).await?);
-                consent_reports.insert(p.clone(), r);
+                let overlay = self.planner().read_consent(p, first, &mut r).await?;
+                consent_read.insert(p.clone(), (overlay, r));
             }
         }
         for p in chosen {
@@ -355,13 +359,7 @@ impl Engine {
                 break;
             }
             let Some(g) = gathered.remove(p) else { continue };
-            let mut r = self.plan_sources(p, g, dry_run, shutdown, consent_read.remove(p)).await?;
-            if let Some(pre) = consent_reports.remove(p) {
-                r.consent_statements += pre.consent_statements;
-                let mut w = pre.withdrawals;
-                w.append(&mut r.withdrawals);
-                r.withdrawals = w;
-            }
+            let r = self.plan_sources(p, g, dry_run, shutdown, consent_read.remove(p)).await?;
             report.ingest.push(r);
         }
         if dry_run {
