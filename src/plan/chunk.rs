@@ -44,7 +44,9 @@ impl Planner<'_> {
             let decided = self.decide(dest, pending, &consents, &partner);
             *report.withheld.entry(dest.name.clone()).or_default() += decided.withheld.len() as u64;
             if report.collect_expected {
+                // Reconcile's pass: the expected set is all it asks for (it compares with the ledger itself).
                 self.expect(dest, &decided, &partner).await?;
+                continue;
             }
             let held = self.held(dest, pending, &decided, report.dry_run).await?;
             if self.explain {

@@ -16,26 +16,31 @@
 //! drifted ones are accepted as others' changes (merged, or conflicts, at the next update), stale ones are
 //! queued again; then a sync cycle plans and delivers.
 
+mod compare;
 pub mod pull;
+mod read;
 pub mod resolve;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use chrono::Utc;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::context::Context as Engine;
 use crate::deliver::Destination;
-use crate::deliver::transport::Found;
-use crate::store::{Expected, LedgerEntry, Op, OutboxItem, ResourceKey};
+use crate::store::{LedgerEntry, ResourceKey};
 
 pub use crate::model::fhir::SOURCE_PARTNER_TAG as TAG_SYSTEM;
 pub use crate::plan::shape::tag;
 
 /// Resources per page read from a destination (HFS serves at most 1000).
 const PAGE: usize = 1000;
+/// Resources read and held, compactly, while the source is still being mapped (a few hundred bytes each);
+/// past that, reading waits for the expected set.
+const READ_AHEAD: usize = 100_000;
 /// Findings listed one by one in a report; beyond that only counted.
 const MAX_LISTED: usize = 1000;
 
@@ -155,6 +160,8 @@ pub struct Options {
     /// Set to stop (SIGTERM, Ctrl-C): the page being read is abandoned and reconcile ends with an error
     /// saying it was stopped; nothing half-compared is reported or fixed.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Resources asked for per page (0: 1000, the most HFS serves).
+    pub page_size: usize,
 }
 
 /// Where reconcile has got to, after one page.
@@ -162,7 +169,7 @@ pub struct Options {
 pub struct PageRead<'a> {
     pub destination: &'a str,
     pub resource_type: &'a str,
-    /// Resources read so far, all types.
+    /// Resources read so far, all types (those read while the source is still being mapped included).
     pub read: u64,
     /// Findings so far.
     pub not_in_sync: u64,
@@ -189,6 +196,8 @@ struct Run<'a> {
     started: Instant,
     /// Deletions and re-sends queued by `--fix`.
     queued: u64,
+    /// Resources read so far, for the progress.
+    received: u64,
 }
 
 impl Run<'_> {
@@ -234,7 +243,7 @@ impl Run<'_> {
             tell(&PageRead {
                 destination,
                 resource_type,
-                read: self.report.read,
+                read: self.received,
                 not_in_sync: self.report.findings_total,
                 seconds: self.started.elapsed().as_secs_f64(),
                 type_done,
@@ -246,171 +255,66 @@ impl Run<'_> {
         self.opts.partner.as_deref().is_none_or(|p| p == partner)
     }
 
-    /// Compares one page of resources read from the destination.
-    async fn page(&mut self, dest: &Destination, resource_type: &str, resources: Vec<Value>) -> anyhow::Result<()> {
-        let store = &self.engine.store;
-        let keys: Vec<ResourceKey> =
-            resources.iter().filter_map(|r| r["id"].as_str()).map(|id| ResourceKey::new(resource_type, id)).collect();
-        let ledger: std::collections::HashMap<ResourceKey, LedgerEntry> =
-            store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
-        let expected: std::collections::HashMap<ResourceKey, Expected> =
-            store.expected_see(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
-        let conflicts = store.conflicts_open_among(&dest.name, &keys).await?;
-        let mut deletions = Vec::new();
-        for resource in resources {
-            let Some(id) = resource["id"].as_str().map(str::to_string) else { continue };
-            let key = ResourceKey::new(resource_type, &id);
-            let led = ledger.get(&key);
-            let exp = expected.get(&key);
-            let partner = exp
-                .map(|e| e.partner.clone())
-                .or_else(|| partner_of(&resource))
-                .or_else(|| {
-                    led.and_then(|l| l.origin.as_ref()).and_then(crate::model::Provenance::partner).map(str::to_string)
-                })
-                .unwrap_or_else(|| "?".into());
-            if !self.wanted(&partner) {
-                continue;
-            }
-            self.report.read += 1;
-            if led.is_some_and(|l| l.linked) {
-                continue;
-            }
-            if conflicts.contains(&key) {
-                self.note(
-                    &dest.name,
-                    &partner,
-                    resource_type,
-                    &id,
-                    Some(Class::Conflict),
-                    "waiting for an admin: connector conflicts list".into(),
-                    None,
-                );
-                continue;
-            }
-            let hash = crate::conflict::content_hash(&resource);
-            let version = resource["meta"]["versionId"].as_str().map(str::to_string);
-            let found = Found { id: id.clone(), version_id: version.clone(), resource };
-            let (class, detail, fix): (Option<Class>, String, Option<String>) = match (exp, led) {
-                (None, led) => {
-                    let deletable = led.is_none() || dest.retract;
-                    let fix = if !self.opts.fix {
-                        None
-                    } else if deletable {
-                        if led.is_none() {
-                            // The outbox deletes only what the ledger says is there: record it first.
-                            store.ledger_accept(&adopted(dest, &found, None), None).await?;
-                        }
-                        deletions.push(OutboxItem {
-                            destination: dest.name.clone(),
-                            key: key.clone(),
-                            patient: led.and_then(|l| l.patient.clone()),
-                            op: Op::Delete,
-                            content_hash: String::new(),
-                            body: None,
-                            origin: None,
-                        });
-                        Some("deletion queued".into())
-                    } else {
-                        Some(format!("kept: retract = false for {}", dest.name))
-                    };
-                    let detail = if led.is_some() {
-                        "no longer in the source, or no longer allowed there"
-                    } else {
-                        "carries the connector's tag but the connector neither sent nor expects it"
-                    };
-                    (Some(Class::Unexpected), detail.into(), fix)
-                }
-                (Some(_), None) => {
-                    let fix = if self.opts.fix {
-                        // Adopt what is there as the base, so the update goes out with If-Match.
-                        let fp = crate::conflict::fingerprints(&dest.salt, &found.resource);
-                        store.ledger_accept(&adopted(dest, &found, Some(crate::conflict::encode(&fp))), None).await?;
-                        Some("adopted; update queued".into())
-                    } else {
-                        None
-                    };
-                    (
-                        Some(Class::Stale),
-                        "there, but the ledger does not know it (state restored from an older backup?)".into(),
-                        fix,
-                    )
-                }
-                (Some(e), Some(l)) => {
-                    if l.prev_hash.as_deref() == Some(hash.as_str()) {
-                        let fix = if self.opts.fix {
-                            let mut entry = l.clone();
-                            entry.content_hash = String::new(); // planned again; the merge sees the stale copy
-                            store.ledger_accept(&entry, None).await?;
-                            Some("current version queued".into())
-                        } else {
-                            None
-                        };
-                        (
-                            Some(Class::Stale),
-                            "holds an older version the connector wrote (restored or replayed there)".into(),
-                            fix,
-                        )
-                    } else if l.held_hash.as_deref() != Some(hash.as_str()) {
-                        let changed = crate::conflict::decode(l.source_fp.as_deref())
-                            .map(|b| crate::conflict::changed_from(&dest.salt, &b, &found.resource).join(", "))
-                            .unwrap_or_default();
-                        let fix = if self.opts.fix {
-                            pull::note_remote(store, dest, l, &found).await?;
-                            Some("accepted as a change made there (kept)".into())
-                        } else {
-                            None
-                        };
-                        (Some(Class::Drifted), format!("changed there since the connector last looked: {changed}"), fix)
-                    } else if e.content_hash != l.content_hash {
-                        let fix = self.opts.fix.then(|| "queued by the sync cycle".to_string());
-                        (Some(Class::Stale), "the source has changed since; not delivered yet".into(), fix)
-                    } else {
-                        (None, String::new(), None)
-                    }
-                }
-            };
-            self.note(&dest.name, &partner, resource_type, &id, class, detail, fix);
+    /// Reads and compares one destination. Reading starts at once, for the types the ledger knows; what is read
+    /// before the source is mapped (`mapped` turns true) waits, compactly, to be judged; the types only the
+    /// expected set has are read once it is whole. With `--fix` nothing is read before then: the repairs need
+    /// each resource whole.
+    async fn destination(&mut self, dest: &Arc<Destination>, mut mapped: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let store = self.engine.store.clone();
+        let mut stop = self.opts.stop.clone();
+        if self.opts.fix {
+            wait_mapped(&mut mapped, stop.as_mut(), &dest.name).await?;
         }
-        if !deletions.is_empty() {
-            self.queued += self.engine.store.enqueue(&deletions, Utc::now()).await? as u64;
-        }
-        Ok(())
-    }
-
-    /// Reads every resource of ours of one type on the destination, a page at a time.
-    async fn scan(&mut self, dest: &Destination, resource_type: &str) -> anyhow::Result<()> {
         let tag = match &self.opts.partner {
             Some(p) => format!("{TAG_SYSTEM}|{p}"),
             None => format!("{TAG_SYSTEM}|"),
         };
-        let first = format!("{resource_type}?_tag={}&_count={PAGE}", crate::deliver::fhir::url_encode(&tag));
-        let mut pages = crate::deliver::paging::Pages::new(&dest.name, &first, crate::deliver::paging::MAX_PAGES);
-        let mut next = Some(first);
-        while let Some(path) = next.take() {
-            let read = dest.transport.page(&path);
-            let page = match self.opts.stop.clone() {
-                Some(mut stop) => tokio::select! {
-                    page = read => page,
-                    () = crate::context::stopped(&mut stop) => anyhow::bail!("reconcile stopped while reading {resource_type} from {}", dest.name),
-                },
-                None => read.await,
+        let page_size = if self.opts.page_size == 0 { PAGE } else { self.opts.page_size };
+        let mut readers = read::Readers::new(dest.clone(), store.clone(), tag, page_size, self.opts.fix);
+        let mut started: BTreeSet<String> = BTreeSet::new();
+        for t in store.ledger_types(&dest.name).await? {
+            if t != "Provenance" && started.insert(t.clone()) {
+                readers.start(&t);
             }
-            .with_context(|| format!("reading {resource_type} from {}", dest.name))?;
-            let resources: Vec<Value> = page["entry"]
-                .as_array()
-                .map(|es| {
-                    es.iter()
-                        .filter(|e| e["search"]["mode"].as_str().is_none_or(|m| m == "match"))
-                        .map(|e| e["resource"].clone())
-                        .filter(|r| r["resourceType"] == resource_type)
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.page(dest, resource_type, resources).await?;
-            self.progress(&dest.name, resource_type, page_next(&page).is_none());
-            next = pages.next(&page).with_context(|| format!("reading {resource_type} from {}", dest.name))?;
         }
+        let mut whole = false;
+        let mut waiting: Vec<read::ReadPage> = Vec::new();
+        let mut held = 0;
+        loop {
+            if !whole && *mapped.borrow() {
+                whole = true;
+                for t in store.expected_types(&dest.name).await? {
+                    if t != "Provenance" && started.insert(t.clone()) {
+                        readers.start(&t);
+                    }
+                }
+                readers.close();
+                for page in std::mem::take(&mut waiting) {
+                    self.judge(dest, page).await?;
+                }
+            }
+            let page = tokio::select! {
+                () = stopped(stop.as_mut()) => anyhow::bail!("reconcile stopped while reading from {}", dest.name),
+                changed = mapped.changed(), if !whole => {
+                    changed.map_err(|_| anyhow::anyhow!("the source was not mapped"))?;
+                    continue;
+                }
+                page = readers.next(), if whole || held < READ_AHEAD => page,
+            };
+            let Some(page) = page else { break };
+            let page = page?;
+            let (resource_type, last) = (page.resource_type.clone(), page.last);
+            self.received += page.resources.len() as u64;
+            if whole {
+                self.judge(dest, page).await?;
+            } else {
+                held += page.resources.len();
+                waiting.push(page);
+            }
+            self.progress(&dest.name, &resource_type, last);
+        }
+        self.missing(dest).await?;
+        store.expected_clear(&dest.name).await?;
         Ok(())
     }
 
@@ -469,24 +373,24 @@ impl Run<'_> {
     }
 }
 
-/// A ledger entry for a resource found on the destination that the ledger did not know (content hash empty,
-/// so the next plan sends the source's version).
-fn adopted(dest: &Destination, found: &Found, source_fp: Option<String>) -> LedgerEntry {
-    LedgerEntry {
-        destination: dest.name.clone(),
-        key: ResourceKey::new(found.resource["resourceType"].as_str().unwrap_or_default(), &found.id),
-        remote_id: found.id.clone(),
-        version_id: found.version_id.clone(),
-        content_hash: String::new(),
-        updated_at: Utc::now(),
-        source_fp,
-        held_hash: Some(crate::conflict::content_hash(&found.resource)),
-        ..Default::default()
+/// Waits until the source is mapped (or reconcile is stopped).
+async fn wait_mapped(
+    mapped: &mut watch::Receiver<bool>,
+    stop: Option<&mut watch::Receiver<bool>>,
+    dest: &str,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        () = stopped(stop) => anyhow::bail!("reconcile stopped before reading from {dest}"),
+        r = mapped.wait_for(|m| *m) => r.map(drop).map_err(|_| anyhow::anyhow!("the source was not mapped")),
     }
 }
 
-fn page_next(page: &Value) -> Option<&str> {
-    page["link"].as_array()?.iter().find(|l| l["relation"] == "next")?["url"].as_str()
+/// Resolves once `stop` is set; never without one.
+async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
+    match stop {
+        Some(s) => crate::context::stopped(s).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a reconcile. `expect` maps one partner's sources into the `expected` table (the planning stage's
@@ -537,30 +441,34 @@ where
         counts: BTreeMap::new(),
         started: Instant::now(),
         queued: 0,
+        received: 0,
     };
     for d in &dests {
         engine.store.expected_clear(&d.name).await?;
     }
-    // What should be there: the source under today's consent (recorded for every destination at once).
-    for p in &partners {
-        expect(p.clone()).await.with_context(|| format!("mapping partner {p}"))?;
-    }
-    for d in &dests {
-        let mut types: Vec<String> = engine.store.ledger_types(&d.name).await?;
-        types.extend(engine.store.expected_types(&d.name).await?);
-        types.retain(|t| t != "Provenance");
-        types.sort();
-        types.dedup();
-        for t in &types {
-            run.scan(d, t).await?;
+    // What should be there (the source under today's consent, recorded for every destination at once) is
+    // mapped while what is there is read; either failing ends both.
+    let (mapped_tx, mapped_rx) = watch::channel(false);
+    let expecting = async {
+        for p in &partners {
+            expect(p.clone()).await.with_context(|| format!("mapping partner {p}"))?;
         }
-        run.missing(d).await?;
-        engine.store.expected_clear(&d.name).await?;
-    }
+        let _ = mapped_tx.send(true);
+        anyhow::Ok(())
+    };
+    let comparing = async {
+        for d in &dests {
+            run.destination(d, mapped_rx.clone()).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(expecting, comparing)?;
     if opts.fix {
         // The re-sends and deletions are queued; the caller runs the cycle that delivers them.
         run.report.fixed = Some(FixReport { queued: run.queued, ..Default::default() });
     }
+    // Types are read side by side: list the findings a type at a time, as they were when read in turn.
+    run.report.findings.sort_by(|a, b| (&a.destination, &a.resource_type).cmp(&(&b.destination, &b.resource_type)));
     run.report.summaries = run.counts.into_values().collect();
     run.report.seconds = run.started.elapsed().as_secs_f64();
     Ok(run.report)

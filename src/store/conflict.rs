@@ -341,41 +341,36 @@ impl Store {
         Ok(())
     }
 
-    /// The expected entries among `keys`, marking them seen (they were found on the destination).
+    /// The expected entries among `keys`, marking them seen (they were found on the destination): one
+    /// `UPDATE ... RETURNING` per resource type and chunk, on the primary key.
     pub async fn expected_see(&self, destination: &str, keys: &[ResourceKey]) -> Result<Vec<Expected>> {
+        let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        for k in keys {
+            by_type.entry(k.resource_type.as_str()).or_default().push(k.id.as_str());
+        }
         let mut out = Vec::new();
-        for chunk in keys.chunks(KEY_CHUNK) {
-            let rows: Vec<(String, String, String, String)> = with_pool!(self, |pool| {
-                let mut qb = with_keys(chunk);
-                qb.push(
-                    "SELECT e.resource_type, e.resource_id, e.content_hash, e.partner FROM k CROSS JOIN expected e \
-                     WHERE e.resource_type = k.t AND e.resource_id = k.i AND e.destination = ",
-                );
-                qb.push_bind(destination.to_string());
-                qb.build_query_as().fetch_all(pool).await
-            })
-            .map_err(StoreError::query("expected_see"))?;
-            if !rows.is_empty() {
-                in_tx!(self, "expected_see", |tx| {
-                    for (t, i, _, _) in &rows {
-                        sqlx::query(
-                            "UPDATE expected SET seen = TRUE WHERE destination = $1 AND resource_type = $2 \
-                             AND resource_id = $3",
-                        )
-                        .bind(destination)
-                        .bind(t)
-                        .bind(i)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::query("expected_see: marking"))?;
+        for (resource_type, ids) in by_type {
+            for chunk in ids.chunks(KEY_CHUNK) {
+                let rows: Vec<(String, String, String)> = with_pool!(self, |pool| {
+                    let mut qb = sqlx::QueryBuilder::new("UPDATE expected SET seen = TRUE WHERE destination = ");
+                    qb.push_bind(destination.to_string());
+                    qb.push(" AND resource_type = ");
+                    qb.push_bind(resource_type.to_string());
+                    qb.push(" AND resource_id IN (");
+                    let mut ids = qb.separated(", ");
+                    for id in chunk {
+                        ids.push_bind(id.to_string());
                     }
-                });
+                    qb.push(") RETURNING resource_id, content_hash, partner");
+                    qb.build_query_as().fetch_all(pool).await
+                })
+                .map_err(StoreError::query("expected_see"))?;
+                out.extend(rows.into_iter().map(|(i, h, p)| Expected {
+                    key: ResourceKey::new(resource_type, i),
+                    content_hash: h,
+                    partner: p,
+                }));
             }
-            out.extend(rows.into_iter().map(|(t, i, h, p)| Expected {
-                key: ResourceKey::new(t, i),
-                content_hash: h,
-                partner: p,
-            }));
         }
         Ok(out)
     }
