@@ -290,6 +290,27 @@ async fn reconcile_finds_each_kind_of_drift_and_fix_repairs_all_but_conflicts() 
     assert_eq!(id_of("stale"), before["id"].as_str().unwrap());
     let (code, out) = connector(&config, &["reconcile", "--format", "json"]);
     assert_eq!(code, 3, "{out}");
+    // Read two resources a page (the types side by side, most pages read while the source is still being
+    // mapped), the verdicts are the same, resource by resource.
+    let paged = engine.reconcile(&Options { page_size: 2, ..opts.clone() }).await.unwrap();
+    let verdicts = |r: &york_connector::reconcile::ReconcileReport| {
+        let mut v: Vec<(String, String, String, String)> = r
+            .findings
+            .iter()
+            .map(|f| (f.resource_type.clone(), f.id.clone(), f.class.as_str().to_string(), f.detail.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(verdicts(&paged), verdicts(&found));
+    let counts = |r: &york_connector::reconcile::ReconcileReport| {
+        r.summaries
+            .iter()
+            .map(|s| (s.resource_type.clone(), s.in_sync, s.missing, s.unexpected, s.drifted, s.stale, s.conflict))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&paged), counts(&found));
+    assert_eq!(paged.read, found.read);
 
     let fixed = engine.reconcile(&Options { fix: true, ..opts.clone() }).await.unwrap();
     assert!(fixed.fixed.is_some());

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use york_connector::model::{AuditAction, JobName};
 use york_connector::store::{
-    AuditEntry, AuditFilter, Backend, Completion, Expected, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord,
+    AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Op, OutboxItem, OutboxRow, QuarantineRecord,
     ResourceKey, SendIntent, Store, StoreError,
 };
 
@@ -178,7 +178,6 @@ suite!(
     quarantine_round_trip,
     feed_ledger_round_trip,
     audit_chain_detects_edits_deletions_and_truncation,
-    expected_set_round_trip,
 );
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1236,53 +1235,4 @@ async fn audit_chain_detects_edits_deletions_and_truncation(db: &Db) {
     let intact = store.audit_verify().await.unwrap();
     assert_eq!((intact.chained, &intact.broken), (11, &None), "{intact:?}");
     store.close().await;
-}
-
-/// Reconcile's expected set: what was found is marked seen (and returned, whatever the mix of types and
-/// however many keys), what was not is listed in key order a page at a time, per destination.
-async fn expected_set_round_trip(db: &Db) {
-    let store = db.connect().await;
-    let exp = |t: &str, id: &str, partner: &str| Expected {
-        key: key(t, id),
-        content_hash: sha(&format!("{t}/{id}")),
-        partner: partner.to_string(),
-    };
-    let mut items: Vec<Expected> = (0..1_300).map(|i| exp("Encounter", &format!("e{i:04}"), "hub")).collect();
-    items.extend((0..40).map(|i| exp("Patient", &format!("p{i:02}"), "gp")));
-    store.expected_put(CITO, &items).await.unwrap();
-    store.expected_put(PKB, &[exp("Patient", "p00", "hub")]).await.unwrap();
-    assert_eq!(store.expected_types(CITO).await.unwrap(), ["Encounter", "Patient"]);
-
-    // Found on cito: every Encounter but the first ten, every other Patient, and two nobody expects.
-    let mut found: Vec<ResourceKey> = (10..1_300).map(|i| key("Encounter", &format!("e{i:04}"))).collect();
-    found.extend((0..40).step_by(2).map(|i| key("Patient", &format!("p{i:02}"))));
-    found.push(key("Patient", "stranger"));
-    found.push(key("Observation", "e0011"));
-    let seen = store.expected_see(CITO, &found).await.unwrap();
-    assert_eq!(seen.len(), 1_290 + 20);
-    let by_key: HashMap<&ResourceKey, &Expected> = items.iter().map(|e| (&e.key, e)).collect();
-    for e in &seen {
-        assert_eq!(by_key[&e.key], e, "as put");
-    }
-    // Seeing again returns the same entries (they stay expected) and marks nothing new.
-    assert_eq!(store.expected_see(CITO, &found[..5]).await.unwrap().len(), 5);
-    assert!(store.expected_see(CITO, &[]).await.unwrap().is_empty());
-
-    let mut unseen = Vec::new();
-    let mut after: Option<ResourceKey> = None;
-    loop {
-        let page = store.expected_unseen(CITO, after.as_ref(), 7).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = Some(last.key.clone());
-        unseen.extend(page);
-    }
-    let mut want: Vec<Expected> = (0..10).map(|i| exp("Encounter", &format!("e{i:04}"), "hub")).collect();
-    want.extend((1..40).step_by(2).map(|i| exp("Patient", &format!("p{i:02}"), "gp")));
-    assert_eq!(unseen, want);
-    // The other destination's set is its own.
-    assert_eq!(store.expected_unseen(PKB, None, 10).await.unwrap(), [exp("Patient", "p00", "hub")]);
-    store.expected_clear(CITO).await.unwrap();
-    assert!(store.expected_unseen(CITO, None, 10).await.unwrap().is_empty());
-    assert!(store.expected_types(CITO).await.unwrap().is_empty());
-    assert_eq!(store.expected_types(PKB).await.unwrap(), ["Patient"]);
 }

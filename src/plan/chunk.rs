@@ -145,8 +145,9 @@ impl Planner<'_> {
         d
     }
 
-    /// Records what `dest` should hold of the chunk (reconcile's expected set).
+    /// Hands over what `dest` should hold of the chunk (reconcile's expected set).
     async fn expect(&self, dest: &Destination, d: &Decided, partner: &str) -> anyhow::Result<()> {
+        let Some(to) = &self.expected else { anyhow::bail!("planning for reconcile without an expected set") };
         let expected: Vec<Expected> = d
             .items
             .iter()
@@ -156,7 +157,7 @@ impl Planner<'_> {
                 partner: partner.to_string(),
             })
             .collect();
-        self.ctx.store.expected_put(&dest.name, &expected).await?;
+        to.send((dest.name.clone(), expected)).await.map_err(|_| anyhow::anyhow!("reconcile stopped"))?;
         Ok(())
     }
 

@@ -1,17 +1,15 @@
 //! Comparing what a destination holds with what it should hold: each resource read, as [`Observed`] against
 //! the ledger, meets its entry in the expected set (or its absence) and gets a [`Verdict`]; with `--fix` the
 //! repair is queued beside it. Pages read while the source is still being mapped wait (compact: a few hundred
-//! bytes a resource, at most [`super::READ_AHEAD`] of them) until the expected set is whole, since only then
+//! bytes a resource, at most `READ_AHEAD` of them) until the expected set is whole, since only then
 //! does "not expected" mean anything.
-
-use std::collections::HashMap;
 
 use chrono::Utc;
 
 use super::read::{Full, Read, ReadPage};
 use super::{Class, Run, pull};
 use crate::deliver::Destination;
-use crate::store::{Expected, LedgerEntry, Op, OutboxItem, ResourceKey};
+use crate::store::{LedgerEntry, Op, OutboxItem, ResourceKey};
 
 /// A resource read from a destination, as far as the verdict needs it.
 pub(super) struct Observed {
@@ -89,18 +87,19 @@ pub(super) enum Verdict {
 }
 
 impl Verdict {
-    /// The verdict on `o`, expected as `exp` (or not expected).
-    pub fn of(o: &Observed, exp: Option<&Expected>) -> Self {
+    /// The verdict on `o`: `expected` is `None` when it is not expected, and otherwise whether the ledger's
+    /// hash of what was last sent is the hash expected now.
+    pub fn of(o: &Observed, expected: Option<bool>) -> Self {
         if o.conflict {
             return Verdict::Conflict;
         }
-        match (exp, &o.known) {
+        match (expected, &o.known) {
             (None, known) => Verdict::Unexpected { known: known.is_some() },
             (Some(_), None) => Verdict::Unknown,
-            (Some(e), Some(k)) => match &k.copy {
+            (Some(current), Some(k)) => match &k.copy {
                 Copy::Older => Verdict::OlderCopy,
                 Copy::Changed(elements) => Verdict::Drifted(elements.clone()),
-                Copy::Held if e.content_hash != k.content_hash => Verdict::Undelivered,
+                Copy::Held if !current => Verdict::Undelivered,
                 Copy::Held => Verdict::InSync,
             },
         }
@@ -138,15 +137,14 @@ impl Run<'_> {
     pub(super) async fn judge(&mut self, dest: &Destination, page: ReadPage) -> anyhow::Result<()> {
         let store = self.engine.store.clone();
         let ReadPage { resource_type, resources, .. } = page;
-        let keys: Vec<ResourceKey> =
-            resources.iter().map(|r| ResourceKey::new(&resource_type, &r.observed.id)).collect();
-        let expected: HashMap<ResourceKey, Expected> =
-            store.expected_see(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
+        let wants =
+            self.expected_lock().see(&dest.name, &resource_type, resources.iter().map(|r| r.observed.id.as_str()));
         let mut deletions = Vec::new();
-        for (Read { observed: o, full }, key) in resources.into_iter().zip(keys) {
-            let exp = expected.get(&key);
-            let partner = exp
-                .map(|e| e.partner.clone())
+        for (Read { observed: o, full }, want) in resources.into_iter().zip(wants) {
+            let key = ResourceKey::new(&resource_type, &o.id);
+            let partner = want
+                .as_ref()
+                .map(|w| w.partner.clone())
                 .or_else(|| o.tag.clone())
                 .or_else(|| o.known.as_ref().and_then(|k| k.origin_partner.clone()))
                 .unwrap_or_else(|| "?".into());
@@ -157,7 +155,9 @@ impl Run<'_> {
             if o.known.as_ref().is_some_and(|k| k.linked) {
                 continue;
             }
-            let verdict = Verdict::of(&o, exp);
+            let current =
+                want.map(|w| o.known.as_ref().is_some_and(|k| self.expected_lock().same(w.hash, &k.content_hash)));
+            let verdict = Verdict::of(&o, current);
             let fix = match (self.opts.fix, full) {
                 (true, Some(full)) => self.repair(dest, &verdict, &key, *full, &mut deletions).await?,
                 _ => None,
@@ -280,32 +280,27 @@ mod tests {
         Observed { id: "p1".into(), tag: None, known: ledger.map(|l| Known::of(l, &hash, there, SALT)), conflict }
     }
 
-    fn expected(hash: &str) -> Expected {
-        Expected { key: ResourceKey::new("Patient", "p1"), content_hash: hash.into(), partner: "hub".into() }
-    }
-
     #[test]
     fn each_kind_of_difference_has_its_verdict() {
         let l = ledger();
-        let now = expected("planned-1");
         let held = resource("1");
-        assert_eq!(Verdict::of(&observed(&held, Some(&l), false), Some(&now)), Verdict::InSync);
+        assert_eq!(Verdict::of(&observed(&held, Some(&l), false), Some(true)), Verdict::InSync);
         // The server's additions are not content.
         let mut served = held.clone();
         served["meta"]["lastUpdated"] = json!("2026-01-01T00:00:00Z");
         served["text"] = json!({"status": "generated", "div": "<div/>"});
-        assert_eq!(Verdict::of(&observed(&served, Some(&l), false), Some(&now)), Verdict::InSync);
-        assert_eq!(Verdict::of(&observed(&held, Some(&l), false), Some(&expected("planned-2"))), Verdict::Undelivered);
-        assert_eq!(Verdict::of(&observed(&resource("0"), Some(&l), false), Some(&now)), Verdict::OlderCopy);
+        assert_eq!(Verdict::of(&observed(&served, Some(&l), false), Some(true)), Verdict::InSync);
+        assert_eq!(Verdict::of(&observed(&held, Some(&l), false), Some(false)), Verdict::Undelivered);
+        assert_eq!(Verdict::of(&observed(&resource("0"), Some(&l), false), Some(true)), Verdict::OlderCopy);
         assert_eq!(
-            Verdict::of(&observed(&resource("2"), Some(&l), false), Some(&now)),
+            Verdict::of(&observed(&resource("2"), Some(&l), false), Some(true)),
             Verdict::Drifted("telecom".into())
         );
-        assert_eq!(Verdict::of(&observed(&held, None, false), Some(&now)), Verdict::Unknown);
+        assert_eq!(Verdict::of(&observed(&held, None, false), Some(false)), Verdict::Unknown);
         assert_eq!(Verdict::of(&observed(&held, Some(&l), false), None), Verdict::Unexpected { known: true });
         assert_eq!(Verdict::of(&observed(&held, None, false), None), Verdict::Unexpected { known: false });
         // An open conflict comes first, whatever else differs.
-        assert_eq!(Verdict::of(&observed(&resource("2"), Some(&l), true), Some(&now)), Verdict::Conflict);
+        assert_eq!(Verdict::of(&observed(&resource("2"), Some(&l), true), Some(true)), Verdict::Conflict);
         assert_eq!(Verdict::of(&observed(&held, None, true), None), Verdict::Conflict);
     }
 

@@ -1,7 +1,10 @@
 //! Reconcile: proves that each destination holds what it should. What it should hold is the latest mapped
 //! source data under today's consent (a dry-run plan, recorded in the `expected` table); what it does hold is
 //! read from the destination in pages (the resources carrying the connector's partner tag), compared page by
-//! page with the ledger and the expected set, so memory stays flat however many resources there are.
+//! page with the ledger and the expected set. The two happen at once: the source is mapped while the
+//! destination is read (`read.rs`: the types side by side, within the destination's `concurrency`), and what
+//! is read before the expected set is whole waits in a compact form, at most `READ_AHEAD` resources, to be
+//! judged (`compare.rs`); so memory stays bounded however many resources there are.
 //!
 //! Per destination, partner and resource type it reports:
 //! - missing: expected but not there (deleted there, or never delivered);
@@ -17,6 +20,7 @@
 //! queued again; then a sync cycle plans and delivers.
 
 mod compare;
+mod expected;
 pub mod pull;
 mod read;
 pub mod resolve;
@@ -27,11 +31,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::context::Context as Engine;
 use crate::deliver::Destination;
-use crate::store::{LedgerEntry, ResourceKey};
+use crate::store::{Expected, LedgerEntry, ResourceKey};
 
 pub use crate::model::fhir::SOURCE_PARTNER_TAG as TAG_SYSTEM;
 pub use crate::plan::shape::tag;
@@ -191,6 +195,8 @@ impl std::fmt::Debug for Progress {
 struct Run<'a> {
     engine: &'a Engine,
     opts: &'a Options,
+    /// What each destination should hold (filled while the destinations are read).
+    expected: &'a std::sync::Mutex<expected::Sets>,
     report: ReconcileReport,
     counts: BTreeMap<(String, String, String), Summary>,
     started: Instant,
@@ -251,6 +257,10 @@ impl Run<'_> {
         }
     }
 
+    fn expected_lock(&self) -> std::sync::MutexGuard<'_, expected::Sets> {
+        self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn wanted(&self, partner: &str) -> bool {
         self.opts.partner.as_deref().is_none_or(|p| p == partner)
     }
@@ -283,7 +293,7 @@ impl Run<'_> {
         loop {
             if !whole && *mapped.borrow() {
                 whole = true;
-                for t in store.expected_types(&dest.name).await? {
+                for t in self.expected_lock().types(&dest.name) {
                     if t != "Provenance" && started.insert(t.clone()) {
                         readers.start(&t);
                     }
@@ -314,56 +324,38 @@ impl Run<'_> {
             self.progress(&dest.name, &resource_type, last);
         }
         self.missing(dest).await?;
-        store.expected_clear(&dest.name).await?;
+        self.expected_lock().drop_destination(&dest.name);
         Ok(())
     }
 
     /// What was expected but not found.
     async fn missing(&mut self, dest: &Destination) -> anyhow::Result<()> {
         let store = self.engine.store.clone();
-        let mut after: Option<ResourceKey> = None;
-        loop {
-            let page = store.expected_unseen(&dest.name, after.as_ref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.key.clone());
-            let keys: Vec<ResourceKey> = page.iter().map(|e| e.key.clone()).collect();
+        let unseen = self.expected_lock().unseen(&dest.name);
+        for page in unseen.chunks(PAGE) {
+            let keys: Vec<ResourceKey> = page.iter().map(|(t, id, _)| ResourceKey::new(t, id)).collect();
             let ledger: std::collections::HashMap<ResourceKey, LedgerEntry> =
                 store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
             let conflicts = store.conflicts_open_among(&dest.name, &keys).await?;
             let mut forget = Vec::new();
-            for e in &page {
-                let led = ledger.get(&e.key);
+            for ((_, _, partner), key) in page.iter().zip(keys) {
+                let led = ledger.get(&key);
                 if led.is_some_and(|l| l.linked) {
                     continue; // someone else's Patient: found by identifier, not by our tag
                 }
-                if conflicts.contains(&e.key) {
-                    self.note(
-                        &dest.name,
-                        &e.partner,
-                        &e.key.resource_type,
-                        &e.key.id,
-                        Some(Class::Conflict),
-                        "waiting for an admin: connector conflicts list".into(),
-                        None,
-                    );
-                    continue;
-                }
-                let detail = if led.is_some() { "deleted there" } else { "not delivered yet" };
-                let fix = if self.opts.fix && led.is_some() {
-                    forget.push(e.key.clone());
-                    Some("planned again".to_string())
+                let (class, detail, fix) = if conflicts.contains(&key) {
+                    (Class::Conflict, "waiting for an admin: connector conflicts list", None)
                 } else {
-                    self.opts.fix.then(|| "queued by the sync cycle".to_string())
+                    let detail = if led.is_some() { "deleted there" } else { "not delivered yet" };
+                    let fix = if self.opts.fix && led.is_some() {
+                        forget.push(key.clone());
+                        Some("planned again".to_string())
+                    } else {
+                        self.opts.fix.then(|| "queued by the sync cycle".to_string())
+                    };
+                    (Class::Missing, detail, fix)
                 };
-                self.note(
-                    &dest.name,
-                    &e.partner,
-                    &e.key.resource_type,
-                    &e.key.id,
-                    Some(Class::Missing),
-                    detail.into(),
-                    fix,
-                );
+                self.note(&dest.name, partner, &key.resource_type, &key.id, Some(class), detail.into(), fix);
             }
             if !forget.is_empty() {
                 store.ledger_forget(&dest.name, &forget).await?;
@@ -372,6 +364,9 @@ impl Run<'_> {
         Ok(())
     }
 }
+
+/// Where the planning pass hands over what a destination should hold.
+pub type ExpectedTx = mpsc::Sender<(String, Vec<Expected>)>;
 
 /// Waits until the source is mapped (or reconcile is stopped).
 async fn wait_mapped(
@@ -393,12 +388,12 @@ async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
     }
 }
 
-/// Runs a reconcile. `expect` maps one partner's sources into the `expected` table (the planning stage's
-/// `Engine::expect` in `sync`). With `fix`, the repairs are queued and counted in `fixed.queued`; the
+/// Runs a reconcile. `expect` maps one partner's sources and hands over what each destination should hold of
+/// them, a chunk at a time, to the sender it is given (the planning stage's `Engine::expect` in `sync`). With `fix`, the repairs are queued and counted in `fixed.queued`; the
 /// caller delivers them (`Engine::reconcile` runs the cycle).
 pub async fn run<E, F>(engine: &Engine, opts: &Options, expect: E) -> anyhow::Result<ReconcileReport>
 where
-    E: Fn(String) -> F,
+    E: Fn(String, ExpectedTx) -> F,
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     let Some(lock) = engine.store.try_lead("reconcile").await? else {
@@ -411,7 +406,7 @@ where
 
 async fn run_locked<E, F>(engine: &Engine, opts: &Options, expect: E) -> anyhow::Result<ReconcileReport>
 where
-    E: Fn(String) -> F,
+    E: Fn(String, ExpectedTx) -> F,
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     let dests: Vec<&std::sync::Arc<Destination>> = engine
@@ -434,9 +429,11 @@ where
     if partners.is_empty() {
         anyhow::bail!("no partner \"{}\" in the config", opts.partner.as_deref().unwrap_or_default());
     }
+    let sets = std::sync::Mutex::new(expected::Sets::default());
     let mut run = Run {
         engine,
         opts,
+        expected: &sets,
         report: ReconcileReport::default(),
         counts: BTreeMap::new(),
         started: Instant::now(),
@@ -444,15 +441,25 @@ where
         received: 0,
     };
     for d in &dests {
+        // What a run of an earlier version may have left in the store; nothing is written there now.
         engine.store.expected_clear(&d.name).await?;
     }
-    // What should be there (the source under today's consent, recorded for every destination at once) is
-    // mapped while what is there is read; either failing ends both.
+    // What should be there (the source under today's consent, for every destination at once) is mapped while
+    // what is there is read; any of the three failing ends the others.
+    let (tx, mut rx) = mpsc::channel::<(String, Vec<Expected>)>(8);
     let (mapped_tx, mapped_rx) = watch::channel(false);
     let expecting = async {
         for p in &partners {
-            expect(p.clone()).await.with_context(|| format!("mapping partner {p}"))?;
+            expect(p.clone(), tx.clone()).await.with_context(|| format!("mapping partner {p}"))?;
         }
+        drop(tx);
+        anyhow::Ok(())
+    };
+    let collecting = async {
+        while let Some((dest, items)) = rx.recv().await {
+            sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(&dest, items);
+        }
+        // Every sender is gone: the set is whole.
         let _ = mapped_tx.send(true);
         anyhow::Ok(())
     };
@@ -462,7 +469,7 @@ where
         }
         anyhow::Ok(())
     };
-    tokio::try_join!(expecting, comparing)?;
+    tokio::try_join!(expecting, collecting, comparing)?;
     if opts.fix {
         // The re-sends and deletions are queued; the caller runs the cycle that delivers them.
         run.report.fixed = Some(FixReport { queued: run.queued, ..Default::default() });
