@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 const NOT_ELEMENTS: [&str; 3] = ["resourceType", "id", "text"];
 
 /// What a destination adds to `meta` and a comparison ignores.
-const SERVER_META: [&str; 3] = ["versionId", "lastUpdated", "source"];
+pub(crate) const SERVER_META: [&str; 3] = ["versionId", "lastUpdated", "source"];
 
 /// The resource as content: without what a server adds (`meta.versionId`, `meta.lastUpdated`, `meta.source`,
 /// a generated narrative).
@@ -126,10 +126,15 @@ fn write_comparable(resource: &Value, out: &mut Vec<u8>) {
 /// Hash of a resource's content as a destination holds it (see [`comparable`]): the sha256 of its canonical
 /// text, written straight from the resource.
 pub fn content_hash(resource: &Value) -> String {
-    use sha2::{Digest, Sha256};
     let mut text = Vec::with_capacity(4096);
     write_comparable(resource, &mut text);
-    let digest = Sha256::digest(&text);
+    sha256_hex_of(&text)
+}
+
+/// The sha256 of `bytes`, in lowercase hex.
+pub(crate) fn sha256_hex_of(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
     let mut hex = String::with_capacity(64);
     for b in digest {
         hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));

@@ -45,13 +45,14 @@ pub(super) enum Copy {
 }
 
 impl Known {
-    /// Judges `resource` (content hash `hash`) against its ledger entry `l`.
-    pub fn of(l: &LedgerEntry, hash: &str, resource: &serde_json::Value, salt: &str) -> Self {
+    /// Judges a resource read (content hash `hash`; `resource` gives it whole, when the elements that changed
+    /// are to be named) against its ledger entry `l`.
+    pub fn of(l: &LedgerEntry, hash: &str, resource: impl FnOnce() -> serde_json::Value, salt: &str) -> Self {
         let copy = if l.prev_hash.as_deref() == Some(hash) {
             Copy::Older
         } else if l.held_hash.as_deref() != Some(hash) && !l.linked {
             let changed = crate::conflict::decode(l.source_fp.as_deref())
-                .map(|b| crate::conflict::changed_from(salt, &b, resource).join(", "))
+                .map(|b| crate::conflict::changed_from(salt, &b, &resource()).join(", "))
                 .unwrap_or_default();
             Copy::Changed(changed)
         } else {
@@ -277,7 +278,12 @@ mod tests {
 
     fn observed(there: &serde_json::Value, ledger: Option<&LedgerEntry>, conflict: bool) -> Observed {
         let hash = crate::conflict::content_hash(there);
-        Observed { id: "p1".into(), tag: None, known: ledger.map(|l| Known::of(l, &hash, there, SALT)), conflict }
+        Observed {
+            id: "p1".into(),
+            tag: None,
+            known: ledger.map(|l| Known::of(l, &hash, || there.clone(), SALT)),
+            conflict,
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 mod compare;
 mod expected;
+mod page;
 pub mod pull;
 mod read;
 pub mod resolve;
@@ -30,7 +31,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::context::Context as Engine;
@@ -47,15 +47,6 @@ const PAGE: usize = 1000;
 const READ_AHEAD: usize = 100_000;
 /// Findings listed one by one in a report; beyond that only counted.
 const MAX_LISTED: usize = 1000;
-
-fn partner_of(resource: &Value) -> Option<String> {
-    resource["meta"]["tag"]
-        .as_array()?
-        .iter()
-        .find(|c| c["system"] == TAG_SYSTEM)
-        .and_then(|c| c["code"].as_str())
-        .map(str::to_string)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::compare::{Known, Observed};
+use super::page::Node;
 use crate::deliver::Destination;
 use crate::deliver::paging::{MAX_PAGES, Pages};
 use crate::deliver::transport::Found;
@@ -105,12 +105,15 @@ async fn read_type(
     let mut pages = Pages::new(&dest.name, &first, MAX_PAGES);
     let mut next = Some(first);
     while let Some(path) = next.take() {
-        let page = {
+        let what = || format!("reading {resource_type} from {}", dest.name);
+        let body = {
             let _permit = dest.in_flight.acquire().await.context("the destination's permits are closed")?;
-            dest.transport.page(&path).await
+            dest.transport.page_bytes(&path).await
         }
-        .with_context(|| format!("reading {resource_type} from {}", dest.name))?;
-        next = pages.next(&page).with_context(|| format!("reading {resource_type} from {}", dest.name))?;
+        .with_context(what)?;
+        // serde_json's message gives a line and column, never the text around it.
+        let page = Node::parse(&body).map_err(|e| anyhow::anyhow!("the page is not JSON: {e}")).with_context(what)?;
+        next = pages.follow(next_link(&page)).with_context(what)?;
         let resources = observe(shared, resource_type, page).await?;
         let read = ReadPage { resource_type: resource_type.to_string(), resources, last: next.is_none() };
         if tx.send(Ok(read)).await.is_err() {
@@ -120,18 +123,35 @@ async fn read_type(
     Ok(())
 }
 
+/// The page's `next` link.
+fn next_link<'p>(page: &'p Node<'_>) -> Option<&'p str> {
+    match page.get("link")? {
+        Node::Array(links) => {
+            links.iter().find(|l| l.get("relation").and_then(Node::as_str) == Some("next"))?.get("url")?.as_str()
+        }
+        _ => None,
+    }
+}
+
+/// The partner in a resource's source-partner tag.
+fn partner_of(resource: &Node<'_>) -> Option<String> {
+    let Node::Array(tags) = resource.get("meta")?.get("tag")? else { return None };
+    let tag = tags.iter().find(|c| c.get("system").and_then(Node::as_str) == Some(super::TAG_SYSTEM))?;
+    tag.get("code")?.as_str().map(str::to_string)
+}
+
 /// The match entries of `page` of `resource_type`, hashed and looked up in the ledger and the open conflicts.
-async fn observe(shared: &Shared, resource_type: &str, mut page: Value) -> anyhow::Result<Vec<Read>> {
-    let entries = match page.get_mut("entry").map(Value::take) {
-        Some(Value::Array(entries)) => entries,
+async fn observe(shared: &Shared, resource_type: &str, mut page: Node<'_>) -> anyhow::Result<Vec<Read>> {
+    let entries = match page.take("entry") {
+        Some(Node::Array(entries)) => entries,
         _ => Vec::new(),
     };
-    let resources: Vec<(String, Value)> = entries
+    let resources: Vec<(String, Node<'_>)> = entries
         .into_iter()
-        .filter(|e| e["search"]["mode"].as_str().is_none_or(|m| m == "match"))
-        .filter_map(|mut e| e.get_mut("resource").map(Value::take))
-        .filter(|r| r["resourceType"] == resource_type)
-        .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
+        .filter(|e| e.get("search").and_then(|s| s.get("mode")).and_then(Node::as_str).is_none_or(|m| m == "match"))
+        .filter_map(|mut e| e.take("resource"))
+        .filter(|r| r.get("resourceType").and_then(Node::as_str) == Some(resource_type))
+        .filter_map(|r| Some((r.get("id")?.as_str()?.to_string(), r)))
         .collect();
     let keys: Vec<ResourceKey> = resources.iter().map(|(id, _)| ResourceKey::new(resource_type, id)).collect();
     let dest = &shared.dest;
@@ -140,17 +160,18 @@ async fn observe(shared: &Shared, resource_type: &str, mut page: Value) -> anyho
     let conflicts = shared.store.conflicts_open_among(&dest.name, &keys).await?;
     let mut out = Vec::with_capacity(resources.len());
     for ((id, resource), key) in resources.into_iter().zip(keys) {
-        let hash = crate::conflict::content_hash(&resource);
+        let hash = resource.content_hash();
         let led = ledger.remove(&id);
         let observed = Observed {
-            tag: super::partner_of(&resource),
-            known: led.as_ref().map(|l| Known::of(l, &hash, &resource, &dest.salt)),
+            tag: partner_of(&resource),
+            known: led.as_ref().map(|l| Known::of(l, &hash, || resource.to_value(), &dest.salt)),
             conflict: conflicts.contains(&key),
             id: id.clone(),
         };
         let full = shared.keep_full.then(|| {
-            let version_id = resource["meta"]["versionId"].as_str().map(str::to_string);
-            Box::new(Full { found: Found { id, version_id, resource }, hash, ledger: led })
+            let version_id = resource.get("meta").and_then(|m| m.get("versionId")).and_then(Node::as_str);
+            let version_id = version_id.map(str::to_string);
+            Box::new(Full { found: Found { id, version_id, resource: resource.to_value() }, hash, ledger: led })
         });
         out.push(Read { observed, full });
     }
