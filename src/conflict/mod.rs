@@ -59,18 +59,21 @@ pub fn canonical(v: &Value) -> String {
 fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => write_object(m, |_, _| true, |_, v, out| write_canonical(v, out), out),
-        Value::Array(a) => {
-            out.push(b'[');
-            for (n, x) in a.iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(b']');
-        }
+        Value::Array(a) => write_array(a, write_canonical, out),
         leaf => write_leaf(leaf, out),
     }
+}
+
+/// Writes `items` as a JSON array, each with `write`.
+pub(crate) fn write_array<T>(items: &[T], write: impl Fn(&T, &mut Vec<u8>), out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (n, x) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        write(x, out);
+    }
+    out.push(b']');
 }
 
 /// Writes the members of `m` that `keep` keeps, keys sorted, as a canonical object; `value` writes each.

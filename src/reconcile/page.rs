@@ -111,16 +111,7 @@ fn write(n: &Node<'_>, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail.
         Node::Number(x) => drop(serde_json::to_writer(&mut *out, x)),
         Node::Str(s) => drop(serde_json::to_writer(&mut *out, &**s)),
-        Node::Array(a) => {
-            out.push(b'[');
-            for (n, x) in a.iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                write(x, out);
-            }
-            out.push(b']');
-        }
+        Node::Array(a) => crate::conflict::write_array(a, write, out),
         Node::Object(m) => write_members(m, |_, _| true, |_, v, out| write(v, out), out),
     }
 }
