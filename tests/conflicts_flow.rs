@@ -2,8 +2,8 @@
 //! - a remote edit to an element the partner did not change is kept and merged;
 //! - a remote edit to the element the partner changed is a conflict, and the remote value stays;
 //! - `--keep source` and `--keep remote` each lead to the expected server state and an audit entry;
-//! - reconcile finds a deleted, an extra, an edited and a stale resource, `--fix` repairs all but the
-//!   conflict, and reconcile then exits 0.
+//! - reconcile finds a deleted, an extra, an edited and a stale resource (the same, resource by resource, when
+//!   it reads two a page), `--fix` repairs all but the conflict, and reconcile then exits 0.
 //!
 //! With `CONFLICT_REPORT_HTML=FILE` the first test also writes the HTML report of its open conflicts there
 //! (`scripts/conflict-report-screenshot.sh` uses it).

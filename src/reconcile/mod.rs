@@ -26,7 +26,7 @@ pub mod pull;
 mod read;
 pub mod resolve;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -258,12 +258,14 @@ impl Run<'_> {
 
     /// Reads and compares one destination. Reading starts at once, for the types the ledger knows; what is read
     /// before the source is mapped (`mapped` turns true) waits, compactly, to be judged; the types only the
-    /// expected set has are read once it is whole. With `--fix` nothing is read before then: the repairs need
-    /// each resource whole.
+    /// expected set has are read once it is whole. With `--fix` nothing is read before then (the repairs need
+    /// each resource whole), and the types are read one after another in name order, so that deletions are
+    /// queued as they always were: a person's Encounters before their Patient.
     async fn destination(&mut self, dest: &Arc<Destination>, mut mapped: watch::Receiver<bool>) -> anyhow::Result<()> {
         let store = self.engine.store.clone();
         let mut stop = self.opts.stop.clone();
-        if self.opts.fix {
+        let one_at_a_time = self.opts.fix;
+        if one_at_a_time {
             wait_mapped(&mut mapped, stop.as_mut(), &dest.name).await?;
         }
         let tag = match &self.opts.partner {
@@ -272,12 +274,10 @@ impl Run<'_> {
         };
         let page_size = if self.opts.page_size == 0 { PAGE } else { self.opts.page_size };
         let mut readers = read::Readers::new(dest.clone(), store.clone(), tag, page_size, self.opts.fix);
-        let mut started: BTreeSet<String> = BTreeSet::new();
-        for t in store.ledger_types(&dest.name).await? {
-            if t != "Provenance" && started.insert(t.clone()) {
-                readers.start(&t);
-            }
-        }
+        // The types known so far, and those of them not started yet.
+        let mut types: BTreeSet<String> = store.ledger_types(&dest.name).await?.into_iter().collect();
+        let mut queue: VecDeque<String> = types.iter().cloned().collect();
+        let mut reading = 0;
         let mut whole = false;
         let mut waiting: Vec<read::ReadPage> = Vec::new();
         let mut held = 0;
@@ -285,14 +285,24 @@ impl Run<'_> {
             if !whole && *mapped.borrow() {
                 whole = true;
                 for t in self.expected_lock().types(&dest.name) {
-                    if t != "Provenance" && started.insert(t.clone()) {
-                        readers.start(&t);
+                    if types.insert(t.clone()) {
+                        queue.push_back(t);
                     }
                 }
-                readers.close();
+                queue.make_contiguous().sort();
                 for page in std::mem::take(&mut waiting) {
                     self.judge(dest, page).await?;
                 }
+            }
+            while reading == 0 || !one_at_a_time {
+                let Some(t) = queue.pop_front() else { break };
+                if t != "Provenance" {
+                    readers.start(&t);
+                    reading += 1;
+                }
+            }
+            if whole && queue.is_empty() {
+                readers.close();
             }
             let page = tokio::select! {
                 () = stopped(stop.as_mut()) => anyhow::bail!("reconcile stopped while reading from {}", dest.name),
@@ -306,6 +316,9 @@ impl Run<'_> {
             let page = page?;
             let (resource_type, last) = (page.resource_type.clone(), page.last);
             self.received += page.resources.len() as u64;
+            if last {
+                reading -= 1;
+            }
             if whole {
                 self.judge(dest, page).await?;
             } else {
