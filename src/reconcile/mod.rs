@@ -461,7 +461,10 @@ where
     };
     let collecting = async {
         while let Some((dest, items)) = rx.recv().await {
-            sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(&dest, items);
+            // The planning pass plans for every destination; only those being reconciled are kept.
+            if dests.iter().any(|d| d.name == dest) {
+                sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(&dest, items);
+            }
         }
         // Every sender is gone: the set is whole.
         let _ = mapped_tx.send(true);
