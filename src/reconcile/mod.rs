@@ -393,8 +393,9 @@ async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
 }
 
 /// Runs a reconcile. `expect` maps one partner's sources and hands over what each destination should hold of
-/// them, a chunk at a time, to the sender it is given (the planning stage's `Engine::expect` in `sync`). With `fix`, the repairs are queued and counted in `fixed.queued`; the
-/// caller delivers them (`Engine::reconcile` runs the cycle).
+/// them, a chunk at a time, to the sender it is given (the planning stage's `Engine::expect` in `sync`). With
+/// `fix`, the repairs are queued and counted in `fixed.queued`; the caller delivers them (`Engine::reconcile`
+/// runs the cycle).
 pub async fn run<E, F>(engine: &Engine, opts: &Options, expect: E) -> anyhow::Result<ReconcileReport>
 where
     E: Fn(String, ExpectedTx) -> F,

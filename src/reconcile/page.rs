@@ -237,9 +237,21 @@ mod tests {
     /// Pages as servers write them, and as they might: escapes, numbers of every kind, repeated keys, a
     /// `meta` with only what the server adds, or not an object at all.
     const ODD: &[&str] = &[
-        r##"{"resourceType":"Patient","id":"p1","meta":{"versionId":"3","lastUpdated":"2026-01-01T00:00:00Z","source":"#x","tag":[{"system":"s","code":"hub"}]},"text":{"status":"generated","div":"<div>x</div>"},"name":[{"family":"Br\u00f6nte","given":["Zo\u00eb","\"Q\"","tab\there","\u0001"]}]}"##,
-        r##"{"resourceType":"Observation","meta":{"versionId":"1"},"valueQuantity":{"value":1.50,"unit":"mg"},"component":[{"valueInteger":-7},{"valueDecimal":12345678901234567890},{"v":-0.0},{"v":2.5e-8}],"note":null,"b":{},"a":[],"Z":{"z":{"y":[1,{"x":true}]}}}"##,
-        r##"{"resourceType":"Encounter","meta":"not an object","a":1,"a":2,"b":{"c":1,"c":{"d":3}},"\u00fcnicode":"\ud83d\ude00","/":"a\/b"}"##,
+        concat!(
+            r##"{"resourceType":"Patient","id":"p1","meta":{"versionId":"3","##,
+            r##""lastUpdated":"2026-01-01T00:00:00Z","source":"#x","tag":[{"system":"s","code":"hub"}]},"##,
+            r##""text":{"status":"generated","div":"<div>x</div>"},"name":[{"family":"Br\u00f6nte","##,
+            r##""given":["Zo\u00eb","\"Q\"","tab\there","\u0001"]}]}"##,
+        ),
+        concat!(
+            r##"{"resourceType":"Observation","meta":{"versionId":"1"},"valueQuantity":{"value":1.50,"##,
+            r##""unit":"mg"},"component":[{"valueInteger":-7},{"valueDecimal":12345678901234567890},"##,
+            r##"{"v":-0.0},{"v":2.5e-8}],"note":null,"b":{},"a":[],"Z":{"z":{"y":[1,{"x":true}]}}}"##,
+        ),
+        concat!(
+            r##"{"resourceType":"Encounter","meta":"not an object","a":1,"a":2,"b":{"c":1,"c":{"d":3}},"##,
+            r##""\u00fcnicode":"\ud83d\ude00","/":"a\/b"}"##,
+        ),
         r##"{"resourceType":"Encounter","meta":{},"id":"e"}"##,
         r##"{"resourceType":"Encounter","meta":{"source":"x","source":"y"}}"##,
         r##"["not","a","resource"]"##,
