@@ -2,8 +2,8 @@
 //! - a remote edit to an element the partner did not change is kept and merged;
 //! - a remote edit to the element the partner changed is a conflict, and the remote value stays;
 //! - `--keep source` and `--keep remote` each lead to the expected server state and an audit entry;
-//! - reconcile finds a deleted, an extra, an edited and a stale resource, `--fix` repairs all but the
-//!   conflict, and reconcile then exits 0.
+//! - reconcile finds a deleted, an extra, an edited and a stale resource (the same, resource by resource, when
+//!   it reads two a page), `--fix` repairs all but the conflict, and reconcile then exits 0.
 //!
 //! With `CONFLICT_REPORT_HTML=FILE` the first test also writes the HTML report of its open conflicts there
 //! (`scripts/conflict-report-screenshot.sh` uses it).
@@ -290,6 +290,27 @@ async fn reconcile_finds_each_kind_of_drift_and_fix_repairs_all_but_conflicts() 
     assert_eq!(id_of("stale"), before["id"].as_str().unwrap());
     let (code, out) = connector(&config, &["reconcile", "--format", "json"]);
     assert_eq!(code, 3, "{out}");
+    // Read two resources a page (the types side by side, most pages read while the source is still being
+    // mapped), the verdicts are the same, resource by resource.
+    let paged = engine.reconcile(&Options { page_size: 2, ..opts.clone() }).await.unwrap();
+    let verdicts = |r: &york_connector::reconcile::ReconcileReport| {
+        let mut v: Vec<(String, String, String, String)> = r
+            .findings
+            .iter()
+            .map(|f| (f.resource_type.clone(), f.id.clone(), f.class.as_str().to_string(), f.detail.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(verdicts(&paged), verdicts(&found));
+    let counts = |r: &york_connector::reconcile::ReconcileReport| {
+        r.summaries
+            .iter()
+            .map(|s| (s.resource_type.clone(), s.in_sync, s.missing, s.unexpected, s.drifted, s.stale, s.conflict))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&paged), counts(&found));
+    assert_eq!(paged.read, found.read);
 
     let fixed = engine.reconcile(&Options { fix: true, ..opts.clone() }).await.unwrap();
     assert!(fixed.fixed.is_some());

@@ -68,6 +68,7 @@ pub async fn run(config_path: &Path, args: ReconcileArgs) -> anyhow::Result<u8> 
         fix: args.fix,
         progress: Some(progress(bar_wanted())),
         stop: Some(stop_on_signal()),
+        page_size: 0,
     };
     let report = engine.reconcile(&opts).await;
     if bar_wanted() {

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 const NOT_ELEMENTS: [&str; 3] = ["resourceType", "id", "text"];
 
 /// What a destination adds to `meta` and a comparison ignores.
-const SERVER_META: [&str; 3] = ["versionId", "lastUpdated", "source"];
+pub(crate) const SERVER_META: [&str; 3] = ["versionId", "lastUpdated", "source"];
 
 /// The resource as content: without what a server adds (`meta.versionId`, `meta.lastUpdated`, `meta.source`,
 /// a generated narrative).
@@ -48,55 +48,102 @@ pub fn comparable(resource: &Value) -> Value {
 
 /// JSON with object keys sorted at every level: the same content always gives the same text.
 pub fn canonical(v: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let b: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sorted(v))).collect();
-                Value::Object(b.into_iter().map(|(k, v)| (k.clone(), v)).collect::<Map<_, _>>())
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    // serde_json's Map keeps insertion order when `preserve_order` is on (a dependency may turn it on):
-    // build the text by hand so the order is ours either way.
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (n, k) in keys.into_iter().enumerate() {
-                    if n > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&m[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (n, x) in a.iter().enumerate() {
-                    if n > 0 {
-                        out.push(',');
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(&sorted(v), &mut out);
-    out
+    let mut out = Vec::new();
+    write_canonical(v, &mut out);
+    // Only UTF-8 goes in: the keys and strings as serde_json escapes them, and its numbers.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-/// Hash of a resource's content as a destination holds it (see [`comparable`]).
+/// Writes `v` as [`canonical`] text. serde_json's `Map` keeps insertion order when `preserve_order` is on (a
+/// dependency may turn it on), so the keys are sorted here either way; nothing is copied on the way.
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(m) => write_object(m, |_, _| true, |_, v, out| write_canonical(v, out), out),
+        Value::Array(a) => write_array(a, write_canonical, out),
+        leaf => write_leaf(leaf, out),
+    }
+}
+
+/// Writes `items` as a JSON array, each with `write`.
+pub(crate) fn write_array<T>(items: &[T], write: impl Fn(&T, &mut Vec<u8>), out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (n, x) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        write(x, out);
+    }
+    out.push(b']');
+}
+
+/// Writes the members of `m` that `keep` keeps, keys sorted, as a canonical object; `value` writes each.
+fn write_object(
+    m: &Map<String, Value>,
+    keep: impl Fn(&str, &Value) -> bool,
+    value: impl Fn(&str, &Value, &mut Vec<u8>),
+    out: &mut Vec<u8>,
+) {
+    let mut members: Vec<(&String, &Value)> = m.iter().filter(|(k, v)| keep(k, v)).collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (n, (k, v)) in members.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        write_leaf_str(k, out);
+        out.push(b':');
+        value(k, v, out);
+    }
+    out.push(b'}');
+}
+
+fn write_leaf_str(s: &str, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_leaf(v: &Value, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// Writes [`comparable`]`(resource)` as [`canonical`] text, without building the comparable copy.
+fn write_comparable(resource: &Value, out: &mut Vec<u8>) {
+    let Some(o) = resource.as_object() else { return write_canonical(resource, out) };
+    let content = |k: &str, _: &Value| !SERVER_META.contains(&k);
+    write_object(
+        o,
+        |k, v| match k {
+            "text" => false,
+            // A `meta` left empty without what the server added is left out whole.
+            "meta" => v.as_object().is_none_or(|meta| meta.iter().any(|(k, v)| content(k, v))),
+            _ => true,
+        },
+        |k, v, out| match (k, v) {
+            ("meta", Value::Object(meta)) => write_object(meta, content, |_, v, out| write_canonical(v, out), out),
+            _ => write_canonical(v, out),
+        },
+        out,
+    );
+}
+
+/// Hash of a resource's content as a destination holds it (see [`comparable`]): the sha256 of its canonical
+/// text, written straight from the resource.
 pub fn content_hash(resource: &Value) -> String {
-    crate::store::sha256_hex(&canonical(&comparable(resource)))
+    let mut text = Vec::with_capacity(4096);
+    write_comparable(resource, &mut text);
+    sha256_hex_of(&text)
+}
+
+/// The sha256 of `bytes`, in lowercase hex.
+pub(crate) fn sha256_hex_of(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    hex
 }
 
 /// Salted fingerprint of one element's value (12 hex digits: enough to tell values apart, too short and

@@ -299,12 +299,20 @@ impl Transport for FhirTransport {
 
     fn page<'a>(&'a self, path_or_link: &'a str) -> BoxFuture<'a, Result<Value, TransportError>> {
         Box::pin(async move {
+            let body = self.page_bytes(path_or_link).await?;
+            // serde_json's message gives a line and column, never the text around it.
+            serde_json::from_slice(&body).map_err(|e| TransportError::transient(format!("the page is not JSON: {e}")))
+        })
+    }
+
+    fn page_bytes<'a>(&'a self, path_or_link: &'a str) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
+        Box::pin(async move {
             let path = self.relative(path_or_link)?;
             let resp = self.request(HttpMethod::GET, &path, None).await?;
             if !resp.status().is_success() {
                 return Err(failure(resp).await);
             }
-            http::read_json(resp, MAX_PAGE_BYTES, "the page").await
+            http::read_body(resp, MAX_PAGE_BYTES, "the page").await
         })
     }
 }

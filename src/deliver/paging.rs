@@ -29,11 +29,17 @@ impl Pages {
     /// The `next` link of `page`, or `None` after the last page; an error when the link points at a page
     /// already read or when the read has gone past the most pages allowed.
     pub fn next(&mut self, page: &Value) -> Result<Option<String>, TransportError> {
-        let Some(link) = page["link"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-        else {
+        self.follow(
+            page["link"]
+                .as_array()
+                .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+                .and_then(|l| l["url"].as_str()),
+        )
+    }
+
+    /// As [`Pages::next`], given the page's `next` link (for a reader that parses pages its own way).
+    pub fn follow(&mut self, next: Option<&str>) -> Result<Option<String>, TransportError> {
+        let Some(link) = next else {
             return Ok(None);
         };
         if self.seen.len() >= self.max_pages {

@@ -195,6 +195,11 @@ pub trait Transport: Send + Sync {
     /// Reads a page of a search or history: a path relative to the base (`Patient?_count=500`), or the
     /// `next` link of the page before (which must point at the same server).
     fn page<'a>(&'a self, path_or_link: &'a str) -> BoxFuture<'a, Result<Value, TransportError>>;
+    /// As [`Transport::page`], the answer's bytes, unparsed: for a reader that parses them its own way
+    /// (reconcile, which hashes each resource without building a `Value`).
+    fn page_bytes<'a>(&'a self, path_or_link: &'a str) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
+        Box::pin(async move { self.page(path_or_link).await.map(|v| v.to_string().into_bytes()) })
+    }
     /// What this destination can do besides being written to.
     fn capabilities(&self) -> Capabilities {
         Capabilities::ALL

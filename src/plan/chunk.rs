@@ -27,6 +27,13 @@ struct Decided {
     withheld: Vec<(usize, String)>,
 }
 
+/// How a pass uses the plan memo: to skip shaping what it knows unchanged, and to record what it shaped.
+#[derive(Debug, Clone, Copy)]
+struct MemoUse {
+    read: bool,
+    write: bool,
+}
+
 /// What the destination holds of the chunk's resources, as the ledger says.
 type Held = HashMap<ResourceKey, LedgerEntry>;
 
@@ -47,12 +54,17 @@ impl Planner<'_> {
         let partner = report.partner.clone();
         let now = Utc::now();
         for dest in &self.ctx.destinations {
-            let fast = !(report.dry_run || self.explain);
-            let mut decided = self.decide(dest, pending, &consents, &partner, fast).await?;
+            // The plan memo serves every pass but an explained dry run (which reports what it computes), and
+            // is written only by a plan that writes.
+            let memo =
+                MemoUse { read: !self.explain && (!report.dry_run || report.collect_expected), write: !report.dry_run };
+            let mut decided = self.decide(dest, pending, &consents, &partner, memo).await?;
             self.attach_subjects(dest, &mut decided.items, subjects).await?;
             *report.withheld.entry(dest.name.clone()).or_default() += decided.withheld.len() as u64;
             if report.collect_expected {
+                // Reconcile's pass: the expected set is all it asks for (it compares with the ledger itself).
                 self.expect(dest, pending, &decided, &partner).await?;
+                continue;
             }
             let held = self.held(dest, pending, &decided, report.dry_run).await?;
             if self.explain {
@@ -94,17 +106,17 @@ impl Planner<'_> {
         Ok(consents)
     }
 
-    /// Decides each resource for `dest` and shapes those it may send. With `fast`, a resource whose shaping
+    /// Decides each resource for `dest` and shapes those it may send. With `memo.read`, a resource whose shaping
     /// inputs are those the plan memo recorded, and whose recorded content the destination holds with nothing
-    /// else queued, is not shaped again (it goes in `unchanged`); a dry run or an explanation shapes everything,
-    /// so what they report is computed as it always was.
+    /// else queued, is not shaped again (it goes in `unchanged`); an explanation shapes everything, so what it
+    /// reports is computed as it always was. With `memo.write`, what was shaped is recorded in the memo.
     async fn decide(
         &self,
         dest: &Destination,
         pending: &[Mapped],
         consents: &HashMap<String, StatementRecord>,
         partner: &str,
-        fast: bool,
+        memo: MemoUse,
     ) -> anyhow::Result<Decided> {
         let mut d = Decided {
             items: Vec::with_capacity(pending.len()),
@@ -150,7 +162,7 @@ impl Planner<'_> {
                 memo::fingerprint(&m.json_hash, dest.profile, m.category, m.not_for_patient, partner)
             })
             .collect();
-        let known = if fast {
+        let known = if memo.read {
             self.known_unchanged(dest, pending, &permitted, &fingerprints).await?
         } else {
             vec![None; permitted.len()]
@@ -186,7 +198,7 @@ impl Planner<'_> {
                 }
             }
         }
-        if fast {
+        if memo.write {
             self.ctx.store.memo_put(&dest.name, &memos).await?;
         }
         Ok(d)
@@ -219,8 +231,9 @@ impl Planner<'_> {
         Ok(permitted.iter().map(|(n, _)| unchanged.remove(&pending[*n].key)).collect())
     }
 
-    /// Records what `dest` should hold of the chunk (reconcile's expected set).
+    /// Hands over what `dest` should hold of the chunk (reconcile's expected set).
     async fn expect(&self, dest: &Destination, pending: &[Mapped], d: &Decided, partner: &str) -> anyhow::Result<()> {
+        let Some(to) = &self.expected else { anyhow::bail!("planning for reconcile without an expected set") };
         let expected: Vec<Expected> = d
             .items
             .iter()
@@ -228,7 +241,7 @@ impl Planner<'_> {
             .chain(d.unchanged.iter().map(|(n, hash)| (&pending[*n].key, hash)))
             .map(|(key, hash)| Expected { key: key.clone(), content_hash: hash.clone(), partner: partner.to_string() })
             .collect();
-        self.ctx.store.expected_put(&dest.name, &expected).await?;
+        to.send((dest.name.clone(), expected)).await.map_err(|_| anyhow::anyhow!("reconcile stopped"))?;
         Ok(())
     }
 

@@ -49,6 +49,8 @@ pub struct Planner<'a> {
     /// Set to stop: planning ends between resources (what was planned stays planned; the source is read
     /// again next time, and unchanged rows write nothing).
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Reconcile's pass (`ingest` with `expect`): where each chunk's expected set goes, with its destination.
+    pub expected: Option<mpsc::Sender<(String, Vec<crate::store::Expected>)>>,
 }
 
 /// What [`Planner::read_consent`] returned (the statements of this read that prevail) and reported.

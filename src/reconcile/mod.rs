@@ -1,7 +1,10 @@
 //! Reconcile: proves that each destination holds what it should. What it should hold is the latest mapped
 //! source data under today's consent (a dry-run plan, recorded in the `expected` table); what it does hold is
 //! read from the destination in pages (the resources carrying the connector's partner tag), compared page by
-//! page with the ledger and the expected set, so memory stays flat however many resources there are.
+//! page with the ledger and the expected set. The two happen at once: the source is mapped while the
+//! destination is read (`read.rs`: the types side by side, within the destination's `concurrency`), and what
+//! is read before the expected set is whole waits in a compact form, at most `READ_AHEAD` resources, to be
+//! judged (`compare.rs`); so memory stays bounded however many resources there are.
 //!
 //! Per destination, partner and resource type it reports:
 //! - missing: expected but not there (deleted there, or never delivered);
@@ -16,37 +19,34 @@
 //! drifted ones are accepted as others' changes (merged, or conflicts, at the next update), stale ones are
 //! queued again; then a sync cycle plans and delivers.
 
+mod compare;
+mod expected;
+mod page;
 pub mod pull;
+mod read;
 pub mod resolve;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use chrono::Utc;
-use serde_json::Value;
+use tokio::sync::{mpsc, watch};
 
 use crate::context::Context as Engine;
 use crate::deliver::Destination;
-use crate::deliver::transport::Found;
-use crate::store::{Expected, LedgerEntry, Op, OutboxItem, ResourceKey};
+use crate::store::{Expected, LedgerEntry, ResourceKey};
 
 pub use crate::model::fhir::SOURCE_PARTNER_TAG as TAG_SYSTEM;
 pub use crate::plan::shape::tag;
 
 /// Resources per page read from a destination (HFS serves at most 1000).
 const PAGE: usize = 1000;
+/// Resources read and held, compactly, while the source is still being mapped (a few hundred bytes each);
+/// past that, reading waits for the expected set.
+const READ_AHEAD: usize = 100_000;
 /// Findings listed one by one in a report; beyond that only counted.
 const MAX_LISTED: usize = 1000;
-
-fn partner_of(resource: &Value) -> Option<String> {
-    resource["meta"]["tag"]
-        .as_array()?
-        .iter()
-        .find(|c| c["system"] == TAG_SYSTEM)
-        .and_then(|c| c["code"].as_str())
-        .map(str::to_string)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,6 +155,8 @@ pub struct Options {
     /// Set to stop (SIGTERM, Ctrl-C): the page being read is abandoned and reconcile ends with an error
     /// saying it was stopped; nothing half-compared is reported or fixed.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Resources asked for per page (0: 1000, the most HFS serves).
+    pub page_size: usize,
 }
 
 /// Where reconcile has got to, after one page.
@@ -162,7 +164,7 @@ pub struct Options {
 pub struct PageRead<'a> {
     pub destination: &'a str,
     pub resource_type: &'a str,
-    /// Resources read so far, all types.
+    /// Resources read so far, all types (those read while the source is still being mapped included).
     pub read: u64,
     /// Findings so far.
     pub not_in_sync: u64,
@@ -184,11 +186,15 @@ impl std::fmt::Debug for Progress {
 struct Run<'a> {
     engine: &'a Engine,
     opts: &'a Options,
+    /// What each destination should hold (filled while the destinations are read).
+    expected: &'a std::sync::Mutex<expected::Sets>,
     report: ReconcileReport,
     counts: BTreeMap<(String, String, String), Summary>,
     started: Instant,
     /// Deletions and re-sends queued by `--fix`.
     queued: u64,
+    /// Resources read so far, for the progress.
+    received: u64,
 }
 
 impl Run<'_> {
@@ -234,7 +240,7 @@ impl Run<'_> {
             tell(&PageRead {
                 destination,
                 resource_type,
-                read: self.report.read,
+                read: self.received,
                 not_in_sync: self.report.findings_total,
                 seconds: self.started.elapsed().as_secs_f64(),
                 type_done,
@@ -242,224 +248,118 @@ impl Run<'_> {
         }
     }
 
+    fn expected_lock(&self) -> std::sync::MutexGuard<'_, expected::Sets> {
+        self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn wanted(&self, partner: &str) -> bool {
         self.opts.partner.as_deref().is_none_or(|p| p == partner)
     }
 
-    /// Compares one page of resources read from the destination.
-    async fn page(&mut self, dest: &Destination, resource_type: &str, resources: Vec<Value>) -> anyhow::Result<()> {
-        let store = &self.engine.store;
-        let keys: Vec<ResourceKey> =
-            resources.iter().filter_map(|r| r["id"].as_str()).map(|id| ResourceKey::new(resource_type, id)).collect();
-        let ledger: std::collections::HashMap<ResourceKey, LedgerEntry> =
-            store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
-        let expected: std::collections::HashMap<ResourceKey, Expected> =
-            store.expected_see(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
-        let conflicts = store.conflicts_open_among(&dest.name, &keys).await?;
-        let mut deletions = Vec::new();
-        for resource in resources {
-            let Some(id) = resource["id"].as_str().map(str::to_string) else { continue };
-            let key = ResourceKey::new(resource_type, &id);
-            let led = ledger.get(&key);
-            let exp = expected.get(&key);
-            let partner = exp
-                .map(|e| e.partner.clone())
-                .or_else(|| partner_of(&resource))
-                .or_else(|| {
-                    led.and_then(|l| l.origin.as_ref()).and_then(crate::model::Provenance::partner).map(str::to_string)
-                })
-                .unwrap_or_else(|| "?".into());
-            if !self.wanted(&partner) {
-                continue;
-            }
-            self.report.read += 1;
-            if led.is_some_and(|l| l.linked) {
-                continue;
-            }
-            if conflicts.contains(&key) {
-                self.note(
-                    &dest.name,
-                    &partner,
-                    resource_type,
-                    &id,
-                    Some(Class::Conflict),
-                    "waiting for an admin: connector conflicts list".into(),
-                    None,
-                );
-                continue;
-            }
-            let hash = crate::conflict::content_hash(&resource);
-            let version = resource["meta"]["versionId"].as_str().map(str::to_string);
-            let found = Found { id: id.clone(), version_id: version.clone(), resource };
-            let (class, detail, fix): (Option<Class>, String, Option<String>) = match (exp, led) {
-                (None, led) => {
-                    let deletable = led.is_none() || dest.retract;
-                    let fix = if !self.opts.fix {
-                        None
-                    } else if deletable {
-                        if led.is_none() {
-                            // The outbox deletes only what the ledger says is there: record it first.
-                            store.ledger_accept(&adopted(dest, &found, None), None).await?;
-                        }
-                        deletions.push(OutboxItem {
-                            destination: dest.name.clone(),
-                            key: key.clone(),
-                            patient: led.and_then(|l| l.patient.clone()),
-                            op: Op::Delete,
-                            content_hash: String::new(),
-                            body: None,
-                            origin: None,
-                        });
-                        Some("deletion queued".into())
-                    } else {
-                        Some(format!("kept: retract = false for {}", dest.name))
-                    };
-                    let detail = if led.is_some() {
-                        "no longer in the source, or no longer allowed there"
-                    } else {
-                        "carries the connector's tag but the connector neither sent nor expects it"
-                    };
-                    (Some(Class::Unexpected), detail.into(), fix)
-                }
-                (Some(_), None) => {
-                    let fix = if self.opts.fix {
-                        // Adopt what is there as the base, so the update goes out with If-Match.
-                        let fp = crate::conflict::fingerprints(&dest.salt, &found.resource);
-                        store.ledger_accept(&adopted(dest, &found, Some(crate::conflict::encode(&fp))), None).await?;
-                        Some("adopted; update queued".into())
-                    } else {
-                        None
-                    };
-                    (
-                        Some(Class::Stale),
-                        "there, but the ledger does not know it (state restored from an older backup?)".into(),
-                        fix,
-                    )
-                }
-                (Some(e), Some(l)) => {
-                    if l.prev_hash.as_deref() == Some(hash.as_str()) {
-                        let fix = if self.opts.fix {
-                            let mut entry = l.clone();
-                            entry.content_hash = String::new(); // planned again; the merge sees the stale copy
-                            store.ledger_accept(&entry, None).await?;
-                            Some("current version queued".into())
-                        } else {
-                            None
-                        };
-                        (
-                            Some(Class::Stale),
-                            "holds an older version the connector wrote (restored or replayed there)".into(),
-                            fix,
-                        )
-                    } else if l.held_hash.as_deref() != Some(hash.as_str()) {
-                        let changed = crate::conflict::decode(l.source_fp.as_deref())
-                            .map(|b| crate::conflict::changed_from(&dest.salt, &b, &found.resource).join(", "))
-                            .unwrap_or_default();
-                        let fix = if self.opts.fix {
-                            pull::note_remote(store, dest, l, &found).await?;
-                            Some("accepted as a change made there (kept)".into())
-                        } else {
-                            None
-                        };
-                        (Some(Class::Drifted), format!("changed there since the connector last looked: {changed}"), fix)
-                    } else if e.content_hash != l.content_hash {
-                        let fix = self.opts.fix.then(|| "queued by the sync cycle".to_string());
-                        (Some(Class::Stale), "the source has changed since; not delivered yet".into(), fix)
-                    } else {
-                        (None, String::new(), None)
-                    }
-                }
-            };
-            self.note(&dest.name, &partner, resource_type, &id, class, detail, fix);
+    /// Reads and compares one destination. Reading starts at once, for the types the ledger knows; what is read
+    /// before the source is mapped (`mapped` turns true) waits, compactly, to be judged; the types only the
+    /// expected set has are read once it is whole. With `--fix` nothing is read before then (the repairs need
+    /// each resource whole), and the types are read one after another in name order, so that deletions are
+    /// queued as they always were: a person's Encounters before their Patient.
+    async fn destination(&mut self, dest: &Arc<Destination>, mut mapped: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let store = self.engine.store.clone();
+        let mut stop = self.opts.stop.clone();
+        let one_at_a_time = self.opts.fix;
+        if one_at_a_time {
+            wait_mapped(&mut mapped, stop.as_mut(), &dest.name).await?;
         }
-        if !deletions.is_empty() {
-            self.queued += self.engine.store.enqueue(&deletions, Utc::now()).await? as u64;
-        }
-        Ok(())
-    }
-
-    /// Reads every resource of ours of one type on the destination, a page at a time.
-    async fn scan(&mut self, dest: &Destination, resource_type: &str) -> anyhow::Result<()> {
         let tag = match &self.opts.partner {
             Some(p) => format!("{TAG_SYSTEM}|{p}"),
             None => format!("{TAG_SYSTEM}|"),
         };
-        let first = format!("{resource_type}?_tag={}&_count={PAGE}", crate::deliver::fhir::url_encode(&tag));
-        let mut pages = crate::deliver::paging::Pages::new(&dest.name, &first, crate::deliver::paging::MAX_PAGES);
-        let mut next = Some(first);
-        while let Some(path) = next.take() {
-            let read = dest.transport.page(&path);
-            let page = match self.opts.stop.clone() {
-                Some(mut stop) => tokio::select! {
-                    page = read => page,
-                    () = crate::context::stopped(&mut stop) => anyhow::bail!("reconcile stopped while reading {resource_type} from {}", dest.name),
-                },
-                None => read.await,
+        let page_size = if self.opts.page_size == 0 { PAGE } else { self.opts.page_size };
+        let mut readers = read::Readers::new(dest.clone(), store.clone(), tag, page_size, self.opts.fix);
+        // The types known so far, and those of them not started yet.
+        let mut types: BTreeSet<String> = store.ledger_types(&dest.name).await?.into_iter().collect();
+        let mut queue: VecDeque<String> = types.iter().cloned().collect();
+        let mut reading = 0;
+        let mut whole = false;
+        let mut waiting: Vec<read::ReadPage> = Vec::new();
+        let mut held = 0;
+        loop {
+            if !whole && *mapped.borrow() {
+                whole = true;
+                for t in self.expected_lock().types(&dest.name) {
+                    if types.insert(t.clone()) {
+                        queue.push_back(t);
+                    }
+                }
+                queue.make_contiguous().sort();
+                for page in std::mem::take(&mut waiting) {
+                    self.judge(dest, page).await?;
+                }
             }
-            .with_context(|| format!("reading {resource_type} from {}", dest.name))?;
-            let resources: Vec<Value> = page["entry"]
-                .as_array()
-                .map(|es| {
-                    es.iter()
-                        .filter(|e| e["search"]["mode"].as_str().is_none_or(|m| m == "match"))
-                        .map(|e| e["resource"].clone())
-                        .filter(|r| r["resourceType"] == resource_type)
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.page(dest, resource_type, resources).await?;
-            self.progress(&dest.name, resource_type, page_next(&page).is_none());
-            next = pages.next(&page).with_context(|| format!("reading {resource_type} from {}", dest.name))?;
+            while reading == 0 || !one_at_a_time {
+                let Some(t) = queue.pop_front() else { break };
+                if t != "Provenance" {
+                    readers.start(&t);
+                    reading += 1;
+                }
+            }
+            if whole && queue.is_empty() {
+                readers.close();
+            }
+            let page = tokio::select! {
+                () = stopped(stop.as_mut()) => anyhow::bail!("reconcile stopped while reading from {}", dest.name),
+                changed = mapped.changed(), if !whole => {
+                    changed.map_err(|_| anyhow::anyhow!("the source was not mapped"))?;
+                    continue;
+                }
+                page = readers.next(), if whole || held < READ_AHEAD => page,
+            };
+            let Some(page) = page else { break };
+            let page = page?;
+            let (resource_type, last) = (page.resource_type.clone(), page.last);
+            self.received += page.resources.len() as u64;
+            if last {
+                reading -= 1;
+            }
+            if whole {
+                self.judge(dest, page).await?;
+            } else {
+                held += page.resources.len();
+                waiting.push(page);
+            }
+            self.progress(&dest.name, &resource_type, last);
         }
+        self.missing(dest).await?;
+        self.expected_lock().drop_destination(&dest.name);
         Ok(())
     }
 
     /// What was expected but not found.
     async fn missing(&mut self, dest: &Destination) -> anyhow::Result<()> {
         let store = self.engine.store.clone();
-        let mut after: Option<ResourceKey> = None;
-        loop {
-            let page = store.expected_unseen(&dest.name, after.as_ref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.key.clone());
-            let keys: Vec<ResourceKey> = page.iter().map(|e| e.key.clone()).collect();
+        let unseen = self.expected_lock().unseen(&dest.name);
+        for page in unseen.chunks(PAGE) {
+            let keys: Vec<ResourceKey> = page.iter().map(|(t, id, _)| ResourceKey::new(t, id)).collect();
             let ledger: std::collections::HashMap<ResourceKey, LedgerEntry> =
                 store.ledger_get_many(&dest.name, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
             let conflicts = store.conflicts_open_among(&dest.name, &keys).await?;
             let mut forget = Vec::new();
-            for e in &page {
-                let led = ledger.get(&e.key);
+            for ((_, _, partner), key) in page.iter().zip(keys) {
+                let led = ledger.get(&key);
                 if led.is_some_and(|l| l.linked) {
                     continue; // someone else's Patient: found by identifier, not by our tag
                 }
-                if conflicts.contains(&e.key) {
-                    self.note(
-                        &dest.name,
-                        &e.partner,
-                        &e.key.resource_type,
-                        &e.key.id,
-                        Some(Class::Conflict),
-                        "waiting for an admin: connector conflicts list".into(),
-                        None,
-                    );
-                    continue;
-                }
-                let detail = if led.is_some() { "deleted there" } else { "not delivered yet" };
-                let fix = if self.opts.fix && led.is_some() {
-                    forget.push(e.key.clone());
-                    Some("planned again".to_string())
+                let (class, detail, fix) = if conflicts.contains(&key) {
+                    (Class::Conflict, "waiting for an admin: connector conflicts list", None)
                 } else {
-                    self.opts.fix.then(|| "queued by the sync cycle".to_string())
+                    let detail = if led.is_some() { "deleted there" } else { "not delivered yet" };
+                    let fix = if self.opts.fix && led.is_some() {
+                        forget.push(key.clone());
+                        Some("planned again".to_string())
+                    } else {
+                        self.opts.fix.then(|| "queued by the sync cycle".to_string())
+                    };
+                    (Class::Missing, detail, fix)
                 };
-                self.note(
-                    &dest.name,
-                    &e.partner,
-                    &e.key.resource_type,
-                    &e.key.id,
-                    Some(Class::Missing),
-                    detail.into(),
-                    fix,
-                );
+                self.note(&dest.name, partner, &key.resource_type, &key.id, Some(class), detail.into(), fix);
             }
             if !forget.is_empty() {
                 store.ledger_forget(&dest.name, &forget).await?;
@@ -469,32 +369,36 @@ impl Run<'_> {
     }
 }
 
-/// A ledger entry for a resource found on the destination that the ledger did not know (content hash empty,
-/// so the next plan sends the source's version).
-fn adopted(dest: &Destination, found: &Found, source_fp: Option<String>) -> LedgerEntry {
-    LedgerEntry {
-        destination: dest.name.clone(),
-        key: ResourceKey::new(found.resource["resourceType"].as_str().unwrap_or_default(), &found.id),
-        remote_id: found.id.clone(),
-        version_id: found.version_id.clone(),
-        content_hash: String::new(),
-        updated_at: Utc::now(),
-        source_fp,
-        held_hash: Some(crate::conflict::content_hash(&found.resource)),
-        ..Default::default()
+/// Where the planning pass hands over what a destination should hold.
+pub type ExpectedTx = mpsc::Sender<(String, Vec<Expected>)>;
+
+/// Waits until the source is mapped (or reconcile is stopped).
+async fn wait_mapped(
+    mapped: &mut watch::Receiver<bool>,
+    stop: Option<&mut watch::Receiver<bool>>,
+    dest: &str,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        () = stopped(stop) => anyhow::bail!("reconcile stopped before reading from {dest}"),
+        r = mapped.wait_for(|m| *m) => r.map(drop).map_err(|_| anyhow::anyhow!("the source was not mapped")),
     }
 }
 
-fn page_next(page: &Value) -> Option<&str> {
-    page["link"].as_array()?.iter().find(|l| l["relation"] == "next")?["url"].as_str()
+/// Resolves once `stop` is set; never without one.
+async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
+    match stop {
+        Some(s) => crate::context::stopped(s).await,
+        None => std::future::pending().await,
+    }
 }
 
-/// Runs a reconcile. `expect` maps one partner's sources into the `expected` table (the planning stage's
-/// `Engine::expect` in `sync`). With `fix`, the repairs are queued and counted in `fixed.queued`; the
-/// caller delivers them (`Engine::reconcile` runs the cycle).
+/// Runs a reconcile. `expect` maps one partner's sources and hands over what each destination should hold of
+/// them, a chunk at a time, to the sender it is given (the planning stage's `Engine::expect` in `sync`). With
+/// `fix`, the repairs are queued and counted in `fixed.queued`; the caller delivers them (`Engine::reconcile`
+/// runs the cycle).
 pub async fn run<E, F>(engine: &Engine, opts: &Options, expect: E) -> anyhow::Result<ReconcileReport>
 where
-    E: Fn(String) -> F,
+    E: Fn(String, ExpectedTx) -> F,
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     let Some(lock) = engine.store.try_lead("reconcile").await? else {
@@ -507,7 +411,7 @@ where
 
 async fn run_locked<E, F>(engine: &Engine, opts: &Options, expect: E) -> anyhow::Result<ReconcileReport>
 where
-    E: Fn(String) -> F,
+    E: Fn(String, ExpectedTx) -> F,
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     let dests: Vec<&std::sync::Arc<Destination>> = engine
@@ -530,37 +434,56 @@ where
     if partners.is_empty() {
         anyhow::bail!("no partner \"{}\" in the config", opts.partner.as_deref().unwrap_or_default());
     }
+    let sets = std::sync::Mutex::new(expected::Sets::default());
     let mut run = Run {
         engine,
         opts,
+        expected: &sets,
         report: ReconcileReport::default(),
         counts: BTreeMap::new(),
         started: Instant::now(),
         queued: 0,
+        received: 0,
     };
     for d in &dests {
+        // What a run of an earlier version may have left in the store; nothing is written there now.
         engine.store.expected_clear(&d.name).await?;
     }
-    // What should be there: the source under today's consent (recorded for every destination at once).
-    for p in &partners {
-        expect(p.clone()).await.with_context(|| format!("mapping partner {p}"))?;
-    }
-    for d in &dests {
-        let mut types: Vec<String> = engine.store.ledger_types(&d.name).await?;
-        types.extend(engine.store.expected_types(&d.name).await?);
-        types.retain(|t| t != "Provenance");
-        types.sort();
-        types.dedup();
-        for t in &types {
-            run.scan(d, t).await?;
+    // What should be there (the source under today's consent, for every destination at once) is mapped while
+    // what is there is read; any of the three failing ends the others.
+    let (tx, mut rx) = mpsc::channel::<(String, Vec<Expected>)>(8);
+    let (mapped_tx, mapped_rx) = watch::channel(false);
+    let expecting = async {
+        for p in &partners {
+            expect(p.clone(), tx.clone()).await.with_context(|| format!("mapping partner {p}"))?;
         }
-        run.missing(d).await?;
-        engine.store.expected_clear(&d.name).await?;
-    }
+        drop(tx);
+        anyhow::Ok(())
+    };
+    let collecting = async {
+        while let Some((dest, items)) = rx.recv().await {
+            // The planning pass plans for every destination; only those being reconciled are kept.
+            if dests.iter().any(|d| d.name == dest) {
+                sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(&dest, items);
+            }
+        }
+        // Every sender is gone: the set is whole.
+        let _ = mapped_tx.send(true);
+        anyhow::Ok(())
+    };
+    let comparing = async {
+        for d in &dests {
+            run.destination(d, mapped_rx.clone()).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(expecting, collecting, comparing)?;
     if opts.fix {
         // The re-sends and deletions are queued; the caller runs the cycle that delivers them.
         run.report.fixed = Some(FixReport { queued: run.queued, ..Default::default() });
     }
+    // Types are read side by side: list the findings a type at a time, as they were when read in turn.
+    run.report.findings.sort_by(|a, b| (&a.destination, &a.resource_type).cmp(&(&b.destination, &b.resource_type)));
     run.report.summaries = run.counts.into_values().collect();
     run.report.seconds = run.started.elapsed().as_secs_f64();
     Ok(run.report)

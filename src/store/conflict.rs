@@ -101,7 +101,7 @@ impl ConflictDb {
     }
 }
 
-/// A resource reconcile expects a destination to hold.
+/// A resource reconcile expects a destination to hold (handed from planning to reconcile; not stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     pub key: ResourceKey,
@@ -304,120 +304,15 @@ impl Store {
     }
 
     // -----------------------------------------------------------------------------------------------------
-    // Reconcile's expected set
+    // Reconcile's expected set: held in memory by reconcile now; the table is only emptied, of what a run of an
+    // earlier version may have left there.
 
-    /// Empties a destination's expected set before a reconcile run fills it again.
+    /// Empties a destination's rows of the `expected` table.
     pub async fn expected_clear(&self, destination: &str) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query("DELETE FROM expected WHERE destination = $1").bind(destination).execute(pool).await.map(|_| ())
         })
         .map_err(StoreError::query("expected_clear"))?;
         Ok(())
-    }
-
-    pub async fn expected_put(&self, destination: &str, items: &[Expected]) -> Result<()> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        in_tx!(self, "expected_put", |tx| {
-            for chunk in items.chunks(KEY_CHUNK / 2) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "INSERT INTO expected (destination, resource_type, resource_id, content_hash, partner) ",
-                );
-                qb.push_values(chunk, |mut b, e| {
-                    b.push_bind(destination.to_string())
-                        .push_bind(e.key.resource_type.clone())
-                        .push_bind(e.key.id.clone())
-                        .push_bind(e.content_hash.clone())
-                        .push_bind(e.partner.clone());
-                });
-                qb.push(
-                    " ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET \
-                     content_hash = excluded.content_hash, partner = excluded.partner",
-                );
-                qb.build().execute(&mut *tx).await.map_err(StoreError::query("expected_put"))?;
-            }
-        });
-        Ok(())
-    }
-
-    /// The expected entries among `keys`, marking them seen (they were found on the destination).
-    pub async fn expected_see(&self, destination: &str, keys: &[ResourceKey]) -> Result<Vec<Expected>> {
-        let mut out = Vec::new();
-        for chunk in keys.chunks(KEY_CHUNK) {
-            let rows: Vec<(String, String, String, String)> = with_pool!(self, |pool| {
-                let mut qb = with_keys(chunk);
-                qb.push(
-                    "SELECT e.resource_type, e.resource_id, e.content_hash, e.partner FROM k CROSS JOIN expected e \
-                     WHERE e.resource_type = k.t AND e.resource_id = k.i AND e.destination = ",
-                );
-                qb.push_bind(destination.to_string());
-                qb.build_query_as().fetch_all(pool).await
-            })
-            .map_err(StoreError::query("expected_see"))?;
-            if !rows.is_empty() {
-                in_tx!(self, "expected_see", |tx| {
-                    for (t, i, _, _) in &rows {
-                        sqlx::query(
-                            "UPDATE expected SET seen = TRUE WHERE destination = $1 AND resource_type = $2 \
-                             AND resource_id = $3",
-                        )
-                        .bind(destination)
-                        .bind(t)
-                        .bind(i)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::query("expected_see: marking"))?;
-                    }
-                });
-            }
-            out.extend(rows.into_iter().map(|(t, i, h, p)| Expected {
-                key: ResourceKey::new(t, i),
-                content_hash: h,
-                partner: p,
-            }));
-        }
-        Ok(out)
-    }
-
-    /// The resource types expected at a destination.
-    pub async fn expected_types(&self, destination: &str) -> Result<Vec<String>> {
-        with_pool!(self, |pool| {
-            sqlx::query_scalar(
-                "SELECT DISTINCT resource_type FROM expected WHERE destination = $1 ORDER BY resource_type",
-            )
-            .bind(destination)
-            .fetch_all(pool)
-            .await
-        })
-        .map_err(StoreError::query("expected_types"))
-    }
-
-    /// Expected entries not seen on the destination, in key order after `after`, a page at a time.
-    pub async fn expected_unseen(
-        &self,
-        destination: &str,
-        after: Option<&ResourceKey>,
-        max: usize,
-    ) -> Result<Vec<Expected>> {
-        let (t, i) = after.map_or((String::new(), String::new()), |k| (k.resource_type.clone(), k.id.clone()));
-        let rows: Vec<(String, String, String, String)> = with_pool!(self, |pool| {
-            sqlx::query_as(
-                "SELECT resource_type, resource_id, content_hash, partner FROM expected \
-                 WHERE destination = $1 AND seen = FALSE AND (resource_type > $2 OR (resource_type = $2 AND resource_id > $3)) \
-                 ORDER BY resource_type, resource_id LIMIT $4",
-            )
-            .bind(destination)
-            .bind(t)
-            .bind(i)
-            .bind(limit(max))
-            .fetch_all(pool)
-            .await
-        })
-        .map_err(StoreError::query("expected_unseen"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(t, i, h, p)| Expected { key: ResourceKey::new(t, i), content_hash: h, partner: p })
-            .collect())
     }
 }

@@ -33,7 +33,7 @@
 //! - `jobs.rs`: job runs, for `connector status`. `leader.rs`: leader election ([`LeaderGuard`]).
 //! - `quarantine.rs`: rows the mapper rejected. `cursors.rs`: named positions.
 //! - `consent.rs`: consent statements, persons, withholdings and the audit trail; `audit.rs`: its hash chain.
-//! - `conflict.rs`: conflicts and reconcile's expected set. `intent.rs`: writes in flight.
+//! - `conflict.rs`: conflicts (and emptying the `expected` table older versions wrote). `intent.rs`: writes in flight.
 //! - `feed.rs`: partner feeds' own ledger. `sources.rs`: partner sources (inbox files, API cursors, snapshots).
 //! - `sqlite.rs`, `postgres.rs`: what differs between the backends (connecting, migrating, leasing, applying
 //!   a plan). `error.rs`: [`StoreError`]. `tests.rs`: unit tests on SQLite.

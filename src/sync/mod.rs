@@ -92,7 +92,7 @@ impl Engine {
 
     /// The planning stage over this engine's context.
     fn planner(&self) -> Planner<'_> {
-        Planner { ctx: &self.ctx, explain: self.explain, consent_read: &self.consent_read, stop: None }
+        Planner { ctx: &self.ctx, explain: self.explain, consent_read: &self.consent_read, stop: None, expected: None }
     }
 
     /// The context, to hand to a task that outlives this borrow (the ops endpoints).
@@ -189,11 +189,16 @@ impl Engine {
         Ok(total)
     }
 
-    /// Maps a partner's sources and records, in the `expected` table, what each destination should hold of
-    /// them under today's consent (writing nothing else): reconcile's first step. An inbox source counts by its
+    /// Maps a partner's sources and hands `into` what each destination should hold of them under today's
+    /// consent, a chunk at a time (writing nothing): reconcile's first step. An inbox source counts by its
     /// newest archived file.
-    pub async fn expect(&self, partner_id: &str) -> anyhow::Result<IngestReport> {
-        self.planner().ingest(partner_id, source::latest_inputs(&self.ctx, partner_id)?, true, true).await
+    pub async fn expect(
+        &self,
+        partner_id: &str,
+        into: tokio::sync::mpsc::Sender<(String, Vec<crate::store::Expected>)>,
+    ) -> anyhow::Result<IngestReport> {
+        let planner = Planner { expected: Some(into), ..self.planner() };
+        planner.ingest(partner_id, source::latest_inputs(&self.ctx, partner_id)?, true, true).await
     }
 
     /// Copies new disclosures and retractions from the audit trail to `[audit] fhir_destination` as FHIR
@@ -247,7 +252,8 @@ impl Engine {
         &self,
         opts: &crate::reconcile::Options,
     ) -> anyhow::Result<crate::reconcile::ReconcileReport> {
-        let mut report = crate::reconcile::run(self, opts, |p| async move { self.expect(&p).await.map(drop) }).await?;
+        let mut report =
+            crate::reconcile::run(self, opts, |p, into| async move { self.expect(&p, into).await.map(drop) }).await?;
         if let Some(f) = report.fixed.as_mut() {
             let (_tx, rx) = watch::channel(false);
             let cycle = self
