@@ -133,7 +133,13 @@ mod tests {
     #[tokio::test]
     async fn the_subject_is_attached_and_hashed_out_and_a_missing_one_marks_the_record() {
         let ctx = context("attach").await;
-        let planner = Planner { ctx: &ctx, explain: false, consent_read: &std::sync::Mutex::default(), stop: None };
+        let planner = Planner {
+            ctx: &ctx,
+            explain: false,
+            consent_read: &std::sync::Mutex::default(),
+            stop: None,
+            expected: None,
+        };
         let dest = &ctx.destinations[0];
         let plain = chunk("Walsh");
         let mut items = plain.clone();
