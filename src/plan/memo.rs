@@ -93,11 +93,7 @@ pub fn heads(resource_type: &str, id: &str, json: &str) -> (Option<String>, Opti
 fn slow(resource_type: &str, id: &str, json: &str) -> (Option<String>, Option<String>) {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else { return (None, None) };
     let patient = super::patient_of(resource_type, id, &value);
-    let nhs = value["identifier"]
-        .as_array()
-        .and_then(|ids| ids.iter().find(|i| i["system"] == NHS_NUMBER_SYSTEM).and_then(|i| i["value"].as_str()))
-        .filter(|_| resource_type == "Patient")
-        .map(str::to_string);
+    let nhs = super::nhs_number(&value).filter(|_| resource_type == "Patient").map(str::to_string);
     (patient, nhs)
 }
 

@@ -273,10 +273,14 @@ impl Groups {
 /// shares one group, so their writes (and the look-up before creating) go one after another and two
 /// partners can never both create the same person. The NHS number itself is not kept: the group is a UUID v5.
 pub fn person_group(patient_ref: &str, patient: &Value) -> String {
-    let nhs = patient["identifier"]
+    person_group_of(patient_ref, nhs_number(patient))
+}
+
+/// A Patient's NHS number, when its identifiers carry one.
+fn nhs_number(patient: &Value) -> Option<&str> {
+    patient["identifier"]
         .as_array()
-        .and_then(|ids| ids.iter().find(|i| i["system"] == NHS_NUMBER_SYSTEM).and_then(|i| i["value"].as_str()));
-    person_group_of(patient_ref, nhs)
+        .and_then(|ids| ids.iter().find(|i| i["system"] == NHS_NUMBER_SYSTEM).and_then(|i| i["value"].as_str()))
 }
 
 /// [`person_group`] from the Patient's NHS number, when it has one.
