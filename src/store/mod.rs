@@ -67,9 +67,7 @@ use ledger::{
 };
 pub use memo::Memo;
 pub use outbox::{Completion, Op, OutboxItem, OutboxRow, QueueDepth};
-pub(crate) use outbox::{
-    KEY_LEDGER_HASH, KEY_ROWS, OUTBOX_CANCEL, OUTBOX_DELETE_DEAD, OUTBOX_INSERT, OutboxDb, body_of,
-};
+pub(crate) use outbox::{OUTBOX_CANCEL, OutboxDb, body_of};
 pub use quarantine::QuarantineRecord;
 pub use sources::{FinishedFile, SourceStatus};
 

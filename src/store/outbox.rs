@@ -262,47 +262,18 @@ impl Store {
         Ok(changed)
     }
 
-    /// The ledger hash and outbox rows of each item's key, in the order of `items`.
+    /// The ledger hash and outbox rows of each item's key, in the order of `items` (the read-only pass).
     async fn key_states(&self, items: &[&OutboxItem]) -> Result<Vec<KeyState>> {
-        use std::collections::HashMap;
-        let mut by_dest: HashMap<&str, Vec<&ResourceKey>> = HashMap::new();
-        for item in items {
-            by_dest.entry(&item.destination).or_default().push(&item.key);
-        }
-        // (destination, type, id) -> state
-        let mut states: HashMap<(String, String, String), KeyState> = HashMap::new();
-        for (dest, keys) in by_dest {
-            for chunk in keys.chunks(KEY_CHUNK) {
-                let hashes: Vec<(String, String, String)> = with_pool!(self, |pool| {
-                    let mut qb = with_keys(chunk.iter().copied());
-                    qb.push(KEYS_LEDGER_HASHES);
-                    qb.push_bind(dest.to_string());
-                    qb.build_query_as().fetch_all(pool).await
-                })
-                .map_err(StoreError::query("enqueue: reading the ledger"))?;
-                for (resource_type, id, hash) in hashes {
-                    states.entry((dest.to_string(), resource_type, id)).or_default().ledger_hash = Some(hash);
-                }
-                let rows: Vec<StoredRow> = with_pool!(self, |pool| {
-                    let mut qb = with_keys(chunk.iter().copied());
-                    qb.push(KEYS_OUTBOX_ROWS);
-                    qb.push_bind(dest.to_string());
-                    qb.build_query_as().fetch_all(pool).await
-                })
-                .map_err(StoreError::query("enqueue: reading the outbox"))?;
-                for row in rows {
-                    let key = (dest.to_string(), row.resource_type.clone(), row.resource_id.clone());
-                    states.entry(key).or_default().add(row)?;
-                }
+        let what = "enqueue: reading the outbox";
+        match &self.inner {
+            Inner::Sqlite(pool) => {
+                key_states_on::<sqlx::Sqlite>(&mut *pool.acquire().await.map_err(StoreError::query(what))?, items).await
+            }
+            Inner::Postgres(pool) => {
+                key_states_on::<sqlx::Postgres>(&mut *pool.acquire().await.map_err(StoreError::query(what))?, items)
+                    .await
             }
         }
-        Ok(items
-            .iter()
-            .map(|item| {
-                let key = (item.destination.clone(), item.key.resource_type.clone(), item.key.id.clone());
-                states.remove(&key).unwrap_or_default()
-            })
-            .collect())
     }
 
     // -----------------------------------------------------------------------------------------------------
@@ -560,22 +531,69 @@ impl Store {
 }
 
 /// Lookups of many keys: each follows [`with_keys`] and is followed by the bound destination.
+/// The ledger hash and outbox rows of each item's key, in the order of `items`, read on `conn` in two
+/// statements per destination and [`KEY_CHUNK`] keys: by the read-only pass of [`Store::enqueue`] and, under
+/// the write lock, by SQLite's writing pass.
+pub(super) async fn key_states_on<DB>(conn: &mut DB::Connection, items: &[&OutboxItem]) -> Result<Vec<KeyState>>
+where
+    DB: sqlx::Database,
+    DB::Arguments: Default + sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    StoredRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+    (String, String, String): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    use std::collections::HashMap;
+    let mut by_dest: HashMap<&str, Vec<&ResourceKey>> = HashMap::new();
+    for item in items {
+        by_dest.entry(&item.destination).or_default().push(&item.key);
+    }
+    // (destination, type, id) -> state
+    let mut states: HashMap<(String, String, String), KeyState> = HashMap::new();
+    for (dest, keys) in by_dest {
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let mut qb = with_keys::<DB>(chunk.iter().copied());
+            qb.push(KEYS_LEDGER_HASHES);
+            qb.push_bind(dest.to_string());
+            let hashes: Vec<(String, String, String)> = qb
+                .build_query_as()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::query("enqueue: reading the ledger"))?;
+            for (resource_type, id, hash) in hashes {
+                states.entry((dest.to_string(), resource_type, id)).or_default().ledger_hash = Some(hash);
+            }
+            let mut qb = with_keys::<DB>(chunk.iter().copied());
+            qb.push(KEYS_OUTBOX_ROWS);
+            qb.push_bind(dest.to_string());
+            let rows: Vec<StoredRow> = qb
+                .build_query_as()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::query("enqueue: reading the outbox"))?;
+            for row in rows {
+                let key = (dest.to_string(), row.resource_type.clone(), row.resource_id.clone());
+                states.entry(key).or_default().add(row)?;
+            }
+        }
+    }
+    Ok(items
+        .iter()
+        .map(|item| {
+            let key = (item.destination.clone(), item.key.resource_type.clone(), item.key.id.clone());
+            states.remove(&key).unwrap_or_default()
+        })
+        .collect())
+}
+
 pub(super) const KEYS_LEDGER_HASHES: &str = "SELECT l.resource_type, l.resource_id, l.content_hash FROM k CROSS JOIN ledger l \
      WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
 pub(super) const KEYS_OUTBOX_ROWS: &str = "SELECT o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, \
      o.lease_until FROM k CROSS JOIN outbox o \
      WHERE o.resource_type = k.t AND o.resource_id = k.i AND o.destination = ";
 
-/// Enqueue's statements shared by both backends (replacing a row differs: see the backend modules).
-pub(crate) const KEY_LEDGER_HASH: &str =
-    "SELECT content_hash FROM ledger WHERE destination = $1 AND resource_type = $2 AND resource_id = $3";
-pub(crate) const KEY_ROWS: &str = "SELECT seq, resource_type, resource_id, op, content_hash, dead, lease_until \
-     FROM outbox WHERE destination = $1 AND resource_type = $2 AND resource_id = $3";
-pub(crate) const OUTBOX_INSERT: &str = "INSERT INTO outbox (destination, resource_type, resource_id, patient, op, \
-     content_hash, body, attempts, not_before, dead, created_at, origin) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, FALSE, $8, $9)";
+/// Cancelling a pending row (consent withdrawals; enqueue on SQLite cancels many in one statement).
 pub(crate) const OUTBOX_CANCEL: &str = "DELETE FROM outbox WHERE seq = $1 AND dead = FALSE";
-pub(crate) const OUTBOX_DELETE_DEAD: &str = "DELETE FROM outbox WHERE seq = $1 AND dead = TRUE";
 
 /// What an item stores as body: deletes carry none.
 pub(crate) fn body_of(item: &OutboxItem) -> Option<&str> {

@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqliteConnection, SqlitePool};
 
 use super::error::redact_url;
-use super::plan::{self, Action, KeyState, StoredRow};
+use super::plan::{self, Action};
 use super::{
     AuditEntry, CLEAR_LEASE_BY_TOKEN, Completion, LEDGER_BOUND, LEDGER_COLUMNS, LEDGER_ON_CONFLICT, LedgerEntry,
     OutboxDb, OutboxItem, Result, StoreError, bind_ledger, values_list,
@@ -151,94 +151,118 @@ pub(super) async fn lease(
     Ok(rows)
 }
 
-/// The writing pass of enqueue: one `IMMEDIATE` transaction, each key re-read and decided again.
+/// The writing pass of enqueue: one `IMMEDIATE` transaction in which the items' keys are read again (two
+/// statements per destination) and each item decided again, then the decisions applied in a few statements:
+/// superseded dead letters and cancelled rows deleted, new rows inserted in one multi-row statement. New and
+/// replaced rows take numbers reserved from AUTOINCREMENT's counter in one go and handed out in the items'
+/// order, so a person's writes keep the order they were planned in and no number is ever handed out twice.
+/// Row by row it took about three statements per new row, each a hand-off to SQLite's worker thread: most of
+/// a first load's planning time.
 pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) -> Result<usize> {
     let op = "enqueue";
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query(op))?;
-    let mut changed = 0;
-    for item in items {
-        let state = key_state(&mut tx, item).await?;
-        match plan::decide(&state, item, now) {
-            Action::Nothing => continue,
+    let states = super::outbox::key_states_on::<sqlx::Sqlite>(&mut tx, items).await?;
+    let (mut gone_dead, mut cancelled) = (Vec::new(), Vec::new());
+    // (item, the pending row it replaces) in the items' order.
+    let mut numbered: Vec<(&OutboxItem, Option<i64>)> = Vec::new();
+    for (item, state) in items.iter().zip(&states) {
+        match plan::decide(state, item, now) {
+            Action::Nothing => {}
             Action::Insert { superseded_dead } => {
-                for seq in superseded_dead {
-                    sqlx::query(super::OUTBOX_DELETE_DEAD)
-                        .bind(seq)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::query(op))?;
-                }
-                sqlx::query(super::OUTBOX_INSERT)
-                    .bind(&item.destination)
-                    .bind(&item.key.resource_type)
-                    .bind(&item.key.id)
-                    .bind(&item.patient)
-                    .bind(item.op.as_str())
-                    .bind(&item.content_hash)
-                    .bind(super::body_of(item))
-                    .bind(now)
-                    .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query(op))?;
+                gone_dead.extend(superseded_dead);
+                numbered.push((item, None));
             }
-            Action::Replace { seq } => {
-                // A fresh number from AUTOINCREMENT's counter, so it is never handed out again.
-                let new_seq: i64 = sqlx::query_scalar(
-                    "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(seq), 0) FROM outbox)) + 1 \
-                     WHERE name = 'outbox' RETURNING seq",
-                )
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::query(op))?;
-                sqlx::query(
-                    "UPDATE outbox SET seq = $7, patient = $2, op = $3, content_hash = $4, body = $5, \
-                     attempts = 0, not_before = $6, last_error = NULL, origin = $8 WHERE seq = $1",
-                )
+            Action::Replace { seq } => numbered.push((item, Some(seq))),
+            Action::Cancel { seq } => cancelled.push(seq),
+        }
+    }
+    let changed = numbered.len() + cancelled.len();
+    for (seqs, dead) in [(&gone_dead, true), (&cancelled, false)] {
+        for chunk in seqs.chunks(super::ROWS_PER_STATEMENT) {
+            let sql = format!("DELETE FROM outbox WHERE dead = ? AND seq IN ({})", vec!["?"; chunk.len()].join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dead);
+            for seq in chunk {
+                q = q.bind(seq);
+            }
+            q.execute(&mut *tx).await.map_err(StoreError::query(op))?;
+        }
+    }
+    if numbered.is_empty() {
+        tx.commit().await.map_err(StoreError::query(op))?;
+        return Ok(changed);
+    }
+    let first = reserve_seqs(&mut tx, numbered.len()).await?;
+    let origin = |i: &OutboxItem| i.origin.as_ref().map(crate::model::Provenance::encode);
+    let mut inserts: Vec<(i64, &OutboxItem)> = Vec::new();
+    for ((item, replaced), seq) in numbered.iter().zip(first..) {
+        let Some(old) = replaced else {
+            inserts.push((seq, item));
+            continue;
+        };
+        sqlx::query(
+            "UPDATE outbox SET seq = $7, patient = $2, op = $3, content_hash = $4, body = $5, \
+             attempts = 0, not_before = $6, last_error = NULL, origin = $8 WHERE seq = $1",
+        )
+        .bind(old)
+        .bind(&item.patient)
+        .bind(item.op.as_str())
+        .bind(&item.content_hash)
+        .bind(super::body_of(item))
+        .bind(now)
+        .bind(seq)
+        .bind(origin(item))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
+    }
+    for chunk in inserts.chunks(super::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO outbox (seq, destination, resource_type, resource_id, patient, op, content_hash, body, \
+             attempts, not_before, dead, created_at, origin) \
+             SELECT column1, column2, column3, column4, column5, column6, column7, column8, 0, ?, FALSE, ?, column9 \
+             FROM (VALUES {})",
+            values_list(chunk.len(), 9, false)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(now);
+        for (seq, item) in chunk {
+            q = q
                 .bind(seq)
+                .bind(&item.destination)
+                .bind(&item.key.resource_type)
+                .bind(&item.key.id)
                 .bind(&item.patient)
                 .bind(item.op.as_str())
                 .bind(&item.content_hash)
                 .bind(super::body_of(item))
-                .bind(now)
-                .bind(new_seq)
-                .bind(item.origin.as_ref().map(crate::model::Provenance::encode))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query(op))?;
-            }
-            Action::Cancel { seq } => {
-                sqlx::query(super::OUTBOX_CANCEL).bind(seq).execute(&mut *tx).await.map_err(StoreError::query(op))?;
-            }
+                .bind(origin(item));
         }
-        changed += 1;
+        q.execute(&mut *tx).await.map_err(StoreError::query(op))?;
     }
     tx.commit().await.map_err(StoreError::query(op))?;
     Ok(changed)
 }
 
-async fn key_state(conn: &mut SqliteConnection, item: &OutboxItem) -> Result<KeyState> {
-    let mut state = KeyState {
-        ledger_hash: sqlx::query_scalar(super::KEY_LEDGER_HASH)
-            .bind(&item.destination)
-            .bind(&item.key.resource_type)
-            .bind(&item.key.id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::query("enqueue: reading the ledger"))?,
-        ..KeyState::default()
-    };
-    let rows: Vec<StoredRow> = sqlx::query_as(super::KEY_ROWS)
-        .bind(&item.destination)
-        .bind(&item.key.resource_type)
-        .bind(&item.key.id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(StoreError::query("enqueue: reading the outbox"))?;
-    for row in rows {
-        state.add(row)?;
-    }
-    Ok(state)
+/// Reserves `n` fresh outbox numbers from AUTOINCREMENT's counter (above every number it ever handed out and
+/// every row's) and returns the first; the caller uses them in order.
+async fn reserve_seqs(tx: &mut SqliteConnection, n: usize) -> Result<i64> {
+    let op = "enqueue: numbering the outbox rows";
+    // The counter's row exists once the table has had a row; before that there is nothing to be above.
+    sqlx::query(
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox', 0 \
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox')",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::query(op))?;
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(seq), 0) FROM outbox)) + $1 \
+         WHERE name = 'outbox' RETURNING seq",
+    )
+    .bind(n as i64)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::query(op))?;
+    Ok(last - n as i64 + 1)
 }
 
 /// The key columns of a completion's row, for [`delete_keys`].
