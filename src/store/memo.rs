@@ -19,6 +19,9 @@ pub struct Memo {
 /// with no outbox row; the destination's parameter goes between the two parts.
 const MEMO_UNCHANGED: &str = "SELECT m.resource_type, m.resource_id, m.content_hash FROM k CROSS JOIN plan_memo m \
      CROSS JOIN ledger l WHERE m.destination =";
+/// [`MEMO_UNCHANGED`] with its columns named, to be aggregated into one row (SQLite).
+const MEMO_UNCHANGED_ONE_ROW: &str = "SELECT m.resource_type AS t, m.resource_id AS i, m.content_hash AS h \
+     FROM k CROSS JOIN plan_memo m CROSS JOIN ledger l WHERE m.destination =";
 const MEMO_UNCHANGED_END: &str = " AND m.resource_type = k.t AND m.resource_id = k.i AND m.input_hash = k.f \
      AND l.destination = m.destination AND l.resource_type = k.t AND l.resource_id = k.i \
      AND l.content_hash = m.content_hash AND NOT EXISTS (SELECT 1 FROM outbox o \
@@ -58,15 +61,17 @@ impl Store {
     /// when the destination holds exactly that content (the ledger) and the outbox has no row of the key, pending
     /// or dead; otherwise `None`, and planning shapes the resource and lets [`Store::enqueue`] decide. One read
     /// per chunk: the keys as a `VALUES` list (SQLite: faster there than one JSON array through `json_each`,
-    /// measured) or as three arrays (PostgreSQL).
+    /// measured) or as three arrays (PostgreSQL). SQLite answers in one row, a JSON array of `[type, id, hash]`:
+    /// row by row, each row was a hand-off from its worker thread, half the time of an unchanged cycle's reads.
     pub async fn memo_unchanged(
         &self,
         destination: &str,
         items: &[(&ResourceKey, &str)],
     ) -> Result<Vec<Option<String>>> {
+        let what = "memo_unchanged";
         let mut found: HashMap<(String, String), String> = HashMap::new();
         for chunk in items.chunks(KEY_CHUNK) {
-            let rows: Vec<(String, String, String)> = match &self.inner {
+            match &self.inner {
                 Inner::Sqlite(pool) => {
                     let mut qb = sqlx::QueryBuilder::new("WITH k(t, i, f) AS (VALUES ");
                     for (n, (key, fingerprint)) in chunk.iter().enumerate() {
@@ -78,12 +83,18 @@ impl Store {
                         qb.push_bind(*fingerprint);
                         qb.push(")");
                     }
-                    qb.push(") ");
-                    qb.push(MEMO_UNCHANGED);
+                    qb.push(") SELECT json_group_array(json_array(t, i, h)) FROM (");
+                    qb.push(MEMO_UNCHANGED_ONE_ROW);
                     qb.push(" ");
                     qb.push_bind(destination);
                     qb.push(MEMO_UNCHANGED_END);
-                    qb.build_query_as().fetch_all(pool).await
+                    qb.push(")");
+                    let all: String = qb.build_query_scalar().fetch_one(pool).await.map_err(StoreError::query(what))?;
+                    let rows: Vec<(String, String, String)> =
+                        serde_json::from_str(&all).map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?;
+                    for (t, i, hash) in rows {
+                        found.insert((t, i), hash);
+                    }
                 }
                 Inner::Postgres(pool) => {
                     let (t, i, f): (Vec<&str>, Vec<&str>, Vec<&str>) =
@@ -93,7 +104,7 @@ impl Store {
                             f.push(fp);
                             (t, i, f)
                         });
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    let rows: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                         "WITH k(t, i, f) AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
                          {MEMO_UNCHANGED} $4{MEMO_UNCHANGED_END}"
                     )))
@@ -103,11 +114,11 @@ impl Store {
                     .bind(destination)
                     .fetch_all(pool)
                     .await
+                    .map_err(StoreError::query(what))?;
+                    for (t, i, hash) in rows {
+                        found.insert((t, i), hash);
+                    }
                 }
-            }
-            .map_err(StoreError::query("memo_unchanged"))?;
-            for (t, i, hash) in rows {
-                found.insert((t, i), hash);
             }
         }
         Ok(items.iter().map(|(key, _)| found.remove(&(key.resource_type.clone(), key.id.clone()))).collect())

