@@ -281,7 +281,7 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "connector initial load: ${initial}s ($(rate_of "$initial") resources/s), exit $code, peak RSS $(rss_mib "$run/time-initial.txt") MiB"
     echo "  of which delivery:    ${delivery}s (the rest: start-up, mapping, planning into the outbox)"
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
-    echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x"
+    echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x the time, $(python3 -c "print(round($plain / $initial, 2))")x the rate (target: rate >= 0.95x)"
     mapping=$(seconds "$run/time-mapping.txt")
     echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
     echo "mapping the same exports alone (mappings preview): ${mapping}s; no-change/mapping: $(python3 -c "print(round($nochange / $mapping, 2))")x"
