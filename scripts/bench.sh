@@ -14,7 +14,9 @@
 #                                     resources, precomputed, as transaction bundles of the same size and
 #                                     concurrency to a second fresh server (only the posting is timed).
 #                                     Settings: BENCH_BATCH_SIZE (50), BENCH_CONCURRENCY (2), BENCH_RATE (10000
-#                                     requests/s, i.e. no limit), HFS_BIN, HFS_DATA_DIR (default: the test cache).
+#                                     requests/s, i.e. no limit), BENCH_STORE (sqlite, or postgres: a throwaway
+#                                     Debian PostgreSQL from scripts/pg-test-server.sh), HFS_BIN, HFS_DATA_DIR
+#                                     (default: the test cache).
 #   scripts/bench.sh reconcile [RESOURCES]
 #                                     loads a generated Hub export sized to map to about RESOURCES resources
 #                                     (default 100000) into a fresh local Helios FHIR Server (`connector sync
@@ -62,7 +64,11 @@ build_connector() {
 }
 # The servers started, stopped on exit; start_hfs and stop_hfs keep the list.
 pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done; pids=(); }
+stop_all() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    pids=()
+    if [ -n "${pg_dir:-}" ]; then bash scripts/pg-test-server.sh stop "$pg_dir" || true; fi
+}
 trap stop_all EXIT
 # start_hfs NAME: a fresh server (own database under $run/NAME) on a free port, as tests/common starts it;
 # sets $port and $hfs_pid.
@@ -111,7 +117,7 @@ ok_exit() { [ "$1" -eq 0 ] || [ "$1" -eq 3 ]; }
 write_config() {
     cat >"$1" <<EOF
 [state]
-url = "sqlite://$run/state.db"
+url = "${state_url:-sqlite://$run/state.db}"
 [mappings]
 dir = "$PWD/mappings"
 [[partner]]
@@ -209,6 +215,13 @@ sync)
     run="$work/sync-$patients"
     rm -rf "$run"
     mkdir -p "$run"
+    store="${BENCH_STORE:-sqlite}"
+    if [ "$store" = postgres ]; then
+        # Debian's PostgreSQL, as the tests run it (scripts/pg-test-server.sh: fsync and synchronous commit off).
+        pg_dir="$run/pg"
+        state_url=$(bash scripts/pg-test-server.sh start "$pg_dir" \
+            "$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+    fi
 
     echo "Precomputing the resources (connector mappings preview; timed: the no-change cycle's baseline)..." >&2
     /usr/bin/time -v -o "$run/time-mapping.txt" "$connector" --mappings mappings mappings preview --partner hub \
@@ -277,7 +290,7 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo
     machine
     echo "load average before: $load_before"
-    echo "patients: $patients people, $contact_rows contacts -> $n_resources resources (Patient $n_patients, Encounter $n_encounters, Organization $n_orgs); batch $batch, concurrency $concurrency"
+    echo "patients: $patients people, $contact_rows contacts -> $n_resources resources (Patient $n_patients, Encounter $n_encounters, Organization $n_orgs); batch $batch, concurrency $concurrency; state: $store"
     echo "connector initial load: ${initial}s ($(rate_of "$initial") resources/s), exit $code, peak RSS $(rss_mib "$run/time-initial.txt") MiB"
     echo "  of which delivery:    ${delivery}s (the rest: start-up, mapping, planning into the outbox)"
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
