@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Client, Method as HttpMethod, RequestBuilder, Response, StatusCode, header};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::auth::TokenProvider;
 use super::http::{self, MAX_METADATA_BYTES, MAX_PAGE_BYTES, MAX_SMALL_BYTES};
 use super::limit::RateLimiter;
 use super::retry::{self, Answer};
-use super::transport::{BoxFuture, Found, Method, Transport, TransportError, Write, Written};
+use super::transport::{Body, BoxFuture, Found, Method, Transport, TransportError, Write, Written};
 use crate::ops::metrics::{Metrics, RequestOutcome};
 
 const FHIR_JSON: &str = "application/fhir+json";
@@ -209,7 +210,7 @@ impl Transport for FhirTransport {
                             url,
                             if_match: w.if_match.as_ref().map(|v| format!("W/\"{v}\"")),
                         },
-                        resource: w.body.as_ref(),
+                        resource: w.body.as_ref().map(Body::json),
                     }
                 })
                 .collect();
@@ -327,14 +328,14 @@ struct BundleOut<'a, E> {
     entry: &'a [E],
 }
 
-/// One entry of a transaction: the request, and the write's body by reference.
+/// One entry of a transaction: the request, and the write's body (its text, as it is) by reference.
 #[derive(serde::Serialize)]
 struct TransactionEntry<'a> {
     #[serde(rename = "fullUrl")]
     full_url: String,
     request: EntryRequest,
     #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<&'a Value>,
+    resource: Option<&'a RawValue>,
 }
 
 #[derive(serde::Serialize)]
@@ -599,7 +600,7 @@ mod tests {
                     resource_type: "Patient".into(),
                     id: "p1".into(),
                     method: Method::Put,
-                    body: Some(json!({"resourceType": "Patient", "id": "p1"})),
+                    body: Some(Body::new(&json!({"resourceType": "Patient", "id": "p1"}), "").unwrap()),
                     if_match: None,
                 }])
                 .await
