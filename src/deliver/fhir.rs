@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::{Client, Method as HttpMethod, RequestBuilder, Response, StatusCode, header};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::answer::{self, WriteAnswer};
 use super::auth::TokenProvider;
 use super::http::{self, MAX_METADATA_BYTES, MAX_PAGE_BYTES, MAX_SMALL_BYTES};
 use super::limit::RateLimiter;
 use super::retry::{self, Answer};
-use super::transport::{BoxFuture, Found, Method, Transport, TransportError, Write, Written};
+use super::transport::{Body, BoxFuture, Found, Method, Transport, TransportError, Write, Written};
 use crate::ops::metrics::{Metrics, RequestOutcome};
 
 const FHIR_JSON: &str = "application/fhir+json";
@@ -71,16 +74,16 @@ impl FhirTransport {
     }
 
     async fn request(&self, method: HttpMethod, path: &str, body: Option<&Value>) -> Result<Response, TransportError> {
-        self.request_with(method, path, body.map(|b| (FHIR_JSON, b.to_string()))).await
+        self.request_with(method, path, body.map(|b| (FHIR_JSON, b.to_string().into()))).await
     }
 
-    /// Sends a request with an optional body (content type, text); the token is renewed once on a 401. A
-    /// redirect is an error: it is never followed.
+    /// Sends a request with an optional body (content type, bytes: each attempt shares them, not a copy); the
+    /// token is renewed once on a 401. A redirect is an error: it is never followed.
     async fn request_with(
         &self,
         method: HttpMethod,
         path: &str,
-        body: Option<(&'static str, String)>,
+        body: Option<(&'static str, Bytes)>,
     ) -> Result<Response, TransportError> {
         let mut retried_auth = false;
         loop {
@@ -178,8 +181,10 @@ async fn failure(resp: Response) -> TransportError {
     }
 }
 
-fn version_of(etag: Option<&str>, location: Option<&str>, resource: Option<&Value>) -> Option<String> {
-    if let Some(v) = resource.and_then(|r| r["meta"]["versionId"].as_str()) {
+/// The version a write made: the resource's `meta.versionId` when the server sent it back, else the ETag, else
+/// the location's `_history` part.
+fn version_of(etag: Option<&str>, location: Option<&str>, meta_version: Option<&str>) -> Option<String> {
+    if let Some(v) = meta_version {
         return Some(v.to_string());
     }
     if let Some(e) = etag {
@@ -209,19 +214,16 @@ impl Transport for FhirTransport {
                             url,
                             if_match: w.if_match.as_ref().map(|v| format!("W/\"{v}\"")),
                         },
-                        resource: w.body.as_ref(),
+                        resource: w.body.as_ref().map(Body::json),
                     }
                 })
                 .collect();
-            let answers = self.post_bundle("transaction", &entries, "the transaction response").await?;
+            let answers: Vec<WriteAnswer> =
+                self.post_bundle("transaction", &entries, "the transaction response").await?;
             Ok(answers
                 .iter()
                 .map(|a| Written {
-                    version_id: version_of(
-                        a["response"]["etag"].as_str(),
-                        a["response"]["location"].as_str(),
-                        a.get("resource"),
-                    ),
+                    version_id: version_of(a.etag.as_deref(), a.location.as_deref(), a.version_id.as_deref()),
                 })
                 .collect())
         })
@@ -327,14 +329,14 @@ struct BundleOut<'a, E> {
     entry: &'a [E],
 }
 
-/// One entry of a transaction: the request, and the write's body by reference.
+/// One entry of a transaction: the request, and the write's body (its text, as it is) by reference.
 #[derive(serde::Serialize)]
 struct TransactionEntry<'a> {
     #[serde(rename = "fullUrl")]
     full_url: String,
     request: EntryRequest,
     #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<&'a Value>,
+    resource: Option<&'a RawValue>,
 }
 
 #[derive(serde::Serialize)]
@@ -353,26 +355,28 @@ const LOOKUP_PAGE: usize = 20;
 
 impl FhirTransport {
     /// Posts a bundle of `kind` (transaction, batch) holding `entries` to the base; returns the answer's
-    /// entries, one per entry sent (a different count is transient: the answer cannot be matched up).
-    async fn post_bundle<E: serde::Serialize>(
+    /// entries, each read as `A`, one per entry sent (a different count is transient: the answer cannot be
+    /// matched up).
+    async fn post_bundle<E: serde::Serialize, A: serde::de::DeserializeOwned>(
         &self,
         kind: &str,
         entries: &[E],
         what: &str,
-    ) -> Result<Vec<Value>, TransportError> {
+    ) -> Result<Vec<A>, TransportError> {
         let sent = entries.len();
-        // The bundle's text with the entries serialised in place (no tree of them is built).
-        let text = serde_json::to_string(&BundleOut { resource_type: "Bundle", kind, entry: entries })
+        // The bundle's text with the entries serialised in place (no tree of them is built), no larger than
+        // it is: it is held until the answer comes.
+        let mut text = serde_json::to_vec(&BundleOut { resource_type: "Bundle", kind, entry: entries })
             .map_err(|e| TransportError::Setup(format!("writing the bundle: {e}")))?;
-        let resp = self.request_with(HttpMethod::POST, "", Some((FHIR_JSON, text))).await?;
+        text.shrink_to_fit();
+        let resp = self.request_with(HttpMethod::POST, "", Some((FHIR_JSON, text.into()))).await?;
         if !resp.status().is_success() {
             return Err(failure(resp).await);
         }
-        let mut answer = http::read_json(resp, MAX_PAGE_BYTES, what).await?;
-        let answers = match answer.get_mut("entry").map(Value::take) {
-            Some(Value::Array(a)) => a,
-            _ => Vec::new(),
-        };
+        let body = http::read_body(resp, MAX_PAGE_BYTES, what).await?;
+        // serde_json's message gives a line and column, never the text around it.
+        let answers: Vec<A> =
+            answer::entries(&body).map_err(|e| TransportError::transient(format!("{what} is not JSON: {e}")))?;
         if answers.len() != sent {
             return Err(TransportError::transient(format!(
                 "{kind} response has {} entries for {sent} sent",
@@ -402,7 +406,7 @@ impl FhirTransport {
                     json!({ "request": { "method": "GET", "url": url } })
                 })
                 .collect();
-            let answers = self.post_bundle("batch", &entries, "the batch of searches").await?;
+            let answers: Vec<Value> = self.post_bundle("batch", &entries, "the batch of searches").await?;
             for (identifier, a) in chunk.iter().zip(&answers) {
                 let page = &a["resource"];
                 let whole = a["response"]["status"].as_str().is_some_and(|s| s.starts_with('2'))
@@ -437,7 +441,7 @@ impl FhirTransport {
             .request_with(
                 HttpMethod::POST,
                 &format!("{resource_type}/_search"),
-                Some(("application/x-www-form-urlencoded", form)),
+                Some(("application/x-www-form-urlencoded", form.into())),
             )
             .await?;
         if !resp.status().is_success() {
@@ -516,7 +520,11 @@ impl FhirTransport {
             }
             let etag = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
             let r = http::read_json(resp, MAX_PAGE_BYTES, "the resource").await?;
-            Ok(Some(Found { id: id.to_string(), version_id: version_of(etag.as_deref(), None, Some(&r)), resource: r }))
+            Ok(Some(Found {
+                id: id.to_string(),
+                version_id: version_of(etag.as_deref(), None, r["meta"]["versionId"].as_str()),
+                resource: r,
+            }))
         }
     }
 }
@@ -599,7 +607,7 @@ mod tests {
                     resource_type: "Patient".into(),
                     id: "p1".into(),
                     method: Method::Put,
-                    body: Some(json!({"resourceType": "Patient", "id": "p1"})),
+                    body: Some(Body::new(&json!({"resourceType": "Patient", "id": "p1"}), "").unwrap()),
                     if_match: None,
                 }])
                 .await
@@ -837,10 +845,7 @@ mod tests {
         use super::version_of;
         assert_eq!(version_of(Some("W/\"3\""), None, None).as_deref(), Some("3"));
         assert_eq!(version_of(None, Some("Patient/a/_history/7"), None).as_deref(), Some("7"));
-        assert_eq!(
-            version_of(None, None, Some(&serde_json::json!({"meta": {"versionId": "2"}}))).as_deref(),
-            Some("2")
-        );
+        assert_eq!(version_of(Some("W/\"3\""), Some("Patient/a/_history/7"), Some("2")).as_deref(), Some("2"));
         assert_eq!(
             super::url_encode("https://fhir.nhs.uk/Id/nhs-number|999"),
             "https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C999"

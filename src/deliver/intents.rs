@@ -23,7 +23,7 @@ pub(super) fn intent_of(
         destination: dest.name.clone(),
         resource_type: write.resource_type.clone(),
         resource_id: row.item.key.id.clone(),
-        held_hash: crate::conflict::content_hash(body),
+        held_hash: body.hash().to_string(),
         remote_id: write.id.clone(),
         patient: row.item.patient.clone(),
         origin: row.item.origin.clone(),

@@ -3,14 +3,13 @@
 //! both sides opens a conflict for an admin.
 
 use chrono::Utc;
-use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::intents::intent_of;
 use super::records::{audit_entry, held_entry, ledger_entry};
 use super::retry::send_retrying;
-use super::transport::{self, TransportError, Write};
+use super::transport::{self, Body, TransportError, Write};
 use super::{DeliveryReport, Destination};
 use crate::model::AuditAction;
 use crate::policy::Permit;
@@ -33,7 +32,11 @@ pub(super) async fn merge_and_send(
     report: &mut DeliveryReport,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let Some(source) = write.body.as_ref() else { return Ok(()) };
+    let Some(queued) = write.body.as_ref() else { return Ok(()) };
+    let source = match queued.resource() {
+        Ok(v) => v,
+        Err(e) => return dead_letter(store, row, &format!("the body to merge is not JSON: {e}"), report).await,
+    };
     let base = known.and_then(|k| crate::conflict::decode(k.source_fp.as_deref()));
     for _ in 0..3 {
         let current = match send_retrying(dest, stop, || dest.transport.read(&write.resource_type, &write.id)).await {
@@ -59,15 +62,15 @@ pub(super) async fn merge_and_send(
             auto_merge: dest.auto_merge.contains(&write.resource_type),
             stale,
         };
-        match crate::conflict::three_way(rules, base.as_ref(), source, &found.resource) {
+        match crate::conflict::three_way(rules, base.as_ref(), &source, &found.resource) {
             crate::conflict::Merge::Unchanged { kept_remote } => {
                 let entry = held_entry(
                     dest,
                     row,
                     &write.id,
                     found.version_id.clone(),
-                    &found.resource,
-                    source,
+                    crate::conflict::content_hash(&found.resource),
+                    queued.fingerprints().to_string(),
                     known,
                     !kept_remote.is_empty(),
                     false,
@@ -85,8 +88,15 @@ pub(super) async fn merge_and_send(
                 return Ok(());
             }
             crate::conflict::Merge::Write { body, kept_remote } => {
+                let merged = match Body::new(&body, &dest.salt) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let why = format!("the merged body could not be written out as JSON: {e}");
+                        return dead_letter(store, row, &why, report).await;
+                    }
+                };
                 let mut w = write.clone();
-                w.body = Some(body.clone());
+                w.body = Some(merged);
                 w.if_match = found.version_id.clone();
                 let intent: Vec<SendIntent> = intent_of(dest, row, &w, permit).into_iter().collect();
                 store.intents_record(&intent).await?;
@@ -98,8 +108,8 @@ pub(super) async fn merge_and_send(
                             row,
                             &write.id,
                             version.clone(),
-                            &body,
-                            source,
+                            crate::conflict::content_hash(&body),
+                            queued.fingerprints().to_string(),
                             known,
                             !kept_remote.is_empty(),
                             true,
@@ -126,9 +136,7 @@ pub(super) async fn merge_and_send(
                     }
                     Err(TransportError::Rejected { status, message, outcome }) => {
                         let detail = serde_json::json!({ "status": status, "message": message, "outcome": outcome });
-                        store.dead_letter(row.seq, &detail.to_string()).await?;
-                        report.dead_lettered += 1;
-                        return Ok(());
+                        return dead_letter(store, row, &detail.to_string(), report).await;
                     }
                     Err(e) => {
                         store.retry_later(row.seq, Utc::now() + dest.defer, &e.to_string()).await?;
@@ -156,6 +164,13 @@ pub(super) async fn merge_and_send(
     Ok(())
 }
 
+/// Takes the row off the outbox for an admin, with `why`.
+async fn dead_letter(store: &Store, row: &OutboxRow, why: &str, report: &mut DeliveryReport) -> Result<(), StoreError> {
+    store.dead_letter(row.seq, why).await?;
+    report.dead_lettered += 1;
+    Ok(())
+}
+
 fn conflict_record(
     dest: &Destination,
     row: &OutboxRow,
@@ -175,7 +190,7 @@ fn conflict_record(
         elements,
         base_version: known.and_then(|k| k.sent_version.clone().or_else(|| k.version_id.clone())),
         source_hash: row.item.content_hash.clone(),
-        source_json: write.body.as_ref().map(Value::to_string),
+        source_json: write.body.as_ref().map(|b| b.json().get().to_string()),
         remote_version: remote.and_then(|r| r.version_id.clone()),
         remote_json: remote.map(|r| r.resource.to_string()),
         status: crate::model::ConflictStatus::Open,
@@ -220,7 +235,7 @@ pub(super) async fn conflict_refresh(
 ) -> Result<(), StoreError> {
     if let Some(mut c) = store.conflict_open_for(&dest.name, &row.item.key).await? {
         c.source_hash = row.item.content_hash.clone();
-        c.source_json = write.body.as_ref().map(Value::to_string);
+        c.source_json = write.body.as_ref().map(|b| b.json().get().to_string());
         c.updated_at = Utc::now();
         let audit = audit_entry(&dest.name, row, AuditAction::Conflict, None, None);
         store.conflict_open(&c, &audit).await?;

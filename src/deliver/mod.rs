@@ -17,7 +17,7 @@
 //! - `retry.rs`: the retry vocabulary shared with partner feeds: one classifier of HTTP answers and
 //!   `Retry-After`, one [`retry::RetryPolicy`], backoff sleeps that end when the daemon stops.
 //! - The transport seam and its plumbing: `transport.rs` (the trait and its errors), `fhir.rs` (FHIR REST),
-//!   `http.rs` (shared HTTP rules), `auth.rs` (tokens), `limit.rs` (rate limiter, circuit breaker),
+//!   `answer.rs` (reading bundle answers without a tree of them), `http.rs` (shared HTTP rules), `auth.rs` (tokens), `limit.rs` (rate limiter, circuit breaker),
 //!   `paging.rs` (following `next` links), `profile.rs` (destination profiles).
 
 pub mod auth;
@@ -30,6 +30,7 @@ pub mod profile;
 pub mod retry;
 pub mod transport;
 
+mod answer;
 mod batch;
 mod intents;
 mod merge;

@@ -1,14 +1,12 @@
 //! The bookkeeping of results: the ledger entry and the audit entry a landed write (or a link) is recorded
 //! with.
 
-use chrono::Utc;
-use serde_json::Value;
-
 use super::Destination;
 use crate::model::AuditAction;
 use crate::model::Provenance;
 use crate::policy::Permit;
 use crate::store::{AuditEntry, Completion, LedgerEntry, Op, OutboxRow};
+use chrono::Utc;
 
 /// A row settled without being sent (a Patient linked to someone else's, a row of a linked resource): what
 /// to record of it, with the bundle it goes out with (one transaction).
@@ -45,28 +43,28 @@ pub(super) fn ledger_entry(
     }
 }
 
-/// The ledger entry after a write (or after finding the destination already holds the outcome): `held` is
-/// what the destination now holds, `source` the partner's version it reflects.
+/// The ledger entry after a write (or after finding the destination already holds the outcome): `held_hash`
+/// is the content hash of what the destination now holds, `source_fp` the encoded fingerprints of the
+/// partner's version it reflects.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn held_entry(
     dest: &Destination,
     row: &OutboxRow,
     remote_id: &str,
     version: Option<String>,
-    held: &Value,
-    source: &Value,
+    held_hash: String,
+    source_fp: String,
     previous: Option<&LedgerEntry>,
     remote_edits: bool,
     written: bool,
 ) -> LedgerEntry {
-    let held_hash = crate::conflict::content_hash(held);
     let prev_hash = previous.and_then(|p| {
         if p.held_hash.as_deref() == Some(held_hash.as_str()) { p.prev_hash.clone() } else { p.held_hash.clone() }
     });
     let sent_version = if written { version.clone() } else { previous.and_then(|p| p.sent_version.clone()) };
     LedgerEntry {
         sent_version,
-        source_fp: Some(crate::conflict::encode(&crate::conflict::fingerprints(&dest.salt, source))),
+        source_fp: Some(source_fp),
         held_hash: Some(held_hash),
         prev_hash,
         remote_edits,

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -16,9 +17,49 @@ pub struct Write {
     /// The id on the destination (ours, unless we linked to someone else's resource).
     pub id: String,
     pub method: Method,
-    pub body: Option<Value>,
+    pub body: Option<Body>,
     /// The version we last wrote, so the destination refuses the write if someone changed it since.
     pub if_match: Option<String>,
+}
+
+/// The resource a write sends, kept as the JSON text it goes out as: a batch holds hundreds of them until
+/// its bundle lands, and parsed trees would take several times the text's memory. What the ledger records of
+/// it is taken from the tree it was written from, which is then dropped; the paths that work on the resource
+/// itself (merging, HL7 v2 messages) parse it again.
+#[derive(Debug, Clone)]
+pub struct Body {
+    json: Box<RawValue>,
+    /// [`crate::conflict::content_hash`] of the resource: the intent's and, once it lands, the ledger's
+    /// `held_hash`.
+    hash: String,
+    /// Its elements' salted fingerprints ([`crate::conflict::fingerprints`], encoded): the ledger's `source_fp`
+    /// when the resource is the partner's version.
+    fingerprints: String,
+}
+
+impl Body {
+    /// The body for `resource`, its fingerprints salted with `salt` (the destination's).
+    pub fn new(resource: &Value, salt: &str) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            json: serde_json::value::to_raw_value(resource)?,
+            hash: crate::conflict::content_hash(resource),
+            fingerprints: crate::conflict::encode(&crate::conflict::fingerprints(salt, resource)),
+        })
+    }
+    /// The resource's JSON text, as sent.
+    pub fn json(&self) -> &RawValue {
+        &self.json
+    }
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+    pub fn fingerprints(&self) -> &str {
+        &self.fingerprints
+    }
+    /// The resource, parsed again from its text.
+    pub fn resource(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.json.get())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

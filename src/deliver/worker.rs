@@ -17,7 +17,7 @@ use super::intents::settle_intents;
 use super::merge::{conflict_refresh, merge_and_send};
 use super::patients::{Outcome, decide, link_to, look_up, match_identifier, patient_key, rewrite_references};
 use super::records::{Settled, audit_entry, ledger_entry};
-use super::transport::{Method, Write};
+use super::transport::{Body, Method, Write};
 use super::{DeliveryReport, Destination};
 use crate::model::AuditAction;
 use crate::model::Provenance;
@@ -183,21 +183,25 @@ async fn process(
 
     // Patient references of this batch that point at linked (someone else's) Patients.
     let mut links: HashMap<String, String> = HashMap::new();
-    // Each queued body, parsed once: `None` for a delete, `Err` for a body that is not JSON.
-    let bodies: Vec<Result<Option<Value>, String>> = rows
+    // What the batch looks up before any write is made (the Patients its references point at, the matching
+    // identifiers of the Patients it creates), read from each queued body in turn: the parsed trees of a
+    // whole batch at once would take several times the text's memory. A body that is not JSON is skipped
+    // here and dead-lettered below. (The rows' ordering group is the person, not a Patient: read the
+    // references from the bodies.)
+    let mut referenced: Vec<ResourceKey> = Vec::new();
+    let new_patient_identifiers: Vec<Option<String>> = rows
         .iter()
-        .map(|r| r.item.body.as_deref().map(serde_json::from_str::<Value>).transpose().map_err(|e| e.to_string()))
+        .map(|row| {
+            let body = row.item.body.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok())?;
+            crate::validate::each_reference(&body, &mut |_, reference| referenced.extend(patient_key(reference)));
+            let new_patient = row.item.op == Op::Upsert
+                && row.item.key.resource_type == "Patient"
+                && !ledger.contains_key(&row.item.key);
+            new_patient.then(|| match_identifier(&body)).flatten()
+        })
         .collect();
-    // (The rows' ordering group is the person, not a Patient: read the references from the bodies.)
-    let referenced: Vec<ResourceKey> = {
-        let mut v: Vec<ResourceKey> = Vec::new();
-        for body in bodies.iter().filter_map(|b| b.as_ref().ok().and_then(Option::as_ref)) {
-            crate::validate::each_reference(body, &mut |_, reference| v.extend(patient_key(reference)));
-        }
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v.dedup();
-        v
-    };
+    referenced.sort_by(|a, b| a.id.cmp(&b.id));
+    referenced.dedup();
     for e in store.ledger_get_many(&dest.name, &referenced).await? {
         if e.remote_id != e.key.id {
             links.insert(format!("Patient/{}", e.key.id), format!("Patient/{}", e.remote_id));
@@ -206,16 +210,7 @@ async fn process(
 
     // Everyone this batch is about to create, looked up on the destination at once.
     let identifiers: Vec<String> = {
-        let mut v: Vec<String> = rows
-            .iter()
-            .zip(&bodies)
-            .filter(|(row, _)| {
-                row.item.op == Op::Upsert
-                    && row.item.key.resource_type == "Patient"
-                    && !ledger.contains_key(&row.item.key)
-            })
-            .filter_map(|(_, body)| body.as_ref().ok().and_then(Option::as_ref).and_then(match_identifier))
-            .collect();
+        let mut v: Vec<String> = new_patient_identifiers.iter().flatten().cloned().collect();
         v.sort();
         v.dedup();
         v
@@ -231,7 +226,7 @@ async fn process(
     // Patients this batch creates or links, by matching identifier: a second partner's Patient for the same
     // person in the same batch links to the first instead of searching before it exists (and duplicating).
     let mut batch_patients: HashMap<String, String> = HashMap::new();
-    for (row, body) in rows.into_iter().zip(bodies) {
+    for (mut row, identifier) in rows.into_iter().zip(new_patient_identifiers) {
         if *stop.borrow() {
             // Stopping: what is left keeps its lease until the daemon releases it on the way out.
             report.deferred += 1;
@@ -246,16 +241,18 @@ async fn process(
             settled.push(Settled { row, ledger: updated, audit: None });
             continue;
         }
-        let body = match body {
+        let remote_id = known.map_or(row.item.key.id.clone(), |e| e.remote_id.clone());
+        // The body as it will be written, made now: every link that bears on this row is known (matching
+        // it below only adds a link to itself, for the rows after it). The queued text goes with it.
+        let body = match row.item.body.take().map(|text| outgoing(&text, &remote_id, &links, &dest.salt)).transpose() {
             Ok(b) => b,
             Err(e) => {
-                store.dead_letter(row.seq, &format!("the queued body is not JSON: {e}")).await?;
+                store.dead_letter(row.seq, &e).await?;
                 report.dead_lettered += 1;
                 continue;
             }
         };
         if row.item.op == Op::Upsert && row.item.key.resource_type == "Patient" && known.is_none() {
-            let identifier = body.as_ref().and_then(match_identifier);
             if let Some(first) = identifier.as_ref().and_then(|i| batch_patients.get(i)).cloned() {
                 let entry = ledger_entry(&dest.name, &row, &first, None, true);
                 let audit = audit_entry(&dest.name, &row, AuditAction::Linked, None, permits.get(&row.seq));
@@ -299,12 +296,6 @@ async fn process(
                 }
             }
         }
-        let remote_id = known.map_or(row.item.key.id.clone(), |e| e.remote_id.clone());
-        let body = body.map(|mut b| {
-            rewrite_references(&mut b, &links);
-            b["id"] = Value::String(remote_id.clone());
-            b
-        });
         let write = Write {
             resource_type: row.item.key.resource_type.clone(),
             id: remote_id,
@@ -331,4 +322,13 @@ async fn process(
     }
     send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop).await?;
     Ok(report)
+}
+
+/// The body a queued resource is written with: references to linked Patients rewritten to theirs, and the
+/// id the destination knows it by. `Err` says why it cannot be sent, for the dead letter.
+fn outgoing(text: &str, remote_id: &str, links: &HashMap<String, String>, salt: &str) -> Result<Body, String> {
+    let mut body: Value = serde_json::from_str(text).map_err(|e| format!("the queued body is not JSON: {e}"))?;
+    rewrite_references(&mut body, links);
+    body["id"] = Value::String(remote_id.to_string());
+    Body::new(&body, salt).map_err(|e| format!("the body could not be written out as JSON: {e}"))
 }

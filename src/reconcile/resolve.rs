@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::context::Context;
-use crate::deliver::transport::{Method, TransportError, Write};
+use crate::deliver::transport::{Body, Method, TransportError, Write};
 use crate::model::Provenance;
 use crate::model::{AuditAction, ConflictStatus};
 use crate::policy::Verdict;
@@ -178,7 +178,7 @@ pub async fn resolve(ctx: &Context, id: i64, keep: Keep, by: &str) -> anyhow::Re
                 resource_type: c.resource_type.clone(),
                 id: c.remote_id.clone(),
                 method: Method::Put,
-                body: Some(body.clone()),
+                body: Some(Body::new(&body, &salt).context("writing the partner's version out as JSON")?),
                 if_match: current.as_ref().and_then(|f| f.version_id.clone()),
             };
             let results = match dest.transport.send(std::slice::from_ref(&write)).await {

@@ -47,7 +47,7 @@ pub fn control_id(write: &Write) -> String {
         h.update([0]);
     }
     if let Some(body) = &write.body {
-        h.update(crate::conflict::content_hash(body).as_bytes());
+        h.update(body.hash().as_bytes());
     }
     h.finalize().iter().take(10).map(|b| format!("{b:02X}")).collect()
 }
@@ -142,14 +142,20 @@ impl Hl7v2Transport {
                 write.resource_type, self.destination, write.resource_type
             )));
         };
-        let (Method::Put, Some(body)) = (write.method, &write.body) else {
+        let (Method::Put, Some(queued)) = (write.method, &write.body) else {
             return Err(refused(format!(
                 "destination {} cannot delete: the connector does not send retractions there",
                 self.destination
             )));
         };
+        let body = queued.resource().map_err(|e| {
+            refused(format!(
+                "{}/{} was not sent to destination {}: its body is not JSON: {e}",
+                write.resource_type, write.id, self.destination
+            ))
+        })?;
         let update = write.if_match.is_some();
-        if def.needs_subject() && super::transport::attached_subject(body).is_none() {
+        if def.needs_subject() && super::transport::attached_subject(&body).is_none() {
             return Err(refused(format!(
                 "{}/{} was not sent to destination {}: its HL7 v2 message names the person (PID) from the subject \
                  Patient, and the Patient was not available when it was planned (withheld from this destination, \
@@ -169,7 +175,7 @@ impl Hl7v2Transport {
             s.receiving_facility,
             s.version.as_str()
         );
-        Ok((control, msh + &def.body(body, &write.id, now, update)))
+        Ok((control, msh + &def.body(&body, &write.id, now, update)))
     }
 
     /// Connects without sending anything (`connector config check`); over TLS, the handshake checks the
@@ -280,6 +286,7 @@ impl Transport for Hl7v2Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deliver::transport::Body;
     use serde_json::json;
 
     #[test]
@@ -288,7 +295,7 @@ mod tests {
             resource_type: "Patient".into(),
             id: "p1".into(),
             method: Method::Put,
-            body: Some(json!({"name": name})),
+            body: Some(Body::new(&json!({"name": name}), "").unwrap()),
             if_match: v.map(str::to_string),
         };
         assert_eq!(control_id(&w("a", None)), control_id(&w("a", None)));
@@ -315,7 +322,7 @@ mod tests {
             resource_type: "Goal".into(),
             id: "g1".into(),
             method: Method::Put,
-            body: Some(body.clone()),
+            body: Some(Body::new(body, "").unwrap()),
             if_match: None,
         };
         let Err(TransportError::Rejected { message, .. }) = transport().message(&write(&goal), "now") else {
