@@ -17,10 +17,8 @@ pub struct Memo {
 
 /// After the keys `k(t, i, f)`: the memo rows of the keys with their fingerprint whose content the ledger holds,
 /// with no outbox row; the destination's parameter goes between the two parts.
-const MEMO_UNCHANGED: &str = "SELECT m.resource_type, m.resource_id, m.content_hash FROM k CROSS JOIN plan_memo m \
-     CROSS JOIN ledger l WHERE m.destination =";
-/// [`MEMO_UNCHANGED`] with its columns named, to be aggregated into one row (SQLite).
-const MEMO_UNCHANGED_ONE_ROW: &str = "SELECT m.resource_type AS t, m.resource_id AS i, m.content_hash AS h \
+/// Its columns are named for SQLite's one-row answer, which aggregates them.
+const MEMO_UNCHANGED: &str = "SELECT m.resource_type AS t, m.resource_id AS i, m.content_hash AS h \
      FROM k CROSS JOIN plan_memo m CROSS JOIN ledger l WHERE m.destination =";
 const MEMO_UNCHANGED_END: &str = " AND m.resource_type = k.t AND m.resource_id = k.i AND m.input_hash = k.f \
      AND l.destination = m.destination AND l.resource_type = k.t AND l.resource_id = k.i \
@@ -71,7 +69,7 @@ impl Store {
         let what = "memo_unchanged";
         let mut found: HashMap<(String, String), String> = HashMap::new();
         for chunk in items.chunks(KEY_CHUNK) {
-            match &self.inner {
+            let rows: Vec<(String, String, String)> = match &self.inner {
                 Inner::Sqlite(pool) => {
                     let mut qb = sqlx::QueryBuilder::new("WITH k(t, i, f) AS (VALUES ");
                     for (n, (key, fingerprint)) in chunk.iter().enumerate() {
@@ -84,17 +82,13 @@ impl Store {
                         qb.push(")");
                     }
                     qb.push(") SELECT json_group_array(json_array(t, i, h)) FROM (");
-                    qb.push(MEMO_UNCHANGED_ONE_ROW);
+                    qb.push(MEMO_UNCHANGED);
                     qb.push(" ");
                     qb.push_bind(destination);
                     qb.push(MEMO_UNCHANGED_END);
                     qb.push(")");
                     let all: String = qb.build_query_scalar().fetch_one(pool).await.map_err(StoreError::query(what))?;
-                    let rows: Vec<(String, String, String)> =
-                        serde_json::from_str(&all).map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?;
-                    for (t, i, hash) in rows {
-                        found.insert((t, i), hash);
-                    }
+                    serde_json::from_str(&all).map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?
                 }
                 Inner::Postgres(pool) => {
                     let (t, i, f): (Vec<&str>, Vec<&str>, Vec<&str>) =
@@ -104,7 +98,7 @@ impl Store {
                             f.push(fp);
                             (t, i, f)
                         });
-                    let rows: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
                         "WITH k(t, i, f) AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
                          {MEMO_UNCHANGED} $4{MEMO_UNCHANGED_END}"
                     )))
@@ -114,11 +108,11 @@ impl Store {
                     .bind(destination)
                     .fetch_all(pool)
                     .await
-                    .map_err(StoreError::query(what))?;
-                    for (t, i, hash) in rows {
-                        found.insert((t, i), hash);
-                    }
+                    .map_err(StoreError::query(what))?
                 }
+            };
+            for (t, i, hash) in rows {
+                found.insert((t, i), hash);
             }
         }
         Ok(items.iter().map(|(key, _)| found.remove(&(key.resource_type.clone(), key.id.clone()))).collect())

@@ -530,7 +530,6 @@ impl Store {
     }
 }
 
-/// Lookups of many keys: each follows [`with_keys`] and is followed by the bound destination.
 /// The ledger hash and outbox rows of each item's key, in the order of `items`, read on `conn` in two
 /// statements per destination and [`KEY_CHUNK`] keys: by the read-only pass of [`Store::enqueue`] and, under
 /// the write lock, by SQLite's writing pass.
@@ -586,6 +585,7 @@ where
         .collect())
 }
 
+/// Lookups of many keys: each follows [`with_keys`] and is followed by the bound destination.
 pub(super) const KEYS_LEDGER_HASHES: &str = "SELECT l.resource_type, l.resource_id, l.content_hash FROM k CROSS JOIN ledger l \
      WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
 pub(super) const KEYS_OUTBOX_ROWS: &str = "SELECT o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, \
