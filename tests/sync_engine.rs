@@ -435,3 +435,64 @@ async fn two_instances_on_one_postgres_never_send_a_resource_twice() {
     assert_eq!(nhs.len(), n, "a person was created twice");
     eprintln!("instance a wrote {}, instance b wrote {}", ra.written, rb.written);
 }
+
+/// Issue 15: a cycle whose partners offer one round each starts delivering while it still plans. The delivery
+/// pass then waits for planning instead of ending on an empty outbox, delivers what is enqueued after it
+/// started, and keeps each person's order: the Patient planned first lands before the Encounter planned
+/// after it, even though the Encounter is enqueued while the Patient may still be in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_beside_planning_waits_for_it_and_keeps_each_persons_order() {
+    let cito = Hfs::start().await;
+    let pc = FaultProxy::start(&cito.base_url, FaultPlan::none());
+    let dir = TempDir::new("sync-pipelined");
+    let config =
+        write_config(dir.path(), &[Dest { name: "cito", profile: "cito", url: pc.base_url(), extra: "" }], &["hub"]);
+    let engine = engine(&config).await;
+    let (planning, planned) = tokio::sync::watch::channel(());
+    let delivering = {
+        let (store, dest, owner) =
+            (engine.store.clone(), engine.destination("cito").unwrap().clone(), engine.owner.clone());
+        tokio::spawn(async move {
+            york_connector::deliver::deliver(&store, &dest, &owner, &no_shutdown(), Some(planned)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!delivering.is_finished(), "delivery ended on an empty outbox while planning went on");
+
+    let item = |resource: Value| OutboxItem {
+        destination: "cito".into(),
+        key: ResourceKey {
+            resource_type: resource["resourceType"].as_str().unwrap().into(),
+            id: resource["id"].as_str().unwrap().into(),
+        },
+        patient: Some("Patient/pipelined-p".into()),
+        op: Op::Upsert,
+        content_hash: content_hash(&resource.to_string()),
+        body: Some(resource.to_string()),
+        origin: Some(york_connector::model::Provenance::decode("hub|mental_health|0|0")),
+    };
+    let patient = json!({"resourceType": "Patient", "id": "pipelined-p",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9997770005"}],
+        "name": [{"family": "Pipe", "given": ["Lina"]}]});
+    let encounter = json!({"resourceType": "Encounter", "id": "pipelined-e", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/pipelined-p"}});
+    engine.store.enqueue(&[item(patient)], chrono::Utc::now()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    engine.store.enqueue(&[item(encounter)], chrono::Utc::now()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!delivering.is_finished(), "delivery ended while planning went on");
+    drop(planning);
+    let report = tokio::time::timeout(Duration::from_secs(30), delivering).await.unwrap().unwrap().unwrap();
+    assert_eq!((report.written, report.deferred, report.dead_lettered), (2, 0, 0), "{report:?}");
+
+    let urls: Vec<String> = pc
+        .writes()
+        .iter()
+        .flat_map(entries)
+        .filter_map(|e| e["request"]["url"].as_str().map(str::to_string))
+        .filter(|u| u.starts_with("Patient/pipelined") || u.starts_with("Encounter/pipelined"))
+        .collect();
+    assert_eq!(urls, ["Patient/pipelined-p", "Encounter/pipelined-e"], "the person's order");
+    assert_eq!(cito.get("Encounter/pipelined-e").await.0, 200);
+}

@@ -27,16 +27,30 @@ use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
 /// Drains the destination's outbox until it is empty, the circuit opens, or shutdown is asked for.
 /// The first bundle goes alone (it carries the lowest rows, Organizations among them), then `concurrency + 1`
 /// workers share the rest, at most `concurrency` of them with a request in flight.
+///
+/// `planning`, when given, is held by a planning pass that is still enqueueing (its sender is dropped when it
+/// ends): until then an empty outbox is not the end of the pass, and the workers look again a moment later.
+/// A person's rows are numbered in the order planned and leased in that order (a row waits while an earlier
+/// one of the same person is in flight), so sending while planning keeps each person's order, as a delivery
+/// job running beside the daemon's ingest always has.
 pub async fn deliver(
     store: &Store,
     dest: &Arc<Destination>,
     owner: &str,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
+    planning: Option<watch::Receiver<()>>,
 ) -> Result<DeliveryReport, StoreError> {
     let report = Arc::new(Mutex::new(DeliveryReport { destination: dest.name.clone(), ..Default::default() }));
     settle_intents(store, dest).await?;
-    let more =
-        worker(store.clone(), dest.clone(), owner.to_string(), shutdown.clone(), report.clone(), Some(1)).await?;
+    let worker = |owner: String| Worker {
+        store: store.clone(),
+        dest: dest.clone(),
+        owner,
+        shutdown: shutdown.clone(),
+        report: report.clone(),
+        planning: planning.clone(),
+    };
+    let more = worker(owner.to_string()).run(Some(1)).await?;
     if more {
         let mut set = tokio::task::JoinSet::new();
         // One worker more than requests allowed in flight: while `concurrency` bundles are at the server, the
@@ -44,14 +58,7 @@ pub async fn deliver(
         // server waiting. (Twice as many cost more memory at large batches and gained nothing measurable.)
         // Requests take a permit in `send_retrying`.
         for i in 0..dest.concurrency + 1 {
-            set.spawn(worker(
-                store.clone(),
-                dest.clone(),
-                format!("{owner}/{i}"),
-                shutdown.clone(),
-                report.clone(),
-                None,
-            ));
+            set.spawn(worker(format!("{owner}/{i}")).run(None));
         }
         while let Some(r) = set.join_next().await {
             match r {
@@ -72,39 +79,64 @@ pub async fn deliver(
     Ok(r)
 }
 
-/// Leases and sends bundles; returns whether the outbox may hold more.
-async fn worker(
+/// How long a worker that found the outbox empty waits before looking again while planning goes on (less
+/// when planning ends first).
+const PLANNING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// One of a pass's workers.
+struct Worker {
     store: Store,
     dest: Arc<Destination>,
     owner: String,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     report: Arc<Mutex<DeliveryReport>>,
-    max_bundles: Option<usize>,
-) -> Result<bool, StoreError> {
-    let mut bundles = 0usize;
-    loop {
-        if *shutdown.borrow() {
-            return Ok(false);
-        }
-        if !dest.breaker.allows() {
-            report.lock().unwrap_or_else(|p| p.into_inner()).breaker_open = true;
-            return Ok(false);
-        }
-        if max_bundles.is_some_and(|m| bundles >= m) {
-            return Ok(true);
-        }
-        let rows = store.lease(&dest.name, &owner, dest.batch_size, dest.lease_for(), Utc::now()).await?;
-        if rows.is_empty() {
-            return Ok(false);
-        }
-        bundles += 1;
-        let r = process(&store, &dest, rows, &shutdown).await?;
-        report.lock().unwrap_or_else(|p| p.into_inner()).absorb(&r);
-        if r.deferred > 0 {
-            // Transient trouble: stop this pass; the rows wait for their not-before time.
-            return Ok(false);
+    planning: Option<watch::Receiver<()>>,
+}
+
+impl Worker {
+    /// Leases and sends bundles; returns whether the outbox may hold more.
+    async fn run(mut self, max_bundles: Option<usize>) -> Result<bool, StoreError> {
+        let (store, dest) = (&self.store, &self.dest);
+        let mut bundles = 0usize;
+        loop {
+            if *self.shutdown.borrow() {
+                return Ok(false);
+            }
+            if !dest.breaker.allows() {
+                self.report.lock().unwrap_or_else(|p| p.into_inner()).breaker_open = true;
+                return Ok(false);
+            }
+            if max_bundles.is_some_and(|m| bundles >= m) {
+                return Ok(true);
+            }
+            let rows = store.lease(&dest.name, &self.owner, dest.batch_size, dest.lease_for(), Utc::now()).await?;
+            if rows.is_empty() {
+                if planning_goes_on(&mut self.planning).await {
+                    continue;
+                }
+                return Ok(false);
+            }
+            bundles += 1;
+            let r = process(store, dest, rows, &self.shutdown).await?;
+            self.report.lock().unwrap_or_else(|p| p.into_inner()).absorb(&r);
+            if r.deferred > 0 {
+                // Transient trouble: stop this pass; the rows wait for their not-before time.
+                return Ok(false);
+            }
         }
     }
+}
+
+/// Whether planning is still enqueueing; if so, first waits [`PLANNING_POLL`] (or until it ends).
+async fn planning_goes_on(planning: &mut Option<watch::Receiver<()>>) -> bool {
+    let Some(rx) = planning.as_mut() else { return false };
+    if rx.has_changed().is_err() {
+        // The planning pass dropped its end: it has finished, and what it enqueued is committed.
+        *planning = None;
+        return false;
+    }
+    let _ = tokio::time::timeout(PLANNING_POLL, rx.changed()).await;
+    true
 }
 
 /// The rules again, for rows about to go out: the person's consent may have changed since they were

@@ -293,6 +293,17 @@ impl Engine {
 
     /// Delivers one destination's outbox.
     pub async fn deliver(&self, name: &str, shutdown: &watch::Receiver<bool>) -> anyhow::Result<DeliveryReport> {
+        self.deliver_while(name, shutdown, None).await
+    }
+
+    /// Delivers one destination's outbox; with `planning`, while a planning pass still enqueues (see
+    /// [`deliver::deliver`]).
+    async fn deliver_while(
+        &self,
+        name: &str,
+        shutdown: &watch::Receiver<bool>,
+        planning: Option<watch::Receiver<()>>,
+    ) -> anyhow::Result<DeliveryReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
         let unread: Vec<String> = {
             let read = self.consent_read.lock().unwrap_or_else(|p| p.into_inner());
@@ -306,7 +317,7 @@ impl Engine {
             self.export_audit().await?;
         }
         let job = JobName::Deliver(name.to_string());
-        let work = async { Ok(deliver::deliver(&self.store, dest, &self.owner, shutdown).await?) };
+        let work = async { Ok(deliver::deliver(&self.store, dest, &self.owner, shutdown, planning).await?) };
         // A pass that ends with the circuit open (found open, or opened by this pass's failures) failed: its
         // rows wait, and `connector_job_last_success_timestamp_seconds` must not move.
         let circuit_open = |r: &DeliveryReport| r.breaker_open || dest.breaker.open_since().is_some();
@@ -360,23 +371,48 @@ impl Engine {
                 consent_read.insert(p.clone(), (overlay, r));
             }
         }
-        for p in chosen {
-            if *shutdown.borrow() {
-                break;
+        // Delivery starts while planning goes on when every consent statement this cycle reads has been read
+        // (above: each partner offers at most one round). A partner with several inbox rounds reads each
+        // later round's consent as it plans it, and nothing may leave before a withdrawal there is known:
+        // then delivery waits for planning, as it always did. Planning that fails ends the pass's wait; what
+        // it enqueued before failing is delivered, as the daemon's delivery job would.
+        let pipelined = !dry_run && gathered.values().all(|g| g.rounds.len() <= 1);
+        let plan = move |planned: Option<watch::Sender<()>>| async move {
+            let mut ingest = Vec::new();
+            for p in chosen {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let Some(g) = gathered.remove(p) else { continue };
+                ingest.push(self.plan_sources(p, g, dry_run, shutdown, consent_read.remove(p)).await?);
             }
-            let Some(g) = gathered.remove(p) else { continue };
-            let r = self.plan_sources(p, g, dry_run, shutdown, consent_read.remove(p)).await?;
-            report.ingest.push(r);
-        }
+            drop(planned);
+            anyhow::Ok(ingest)
+        };
+        let deliver_all = move |planning: Option<watch::Receiver<()>>| async move {
+            let mut delivery = Vec::new();
+            for d in self.destinations.iter().filter(|d| destination.is_none_or(|only| only == d.name)) {
+                if *shutdown.borrow() {
+                    break;
+                }
+                delivery.push(self.deliver_while(&d.name, shutdown, planning.clone()).await?);
+            }
+            anyhow::Ok(delivery)
+        };
         if dry_run {
+            report.ingest = plan(None).await?;
             return Ok(report);
         }
-        for d in self.destinations.iter().filter(|d| destination.is_none_or(|only| only == d.name)) {
-            if *shutdown.borrow() {
-                break;
-            }
-            report.delivery.push(self.deliver(&d.name, shutdown).await?);
-        }
+        let (ingest, delivery) = if pipelined {
+            let (planned, planning) = watch::channel(());
+            let (ingest, delivery) = tokio::join!(plan(Some(planned)), deliver_all(Some(planning)));
+            (ingest?, delivery?)
+        } else {
+            let ingest = plan(None).await?;
+            (ingest, deliver_all(None).await?)
+        };
+        report.ingest = ingest;
+        report.delivery = delivery;
         // The audit trail's copy: what this cycle disclosed, on the central record now.
         if let Some(d) = self.config.audit.fhir_destination.clone()
             && destination.is_none_or(|only| only == d)
