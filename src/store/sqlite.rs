@@ -21,6 +21,13 @@ pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// How long a statement waits for another connection's write lock before failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Prepared statements each connection keeps (sqlx's default is 100). Planning and delivery prepare multi-row
+/// statements of hundreds of parameters, a few hundred kilobytes each once prepared, and a cycle's last chunks
+/// prepare one of each length they meet: 100 of them per connection were the largest part of a first load's
+/// heap, and with delivery running beside planning a first load of 102,000 resources peaked at 100 MiB (90 MiB
+/// with 16; a no-change cycle of 300,000 resources took no longer, measured).
+const STATEMENT_CACHE: usize = 16;
+
 pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
     let shown = redact_url(url);
     let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
@@ -35,7 +42,8 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
         .busy_timeout(BUSY_TIMEOUT)
         // Deleted rows (replayed quarantine rows, delivered bodies, cleared conflict versions) hold personal
         // data: overwrite their bytes instead of leaving them in free pages. See [`checkpoint`] for the WAL.
-        .pragma("secure_delete", "ON");
+        .pragma("secure_delete", "ON")
+        .statement_cache_capacity(STATEMENT_CACHE);
     let pool_options = if in_memory {
         // An in-memory database lives as long as a connection to it: keep exactly one, for ever.
         SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
