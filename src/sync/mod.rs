@@ -338,7 +338,9 @@ impl Engine {
         Ok(r)
     }
 
-    /// One full cycle: ingest the chosen partners (all by default), then deliver to the chosen destinations.
+    /// One full cycle: ingest the chosen partners (all by default) and deliver to the chosen destinations.
+    /// Delivery runs beside planning when every consent statement of the cycle is read before anything is
+    /// planned (each partner offers one round); otherwise, and on a dry run, it follows planning.
     pub async fn cycle(
         &self,
         partner: Option<&str>,
