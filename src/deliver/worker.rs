@@ -29,7 +29,8 @@ use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
 /// workers share the rest, at most `concurrency` of them with a request in flight.
 ///
 /// `planning`, when given, is held by a planning pass that is still enqueueing (its sender is dropped when it
-/// ends): until then an empty outbox is not the end of the pass, and the workers look again a moment later.
+/// ends): until then an empty outbox is not the end of the pass, and the workers look again as soon as this
+/// process enqueues rows ([`Store::queued`]) or planning ends.
 /// A person's rows are numbered in the order planned and leased in that order (a row waits while an earlier
 /// one of the same person is in flight), so sending while planning keeps each person's order, as a delivery
 /// job running beside the daemon's ingest always has.
@@ -48,6 +49,7 @@ pub async fn deliver(
         owner,
         shutdown: shutdown.clone(),
         report: report.clone(),
+        queued: store.queued(),
         planning: planning.clone(),
     };
     let more = worker(owner.to_string()).run(Some(1)).await?;
@@ -79,9 +81,10 @@ pub async fn deliver(
     Ok(r)
 }
 
-/// How long a worker that found the outbox empty waits before looking again while planning goes on (less
-/// when planning ends first).
-const PLANNING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// The longest a worker that found the outbox empty waits before looking again while planning goes on; it
+/// looks sooner when rows are enqueued or planning ends, so this only bounds a wake-up missed (rows another
+/// process queued).
+const PLANNING_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One of a pass's workers.
 struct Worker {
@@ -90,6 +93,8 @@ struct Worker {
     owner: String,
     shutdown: watch::Receiver<bool>,
     report: Arc<Mutex<DeliveryReport>>,
+    /// This process's enqueues (see [`Store::queued`]).
+    queued: watch::Receiver<u64>,
     planning: Option<watch::Receiver<()>>,
 }
 
@@ -109,9 +114,11 @@ impl Worker {
             if max_bundles.is_some_and(|m| bundles >= m) {
                 return Ok(true);
             }
+            // Enqueues from here on wake a wait below: none is missed between this lease and that wait.
+            self.queued.mark_unchanged();
             let rows = store.lease(&dest.name, &self.owner, dest.batch_size, dest.lease_for(), Utc::now()).await?;
             if rows.is_empty() {
-                if planning_goes_on(&mut self.planning).await {
+                if planning_goes_on(&mut self.planning, &mut self.queued).await {
                     continue;
                 }
                 return Ok(false);
@@ -127,15 +134,20 @@ impl Worker {
     }
 }
 
-/// Whether planning is still enqueueing; if so, first waits [`PLANNING_POLL`] (or until it ends).
-async fn planning_goes_on(planning: &mut Option<watch::Receiver<()>>) -> bool {
+/// Whether planning is still enqueueing; if so, first waits until rows are enqueued, planning ends, or
+/// [`PLANNING_POLL`] has passed.
+async fn planning_goes_on(planning: &mut Option<watch::Receiver<()>>, queued: &mut watch::Receiver<u64>) -> bool {
     let Some(rx) = planning.as_mut() else { return false };
     if rx.has_changed().is_err() {
         // The planning pass dropped its end: it has finished, and what it enqueued is committed.
         *planning = None;
         return false;
     }
-    let _ = tokio::time::timeout(PLANNING_POLL, rx.changed()).await;
+    tokio::select! {
+        _ = rx.changed() => {}
+        _ = queued.changed() => {}
+        () = tokio::time::sleep(PLANNING_POLL) => {}
+    }
     true
 }
 

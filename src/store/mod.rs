@@ -115,6 +115,9 @@ pub struct Store {
     inner: Inner,
     /// This installation's salt for element fingerprints (from the `settings` table).
     salt: std::sync::Arc<str>,
+    /// Counts the enqueues of this process that wrote rows, for delivery running beside planning
+    /// ([`Store::queued`]); shared by every clone.
+    queued: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Clone)]
@@ -271,7 +274,8 @@ impl Store {
                 reason: "the scheme must be sqlite: or postgres://".into(),
             });
         };
-        let mut store = Store { inner, salt: std::sync::Arc::from("") };
+        let queued = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
+        let mut store = Store { inner, salt: std::sync::Arc::from(""), queued };
         let salt: String = with_pool!(store, |pool| {
             sqlx::query_scalar("SELECT value FROM settings WHERE name = 'fingerprint_salt'").fetch_one(pool).await
         })
@@ -283,6 +287,13 @@ impl Store {
     /// The installation's salt for element fingerprints.
     pub fn salt(&self) -> &str {
         &self.salt
+    }
+
+    /// Changes each time an [`Store::enqueue`] of this process (through any clone of this store) has written
+    /// rows: a delivery pass running beside planning waits on it instead of polling an empty outbox. Rows
+    /// queued by another process do not show here.
+    pub fn queued(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queued.subscribe()
     }
 
     pub fn backend(&self) -> Backend {

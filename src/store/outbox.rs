@@ -254,10 +254,15 @@ impl Store {
         // Writing pass: re-read each key under lock and apply what is still needed.
         let mut changed = 0;
         for chunk in todo.chunks(KEY_CHUNK) {
-            changed += match &self.inner {
+            let applied = match &self.inner {
                 Inner::Sqlite(pool) => sqlite::apply(pool, chunk, now).await?,
                 Inner::Postgres(pool) => postgres::apply(pool, chunk, now).await?,
             };
+            if applied > 0 {
+                // Committed: a delivery pass waiting beside planning may lease them now.
+                self.queued.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            changed += applied;
         }
         Ok(changed)
     }
