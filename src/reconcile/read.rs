@@ -1,10 +1,10 @@
 //! Reading what a destination holds: one task per resource type follows the search's `next` links (the
 //! cursor a server hands out cannot be split, so a type's pages come one after another), with at most the
 //! destination's `concurrency` requests in flight across the types (its `in_flight` permits, as delivery
-//! takes them), each task fetching its next page while the one before is being compared. On its task each
-//! page becomes [`Observed`] resources: the content hash of what is there and what the ledger says of it, so
-//! that the comparison with the expected set needs neither the resource nor the ledger entry any more (a
-//! `--fix` run keeps both, for the repairs).
+//! takes them), each task fetching its next page while the one before is hashed, looked up and compared. On
+//! its task each page becomes [`Observed`] resources: the content hash of what is there and what the ledger
+//! says of it, so that the comparison with the expected set needs neither the resource nor the ledger entry
+//! any more (a `--fix` run keeps both, for the repairs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,34 +93,48 @@ impl Readers {
     }
 }
 
-/// Reads one type's pages, handing each over as it is read; ends when the comparison stops taking them.
+/// Reads one type's pages, handing each over as it is read; ends when the comparison stops taking them. The
+/// next page is fetched while the one before is hashed and looked up in the ledger (the server and the state
+/// store work side by side; at most two pages of a type are held).
 async fn read_type(
     shared: &Shared,
     resource_type: &str,
     tx: &mpsc::Sender<anyhow::Result<ReadPage>>,
 ) -> anyhow::Result<()> {
     let dest = &shared.dest;
+    let what = || format!("reading {resource_type} from {}", dest.name);
     let first =
         format!("{resource_type}?_tag={}&_count={}", crate::deliver::fhir::url_encode(&shared.tag), shared.page_size);
     let mut pages = Pages::new(&dest.name, &first, MAX_PAGES);
-    let mut next = Some(first);
-    while let Some(path) = next.take() {
-        let what = || format!("reading {resource_type} from {}", dest.name);
-        let body = {
-            let _permit = dest.in_flight.acquire().await.context("the destination's permits are closed")?;
-            dest.transport.page_bytes(&path).await
-        }
-        .with_context(what)?;
+    let mut body = fetch(shared, &first).await.with_context(what)?;
+    loop {
         // serde_json's message gives a line and column, never the text around it.
         let page = Node::parse(&body).map_err(|e| anyhow::anyhow!("the page is not JSON: {e}")).with_context(what)?;
-        next = pages.follow(next_link(&page)).with_context(what)?;
-        let resources = observe(shared, resource_type, page).await?;
-        let read = ReadPage { resource_type: resource_type.to_string(), resources, last: next.is_none() };
+        let next = pages.follow(next_link(&page)).with_context(what)?;
+        let fetch_next = async {
+            match &next {
+                Some(path) => Some(fetch(shared, path).await),
+                None => None,
+            }
+        };
+        let (resources, fetched) = tokio::join!(observe(shared, resource_type, page), fetch_next);
+        let read = ReadPage { resource_type: resource_type.to_string(), resources: resources?, last: next.is_none() };
         if tx.send(Ok(read)).await.is_err() {
             break; // the comparison has ended (stopped, or failed elsewhere)
         }
+        match fetched {
+            Some(fetched) => body = fetched.with_context(what)?,
+            None => break,
+        }
     }
     Ok(())
+}
+
+/// One page's bytes, within the destination's permits.
+async fn fetch(shared: &Shared, path: &str) -> anyhow::Result<Vec<u8>> {
+    let dest = &shared.dest;
+    let _permit = dest.in_flight.acquire().await.context("the destination's permits are closed")?;
+    Ok(dest.transport.page_bytes(path).await?)
 }
 
 /// The page's `next` link.
