@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
-use york_connector::model::{AuditAction, JobName};
+use york_connector::model::{AuditAction, JobName, Provenance};
 use york_connector::store::{
     AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Memo, Op, OutboxItem, OutboxRow, QuarantineRecord,
     ResourceKey, SendIntent, Store, StoreError,
@@ -1054,6 +1054,32 @@ async fn ledger_round_trip(db: &Db) {
     assert!(found.iter().all(|e| e.key.resource_type != "Observation" || e.content_hash == sha(&e.key.id)));
     assert!(store.ledger_get_many(PKB, &keys).await.unwrap().is_empty());
     assert!(store.ledger_get_many(CITO, &[]).await.unwrap().is_empty());
+
+    // A batch read gives every field as a single read does (SQLite answers a batch as JSON text): every
+    // optional field set, both flags true, text that needs escaping, a time with milliseconds.
+    let full = LedgerEntry {
+        destination: CITO.into(),
+        key: key("Encounter", "e-\"quoted\"-é"),
+        remote_id: "remote/1".into(),
+        version_id: Some("W/\"3\"".into()),
+        content_hash: sha("full"),
+        linked: true,
+        patient: Some("Patient/p-ü".into()),
+        updated_at: at(3) + chrono::Duration::milliseconds(457),
+        origin: Some(Provenance::Unreadable("hub|x\\y\n".into())),
+        source_fp: Some(r#"{"name[0]":"ab","\u00e9":"\"x\""}"#.into()),
+        held_hash: Some(sha("held")),
+        prev_hash: Some(sha("prev")),
+        remote_edits: true,
+        sent_version: Some("2".into()),
+    };
+    store.ledger_put(&full).await.unwrap();
+    let batch = store.ledger_get_many(CITO, &[full.key.clone(), linked.key.clone()]).await.unwrap();
+    let batch: HashMap<ResourceKey, LedgerEntry> = batch.into_iter().map(|e| (e.key.clone(), e)).collect();
+    assert_eq!(batch.get(&full.key), store.ledger_get(CITO, &full.key).await.unwrap().as_ref());
+    assert_eq!(batch.get(&full.key), Some(&full));
+    assert_eq!(batch.get(&linked.key), Some(&updated));
+    store.ledger_forget(CITO, &[full.key.clone()]).await.unwrap();
     assert_eq!(store.ledger_count(CITO).await.unwrap(), 1_101);
     assert_eq!(store.ledger_count(PKB).await.unwrap(), 0);
 }

@@ -147,6 +147,54 @@ where
 
 pub(super) const KEYS_LEDGER_ENTRIES: &str = "SELECT l.* FROM k CROSS JOIN ledger l \
      WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
+/// [`KEYS_LEDGER_ENTRIES`] for SQLite, answered in one row: a JSON array with an array per entry, its columns
+/// in [`LEDGER_COLUMNS`] order ([`LedgerJson`]). Row by row, each entry was a hand-off from SQLite's worker
+/// thread (16 ms for 500 entries, reconcile's look-up of each page read).
+pub(super) const KEYS_LEDGER_ENTRIES_JSON: &str = "SELECT json_group_array(json_array(l.destination, \
+     l.resource_type, l.resource_id, l.remote_id, l.version_id, l.content_hash, l.linked, l.patient, l.updated_at, \
+     l.origin, l.source_fp, l.held_hash, l.prev_hash, l.remote_edits, l.sent_version)) FROM k CROSS JOIN ledger l \
+     WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
+
+/// One entry of [`KEYS_LEDGER_ENTRIES_JSON`]'s answer (SQLite keeps booleans as 0 and 1).
+type LedgerJson = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+);
+
+impl From<LedgerJson> for LedgerDb {
+    fn from(r: LedgerJson) -> Self {
+        LedgerDb {
+            destination: r.0,
+            resource_type: r.1,
+            resource_id: r.2,
+            remote_id: r.3,
+            version_id: r.4,
+            content_hash: r.5,
+            linked: r.6 != 0,
+            patient: r.7,
+            updated_at: r.8,
+            origin: r.9,
+            source_fp: r.10,
+            held_hash: r.11,
+            prev_hash: r.12,
+            remote_edits: r.13 != 0,
+            sent_version: r.14,
+        }
+    }
+}
 
 impl Store {
     // -----------------------------------------------------------------------------------------------------
@@ -171,14 +219,25 @@ impl Store {
     /// The entries that exist among `keys` (in no particular order; missing keys are left out).
     pub async fn ledger_get_many(&self, destination: &str, keys: &[ResourceKey]) -> Result<Vec<LedgerEntry>> {
         let mut out = Vec::with_capacity(keys.len());
+        let what = "ledger_get_many";
         for chunk in keys.chunks(KEY_CHUNK) {
-            let rows: Vec<LedgerDb> = with_pool!(self, |pool| {
-                let mut qb = with_keys(chunk);
-                qb.push(KEYS_LEDGER_ENTRIES);
-                qb.push_bind(destination.to_string());
-                qb.build_query_as().fetch_all(pool).await
-            })
-            .map_err(StoreError::query("ledger_get_many"))?;
+            let rows: Vec<LedgerDb> = match &self.inner {
+                Inner::Sqlite(pool) => {
+                    let mut qb = with_keys(chunk);
+                    qb.push(KEYS_LEDGER_ENTRIES_JSON);
+                    qb.push_bind(destination.to_string());
+                    let all: String = qb.build_query_scalar().fetch_one(pool).await.map_err(StoreError::query(what))?;
+                    let rows: Vec<LedgerJson> =
+                        serde_json::from_str(&all).map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?;
+                    rows.into_iter().map(LedgerDb::from).collect()
+                }
+                Inner::Postgres(pool) => {
+                    let mut qb = with_keys(chunk);
+                    qb.push(KEYS_LEDGER_ENTRIES);
+                    qb.push_bind(destination.to_string());
+                    qb.build_query_as().fetch_all(pool).await.map_err(StoreError::query(what))?
+                }
+            };
             for row in rows {
                 out.push(row.into_entry()?);
             }

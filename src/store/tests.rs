@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::{Connection, SqliteConnection};
 
 use super::error::redact_url;
-use super::ledger::KEYS_LEDGER_ENTRIES;
+use super::ledger::{KEYS_LEDGER_ENTRIES, KEYS_LEDGER_ENTRIES_JSON};
 use super::outbox::{KEYS_LEDGER_HASHES, KEYS_OUTBOX_ROWS};
 use super::plan::{Action, DeadRow, KeyState, PendingRow, decide, last_per_key};
 use super::*;
@@ -306,7 +306,7 @@ async fn hot_statements_use_indexes() {
     let mut conn = SqliteConnection::connect(&url).await.unwrap();
 
     let keys: Vec<ResourceKey> = (0..50).map(|i| ResourceKey::new("Observation", format!("o{i}"))).collect();
-    let lookups = [KEYS_LEDGER_HASHES, KEYS_OUTBOX_ROWS, KEYS_LEDGER_ENTRIES];
+    let lookups = [KEYS_LEDGER_HASHES, KEYS_OUTBOX_ROWS, KEYS_LEDGER_ENTRIES, KEYS_LEDGER_ENTRIES_JSON];
     for tail in lookups {
         let mut qb = with_keys::<sqlx::Sqlite>(&keys);
         qb.push(tail).push("'cito'");
