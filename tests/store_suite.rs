@@ -1079,7 +1079,7 @@ async fn ledger_round_trip(db: &Db) {
     assert_eq!(batch.get(&full.key), store.ledger_get(CITO, &full.key).await.unwrap().as_ref());
     assert_eq!(batch.get(&full.key), Some(&full));
     assert_eq!(batch.get(&linked.key), Some(&updated));
-    store.ledger_forget(CITO, &[full.key.clone()]).await.unwrap();
+    store.ledger_forget(CITO, std::slice::from_ref(&full.key)).await.unwrap();
     assert_eq!(store.ledger_count(CITO).await.unwrap(), 1_101);
     assert_eq!(store.ledger_count(PKB).await.unwrap(), 0);
 }
