@@ -6,13 +6,14 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::error;
 
 use super::intents::intent_of;
 use super::merge::merge_and_send;
 use super::records::{Settled, audit_entry, held_entry, ledger_entry};
 use super::retry::send_retrying;
 use super::transport::{Method, TransportError, Write, Written};
+use super::worker::Relinks;
 use super::{DeliveryReport, Destination};
 use crate::model::{AuditAction, Provenance};
 use crate::policy::Permit;
@@ -39,6 +40,7 @@ pub(super) async fn send_rows(
     permits: &HashMap<i64, Permit>,
     report: &mut DeliveryReport,
     stop: &watch::Receiver<bool>,
+    relinks: &Relinks,
 ) -> Result<(), StoreError> {
     // Rows and their writes side by side, so a bundle is sent from the writes as they are (no copy of the
     // bodies per attempt).
@@ -96,11 +98,7 @@ pub(super) async fn send_rows(
                         && write.resource_type == "Patient"
                         && let Some(person) = &row.item.patient
                     {
-                        let n = store.forget_links_to(&dest.name, &write.id, person).await?;
-                        report.relink += n;
-                        if n > 0 {
-                            info!(destination = %dest.name, person = %person, forgotten = n, "A retracted Patient had others linked to it; the person's records will be sent again.");
-                        }
+                        report.relink += relinks.patient_deleted(store, dest, &write.id, person).await?;
                     }
                     report.written += 1;
                 }

@@ -42,6 +42,7 @@ pub async fn deliver(
     planning: Option<watch::Receiver<()>>,
 ) -> Result<DeliveryReport, StoreError> {
     let report = Arc::new(Mutex::new(DeliveryReport { destination: dest.name.clone(), ..Default::default() }));
+    let relinks = Arc::new(Relinks::new(planning.clone()));
     settle_intents(store, dest).await?;
     let worker = |owner: String| Worker {
         store: store.clone(),
@@ -51,6 +52,7 @@ pub async fn deliver(
         report: report.clone(),
         queued: store.queued(),
         planning: planning.clone(),
+        relinks: relinks.clone(),
     };
     let more = worker(owner.to_string()).run(Some(1)).await?;
     if more {
@@ -71,6 +73,9 @@ pub async fn deliver(
             }
         }
     }
+    // Forgetting what was linked to a Patient retracted while planning went on waits for planning to end.
+    let relinked = relinks.after_planning(store, dest).await?;
+    report.lock().unwrap_or_else(|p| p.into_inner()).relink += relinked;
     let r = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Delivered rows took their bodies (personal data) with them: see them gone from the WAL as well.
     if r.written + r.linked + r.withheld + r.merged > 0
@@ -86,6 +91,69 @@ pub async fn deliver(
 /// process queued).
 const PLANNING_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// After one of our Patients is deleted from a destination, the records other partners linked to it there are
+/// forgotten so that they are planned and sent again ([`Store::forget_links_to`]); what is queued for deletion
+/// is kept, so that a retraction still lands. While planning goes on beside delivery, a retraction this cycle
+/// will queue may not be queued yet (another partner's records of the same person, planned after the
+/// Patient's partner): forgetting them then would lose it, and they would stay on the destination against the
+/// rules. So while planning goes on the forgetting waits, and is done once planning has ended.
+pub(super) struct Relinks {
+    planning: Option<watch::Receiver<()>>,
+    /// `(remote id of the deleted Patient, person)` waiting for planning to end.
+    waiting: Mutex<Vec<(String, String)>>,
+}
+
+impl Relinks {
+    fn new(planning: Option<watch::Receiver<()>>) -> Self {
+        Relinks { planning, waiting: Mutex::new(Vec::new()) }
+    }
+
+    /// After our Patient `remote_id` of `person` was deleted: forgets what was linked to it now, or once
+    /// planning has ended. Returns how many ledger entries were forgotten now.
+    pub(super) async fn patient_deleted(
+        &self,
+        store: &Store,
+        dest: &Destination,
+        remote_id: &str,
+        person: &str,
+    ) -> Result<u64, StoreError> {
+        if self.planning.as_ref().is_some_and(|rx| rx.has_changed().is_ok()) {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.push((remote_id.to_string(), person.to_string()));
+            return Ok(0);
+        }
+        forget_links(store, dest, remote_id, person).await
+    }
+
+    /// Waits for planning to end when anything waits on it, then forgets it; returns how many ledger entries
+    /// were forgotten.
+    async fn after_planning(&self, store: &Store, dest: &Destination) -> Result<u64, StoreError> {
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        if let Some(rx) = &self.planning {
+            let mut rx = rx.clone();
+            // Resolves with an error once the planning pass has dropped its end (it has finished).
+            while rx.changed().await.is_ok() {}
+        }
+        let mut forgotten = 0;
+        for (remote_id, person) in &waiting {
+            forgotten += forget_links(store, dest, remote_id, person).await?;
+        }
+        Ok(forgotten)
+    }
+}
+
+/// [`Store::forget_links_to`], said in the log when it forgets anything.
+async fn forget_links(store: &Store, dest: &Destination, remote_id: &str, person: &str) -> Result<u64, StoreError> {
+    let n = store.forget_links_to(&dest.name, remote_id, person).await?;
+    if n > 0 {
+        info!(destination = %dest.name, person = %person, forgotten = n, "A retracted Patient had others linked to it; the person's records will be sent again.");
+    }
+    Ok(n)
+}
+
 /// One of a pass's workers.
 struct Worker {
     store: Store,
@@ -96,6 +164,7 @@ struct Worker {
     /// This process's enqueues (see [`Store::queued`]).
     queued: watch::Receiver<u64>,
     planning: Option<watch::Receiver<()>>,
+    relinks: Arc<Relinks>,
 }
 
 impl Worker {
@@ -124,7 +193,7 @@ impl Worker {
                 return Ok(false);
             }
             bundles += 1;
-            let r = process(store, dest, rows, &self.shutdown).await?;
+            let r = process(store, dest, rows, &self.shutdown, &self.relinks).await?;
             self.report.lock().unwrap_or_else(|p| p.into_inner()).absorb(&r);
             if r.deferred > 0 {
                 // Transient trouble: stop this pass; the rows wait for their not-before time.
@@ -214,6 +283,7 @@ async fn process(
     dest: &Destination,
     rows: Vec<OutboxRow>,
     stop: &watch::Receiver<bool>,
+    relinks: &Relinks,
 ) -> Result<DeliveryReport, StoreError> {
     let mut report = DeliveryReport { bundles: 1, ..Default::default() };
     let (rows, permits) = check_policy(store, dest, rows, &mut report).await?;
@@ -364,7 +434,7 @@ async fn process(
         record_settled(store, &mut settled).await?;
         return Ok(report);
     }
-    send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop).await?;
+    send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop, relinks).await?;
     Ok(report)
 }
 
