@@ -39,7 +39,9 @@ pub struct LedgerEntry {
     pub sent_version: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
+/// A ledger row: read by column name (`sqlx::FromRow`), or from SQLite's one-row answer
+/// ([`KEYS_LEDGER_ENTRIES_JSON`]), an array per entry in [`LEDGER_COLUMNS`] order, which is this field order.
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct LedgerDb {
     destination: String,
     resource_type: String,
@@ -47,6 +49,7 @@ pub(super) struct LedgerDb {
     remote_id: String,
     version_id: Option<String>,
     content_hash: String,
+    #[serde(deserialize_with = "flag")]
     linked: bool,
     patient: Option<String>,
     updated_at: i64,
@@ -54,8 +57,14 @@ pub(super) struct LedgerDb {
     source_fp: Option<String>,
     held_hash: Option<String>,
     prev_hash: Option<String>,
+    #[serde(deserialize_with = "flag")]
     remote_edits: bool,
     sent_version: Option<String>,
+}
+
+/// A flag as SQLite's JSON gives it (0 or 1).
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    <i64 as serde::Deserialize>::deserialize(d).map(|n| n != 0)
 }
 
 impl LedgerDb {
@@ -148,53 +157,12 @@ where
 pub(super) const KEYS_LEDGER_ENTRIES: &str = "SELECT l.* FROM k CROSS JOIN ledger l \
      WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
 /// [`KEYS_LEDGER_ENTRIES`] for SQLite, answered in one row: a JSON array with an array per entry, its columns
-/// in [`LEDGER_COLUMNS`] order ([`LedgerJson`]). Row by row, each entry was a hand-off from SQLite's worker
+/// in [`LEDGER_COLUMNS`] order (read as [`LedgerDb`]). Row by row, each entry was a hand-off from SQLite's worker
 /// thread (16 ms for 500 entries, reconcile's look-up of each page read).
 pub(super) const KEYS_LEDGER_ENTRIES_JSON: &str = "SELECT json_group_array(json_array(l.destination, \
      l.resource_type, l.resource_id, l.remote_id, l.version_id, l.content_hash, l.linked, l.patient, l.updated_at, \
      l.origin, l.source_fp, l.held_hash, l.prev_hash, l.remote_edits, l.sent_version)) FROM k CROSS JOIN ledger l \
      WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
-
-/// One entry of [`KEYS_LEDGER_ENTRIES_JSON`]'s answer (SQLite keeps booleans as 0 and 1).
-type LedgerJson = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    i64,
-    Option<String>,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i64,
-    Option<String>,
-);
-
-impl From<LedgerJson> for LedgerDb {
-    fn from(r: LedgerJson) -> Self {
-        LedgerDb {
-            destination: r.0,
-            resource_type: r.1,
-            resource_id: r.2,
-            remote_id: r.3,
-            version_id: r.4,
-            content_hash: r.5,
-            linked: r.6 != 0,
-            patient: r.7,
-            updated_at: r.8,
-            origin: r.9,
-            source_fp: r.10,
-            held_hash: r.11,
-            prev_hash: r.12,
-            remote_edits: r.13 != 0,
-            sent_version: r.14,
-        }
-    }
-}
 
 impl Store {
     // -----------------------------------------------------------------------------------------------------
@@ -227,9 +195,7 @@ impl Store {
                     qb.push(KEYS_LEDGER_ENTRIES_JSON);
                     qb.push_bind(destination.to_string());
                     let all: String = qb.build_query_scalar().fetch_one(pool).await.map_err(StoreError::query(what))?;
-                    let rows: Vec<LedgerJson> =
-                        serde_json::from_str(&all).map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?;
-                    rows.into_iter().map(LedgerDb::from).collect()
+                    serde_json::from_str(&all).map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?
                 }
                 Inner::Postgres(pool) => {
                     let mut qb = with_keys(chunk);
