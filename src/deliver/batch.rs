@@ -98,7 +98,7 @@ pub(super) async fn send_rows(
                         && write.resource_type == "Patient"
                         && let Some(person) = &row.item.patient
                     {
-                        report.relink += relinks.patient_deleted(store, dest, &write.id, person).await?;
+                        report.relink += relinks.patient_deleted(store, &dest.name, &write.id, person).await?;
                     }
                     report.written += 1;
                 }

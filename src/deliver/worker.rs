@@ -29,7 +29,7 @@ use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
 /// workers share the rest, at most `concurrency` of them with a request in flight.
 ///
 /// `planning`, when given, is held by a planning pass that is still enqueueing (its sender is dropped when it
-/// ends): until then an empty outbox is not the end of the pass, and the workers look again as soon as this
+/// ends, after saying `true` if it planned every partner): until then an empty outbox is not the end of the pass, and the workers look again as soon as this
 /// process enqueues rows ([`Store::queued`]) or planning ends.
 /// A person's rows are numbered in the order planned and leased in that order (a row waits while an earlier
 /// one of the same person is in flight), so sending while planning keeps each person's order, as a delivery
@@ -39,7 +39,7 @@ pub async fn deliver(
     dest: &Arc<Destination>,
     owner: &str,
     shutdown: &watch::Receiver<bool>,
-    planning: Option<watch::Receiver<()>>,
+    planning: Option<watch::Receiver<bool>>,
 ) -> Result<DeliveryReport, StoreError> {
     let report = Arc::new(Mutex::new(DeliveryReport { destination: dest.name.clone(), ..Default::default() }));
     let relinks = Arc::new(Relinks::new(planning.clone()));
@@ -74,7 +74,7 @@ pub async fn deliver(
         }
     }
     // Forgetting what was linked to a Patient retracted while planning went on waits for planning to end.
-    let relinked = relinks.after_planning(store, dest).await?;
+    let relinked = relinks.after_planning(store, &dest.name).await?;
     report.lock().unwrap_or_else(|p| p.into_inner()).relink += relinked;
     let r = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Delivered rows took their bodies (personal data) with them: see them gone from the WAL as well.
@@ -96,24 +96,27 @@ const PLANNING_POLL: std::time::Duration = std::time::Duration::from_millis(250)
 /// is kept, so that a retraction still lands. While planning goes on beside delivery, a retraction this cycle
 /// will queue may not be queued yet (another partner's records of the same person, planned after the
 /// Patient's partner): forgetting them then would lose it, and they would stay on the destination against the
-/// rules. So while planning goes on the forgetting waits, and is done once planning has ended.
+/// rules. So while planning goes on the forgetting waits, and is done once planning has planned every partner.
+/// If planning failed or was stopped, some retractions were never queued: nothing is forgotten then (the
+/// ledger keeps knowing what the destination holds, so a later plan still retracts it), and a warning says so.
 pub(super) struct Relinks {
-    planning: Option<watch::Receiver<()>>,
+    /// The planning pass's end: `true` once it has planned every partner; closed when it ends.
+    planning: Option<watch::Receiver<bool>>,
     /// `(remote id of the deleted Patient, person)` waiting for planning to end.
     waiting: Mutex<Vec<(String, String)>>,
 }
 
 impl Relinks {
-    fn new(planning: Option<watch::Receiver<()>>) -> Self {
+    pub(super) fn new(planning: Option<watch::Receiver<bool>>) -> Self {
         Relinks { planning, waiting: Mutex::new(Vec::new()) }
     }
 
-    /// After our Patient `remote_id` of `person` was deleted: forgets what was linked to it now, or once
-    /// planning has ended. Returns how many ledger entries were forgotten now.
+    /// After our Patient `remote_id` of `person` was deleted from `destination`: forgets what was linked to it
+    /// now, or once planning has ended. Returns how many ledger entries were forgotten now.
     pub(super) async fn patient_deleted(
         &self,
         store: &Store,
-        dest: &Destination,
+        destination: &str,
         remote_id: &str,
         person: &str,
     ) -> Result<u64, StoreError> {
@@ -122,12 +125,12 @@ impl Relinks {
             waiting.push((remote_id.to_string(), person.to_string()));
             return Ok(0);
         }
-        forget_links(store, dest, remote_id, person).await
+        forget_links(store, destination, remote_id, person).await
     }
 
-    /// Waits for planning to end when anything waits on it, then forgets it; returns how many ledger entries
-    /// were forgotten.
-    async fn after_planning(&self, store: &Store, dest: &Destination) -> Result<u64, StoreError> {
+    /// Waits for planning to end when anything waits on it; forgets it if planning planned every partner.
+    /// Returns how many ledger entries were forgotten.
+    pub(super) async fn after_planning(&self, store: &Store, destination: &str) -> Result<u64, StoreError> {
         let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
         if waiting.is_empty() {
             return Ok(0);
@@ -136,20 +139,24 @@ impl Relinks {
             let mut rx = rx.clone();
             // Resolves with an error once the planning pass has dropped its end (it has finished).
             while rx.changed().await.is_ok() {}
+            if !*rx.borrow() {
+                warn!(destination = %destination, patients = waiting.len(), "Planning did not finish: what other partners linked to Patients retracted meanwhile is not forgotten, so that no retraction is lost; those records are not sent again to a new Patient.");
+                return Ok(0);
+            }
         }
         let mut forgotten = 0;
         for (remote_id, person) in &waiting {
-            forgotten += forget_links(store, dest, remote_id, person).await?;
+            forgotten += forget_links(store, destination, remote_id, person).await?;
         }
         Ok(forgotten)
     }
 }
 
 /// [`Store::forget_links_to`], said in the log when it forgets anything.
-async fn forget_links(store: &Store, dest: &Destination, remote_id: &str, person: &str) -> Result<u64, StoreError> {
-    let n = store.forget_links_to(&dest.name, remote_id, person).await?;
+async fn forget_links(store: &Store, destination: &str, remote_id: &str, person: &str) -> Result<u64, StoreError> {
+    let n = store.forget_links_to(destination, remote_id, person).await?;
     if n > 0 {
-        info!(destination = %dest.name, person = %person, forgotten = n, "A retracted Patient had others linked to it; the person's records will be sent again.");
+        info!(destination = %destination, person = %person, forgotten = n, "A retracted Patient had others linked to it; the person's records will be sent again.");
     }
     Ok(n)
 }
@@ -163,7 +170,7 @@ struct Worker {
     report: Arc<Mutex<DeliveryReport>>,
     /// This process's enqueues (see [`Store::queued`]).
     queued: watch::Receiver<u64>,
-    planning: Option<watch::Receiver<()>>,
+    planning: Option<watch::Receiver<bool>>,
     relinks: Arc<Relinks>,
 }
 
@@ -205,7 +212,7 @@ impl Worker {
 
 /// Whether planning is still enqueueing; if so, first waits until rows are enqueued, planning ends, or
 /// [`PLANNING_POLL`] has passed.
-async fn planning_goes_on(planning: &mut Option<watch::Receiver<()>>, queued: &mut watch::Receiver<u64>) -> bool {
+async fn planning_goes_on(planning: &mut Option<watch::Receiver<bool>>, queued: &mut watch::Receiver<u64>) -> bool {
     let Some(rx) = planning.as_mut() else { return false };
     if rx.has_changed().is_err() {
         // The planning pass dropped its end: it has finished, and what it enqueued is committed.
@@ -445,4 +452,71 @@ fn outgoing(text: &str, remote_id: &str, links: &HashMap<String, String>, salt: 
     rewrite_references(&mut body, links);
     body["id"] = Value::String(remote_id.to_string());
     Body::new(&body, salt).map_err(|e| format!("the body could not be written out as JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERSON: &str = "Person/x";
+
+    /// Our Patient `hub-p`, another partner's Patient linked to it, and that partner's Encounter.
+    async fn linked_person() -> Store {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let entry = |resource_type: &str, id: &str, remote_id: &str, linked: bool| LedgerEntry {
+            destination: "cito".into(),
+            key: ResourceKey::new(resource_type, id),
+            remote_id: remote_id.into(),
+            content_hash: "h".into(),
+            linked,
+            patient: Some(PERSON.into()),
+            updated_at: Utc::now(),
+            ..Default::default()
+        };
+        for e in [
+            entry("Patient", "hub-p", "hub-p", false),
+            entry("Patient", "mind-p", "hub-p", true),
+            entry("Encounter", "mind-e", "mind-e", false),
+        ] {
+            store.ledger_put(&e).await.unwrap();
+        }
+        store
+    }
+
+    async fn held(store: &Store) -> bool {
+        store.ledger_get("cito", &ResourceKey::new("Encounter", "mind-e")).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn without_planning_beside_the_links_are_forgotten_at_once() {
+        let store = linked_person().await;
+        let relinks = Relinks::new(None);
+        assert_eq!(relinks.patient_deleted(&store, "cito", "hub-p", PERSON).await.unwrap(), 3);
+        assert!(!held(&store).await);
+        assert_eq!(relinks.after_planning(&store, "cito").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn beside_planning_the_links_are_forgotten_once_every_partner_is_planned() {
+        let store = linked_person().await;
+        let (planned, planning) = watch::channel(false);
+        let relinks = Relinks::new(Some(planning));
+        assert_eq!(relinks.patient_deleted(&store, "cito", "hub-p", PERSON).await.unwrap(), 0);
+        assert!(held(&store).await, "kept while planning may still queue its retraction");
+        planned.send_replace(true);
+        drop(planned);
+        assert_eq!(relinks.after_planning(&store, "cito").await.unwrap(), 3);
+        assert!(!held(&store).await);
+    }
+
+    #[tokio::test]
+    async fn planning_that_did_not_finish_forgets_nothing() {
+        let store = linked_person().await;
+        let (planned, planning) = watch::channel(false);
+        let relinks = Relinks::new(Some(planning));
+        assert_eq!(relinks.patient_deleted(&store, "cito", "hub-p", PERSON).await.unwrap(), 0);
+        drop(planned); // failed or stopped: never said it planned every partner
+        assert_eq!(relinks.after_planning(&store, "cito").await.unwrap(), 0);
+        assert!(held(&store).await, "a retraction not planned can still be planned later");
+    }
 }
