@@ -162,7 +162,7 @@ suite!(
     unchanged_input_writes_nothing,
     enqueue_replaces_a_pending_row,
     enqueue_cancels_what_the_destination_already_holds,
-    forgetting_links_keeps_what_is_queued_for_deletion,
+    relinking_after_a_patients_delete_keeps_what_the_destination_holds,
     the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued,
     lease_keeps_seq_order_per_patient,
     expired_lease_is_taken_over,
@@ -440,11 +440,11 @@ async fn enqueue_cancels_what_the_destination_already_holds(db: &Db) {
     assert_eq!(next[0].item.op, Op::Delete);
 }
 
-/// A withdrawal queues deletes of every partner's records of the person; when our Patient's delete lands and
-/// another partner's Patient was linked to it, the person's ledger entries are forgotten (to be sent again),
-/// but not those still queued for deletion: a plan made meanwhile (delete, no ledger entry) would otherwise
-/// cancel the queued retraction and leave the record on the destination.
-async fn forgetting_links_keeps_what_is_queued_for_deletion(db: &Db) {
+/// When our Patient's delete lands and another partner's Patient was linked to it, that link is forgotten and
+/// the person's other records there are marked to be planned again; none is forgotten, so a plan made later
+/// (the daemon's ingest of the other partner, after a refusal) can still retract them. What is queued for
+/// deletion is left as it is: a plan made meanwhile asks for the same retraction, once.
+async fn relinking_after_a_patients_delete_keeps_what_the_destination_holds(db: &Db) {
     let store = db.connect().await;
     let person = "Person/x";
     let entry = |resource_type: &str, id: &str, remote_id: &str, linked: bool| LedgerEntry {
@@ -459,27 +459,41 @@ async fn forgetting_links_keeps_what_is_queued_for_deletion(db: &Db) {
         ..Default::default()
     };
     for e in [
-        entry("Patient", "hub-p", "hub-p", false),
         entry("Patient", "mind-p", "hub-p", true),
         entry("Encounter", "mind-e", "mind-e", false),
         entry("Encounter", "kept-e", "kept-e", false),
+        entry("Encounter", "other-e", "other-e", false),
     ] {
         store.ledger_put(&e).await.unwrap();
     }
+    store
+        .ledger_put(&LedgerEntry { patient: Some("Person/y".into()), ..entry("Encounter", "y-e", "y-e", false) })
+        .await
+        .unwrap();
     // The withdrawal's retraction of the other partner's Encounter waits in the outbox.
     let retract = delete(CITO, "Encounter", "mind-e", Some(person));
     store.enqueue(std::slice::from_ref(&retract), at(1)).await.unwrap();
 
-    // Our Patient's delete landed: the link is forgotten, and so is what is not queued for deletion.
-    let forgotten = store.forget_links_to(CITO, "hub-p", person).await.unwrap();
-    assert_eq!(forgotten, 3, "hub-p, mind-p and kept-e");
-    assert!(store.ledger_get(CITO, &key("Encounter", "mind-e")).await.unwrap().is_some(), "still held there");
-    assert!(store.ledger_get(CITO, &key("Encounter", "kept-e")).await.unwrap().is_none());
+    // Our Patient's delete landed (its own entry went with it).
+    assert_eq!(store.relink_after_delete(CITO, "hub-p", person).await.unwrap(), 3, "mind-p; kept-e, other-e");
+    assert!(store.ledger_get(CITO, &key("Patient", "mind-p")).await.unwrap().is_none(), "linked to what is gone");
+    for id in ["kept-e", "other-e"] {
+        let e = store.ledger_get(CITO, &key("Encounter", id)).await.unwrap().expect("still held there");
+        assert_eq!((e.content_hash.as_str(), e.remote_id.as_str(), e.version_id.as_deref()), ("", id, Some("1")));
+    }
+    assert_eq!(store.ledger_get(CITO, &key("Encounter", "mind-e")).await.unwrap().unwrap().content_hash, sha("mind-e"));
+    assert_eq!(store.ledger_get(CITO, &key("Encounter", "y-e")).await.unwrap().unwrap().content_hash, sha("y-e"));
 
     // A plan made meanwhile asks for the same retraction: it stays queued, once.
     store.enqueue(std::slice::from_ref(&retract), at(2)).await.unwrap();
     let queued = pending(&store, CITO).await;
     assert_eq!((ids(&queued), queued[0].item.op), (vec!["mind-e"], Op::Delete));
+    // A later plan that withholds a marked record retracts it; one that sends it queues it again.
+    let gone = delete(CITO, "Encounter", "kept-e", Some(person));
+    let again = upsert(CITO, "Encounter", "other-e", Some(person), "other-e");
+    assert_eq!(store.enqueue(&[gone, again], at(3)).await.unwrap(), 2);
+    // Nothing is linked to it any more: nothing more to do.
+    assert_eq!(store.relink_after_delete(CITO, "hub-p", person).await.unwrap(), 0);
 }
 
 async fn the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued(db: &Db) {

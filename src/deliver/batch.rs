@@ -13,7 +13,7 @@ use super::merge::merge_and_send;
 use super::records::{Settled, audit_entry, held_entry, ledger_entry};
 use super::retry::send_retrying;
 use super::transport::{Method, TransportError, Write, Written};
-use super::worker::Relinks;
+use super::worker::relink;
 use super::{DeliveryReport, Destination};
 use crate::model::{AuditAction, Provenance};
 use crate::policy::Permit;
@@ -40,7 +40,6 @@ pub(super) async fn send_rows(
     permits: &HashMap<i64, Permit>,
     report: &mut DeliveryReport,
     stop: &watch::Receiver<bool>,
-    relinks: &Relinks,
 ) -> Result<(), StoreError> {
     // Rows and their writes side by side, so a bundle is sent from the writes as they are (no copy of the
     // bodies per attempt).
@@ -98,7 +97,7 @@ pub(super) async fn send_rows(
                         && write.resource_type == "Patient"
                         && let Some(person) = &row.item.patient
                     {
-                        report.relink += relinks.patient_deleted(store, &dest.name, &write.id, person).await?;
+                        report.relink += relink(store, &dest.name, &write.id, person).await?;
                     }
                     report.written += 1;
                 }

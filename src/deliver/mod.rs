@@ -168,8 +168,9 @@ pub struct DeliveryReport {
     pub dead_lettered: u64,
     /// Rows the sharing rules stopped just before sending (consent changed after they were planned).
     pub withheld: u64,
-    /// Ledger entries forgotten because a retracted Patient had others linked to it: those records must be
-    /// planned and sent again (the sync cycle does that at once).
+    /// Ledger entries forgotten (links) or marked to be planned again (the person's records) because a
+    /// retracted Patient had others linked to it: those records are planned and sent again (the sync cycle
+    /// does that at once; the daemon at each partner's next ingest).
     pub relink: u64,
     /// Rows put back for a later attempt after transient failures.
     pub deferred: u64,

@@ -29,7 +29,7 @@ use crate::store::{LedgerEntry, Op, OutboxRow, ResourceKey, Store, StoreError};
 /// workers share the rest, at most `concurrency` of them with a request in flight.
 ///
 /// `planning`, when given, is held by a planning pass that is still enqueueing (its sender is dropped when it
-/// ends, after saying `true` if it planned every partner): until then an empty outbox is not the end of the pass, and the workers look again as soon as this
+/// ends): until then an empty outbox is not the end of the pass, and the workers look again as soon as this
 /// process enqueues rows ([`Store::queued`]) or planning ends.
 /// A person's rows are numbered in the order planned and leased in that order (a row waits while an earlier
 /// one of the same person is in flight), so sending while planning keeps each person's order, as a delivery
@@ -39,10 +39,9 @@ pub async fn deliver(
     dest: &Arc<Destination>,
     owner: &str,
     shutdown: &watch::Receiver<bool>,
-    planning: Option<watch::Receiver<bool>>,
+    planning: Option<watch::Receiver<()>>,
 ) -> Result<DeliveryReport, StoreError> {
     let report = Arc::new(Mutex::new(DeliveryReport { destination: dest.name.clone(), ..Default::default() }));
-    let relinks = Arc::new(Relinks::new(planning.clone()));
     settle_intents(store, dest).await?;
     let worker = |owner: String| Worker {
         store: store.clone(),
@@ -52,7 +51,6 @@ pub async fn deliver(
         report: report.clone(),
         queued: store.queued(),
         planning: planning.clone(),
-        relinks: relinks.clone(),
     };
     let more = worker(owner.to_string()).run(Some(1)).await?;
     if more {
@@ -73,9 +71,6 @@ pub async fn deliver(
             }
         }
     }
-    // Forgetting what was linked to a Patient retracted while planning went on waits for planning to end.
-    let relinked = relinks.after_planning(store, &dest.name).await?;
-    report.lock().unwrap_or_else(|p| p.into_inner()).relink += relinked;
     let r = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Delivered rows took their bodies (personal data) with them: see them gone from the WAL as well.
     if r.written + r.linked + r.withheld + r.merged > 0
@@ -91,72 +86,14 @@ pub async fn deliver(
 /// process queued).
 const PLANNING_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// After one of our Patients is deleted from a destination, the records other partners linked to it there are
-/// forgotten so that they are planned and sent again ([`Store::forget_links_to`]); what is queued for deletion
-/// is kept, so that a retraction still lands. While planning goes on beside delivery, a retraction this cycle
-/// will queue may not be queued yet (another partner's records of the same person, planned after the
-/// Patient's partner): forgetting them then would lose it, and they would stay on the destination against the
-/// rules. So while planning goes on the forgetting waits, and is done once planning has planned every partner.
-/// If planning failed or was stopped, some retractions were never queued: nothing is forgotten then (the
-/// ledger keeps knowing what the destination holds, so a later plan still retracts it), and a warning says so.
-pub(super) struct Relinks {
-    /// The planning pass's end: `true` once it has planned every partner; closed when it ends.
-    planning: Option<watch::Receiver<bool>>,
-    /// `(remote id of the deleted Patient, person)` waiting for planning to end.
-    waiting: Mutex<Vec<(String, String)>>,
-}
-
-impl Relinks {
-    pub(super) fn new(planning: Option<watch::Receiver<bool>>) -> Self {
-        Relinks { planning, waiting: Mutex::new(Vec::new()) }
-    }
-
-    /// After our Patient `remote_id` of `person` was deleted from `destination`: forgets what was linked to it
-    /// now, or once planning has ended. Returns how many ledger entries were forgotten now.
-    pub(super) async fn patient_deleted(
-        &self,
-        store: &Store,
-        destination: &str,
-        remote_id: &str,
-        person: &str,
-    ) -> Result<u64, StoreError> {
-        if self.planning.as_ref().is_some_and(|rx| rx.has_changed().is_ok()) {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            waiting.push((remote_id.to_string(), person.to_string()));
-            return Ok(0);
-        }
-        forget_links(store, destination, remote_id, person).await
-    }
-
-    /// Waits for planning to end when anything waits on it; forgets it if planning planned every partner.
-    /// Returns how many ledger entries were forgotten.
-    pub(super) async fn after_planning(&self, store: &Store, destination: &str) -> Result<u64, StoreError> {
-        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
-        if waiting.is_empty() {
-            return Ok(0);
-        }
-        if let Some(rx) = &self.planning {
-            let mut rx = rx.clone();
-            // Resolves with an error once the planning pass has dropped its end (it has finished).
-            while rx.changed().await.is_ok() {}
-            if !*rx.borrow() {
-                warn!(destination = %destination, patients = waiting.len(), "Planning did not finish: what other partners linked to Patients retracted meanwhile is not forgotten, so that no retraction is lost; those records are not sent again to a new Patient.");
-                return Ok(0);
-            }
-        }
-        let mut forgotten = 0;
-        for (remote_id, person) in &waiting {
-            forgotten += forget_links(store, destination, remote_id, person).await?;
-        }
-        Ok(forgotten)
-    }
-}
-
-/// [`Store::forget_links_to`], said in the log when it forgets anything.
-async fn forget_links(store: &Store, destination: &str, remote_id: &str, person: &str) -> Result<u64, StoreError> {
-    let n = store.forget_links_to(destination, remote_id, person).await?;
+/// After our Patient `remote_id` of `person` was deleted from `destination`: what other partners linked to it
+/// there is sent again ([`Store::relink_after_delete`]), said in the log when there was any. Nothing is
+/// forgotten that a later plan needs to retract (the ledger keeps every record the destination holds), so this
+/// is safe while another partner's plan goes on beside delivery, or runs later as the daemon's own job.
+pub(super) async fn relink(store: &Store, destination: &str, remote_id: &str, person: &str) -> Result<u64, StoreError> {
+    let n = store.relink_after_delete(destination, remote_id, person).await?;
     if n > 0 {
-        info!(destination = %destination, person = %person, forgotten = n, "A retracted Patient had others linked to it; the person's records will be sent again.");
+        info!(destination = %destination, person = %person, records = n, "A retracted Patient had others linked to it; the person's records there are planned and sent again.");
     }
     Ok(n)
 }
@@ -170,8 +107,7 @@ struct Worker {
     report: Arc<Mutex<DeliveryReport>>,
     /// This process's enqueues (see [`Store::queued`]).
     queued: watch::Receiver<u64>,
-    planning: Option<watch::Receiver<bool>>,
-    relinks: Arc<Relinks>,
+    planning: Option<watch::Receiver<()>>,
 }
 
 impl Worker {
@@ -200,7 +136,7 @@ impl Worker {
                 return Ok(false);
             }
             bundles += 1;
-            let r = process(store, dest, rows, &self.shutdown, &self.relinks).await?;
+            let r = process(store, dest, rows, &self.shutdown).await?;
             self.report.lock().unwrap_or_else(|p| p.into_inner()).absorb(&r);
             if r.deferred > 0 {
                 // Transient trouble: stop this pass; the rows wait for their not-before time.
@@ -212,7 +148,7 @@ impl Worker {
 
 /// Whether planning is still enqueueing; if so, first waits until rows are enqueued, planning ends, or
 /// [`PLANNING_POLL`] has passed.
-async fn planning_goes_on(planning: &mut Option<watch::Receiver<bool>>, queued: &mut watch::Receiver<u64>) -> bool {
+async fn planning_goes_on(planning: &mut Option<watch::Receiver<()>>, queued: &mut watch::Receiver<u64>) -> bool {
     let Some(rx) = planning.as_mut() else { return false };
     if rx.has_changed().is_err() {
         // The planning pass dropped its end: it has finished, and what it enqueued is committed.
@@ -290,7 +226,6 @@ async fn process(
     dest: &Destination,
     rows: Vec<OutboxRow>,
     stop: &watch::Receiver<bool>,
-    relinks: &Relinks,
 ) -> Result<DeliveryReport, StoreError> {
     let mut report = DeliveryReport { bundles: 1, ..Default::default() };
     let (rows, permits) = check_policy(store, dest, rows, &mut report).await?;
@@ -441,7 +376,7 @@ async fn process(
         record_settled(store, &mut settled).await?;
         return Ok(report);
     }
-    send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop, relinks).await?;
+    send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop).await?;
     Ok(report)
 }
 
@@ -483,40 +418,18 @@ mod tests {
         store
     }
 
-    async fn held(store: &Store) -> bool {
-        store.ledger_get("cito", &ResourceKey::new("Encounter", "mind-e")).await.unwrap().is_some()
+    async fn held(store: &Store, resource_type: &str, id: &str) -> Option<LedgerEntry> {
+        store.ledger_get("cito", &ResourceKey::new(resource_type, id)).await.unwrap()
     }
 
     #[tokio::test]
-    async fn without_planning_beside_the_links_are_forgotten_at_once() {
+    async fn a_deleted_patients_links_are_forgotten_and_the_persons_records_kept_to_plan_again() {
         let store = linked_person().await;
-        let relinks = Relinks::new(None);
-        assert_eq!(relinks.patient_deleted(&store, "cito", "hub-p", PERSON).await.unwrap(), 3);
-        assert!(!held(&store).await);
-        assert_eq!(relinks.after_planning(&store, "cito").await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn beside_planning_the_links_are_forgotten_once_every_partner_is_planned() {
-        let store = linked_person().await;
-        let (planned, planning) = watch::channel(false);
-        let relinks = Relinks::new(Some(planning));
-        assert_eq!(relinks.patient_deleted(&store, "cito", "hub-p", PERSON).await.unwrap(), 0);
-        assert!(held(&store).await, "kept while planning may still queue its retraction");
-        planned.send_replace(true);
-        drop(planned);
-        assert_eq!(relinks.after_planning(&store, "cito").await.unwrap(), 3);
-        assert!(!held(&store).await);
-    }
-
-    #[tokio::test]
-    async fn planning_that_did_not_finish_forgets_nothing() {
-        let store = linked_person().await;
-        let (planned, planning) = watch::channel(false);
-        let relinks = Relinks::new(Some(planning));
-        assert_eq!(relinks.patient_deleted(&store, "cito", "hub-p", PERSON).await.unwrap(), 0);
-        drop(planned); // failed or stopped: never said it planned every partner
-        assert_eq!(relinks.after_planning(&store, "cito").await.unwrap(), 0);
-        assert!(held(&store).await, "a retraction not planned can still be planned later");
+        assert_eq!(relink(&store, "cito", "hub-p", PERSON).await.unwrap(), 3, "mind-p forgotten, two marked");
+        assert!(held(&store, "Patient", "mind-p").await.is_none(), "linked to what is gone");
+        let kept = held(&store, "Encounter", "mind-e").await.expect("still known to be held there");
+        assert_eq!((kept.content_hash.as_str(), kept.remote_id.as_str()), ("", "mind-e"), "planned again");
+        // Nothing was linked to it any more: nothing more to do.
+        assert_eq!(relink(&store, "cito", "hub-p", PERSON).await.unwrap(), 0);
     }
 }

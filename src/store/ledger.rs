@@ -302,40 +302,43 @@ impl Store {
         Ok(out)
     }
 
-    /// After our Patient `remote_id` was deleted from `destination`: other partners' Patients linked to it
-    /// there would point at nothing. Forgets what the destination holds for `person` (apart from what was
-    /// just deleted) when any was linked, so the next cycle sends the person's records again and they find
-    /// (or create) a Patient that exists. Returns how many ledger entries were forgotten.
-    ///
-    /// What is queued for deletion there is not forgotten: the destination still holds it until that delete
-    /// lands, and a plan that finds no ledger entry for a delete cancels the queued one (so a withdrawal's
-    /// retraction of another partner's records would be lost when planning and delivery run at once).
-    pub async fn forget_links_to(&self, destination: &str, remote_id: &str, person: &str) -> Result<u64> {
-        let n = in_tx!(self, "forget_links_to", |tx| {
-            let linked: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM ledger WHERE destination = $1 AND resource_type = 'Patient' \
-                 AND remote_id = $2 AND linked = TRUE",
+    /// After our Patient `remote_id` was deleted from `destination`, when other partners' Patients were linked
+    /// to it there (they would point at nothing): those links are forgotten, so each such Patient is sent again
+    /// and finds, or creates, one that exists; and the person's other records there are marked to be planned
+    /// again (their content hash emptied, as reconcile marks what it finds stale), so they go again with their
+    /// references to that Patient. They are kept, not forgotten: the ledger is how a plan knows the destination
+    /// holds them, and a partner whose plan now withholds them (the same refusal that deleted the Patient, or an
+    /// agreement that ended) retracts only what the ledger says is there, however late that partner's plan
+    /// runs. What is queued for deletion is left as it is. Returns how many entries were forgotten or marked.
+    pub async fn relink_after_delete(&self, destination: &str, remote_id: &str, person: &str) -> Result<u64> {
+        let n = in_tx!(self, "relink_after_delete", |tx| {
+            let unlinked = sqlx::query(
+                "DELETE FROM ledger WHERE destination = $1 AND resource_type = 'Patient' AND remote_id = $2 \
+                 AND linked = TRUE",
             )
             .bind(destination)
             .bind(remote_id)
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await
-            .map_err(StoreError::query("forget_links_to"))?;
-            if linked == 0 {
+            .map_err(StoreError::query("relink_after_delete"))?
+            .rows_affected();
+            if unlinked == 0 {
                 0
             } else {
-                sqlx::query(
-                    "DELETE FROM ledger WHERE destination = $1 AND patient = $2 AND NOT EXISTS (\
-                     SELECT 1 FROM outbox o WHERE o.destination = ledger.destination \
-                     AND o.resource_type = ledger.resource_type AND o.resource_id = ledger.resource_id \
-                     AND o.op = 'delete' AND o.dead = FALSE)",
-                )
-                .bind(destination)
-                .bind(person)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("forget_links_to"))?
-                .rows_affected()
+                unlinked
+                    + sqlx::query(
+                        "UPDATE ledger SET content_hash = '' WHERE destination = $1 AND patient = $2 \
+                         AND content_hash <> '' AND NOT EXISTS (\
+                         SELECT 1 FROM outbox o WHERE o.destination = ledger.destination \
+                         AND o.resource_type = ledger.resource_type AND o.resource_id = ledger.resource_id \
+                         AND o.op = 'delete' AND o.dead = FALSE)",
+                    )
+                    .bind(destination)
+                    .bind(person)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("relink_after_delete"))?
+                    .rows_affected()
             }
         });
         Ok(n)

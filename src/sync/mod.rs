@@ -302,7 +302,7 @@ impl Engine {
         &self,
         name: &str,
         shutdown: &watch::Receiver<bool>,
-        planning: Option<watch::Receiver<bool>>,
+        planning: Option<watch::Receiver<()>>,
     ) -> anyhow::Result<DeliveryReport> {
         let dest = self.destination(name).with_context(|| format!("no destination \"{name}\" in the config"))?;
         let unread: Vec<String> = {
@@ -377,10 +377,9 @@ impl Engine {
         // (above: each partner offers at most one round). A partner with several inbox rounds reads each
         // later round's consent as it plans it, and nothing may leave before a withdrawal there is known:
         // then delivery waits for planning, as it always did. Planning that fails ends the pass's wait; what
-        // it enqueued before failing is delivered, as the daemon's delivery job would (but nothing linked to
-        // a retracted Patient is forgotten: see `deliver::worker::Relinks`).
+        // it enqueued before failing is delivered, as the daemon's delivery job would.
         let pipelined = !dry_run && gathered.values().all(|g| g.rounds.len() <= 1);
-        let plan = move |planned: Option<watch::Sender<bool>>| async move {
+        let plan = move |planned: Option<watch::Sender<()>>| async move {
             let mut ingest = Vec::new();
             for p in chosen {
                 if *shutdown.borrow() {
@@ -389,17 +388,10 @@ impl Engine {
                 let Some(g) = gathered.remove(p) else { continue };
                 ingest.push(self.plan_sources(p, g, dry_run, shutdown, consent_read.remove(p)).await?);
             }
-            // Every partner planned, not cut short by a stop (a failure returns above): said before the end is
-            // dropped, for what delivery held back until planning was whole (`deliver::worker::Relinks`).
-            if let Some(planned) = &planned
-                && !*shutdown.borrow()
-            {
-                planned.send_replace(true);
-            }
             drop(planned);
             anyhow::Ok(ingest)
         };
-        let deliver_all = move |planning: Option<watch::Receiver<bool>>| async move {
+        let deliver_all = move |planning: Option<watch::Receiver<()>>| async move {
             let mut delivery = Vec::new();
             for d in self.destinations.iter().filter(|d| destination.is_none_or(|only| only == d.name)) {
                 if *shutdown.borrow() {
@@ -414,7 +406,7 @@ impl Engine {
             return Ok(report);
         }
         let (ingest, delivery) = if pipelined {
-            let (planned, planning) = watch::channel(false);
+            let (planned, planning) = watch::channel(());
             let (ingest, delivery) = tokio::join!(plan(Some(planned)), deliver_all(Some(planning)));
             (ingest?, delivery?)
         } else {
@@ -431,8 +423,8 @@ impl Engine {
         {
             report.delivery.push(self.deliver(&d, shutdown).await?);
         }
-        // A retracted Patient that other partners' Patients were linked to: their records were forgotten
-        // there and go again now, so the destination is not left without the person's Patient.
+        // A retracted Patient that other partners' Patients were linked to: their records there were marked
+        // to be planned again and go now, so the destination is not left without the person's Patient.
         if report.delivery.iter().any(|d| d.relink > 0) && !*shutdown.borrow() {
             for p in self.config.partners.iter().filter(|p| partner.is_none_or(|only| only == p.id)) {
                 report.ingest.push(self.ingest(&p.id, false).await?);
