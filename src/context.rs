@@ -30,6 +30,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// This instance's name in leases: host and process id.
     pub owner: String,
+    /// The mappings folder as loaded (`sync::receipt::tree_hash`), `None` when it changed while it was loaded:
+    /// a plan receipt is then neither kept nor honoured by this process.
+    pub mappings_hash: Option<String>,
 }
 
 impl Context {
@@ -38,10 +41,12 @@ impl Context {
         // `process_start_time_seconds`: fixed by `main` already; here for library users (tests, benches).
         crate::ops::metrics::process_start();
         let mappings_dir = config.resolve(&config.mappings.dir);
+        let before = crate::sync::receipt::tree_hash(&mappings_dir);
         let catalog = mapping::load_catalog(&mappings_dir).map_err(|errors| {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("the mappings do not load:\n{}", list.join("\n"))
         })?;
+        let mappings_hash = before.filter(|b| crate::sync::receipt::tree_hash(&mappings_dir).as_ref() == Some(b));
         for p in &config.partners {
             if catalog.partner(&p.id).is_none() {
                 anyhow::bail!(
@@ -85,6 +90,7 @@ impl Context {
             policy,
             metrics,
             owner,
+            mappings_hash,
         })
     }
 

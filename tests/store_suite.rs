@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use york_connector::model::{AuditAction, JobName, Provenance};
 use york_connector::store::{
-    AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Memo, Op, OutboxItem, OutboxRow, QuarantineRecord,
-    ResourceKey, SendIntent, Store, StoreError,
+    AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Memo, Op, OutboxItem, OutboxRow, PlanReceipt,
+    QuarantineRecord, ResourceKey, SendIntent, Store, StoreError,
 };
 
 use common::TempDir;
@@ -164,6 +164,7 @@ suite!(
     enqueue_cancels_what_the_destination_already_holds,
     relinking_after_a_patients_delete_keeps_what_the_destination_holds,
     the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued,
+    the_plan_generation_moves_with_every_change_plans_read_and_only_then,
     lease_keeps_seq_order_per_patient,
     expired_lease_is_taken_over,
     complete_when_a_newer_plan_replaced_the_row,
@@ -494,6 +495,42 @@ async fn relinking_after_a_patients_delete_keeps_what_the_destination_holds(db: 
     assert_eq!(store.enqueue(&[gone, again], at(3)).await.unwrap(), 2);
     // Nothing is linked to it any more: nothing more to do.
     assert_eq!(store.relink_after_delete(CITO, "hub-p", person).await.unwrap(), 0);
+}
+
+/// `plan_generation` (plan receipts, `sync::receipt`): every write that changes a row a plan reads moves it,
+/// in the writing transaction; a statement that changes nothing (a lease of an empty outbox, a key already
+/// queued the same way) and writes plans do not read (the memo, the receipts) do not.
+async fn the_plan_generation_moves_with_every_change_plans_read_and_only_then(db: &Db) {
+    let store = db.connect().await;
+    let person = "Person/x";
+    let mut last = store.plan_generation().await.unwrap();
+    let mut moved = |now: i64, what: &str, expect: bool| {
+        assert_eq!(now != last, expect, "{what}: generation {last} -> {now}");
+        last = now;
+    };
+    store.lease(CITO, "me", 10, LONG, at(0)).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "a lease of an empty outbox", false);
+    let item = upsert(CITO, "Patient", "p", Some(person), "{}");
+    store.enqueue(std::slice::from_ref(&item), at(1)).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "enqueue", true);
+    store.enqueue(std::slice::from_ref(&item), at(2)).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "the same enqueue again", false);
+    let rows = store.lease(CITO, "me", 10, LONG, at(3)).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "a lease", true);
+    store.complete(&rows[0], Some(&sent(&rows[0], at(4))), None).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "complete (outbox row, ledger entry)", true);
+    let memo = Memo { input_hash: sha("in"), content_hash: sha("{}") };
+    store.memo_put(CITO, &[(&key("Patient", "p"), memo)]).await.unwrap();
+    let receipt = PlanReceipt { fingerprint: "f".into(), at: t0(), summary: "{}".into() };
+    store.plan_receipt_put("hub", &receipt).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "the memo and a receipt", false);
+    assert_eq!(store.plan_receipt("hub").await.unwrap(), Some(receipt));
+    store.plan_receipt_clear("hub").await.unwrap();
+    assert_eq!(store.plan_receipt("hub").await.unwrap(), None);
+    store.relink_after_delete(CITO, "nobody", person).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "a relink with nothing linked", false);
+    store.ledger_forget(CITO, &[key("Patient", "p")]).await.unwrap();
+    moved(store.plan_generation().await.unwrap(), "a ledger entry forgotten", true);
 }
 
 async fn the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued(db: &Db) {

@@ -496,3 +496,66 @@ async fn delivery_beside_planning_waits_for_it_and_keeps_each_persons_order() {
     assert_eq!(urls, ["Patient/pipelined-p", "Encounter/pipelined-e"], "the person's order");
     assert_eq!(cito.get("Encounter/pipelined-e").await.0, 200);
 }
+
+/// Plan receipts (`sync::receipt`): a partner whose exports, mappings, configuration and state are as at a plan
+/// that changed nothing is not planned again, and is planned in full as soon as any of them changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_partner_is_not_planned_again_until_anything_it_depends_on_changes() {
+    let cito = Hfs::start().await;
+    let pc = FaultProxy::start(&cito.base_url, FaultPlan::none());
+    let dir = TempDir::new("sync-receipt");
+    let config = write_config(
+        dir.path(),
+        &[Dest { name: "cito", profile: "cito", url: pc.base_url(), extra: "" }],
+        &["hub", "york-mind"],
+    );
+    let engine = engine(&config).await;
+    let cycle = || async { engine.cycle(None, None, false, &no_shutdown()).await.unwrap() };
+    let unchanged = |r: &york_connector::sync::CycleReport| -> Vec<(String, bool)> {
+        r.ingest.iter().map(|i| (i.partner.clone(), i.unchanged_since.is_some())).collect()
+    };
+    let both = |hub: bool, mind: bool| vec![("hub".to_string(), hub), ("york-mind".to_string(), mind)];
+
+    // The first cycle sends; the second plans in full and changes nothing (a receipt each); the third is the
+    // receipts' and reads nothing but the files' fingerprints.
+    let first = cycle().await;
+    assert_eq!(first.dead_lettered() + first.deferred(), 0, "{first:?}");
+    assert_eq!(unchanged(&cycle().await), both(false, false));
+    let generation = engine.store.plan_generation().await.unwrap();
+    pc.clear_log();
+    let third = cycle().await;
+    assert_eq!(unchanged(&third), both(true, true), "{third:?}");
+    assert!(third.ingest.iter().all(|i| i.queued.values().all(|n| *n == 0)));
+    assert!(third.ingest[0].mapping.quarantined() > 0, "the full plan's counts are reported again");
+    assert!(third.ingest[0].withheld.values().sum::<u64>() > 0, "the full plan's withholdings are reported again");
+    assert_eq!(pc.writes().len(), 0);
+    assert_eq!(engine.store.plan_generation().await.unwrap(), generation, "a quiet cycle changes nothing");
+
+    // The same bytes written again (a new export, its time changed): the Hub is planned in full, York Mind not.
+    let person = dir.path().join("hub/person.csv");
+    let bytes = std::fs::read(&person).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&person, &bytes).unwrap();
+    assert_eq!(unchanged(&cycle().await), both(false, true));
+    assert_eq!(unchanged(&cycle().await), both(true, true), "a new receipt");
+
+    // Anything a plan reads in the store changed (a record marked to be planned again, as a retracted
+    // Patient's relinking does): both are planned in full, and the record is sent again.
+    let key = ResourceKey::new("Encounter", &mapped_keys(&engine).iter().find(|(t, _)| t == "Encounter").unwrap().1);
+    let mut entry = engine.store.ledger_get("cito", &key).await.unwrap().expect("sent");
+    entry.content_hash = String::new();
+    engine.store.ledger_put(&entry).await.unwrap();
+    pc.clear_log();
+    let after = cycle().await;
+    assert_eq!(unchanged(&after), both(false, false));
+    assert_eq!(after.ingest.iter().map(|i| i.queued["cito"]).sum::<u64>(), 1, "{after:?}");
+    assert_eq!(pc.writes().len(), 1);
+
+    // A changed consent export: planned in full, and the change is acted on.
+    assert_eq!(unchanged(&cycle().await), both(false, false), "the send above changed the ledger");
+    assert_eq!(unchanged(&cycle().await), both(true, true));
+    let consent = dir.path().join("hub/consent.csv");
+    let text = std::fs::read_to_string(&consent).unwrap();
+    std::fs::write(&consent, text.replacen("\n", "\n\n", 1)).unwrap();
+    assert_eq!(unchanged(&cycle().await)[0], ("hub".to_string(), false));
+}

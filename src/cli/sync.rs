@@ -137,8 +137,14 @@ fn print_table(r: &CycleReport) {
         let m = &i.mapping;
         let queued: Vec<String> = i.queued.iter().map(|(d, n)| format!("{d} {n}")).collect();
         let verb = if i.dry_run { "would queue" } else { "queued" };
+        let unchanged = i.unchanged_since.map_or(String::new(), |since| {
+            format!(
+                " (unchanged since the full plan at {}: same export files, mappings, configuration and state; not planned again)",
+                since.format("%Y-%m-%d %H:%M:%S UTC")
+            )
+        });
         println!(
-            "partner {}: {} read, {} mapped, {} quarantined{}; {verb}: {}",
+            "partner {}: {} read, {} mapped, {} quarantined{}{unchanged}; {verb}: {}",
             i.partner,
             m.read(),
             m.mapped(),

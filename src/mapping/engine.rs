@@ -162,7 +162,7 @@ pub trait Sink {
 }
 
 /// Counts for one input file.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FileCounts {
     pub path: PathBuf,
     pub kind: Option<RecordKind>,

@@ -19,6 +19,10 @@ pub struct Metrics {
 /// Counter names and their help text.
 pub(super) const COUNTERS: &[(&str, &str)] = &[
     ("connector_records_ingested_total", "Source rows read, per partner."),
+    (
+        "connector_plans_unchanged_total",
+        "Ingests not planned again: exports, mappings, configuration and state as at the last plan, which changed nothing.",
+    ),
     ("connector_records_quarantined_total", "Source rows quarantined, per partner."),
     ("connector_resources_withheld_total", "Resources the sharing rules kept from a destination while planning."),
     ("connector_resources_sent_total", "Resources written to a destination (created, updated or deleted)."),

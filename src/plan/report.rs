@@ -63,6 +63,10 @@ pub struct IngestReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explained: Vec<Explained>,
     pub dry_run: bool,
+    /// Not planned again: exports, mappings, configuration and state are as at this full plan, which changed
+    /// nothing (`sync::receipt`); `queued` and `withheld` are that plan's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unchanged_since: Option<chrono::DateTime<chrono::Utc>>,
     /// The rows quarantined in this run: kind, file name, row, key and content hash (never their content).
     #[serde(skip)]
     pub quarantined_rows: Vec<crate::quarantine::QuarantinedRow>,

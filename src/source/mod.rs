@@ -121,6 +121,18 @@ pub struct Outcome {
     pub failed: BTreeMap<PathBuf, String>,
 }
 
+impl Gathered {
+    /// The inputs when this is one round of fixed files (no inbox file, no API read) and no source failed: what
+    /// a plan receipt can fingerprint (`sync::receipt`). `None` otherwise.
+    pub fn fixed_inputs(&self) -> Option<&[Input]> {
+        if self.rounds.len() != 1 || self.reports.iter().any(SourceReport::failed) {
+            return None;
+        }
+        let round = &self.rounds[0];
+        round.taken.iter().all(|t| matches!(t.what, What::File(_))).then_some(round.inputs.as_slice())
+    }
+}
+
 /// Lists what each of the partner's sources offers this cycle. With `dry_run`, nothing is moved or stored.
 pub async fn gather(
     ctx: &Context,
@@ -293,6 +305,28 @@ pub async fn finish(
             let members = outcome.members.get(t.path()).unwrap_or(&none);
             snapshot::compare(ctx, partner, src, &label, members, accept_shrink, report, &mut status).await?;
         }
+        ctx.store.source_status_put(&status).await?;
+    }
+    Ok(())
+}
+
+/// After a plan not made again (`sync::receipt`: the same fixed files as the last full plan, which changed
+/// nothing): each source's freshness is recorded as read now; its snapshot figures stay those of that plan.
+pub async fn finish_unchanged(ctx: &Context, partner: &str, round: Round) -> anyhow::Result<()> {
+    let pc = ctx.partner_config(partner)?;
+    let now = Utc::now();
+    for t in round.taken {
+        let What::File(path) = &t.what else { continue };
+        let mut status = SourceStatus {
+            partner: partner.to_string(),
+            source: pc.sources[t.source].kinds_label(),
+            ..Default::default()
+        };
+        if let Ok(meta) = std::fs::metadata(path) {
+            status.last_file = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            status.last_file_mtime = meta.modified().ok().map(DateTime::<Utc>::from);
+        }
+        status.last_success_at = Some(now);
         ctx.store.source_status_put(&status).await?;
     }
     Ok(())

@@ -69,6 +69,7 @@ pub use memo::Memo;
 pub use outbox::{Completion, Op, OutboxItem, OutboxRow, QueueDepth};
 pub(crate) use outbox::{OUTBOX_CANCEL, OutboxDb, body_of};
 pub use quarantine::QuarantineRecord;
+pub use receipt::PlanReceipt;
 pub use sources::{FinishedFile, SourceStatus};
 
 /// `Result` with a [`StoreError`].
@@ -206,6 +207,7 @@ mod ledger;
 mod memo;
 mod outbox;
 mod quarantine;
+mod receipt;
 mod sources;
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {

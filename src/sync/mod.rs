@@ -21,6 +21,8 @@ use crate::policy;
 use crate::source;
 use crate::store::{Op, OutboxItem, ResourceKey};
 
+pub mod receipt;
+
 /// The planner and the cycle over a [`Context`] (which it dereferences to, so `engine.store` reads as before).
 pub struct Engine {
     ctx: Arc<Context>,
@@ -64,6 +66,11 @@ impl CycleReport {
 /// Adds what one ingest did to the metrics.
 fn count_ingest(m: &Metrics, r: &IngestReport) {
     let p = label("partner", &r.partner);
+    if r.unchanged_since.is_some() {
+        // Nothing was read: the counts in the report are the last full plan's.
+        m.add("connector_plans_unchanged_total", p, 1);
+        return;
+    }
     m.add("connector_records_ingested_total", p.clone(), r.mapping.read());
     m.add("connector_records_quarantined_total", p.clone(), r.mapping.quarantined());
     for (d, n) in &r.withheld {
@@ -132,8 +139,37 @@ impl Engine {
             return self.ingest_gathered(partner_id, gathered, true, stop, consent).await;
         }
         let job = JobName::Ingest(partner_id.to_string());
+        let work = async {
+            // Not planned again when nothing it depends on has changed since a plan that changed nothing
+            // (`receipt`); a consent read this cycle that found anything to report rules that out.
+            let consent_quiet = consent.as_ref().is_none_or(|(_, r)| {
+                r.consent_statements == 0
+                    && r.withdrawals.is_empty()
+                    && r.consent_held.is_empty()
+                    && r.consent_unreadable.is_none()
+            });
+            let check = if consent_quiet {
+                receipt::Check::prepare(&self.ctx, partner_id, &gathered, self.accept_snapshot).await?
+            } else {
+                None
+            };
+            if let Some(check) = &check
+                && let Some(mut r) = check.unchanged(&self.store).await?
+            {
+                r.sources = gathered.reports;
+                for round in gathered.rounds {
+                    source::finish_unchanged(&self.ctx, partner_id, round).await?;
+                }
+                return Ok(r);
+            }
+            let r = self.ingest_gathered(partner_id, gathered, false, stop, consent).await?;
+            if let Some(check) = &check {
+                check.record(&self.store, &r).await?;
+            }
+            Ok(r)
+        };
         let result = self
-            .run_job(&job, self.ingest_gathered(partner_id, gathered, false, stop, consent), |r| {
+            .run_job(&job, work, |r| {
                 let m = &r.mapping;
                 let detail = format!("{} read, {} mapped, {} quarantined", m.read(), m.mapped(), m.quarantined());
                 (m.failed_files().count() == 0 && !r.sources.iter().any(|s| s.failed()), detail)
