@@ -8,7 +8,8 @@
 #                                     (2) the full Hub mappings: wall time, rows/s, peak memory.
 #   scripts/bench.sh sync [PATIENTS]  initial load of a generated Hub export of PATIENTS people (default 10000)
 #                                     and their contacts into a fresh local Helios FHIR Server with
-#                                     `connector sync --once` (wall time, peak memory), then the no-change cycle
+#                                     `connector sync --once` (wall time, peak memory), then two no-change cycles
+#                                     (the first plans in full after the load; the second is the plan receipts')
 #                                     beside the time of mapping the same exports alone (`mappings preview`);
 #                                     compared with a plain client (scripts/bench/post_bundles.py) posting the same
 #                                     resources as the connector sends (the bodies a planning run of its own
@@ -277,6 +278,19 @@ PY
         >"$run/nochange.txt" 2>"$run/nochange.log" || code2=$?
     ok_exit "$code2" || { echo "bench: the second sync failed ($code2):" >&2; tail -20 "$run/nochange.log" >&2; exit 1; }
     cat "$run/nochange.txt" >&2
+    # The cycle after: nothing was delivered by the one before, so each partner holds a plan receipt now
+    # (`sync::receipt`) and is not planned again. Both are reported: the first plans in full.
+    echo "No-change cycle again..." >&2
+    code3=0
+    /usr/bin/time -v -o "$run/time-nochange2.txt" "$connector" sync --once --config "$run/config.toml" \
+        >"$run/nochange2.txt" 2>"$run/nochange2.log" || code3=$?
+    ok_exit "$code3" || { echo "bench: the third sync failed ($code3):" >&2; tail -20 "$run/nochange2.log" >&2; exit 1; }
+    cat "$run/nochange2.txt" >&2
+    if ! grep -q "queued: cito 0" "$run/nochange2.txt"; then
+        echo "bench: the second no-change cycle queued something:" >&2
+        cat "$run/nochange2.txt" >&2
+        exit 1
+    fi
     held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
     if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
         echo "bench: the server holds Patient/Encounter/Organization $held, expected $n_patients $n_encounters $n_orgs" >&2
@@ -302,6 +316,7 @@ PY
 
     initial=$(seconds "$run/time-initial.txt")
     nochange=$(seconds "$run/time-nochange.txt")
+    nochange2=$(seconds "$run/time-nochange2.txt")
     plain=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain.json")
     bundles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundles"])' "$run/plain.json")
     rate_of() { python3 -c "print(round($n_resources / $1))"; }
@@ -326,6 +341,8 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     mapping=$(seconds "$run/time-mapping.txt")
     echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
     echo "mapping the same exports alone (mappings preview): ${mapping}s; no-change/mapping: $(python3 -c "print(round($nochange / $mapping, 2))")x"
+    unchanged=$(grep -c "not planned again" "$run/nochange2.txt" || true)
+    echo "no-change cycle again:  ${nochange2}s, exit $code3, peak RSS $(rss_mib "$run/time-nochange2.txt") MiB, $unchanged partner(s) not planned again (plan receipts); no-change again/mapping: $(python3 -c "print(round($nochange2 / $mapping, 2))")x (target: <= 1.3x)"
     echo "files: $run (config, logs, GNU time reports)"
     ;;
 reconcile)

@@ -163,7 +163,10 @@ impl Engine {
                 return Ok(r);
             }
             let r = self.ingest_gathered(partner_id, gathered, false, stop, consent).await?;
-            if let Some(check) = &check {
+            // A plan stopped part-way fails above; none is recorded once a stop is asked for, whatever ended it.
+            if let Some(check) = &check
+                && !*stop.borrow()
+            {
                 check.record(&self.store, &r).await?;
             }
             Ok(r)

@@ -90,6 +90,10 @@ impl Check {
     /// The report of a plan not made again, when the partner's receipt is this fingerprint's and still stands.
     pub(super) async fn unchanged(&self, store: &Store) -> anyhow::Result<Option<IngestReport>> {
         let Some(receipt) = store.plan_receipt(&self.partner).await? else { return Ok(None) };
+        // The fingerprint holds the generation read when it was made: anything written since counts too.
+        if store.plan_generation().await? != self.generation {
+            return Ok(None);
+        }
         let now = Utc::now();
         if receipt.fingerprint != self.fingerprint || receipt.at > now || now - receipt.at >= FULL_PLAN_EVERY {
             return Ok(None);
