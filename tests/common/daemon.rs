@@ -45,10 +45,16 @@ impl Daemon {
 
     /// Waits until the log holds `text` more than `seen` times; returns the log.
     pub fn wait_for(&mut self, text: &str, seen: usize) -> String {
+        self.wait_for_any(&[text], seen)
+    }
+
+    /// Waits until the log holds any of `texts` more than `seen` times in all; returns the log.
+    pub fn wait_for_any(&mut self, texts: &[&str], seen: usize) -> String {
+        let text = texts.join("\" or \"");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = self.log();
-            if log.matches(text).count() > seen {
+            if texts.iter().map(|t| log.matches(t).count()).sum::<usize>() > seen {
                 return log;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
