@@ -314,10 +314,19 @@ PY
     fi
     stop_hfs "$hfs_pid"
 
+    # A second baseline: the plain client that also searches for each new Patient first, as the connector must
+    # (duplicates), so the ratio to it is the connector's own cost.
+    start_hfs plain-lookups
+    echo "Plain client with the connector's Patient searches..." >&2
+    python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" --ndjson "$run/planned.ndjson" \
+        --batch-size "$batch" --concurrency "$concurrency" --lookups >"$run/plain-lookups.json"
+    stop_hfs "$hfs_pid"
+
     initial=$(seconds "$run/time-initial.txt")
     nochange=$(seconds "$run/time-nochange.txt")
     nochange2=$(seconds "$run/time-nochange2.txt")
     plain=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain.json")
+    plain_lookups=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain-lookups.json")
     bundles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundles"])' "$run/plain.json")
     rate_of() { python3 -c "print(round($n_resources / $1))"; }
     # From the end of ingest (mapping and planning into the outbox) to the end of delivery, per the log: delivery
@@ -338,6 +347,7 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "  of which after planning: ${delivery}s (delivery starts beside planning, with its first chunk)"
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
     echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x the time, $(python3 -c "print(round($plain / $initial, 2))")x the rate (target: rate >= 0.95x)"
+    echo "plain client that also searches for new Patients: ${plain_lookups}s ($(rate_of "$plain_lookups") resources/s); connector: $(python3 -c "print(round($plain_lookups / $initial, 2))")x its rate"
     mapping=$(seconds "$run/time-mapping.txt")
     echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
     echo "mapping the same exports alone (mappings preview): ${mapping}s; no-change/mapping: $(python3 -c "print(round($nochange / $mapping, 2))")x"

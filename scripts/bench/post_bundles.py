@@ -11,6 +11,11 @@ transaction bundles of --batch-size entries, each entry a `PUT Type/id` with the
 bundles, resources, seconds, resources per second. Any answer other than 200 with a transaction-response is a
 failure (reported, exit 1). No lookups, no state, no retries: the floor the connector is compared with.
 
+With --lookups, each bundle holding Patients is preceded, on the same connection, by the searches the connector
+makes before it creates Patients (a `batch` bundle of `GET Patient?identifier=system|value&_count=20`, the NHS
+number where there is one, 100 per bundle; `src/deliver/fhir.rs::search_batch`): a second baseline, the plain
+client that also checks for duplicates, so the ratio to it is the connector's own cost.
+
 Standard library only.
 """
 
@@ -24,8 +29,34 @@ import time
 import urllib.parse
 
 
-def bundles(path, base, size):
-    """Yield serialised transaction bundles (bytes, entry count) of up to `size` resources, in file order."""
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+def match_identifier(patient):
+    """The identifier the connector looks a new Patient up by (`deliver::patients::match_identifier`)."""
+    ids = patient.get("identifier") or []
+    pick = next((i for i in ids if i.get("system") == NHS), None) or next(
+        (i for i in ids if isinstance(i.get("system"), str) and isinstance(i.get("value"), str)), None)
+    return f"{pick['system']}|{pick['value']}" if pick else None
+
+
+def searches(entries):
+    """Serialised batch bundles of the Patient searches for `entries` (empty when none is a Patient)."""
+    wanted = sorted({m for e in entries if e["resource"]["resourceType"] == "Patient"
+                     for m in [match_identifier(e["resource"])] if m})
+    out = []
+    for at in range(0, len(wanted), 100):
+        gets = [{"request": {"method": "GET",
+                             "url": f"Patient?identifier={urllib.parse.quote(w, safe='')}&_count=20"}}
+                for w in wanted[at:at + 100]]
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": gets}
+        out.append(json.dumps(bundle, separators=(",", ":")).encode("utf-8"))
+    return out
+
+
+def bundles(path, base, size, lookups):
+    """Yield (serialised transaction bundle, entry count, serialised searches to make first) of up to `size`
+    resources, in file order."""
     entries = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -36,10 +67,10 @@ def bundles(path, base, size):
             url = f"{r['resourceType']}/{r['id']}"
             entries.append({"fullUrl": f"{base}/{url}", "request": {"method": "PUT", "url": url}, "resource": r})
             if len(entries) == size:
-                yield encode(entries), len(entries)
+                yield encode(entries), len(entries), searches(entries) if lookups else []
                 entries = []
     if entries:
-        yield encode(entries), len(entries)
+        yield encode(entries), len(entries), searches(entries) if lookups else []
 
 
 def encode(entries):
@@ -54,6 +85,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    ap.add_argument("--lookups", action="store_true", help="search for each bundle's Patients first, as the connector does")
     args = ap.parse_args()
     if args.batch_size < 1 or args.concurrency < 1:
         ap.error("--batch-size and --concurrency must be at least 1")
@@ -64,16 +96,30 @@ def main():
         ap.error("only http:// (a local bench server) is supported")
     path = parsed.path or "/"
 
-    work = list(bundles(args.ndjson, base, args.batch_size))
-    total = sum(n for _, n in work)
+    work = list(bundles(args.ndjson, base, args.batch_size, args.lookups))
+    total = sum(n for _, n, _ in work)
     local = threading.local()
 
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
     def post(item):
-        body, n = item
+        body, n, first = item
+        for search in first:
+            status, text = send(search)
+            if status != 200 or json.loads(text).get("type") != "batch-response":
+                return f"searches: {status}: {text[:300]!r}"
+        status, text = send(body)
+        if status != 200:
+            return f"{status}: {text[:300]!r}"
+        answer = json.loads(text)
+        if answer.get("type") != "transaction-response" or len(answer.get("entry", [])) != n:
+            return f"unexpected answer: {text[:300]!r}"
+        return None
+
+    def send(body):
         conn = getattr(local, "conn", None)
         if conn is None:
             conn = local.conn = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=args.timeout)
-        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
         try:
             conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -84,12 +130,7 @@ def main():
             conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()
             text = resp.read()
-        if resp.status != 200:
-            return f"{resp.status}: {text[:300]!r}"
-        answer = json.loads(text)
-        if answer.get("type") != "transaction-response" or len(answer.get("entry", [])) != n:
-            return f"unexpected answer: {text[:300]!r}"
-        return None
+        return resp.status, text
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
