@@ -174,7 +174,10 @@ impl Engine {
         let result = self
             .run_job(&job, work, |r| {
                 let m = &r.mapping;
-                let detail = format!("{} read, {} mapped, {} quarantined", m.read(), m.mapped(), m.quarantined());
+                let detail = match r.unchanged_since {
+                    Some(since) => format!("not planned again: unchanged since {}", since.to_rfc3339()),
+                    None => format!("{} read, {} mapped, {} quarantined", m.read(), m.mapped(), m.quarantined()),
+                };
                 (m.failed_files().count() == 0 && !r.sources.iter().any(|s| s.failed()), detail)
             })
             .await;

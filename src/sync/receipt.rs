@@ -191,11 +191,14 @@ fn file_into(h: &mut Sha256, path: &Path) -> std::io::Result<()> {
 }
 
 /// sha256 over every file under `dir` (relative path and content, in path order): the mappings as loaded.
+/// Folders are walked without following links (a link to a folder cannot be read as a file: `None`, and no
+/// receipts).
 pub fn tree_hash(dir: &Path) -> Option<String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.is_dir() {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
                 walk(&p, out)?;
             } else {
                 out.push(p);
@@ -214,4 +217,28 @@ pub fn tree_hash(dir: &Path) -> Option<String> {
         h.update(&text);
     }
     Some(crate::store::hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mappings_hash_follows_every_file_and_no_link_to_a_folder() {
+        let dir = std::env::temp_dir().join(format!("connector-tree-hash-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("hub")).unwrap();
+        std::fs::write(dir.join("hub/person.toml"), "a").unwrap();
+        let first = tree_hash(&dir).expect("a hash");
+        assert_eq!(tree_hash(&dir).as_ref(), Some(&first), "the same files, the same hash");
+        std::fs::write(dir.join("hub/person.toml"), "b").unwrap();
+        assert_ne!(tree_hash(&dir).as_ref(), Some(&first), "a changed file");
+        std::fs::write(dir.join("hub/person.toml"), "a").unwrap();
+        std::fs::write(dir.join("hub/extra.toml"), "").unwrap();
+        assert_ne!(tree_hash(&dir).as_ref(), Some(&first), "a new file, even empty");
+        // A link back to the folder itself is not walked (no endless walk); it cannot be read as a file.
+        std::os::unix::fs::symlink(&dir, dir.join("hub/loop")).unwrap();
+        assert_eq!(tree_hash(&dir), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
