@@ -43,6 +43,10 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
         // Deleted rows (replayed quarantine rows, delivered bodies, cleared conflict versions) hold personal
         // data: overwrite their bytes instead of leaving them in free pages. See [`checkpoint`] for the WAL.
         .pragma("secure_delete", "ON")
+        // Statement journals and sorts stay in memory: in files they would put pages of the outbox (personal data)
+        // in the system's temporary folder, outside the state directory, and cost a write per page (a first
+        // load of 10,000 people wrote 670 MiB there in 300,000 writes).
+        .pragma("temp_store", "MEMORY")
         .statement_cache_capacity(STATEMENT_CACHE);
     let pool_options = if in_memory {
         // An in-memory database lives as long as a connection to it: keep exactly one, for ever.

@@ -150,6 +150,10 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
     let store = Store::connect(&url).await.unwrap();
     assert_eq!(store.backend(), Backend::Sqlite);
     assert!(file.is_file());
+    // Statement journals and sorts in memory (2), never in the system's temporary folder.
+    let Inner::Sqlite(pool) = &store.inner else { unreachable!() };
+    let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
+    assert_eq!(temp_store, 2);
     store.close().await;
 
     let mut raw = SqliteConnection::connect(&url).await.unwrap();
