@@ -531,6 +531,13 @@ async fn an_unchanged_partner_is_not_planned_again_until_anything_it_depends_on_
     assert_eq!(pc.writes().len(), 0);
     assert_eq!(engine.store.plan_generation().await.unwrap(), generation, "a quiet cycle changes nothing");
 
+    // A receipt stands for an hour at most, and one dated ahead of the clock not at all.
+    for at in [chrono::Utc::now() - chrono::Duration::minutes(61), chrono::Utc::now() + chrono::Duration::minutes(5)] {
+        let receipt = engine.store.plan_receipt("hub").await.unwrap().expect("a receipt");
+        engine.store.plan_receipt_put("hub", &york_connector::store::PlanReceipt { at, ..receipt }).await.unwrap();
+        assert_eq!(unchanged(&cycle().await), both(false, true), "receipt dated {at}");
+    }
+
     // The same bytes written again (a new export, its time changed): the Hub is planned in full, York Mind not.
     let person = dir.path().join("hub/person.csv");
     let bytes = std::fs::read(&person).unwrap();
