@@ -508,6 +508,7 @@ async fn the_plan_generation_moves_with_every_change_plans_read_and_only_then(db
         assert_eq!(now != last, expect, "{what}: generation {last} -> {now}");
         last = now;
     };
+    let lease_counts = db.backend() == Backend::Postgres; // SQLite's triggers leave a lease's columns out
     store.lease(CITO, "me", 10, LONG, at(0)).await.unwrap();
     moved(store.plan_generation().await.unwrap(), "a lease of an empty outbox", false);
     let item = upsert(CITO, "Patient", "p", Some(person), "{}");
@@ -516,7 +517,7 @@ async fn the_plan_generation_moves_with_every_change_plans_read_and_only_then(db
     store.enqueue(std::slice::from_ref(&item), at(2)).await.unwrap();
     moved(store.plan_generation().await.unwrap(), "the same enqueue again", false);
     let rows = store.lease(CITO, "me", 10, LONG, at(3)).await.unwrap();
-    moved(store.plan_generation().await.unwrap(), "a lease", true);
+    moved(store.plan_generation().await.unwrap(), "a lease", lease_counts);
     store.complete(&rows[0], Some(&sent(&rows[0], at(4))), None).await.unwrap();
     moved(store.plan_generation().await.unwrap(), "complete (outbox row, ledger entry)", true);
     let memo = Memo { input_hash: sha("in"), content_hash: sha("{}") };

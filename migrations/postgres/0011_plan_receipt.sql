@@ -2,9 +2,9 @@
 -- admin records a receipt: the fingerprint of everything that plan depended on (its export files, the
 -- configuration and mappings, the build, the date, and this generation). A later plan whose fingerprint is
 -- the same would decide exactly as that one did, so it is not made again. `plan_generation` counts changes to
--- what plans read here (ledger, outbox, consent, person index, withholdings, snapshots, conflicts, send
--- intents, rows taken out of quarantine); the triggers below keep it, so a write from any code path or any instance changes it in the same
--- transaction. Hashes only, no personal data. Keep in step with migrations/sqlite/0011_plan_receipt.sql.
+-- what plans read here (ledger, outbox, consent statements, person index, withholdings, snapshots, rows
+-- taken out of quarantine); the triggers below keep it, so a write from any code path or any instance
+-- changes it in the same transaction. Hashes only, no personal data. Keep in step with migrations/sqlite/0011_plan_receipt.sql.
 CREATE TABLE plan_generation (
     n BIGINT NOT NULL
 );
@@ -18,7 +18,8 @@ CREATE TABLE plan_receipt (
 );
 
 -- One bump per statement that changed a row (a statement that changed none, such as a lease of an empty
--- outbox, bumps nothing).
+-- outbox, bumps nothing). A trigger with transition tables cannot name columns, so any outbox update counts,
+-- a lease too (SQLite's leaves leases out): that only makes the next plan a full one.
 CREATE FUNCTION plan_generation_bump() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM changed) THEN
@@ -45,12 +46,6 @@ CREATE TRIGGER withheld_plan_generation_delete AFTER DELETE ON withheld REFERENC
 CREATE TRIGGER snapshot_members_plan_generation_insert AFTER INSERT ON snapshot_members REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
 CREATE TRIGGER snapshot_members_plan_generation_update AFTER UPDATE ON snapshot_members REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
 CREATE TRIGGER snapshot_members_plan_generation_delete AFTER DELETE ON snapshot_members REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
-CREATE TRIGGER conflicts_plan_generation_insert AFTER INSERT ON conflicts REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
-CREATE TRIGGER conflicts_plan_generation_update AFTER UPDATE ON conflicts REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
-CREATE TRIGGER conflicts_plan_generation_delete AFTER DELETE ON conflicts REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
-CREATE TRIGGER send_intent_plan_generation_insert AFTER INSERT ON send_intent REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
-CREATE TRIGGER send_intent_plan_generation_update AFTER UPDATE ON send_intent REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
-CREATE TRIGGER send_intent_plan_generation_delete AFTER DELETE ON send_intent REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
 -- Quarantine: only a row taken out (replayed, purged) counts; a plan re-quarantining the same row changes
 -- nothing that matters to the next plan.
 CREATE TRIGGER quarantine_plan_generation_delete AFTER DELETE ON quarantine REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION plan_generation_bump();
