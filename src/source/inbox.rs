@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -144,14 +143,7 @@ fn marker_of(path: &Path) -> PathBuf {
 pub fn take(c: &Candidate, done_marker: bool) -> std::io::Result<Option<Ready>> {
     let mut file = fs::File::open(&c.path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    crate::store::sha256_update_from(&mut hasher, &mut file)?;
     let meta = file.metadata()?;
     if meta.len() != c.size || meta.modified()? != c.mtime {
         return Ok(None);

@@ -405,6 +405,20 @@ pub fn sha256_hex(text: &str) -> String {
     hex(&Sha256::digest(text.as_bytes()))
 }
 
+/// Feeds everything `r` gives to `h`, a block at a time (files of any size: inbox files, the exports and mappings
+/// a plan receipt fingerprints).
+pub fn sha256_update_from(h: &mut sha2::Sha256, r: &mut impl std::io::Read) -> std::io::Result<()> {
+    use sha2::Digest;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -142,13 +142,7 @@ impl Engine {
         let work = async {
             // Not planned again when nothing it depends on has changed since a plan that changed nothing
             // (`receipt`); a consent read this cycle that found anything to report rules that out.
-            let consent_quiet = consent.as_ref().is_none_or(|(_, r)| {
-                r.consent_statements == 0
-                    && r.withdrawals.is_empty()
-                    && r.consent_held.is_empty()
-                    && r.consent_unreadable.is_none()
-            });
-            let check = if consent_quiet {
+            let check = if consent.as_ref().is_none_or(|(_, r)| receipt::consent_quiet(r)) {
                 receipt::Check::prepare(&self.ctx, partner_id, &gathered, self.accept_snapshot).await?
             } else {
                 None

@@ -1,7 +1,7 @@
 //! Not planning again what cannot have changed. A partner's plan is a function of its export files, the
 //! configuration and mappings the process loaded, the connector's build, today's date (consent and
 //! agreements take effect by date) and what the state store holds (ledger, outbox, consent, the person
-//! index, withholdings, snapshots, conflicts, send intents). When a plan changed nothing and found nothing
+//! index, withholdings, snapshots, rows taken out of quarantine). When a plan changed nothing and found nothing
 //! for an admin, the partner gets a receipt: the fingerprint of all of those, the store's part being
 //! `plan_generation`, which triggers move in the same transaction as any write to those tables, from any code
 //! path or instance. A later plan with the same fingerprint would decide exactly as that one did, so it is not
@@ -10,13 +10,12 @@
 //! Safe by construction, and loud where it is not taken: only a partner whose every source is a fixed file
 //! gets a receipt (an inbox file or an API read is new input by nature); the files are fingerprinted by size,
 //! modification time and content, before and after the plan, and the receipt is kept only if they and the
-//! generation stayed the same throughout; a plan that queued, retracted, quarantined, held or reported anything
-//! for an admin gets none; and a receipt stands for at most [`FULL_PLAN_EVERY`], so everything is planned in
+//! generation stayed the same throughout; a plan that queued, retracted, held or reported anything for an admin
+//! to act on gets none (quarantined rows stay quarantined and are reported again); and a receipt stands for at most [`FULL_PLAN_EVERY`], so everything is planned in
 //! full at least that often whatever else this fingerprint might have missed. A skip sends and deletes
 //! nothing: the worst a wrong one could do is leave a change to the next full plan.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -141,6 +140,12 @@ impl Check {
     }
 }
 
+/// Whether reading consent found nothing to report: no statement newly read, no withdrawal, no hold, no
+/// unreadable export. Also asked of the read a cycle makes before planning, which a skip would otherwise drop.
+pub(super) fn consent_quiet(r: &IngestReport) -> bool {
+    r.consent_statements == 0 && r.withdrawals.is_empty() && r.consent_held.is_empty() && r.consent_unreadable.is_none()
+}
+
 /// Whether a plan changed nothing and reported nothing an admin must act on this cycle. Quarantined rows do not
 /// count: they stay in quarantine (a same row is kept once), the report says how many, and removing one from
 /// quarantine changes the generation, so the next plan quarantines it again if it is still in the file.
@@ -150,23 +155,24 @@ fn quiet(r: &IngestReport) -> bool {
         && r.unchanged_since.is_none()
         && r.queued.values().all(|n| *n == 0)
         && r.no_longer_allowed.values().all(|n| *n == 0)
-        && r.consent_statements == 0
-        && r.withdrawals.is_empty()
-        && r.consent_held.is_empty()
-        && r.consent_unreadable.is_none()
+        && consent_quiet(r)
         && m.failed_files().next().is_none()
         && r.sources.iter().all(|s| {
             !s.failed() && s.gone.is_empty() && s.retracting == 0 && s.refused.is_none() && s.waiting.is_empty()
         })
 }
 
-/// sha256 over each input's kind, path, size, modification time and content, in order.
+/// sha256 over each input's kind and path, in order, and each file's size, modification time and content (once
+/// per file: a source of several kinds, `person+consent`, is one file read once).
 async fn files_hash(inputs: Vec<Input>) -> Option<String> {
     tokio::task::spawn_blocking(move || {
         let mut h = Sha256::new();
+        let mut read = std::collections::HashSet::new();
         for input in &inputs {
             h.update(format!("{}\0{}\0", input.kind, input.path.display()).as_bytes());
-            file_into(&mut h, &input.path).ok()?;
+            if read.insert(&input.path) {
+                file_into(&mut h, &input.path).ok()?;
+            }
         }
         Some(crate::store::hex(&h.finalize()))
     })
@@ -180,14 +186,7 @@ fn file_into(h: &mut Sha256, path: &Path) -> std::io::Result<()> {
     let meta = f.metadata()?;
     let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     h.update(format!("{}\0{mtime}\0", meta.len()).as_bytes());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        h.update(&buf[..n]);
-    }
+    crate::store::sha256_update_from(h, &mut f)
 }
 
 /// sha256 over every file under `dir` (relative path and content, in path order): the mappings as loaded.
@@ -212,9 +211,9 @@ pub fn tree_hash(dir: &Path) -> Option<String> {
     let mut h = Sha256::new();
     for f in &files {
         h.update(format!("{}\0", f.strip_prefix(dir).unwrap_or(f).display()).as_bytes());
-        let text = std::fs::read(f).ok()?;
-        h.update(format!("{}\0", text.len()).as_bytes());
-        h.update(&text);
+        let mut file = std::fs::File::open(f).ok()?;
+        h.update(format!("{}\0", file.metadata().ok()?.len()).as_bytes());
+        crate::store::sha256_update_from(&mut h, &mut file).ok()?;
     }
     Some(crate::store::hex(&h.finalize()))
 }
