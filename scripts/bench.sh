@@ -272,33 +272,29 @@ PY
         --config "$run/config.toml" >"$run/initial.txt" 2>"$run/initial.log" || code=$?
     ok_exit "$code" || { echo "bench: the initial sync failed ($code):" >&2; tail -20 "$run/initial.log" >&2; exit 1; }
     cat "$run/initial.txt" >&2
-    echo "No-change cycle..." >&2
-    code2=0
-    /usr/bin/time -v -o "$run/time-nochange.txt" "$connector" sync --once --config "$run/config.toml" \
-        >"$run/nochange.txt" 2>"$run/nochange.log" || code2=$?
-    ok_exit "$code2" || { echo "bench: the second sync failed ($code2):" >&2; tail -20 "$run/nochange.log" >&2; exit 1; }
-    cat "$run/nochange.txt" >&2
+    # A no-change cycle: `sync --once` into $run/NAME.txt, .log and time-NAME.txt; it must succeed and queue
+    # nothing. Its exit code is left in code_NAME.
+    no_change_cycle() {
+        local name="$1" what="$2" code=0
+        echo "$what..." >&2
+        /usr/bin/time -v -o "$run/time-$name.txt" "$connector" sync --once --config "$run/config.toml" \
+            >"$run/$name.txt" 2>"$run/$name.log" || code=$?
+        ok_exit "$code" || { echo "bench: the $what failed ($code):" >&2; tail -20 "$run/$name.log" >&2; exit 1; }
+        cat "$run/$name.txt" >&2
+        if ! grep -q "queued: cito 0" "$run/$name.txt"; then
+            echo "bench: the $what queued something:" >&2
+            cat "$run/$name.txt" >&2
+            exit 1
+        fi
+        printf -v "code_$name" '%s' "$code"
+    }
+    no_change_cycle nochange "no-change cycle"
     # The cycle after: nothing was delivered by the one before, so each partner holds a plan receipt now
     # (`sync::receipt`) and is not planned again. Both are reported: the first plans in full.
-    echo "No-change cycle again..." >&2
-    code3=0
-    /usr/bin/time -v -o "$run/time-nochange2.txt" "$connector" sync --once --config "$run/config.toml" \
-        >"$run/nochange2.txt" 2>"$run/nochange2.log" || code3=$?
-    ok_exit "$code3" || { echo "bench: the third sync failed ($code3):" >&2; tail -20 "$run/nochange2.log" >&2; exit 1; }
-    cat "$run/nochange2.txt" >&2
-    if ! grep -q "queued: cito 0" "$run/nochange2.txt"; then
-        echo "bench: the second no-change cycle queued something:" >&2
-        cat "$run/nochange2.txt" >&2
-        exit 1
-    fi
+    no_change_cycle nochange2 "second no-change cycle"
     held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
     if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
         echo "bench: the server holds Patient/Encounter/Organization $held, expected $n_patients $n_encounters $n_orgs" >&2
-        exit 1
-    fi
-    if ! grep -q "queued: cito 0" "$run/nochange.txt"; then
-        echo "bench: the no-change cycle queued something:" >&2
-        cat "$run/nochange.txt" >&2
         exit 1
     fi
     stop_hfs "$hfs_pid"
@@ -349,10 +345,10 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x the time, $(python3 -c "print(round($plain / $initial, 2))")x the rate (target: rate >= 0.95x)"
     echo "plain client that also searches for new Patients: ${plain_lookups}s ($(rate_of "$plain_lookups") resources/s); connector: $(python3 -c "print(round($plain_lookups / $initial, 2))")x its rate"
     mapping=$(seconds "$run/time-mapping.txt")
-    echo "no-change cycle:        ${nochange}s, exit $code2, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
+    echo "no-change cycle:        ${nochange}s, exit $code_nochange, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
     echo "mapping the same exports alone (mappings preview): ${mapping}s; no-change/mapping: $(python3 -c "print(round($nochange / $mapping, 2))")x"
     unchanged=$(grep -c "not planned again" "$run/nochange2.txt" || true)
-    echo "no-change cycle again:  ${nochange2}s, exit $code3, peak RSS $(rss_mib "$run/time-nochange2.txt") MiB, $unchanged partner(s) not planned again (plan receipts); no-change again/mapping: $(python3 -c "print(round($nochange2 / $mapping, 2))")x (target: <= 1.3x)"
+    echo "no-change cycle again:  ${nochange2}s, exit $code_nochange2, peak RSS $(rss_mib "$run/time-nochange2.txt") MiB, $unchanged partner(s) not planned again (plan receipts); no-change again/mapping: $(python3 -c "print(round($nochange2 / $mapping, 2))")x (target: <= 1.3x)"
     echo "files: $run (config, logs, GNU time reports)"
     ;;
 reconcile)
