@@ -24,9 +24,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Prepared statements each connection keeps (sqlx's default is 100). Planning and delivery prepare multi-row
 /// statements of hundreds of parameters, a few hundred kilobytes each once prepared, and a cycle's last chunks
 /// prepare one of each length they meet: 100 of them per connection were the largest part of a first load's
-/// heap, and with delivery running beside planning a first load of 102,000 resources peaked at 100 MiB (90 MiB
-/// with 16; a no-change cycle of 300,000 resources took no longer, measured).
-const STATEMENT_CACHE: usize = 16;
+/// heap. With delivery running beside planning, a first load of 102,000 resources at batch 500 peaked at
+/// 100 MiB with 100 statements, 90-100 MiB with 16, and 87-89 MiB with 8 and the page cache below; first loads
+/// of 10,000 people took as long (within the machine's noise) and no-change cycles too (`scripts/bench.sh`).
+const STATEMENT_CACHE: usize = 8;
+
+/// Each connection's page cache, in KiB (SQLite's default is 2,000 KiB; four connections). The store is read
+/// through its indexes a few rows at a time and the operating system caches the file's pages anyway: a smaller
+/// cache cost no measurable time and, with [`STATEMENT_CACHE`], took 11-13 MiB off a first load's peak.
+const PAGE_CACHE_KIB: u32 = 1024;
 
 pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
     let shown = redact_url(url);
@@ -47,6 +53,8 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
         // in the system's temporary folder, outside the state directory, and cost a write per page (a first
         // load of 10,000 people wrote 670 MiB there in 300,000 writes).
         .pragma("temp_store", "MEMORY")
+        // A negative size is in KiB.
+        .pragma("cache_size", format!("-{PAGE_CACHE_KIB}"))
         .statement_cache_capacity(STATEMENT_CACHE);
     let pool_options = if in_memory {
         // An in-memory database lives as long as a connection to it: keep exactly one, for ever.

@@ -154,6 +154,9 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
     let Inner::Sqlite(pool) = &store.inner else { unreachable!() };
     let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
     assert_eq!(temp_store, 2);
+    // A page cache of 1 MiB per connection (negative: in KiB), half SQLite's default.
+    let cache_size: i64 = sqlx::query_scalar("PRAGMA cache_size").fetch_one(pool).await.unwrap();
+    assert_eq!(cache_size, -1024);
     store.close().await;
 
     let mut raw = SqliteConnection::connect(&url).await.unwrap();
