@@ -25,7 +25,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// statements of hundreds of parameters, a few hundred kilobytes each once prepared, and a cycle's last chunks
 /// prepare one of each length they meet: 100 of them per connection were the largest part of a first load's
 /// heap. With delivery running beside planning, a first load of 102,000 resources at batch 500 peaked at
-/// 100 MiB with 100 statements, 90-100 MiB with 16, and 87-89 MiB with 8 and the page cache below; first loads
+/// 100 MiB with 100 statements, 90-100 MiB with 16, and 87-93 MiB with 8 and the page cache below; first loads
 /// of 10,000 people took as long (within the machine's noise) and no-change cycles too (`scripts/bench.sh`).
 const STATEMENT_CACHE: usize = 8;
 
