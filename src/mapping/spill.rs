@@ -80,8 +80,10 @@ type Table<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
 /// Bytes read from a run at a time; its first key is kept in memory.
 const BLOCK_BYTES: usize = 4096;
-/// Bloom filter bits per key: about a 1% false positive rate.
-const BLOOM_BITS_PER_KEY: usize = 10;
+/// Bloom filter bits per key: about a 3% false positive rate (a false positive costs one block's read, usually
+/// from the page cache). 10 bits (1%) held 1.3 MiB more when mapping a Hub export of 3 million rows, the most
+/// of what grows with an export's size, and mapped it no faster (`scripts/bench.sh mapping 1000000`).
+const BLOOM_BITS_PER_KEY: usize = 8;
 
 /// A digest-keyed map that spills to temporary files past `capacity` entries in memory.
 pub struct SpillMap<V: Fixed> {
