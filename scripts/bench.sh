@@ -15,7 +15,10 @@
 #                                     resources as the connector sends (the bodies a planning run of its own
 #                                     queued, provenance tag and confidentiality label included), precomputed, as
 #                                     transaction bundles of the same size and concurrency to a second fresh server
-#                                     (only the posting is timed).
+#                                     (only the posting is timed); and with a "durable floor"
+#                                     (scripts/bench/durable_floor.py: the plain client plus the least SQLite
+#                                     bookkeeping the connector's duties call for: queue, send intents, ledger,
+#                                     audit), to a third fresh server; each client's CPU seconds are printed too.
 #                                     Settings: BENCH_BATCH_SIZE (50), BENCH_CONCURRENCY (2), BENCH_RATE (10000
 #                                     requests/s, i.e. no limit), BENCH_STORE (sqlite, or postgres: a throwaway
 #                                     Debian PostgreSQL from scripts/pg-test-server.sh), HFS_BIN, HFS_DATA_DIR
@@ -301,8 +304,8 @@ PY
 
     start_hfs plain
     echo "Plain client: the same resources as $batch-entry transaction bundles, $concurrency at a time..." >&2
-    python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" --ndjson "$run/planned.ndjson" \
-        --batch-size "$batch" --concurrency "$concurrency" >"$run/plain.json"
+    /usr/bin/time -v -o "$run/time-plain.txt" python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" \
+        --ndjson "$run/planned.ndjson" --batch-size "$batch" --concurrency "$concurrency" >"$run/plain.json"
     held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
     if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
         echo "bench: the plain client's server holds $held, expected $n_patients $n_encounters $n_orgs" >&2
@@ -318,12 +321,25 @@ PY
         --batch-size "$batch" --concurrency "$concurrency" --lookups >"$run/plain-lookups.json"
     stop_hfs "$hfs_pid"
 
+    # A third: the plain client plus the least durable bookkeeping the connector's duties call for (a queue,
+    # send intents, ledger, hash-chained audit) in SQLite kept as the connector keeps it
+    # (scripts/bench/durable_floor.py): what any connector with those duties would cost on this machine.
+    start_hfs floor
+    echo "Durable floor: the plain client with a SQLite outbox, intents, ledger and audit..." >&2
+    /usr/bin/time -v -o "$run/time-floor.txt" python3 scripts/bench/durable_floor.py --base-url "http://127.0.0.1:$port" \
+        --ndjson "$run/planned.ndjson" --state "$run/floor.db" --batch-size "$batch" --concurrency "$concurrency" \
+        >"$run/floor.json"
+    stop_hfs "$hfs_pid"
+
     initial=$(seconds "$run/time-initial.txt")
     nochange=$(seconds "$run/time-nochange.txt")
     nochange2=$(seconds "$run/time-nochange2.txt")
     plain=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain.json")
     plain_lookups=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain-lookups.json")
+    floor=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/floor.json")
     bundles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundles"])' "$run/plain.json")
+    # cpu REPORT: user + system seconds from a GNU time -v report.
+    cpu() { awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.2f", u + s}' "$1"; }
     rate_of() { python3 -c "print(round($n_resources / $1))"; }
     # From the end of ingest (mapping and planning into the outbox) to the end of delivery, per the log: delivery
     # runs beside planning, so this is the part of it left when planning ends.
@@ -344,6 +360,8 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
     echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x the time, $(python3 -c "print(round($plain / $initial, 2))")x the rate (target: rate >= 0.95x)"
     echo "plain client that also searches for new Patients: ${plain_lookups}s ($(rate_of "$plain_lookups") resources/s); connector: $(python3 -c "print(round($plain_lookups / $initial, 2))")x its rate"
+    echo "durable floor (plain client + SQLite outbox, intents, ledger, audit): ${floor}s ($(rate_of "$floor") resources/s); its rate $(python3 -c "print(round($plain / $floor, 2))")x the plain client's; connector: $(python3 -c "print(round($floor / $initial, 2))")x its rate"
+    echo "CPU seconds (user + system) of each client: connector $(cpu "$run/time-initial.txt"), plain $(cpu "$run/time-plain.txt"), durable floor $(cpu "$run/time-floor.txt") (the server shares the same $(nproc) cores)"
     mapping=$(seconds "$run/time-mapping.txt")
     echo "no-change cycle:        ${nochange}s, exit $code_nochange, peak RSS $(rss_mib "$run/time-nochange.txt") MiB"
     echo "mapping the same exports alone (mappings preview): ${mapping}s; no-change/mapping: $(python3 -c "print(round($nochange / $mapping, 2))")x"
