@@ -334,10 +334,12 @@ PY
     initial=$(seconds "$run/time-initial.txt")
     nochange=$(seconds "$run/time-nochange.txt")
     nochange2=$(seconds "$run/time-nochange2.txt")
-    plain=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain.json")
-    plain_lookups=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/plain-lookups.json")
-    floor=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' "$run/floor.json")
-    bundles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundles"])' "$run/plain.json")
+    # field FILE KEY: KEY of the one JSON object in FILE (a client's summary line).
+    field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+    plain=$(field "$run/plain.json" seconds)
+    plain_lookups=$(field "$run/plain-lookups.json" seconds)
+    floor=$(field "$run/floor.json" seconds)
+    bundles=$(field "$run/plain.json" bundles)
     # cpu REPORT: user + system seconds from a GNU time -v report.
     cpu() { awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.2f", u + s}' "$1"; }
     rate_of() { python3 -c "print(round($n_resources / $1))"; }

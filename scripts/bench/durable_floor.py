@@ -34,6 +34,8 @@ import threading
 import time
 import urllib.parse
 
+from post_bundles import bundles
+
 SCHEMA = """
 PRAGMA journal_mode = WAL;
 CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, rtype TEXT NOT NULL, rid TEXT NOT NULL,
@@ -69,18 +71,12 @@ def main():
     parsed = urllib.parse.urlsplit(base)
     path = parsed.path or "/"
     lines = [line.strip() for line in open(args.ndjson, encoding="utf-8") if line.strip()]
-    # Before the clock: each row's key and hash, and each block's bundle (as post_bundles.py serialises them).
+    # Before the clock: each row's key and hash, and each block's bundle (post_bundles.py's own, in file order).
     keyed = []
     for line in lines:
         r = json.loads(line)
         keyed.append((r["resourceType"], r["id"], line, hashlib.sha256(line.encode()).hexdigest()))
-    blocks = []
-    for at in range(0, len(lines), args.batch_size):
-        entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
-                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}, "resource": r}
-                   for r in (json.loads(line) for line in lines[at:at + args.batch_size])]
-        blocks.append(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries},
-                                 ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    blocks = [body for body, _, _ in bundles(args.ndjson, base, args.batch_size, False)]
     db = connect(args.state)
     db.executescript(SCHEMA)
     local = threading.local()
