@@ -166,6 +166,7 @@ suite!(
     the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued,
     the_plan_generation_moves_with_every_change_plans_read_and_only_then,
     lease_keeps_seq_order_per_patient,
+    a_row_planned_ahead_of_the_clock_is_due_and_keeps_its_place,
     expired_lease_is_taken_over,
     complete_when_a_newer_plan_replaced_the_row,
     complete_delete_removes_the_ledger_entry,
@@ -630,6 +631,21 @@ async fn lease_keeps_seq_order_per_patient(db: &Db) {
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[0].last_error.as_deref(), Some("timeout"));
     assert!(store.lease(CITO, "w", 0, LONG, at(61)).await.unwrap().is_empty());
+}
+
+/// The clock was set back between two plans of one person: the first row's `not_before` (the time it was
+/// planned) is ahead of the clock. It is due all the same, and the later row does not overtake it.
+async fn a_row_planned_ahead_of_the_clock_is_due_and_keeps_its_place(db: &Db) {
+    let store = db.connect().await;
+    store.enqueue(&[upsert(CITO, "Patient", "1", Some("Patient/A"), "1")], at(100)).await.unwrap();
+    store.enqueue(&[upsert(CITO, "Encounter", "2", Some("Patient/A"), "2")], at(10)).await.unwrap();
+    assert_eq!(ids(&store.lease(CITO, "x", 1, LONG, at(20)).await.unwrap()), ["1"]);
+    assert!(store.lease(CITO, "y", 10, LONG, at(20)).await.unwrap().is_empty(), "2 waits for 1, leased");
+    // Once it has failed, its not_before is a back-off and holds the person's later writes.
+    let first = pending(&store, CITO).await[0].seq;
+    store.retry_later(first, at(60), "timeout").await.unwrap();
+    assert!(store.lease(CITO, "y", 10, LONG, at(30)).await.unwrap().is_empty(), "1 backs off, 2 waits");
+    assert_eq!(ids(&store.lease(CITO, "y", 10, LONG, at(60)).await.unwrap()), ["1", "2"]);
 }
 
 async fn expired_lease_is_taken_over(db: &Db) {

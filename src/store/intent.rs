@@ -121,7 +121,7 @@ impl Store {
                  i.origin, i.content_hash, i.agreement, i.lawful_basis, i.consent, i.since FROM send_intent i \
                  WHERE i.destination = $1 AND NOT EXISTS (SELECT 1 FROM outbox o \
                      WHERE o.destination = i.destination AND o.resource_type = i.resource_type \
-                     AND o.resource_id = i.resource_id AND o.lease_until > $2) \
+                     AND o.resource_id = i.resource_id AND o.dead = FALSE AND o.lease_until > $2) \
                  ORDER BY i.since LIMIT $3",
             )
             .bind(destination)

@@ -23,7 +23,9 @@ const MEMO_UNCHANGED: &str = "SELECT m.resource_type AS t, m.resource_id AS i, m
 const MEMO_UNCHANGED_END: &str = " AND m.resource_type = k.t AND m.resource_id = k.i AND m.input_hash = k.f \
      AND l.destination = m.destination AND l.resource_type = k.t AND l.resource_id = k.i \
      AND l.content_hash = m.content_hash AND NOT EXISTS (SELECT 1 FROM outbox o \
-     WHERE o.destination = m.destination AND o.resource_type = k.t AND o.resource_id = k.i)";
+     WHERE o.destination = m.destination AND o.resource_type = k.t AND o.resource_id = k.i AND o.dead = FALSE) \
+     AND NOT EXISTS (SELECT 1 FROM outbox o \
+     WHERE o.destination = m.destination AND o.resource_type = k.t AND o.resource_id = k.i AND o.dead = TRUE)";
 
 impl Store {
     /// Records (or replaces) the memo of each resource.

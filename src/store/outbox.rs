@@ -286,9 +286,12 @@ impl Store {
 
     /// Leases up to `max` due rows of `destination` to `owner` for `lease_for`, in `seq` order.
     ///
-    /// A row is due when `not_before <= now`, it is not dead, its lease is free or expired, and no earlier
-    /// pending row of the same patient is leased (by anyone, this owner included: the earlier lease may be in
-    /// another task's hands) or backing off. Rows without a patient are independent.
+    /// A row is due when it is not dead, its lease is free or expired, `not_before <= now` (a row never leased
+    /// and never failed is due at once: its `not_before` is the time it was planned, which a clock set back
+    /// may put ahead of `now`), and no earlier pending row of the same patient is leased (by anyone, this
+    /// owner included: the earlier lease may be in another task's hands) or backing off. Rows without a
+    /// patient are independent. Only rows that were leased or failed are indexed by patient
+    /// (`outbox_busy`): a first load's every queued row was an index write at a random place, twice.
     pub async fn lease(
         &self,
         destination: &str,
@@ -567,10 +570,7 @@ where
             for (resource_type, id, hash) in hashes {
                 states.entry((dest.to_string(), resource_type, id)).or_default().ledger_hash = Some(hash);
             }
-            let mut qb = with_keys::<DB>(chunk.iter().copied());
-            qb.push(KEYS_OUTBOX_ROWS);
-            qb.push_bind(dest.to_string());
-            let rows: Vec<StoredRow> = qb
+            let rows: Vec<StoredRow> = keys_outbox_rows::<DB>(chunk, dest)
                 .build_query_as()
                 .fetch_all(&mut *conn)
                 .await
@@ -590,12 +590,33 @@ where
         .collect())
 }
 
-/// Lookups of many keys: each follows [`with_keys`] and is followed by the bound destination.
+/// Lookups of many keys: each follows [`with_keys`]; the ledger's is followed by the bound destination, the
+/// outbox's by a condition on `o.dead` and the destination (see [`keys_outbox_rows`]).
 pub(super) const KEYS_LEDGER_HASHES: &str = "SELECT l.resource_type, l.resource_id, l.content_hash FROM k CROSS JOIN ledger l \
      WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
 pub(super) const KEYS_OUTBOX_ROWS: &str = "SELECT o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, \
      o.lease_until FROM k CROSS JOIN outbox o \
-     WHERE o.resource_type = k.t AND o.resource_id = k.i AND o.destination = ";
+     WHERE o.resource_type = k.t AND o.resource_id = k.i";
+
+/// The outbox rows of `keys` at `dest`: pending rows and dead letters, each through its own index
+/// (`outbox_one_pending`, `outbox_dead_key`); no index holds both.
+pub(super) fn keys_outbox_rows<'k, DB>(keys: &[&'k ResourceKey], dest: &str) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    DB::Arguments: Default,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut qb = with_keys::<DB>(keys.iter().copied());
+    for dead in ["FALSE", "TRUE"] {
+        if dead == "TRUE" {
+            qb.push(" UNION ALL ");
+        }
+        qb.push(KEYS_OUTBOX_ROWS);
+        qb.push(format!(" AND o.dead = {dead} AND o.destination = "));
+        qb.push_bind(dest.to_string());
+    }
+    qb
+}
 
 /// Cancelling a pending row (consent withdrawals; enqueue on SQLite cancels many in one statement).
 pub(crate) const OUTBOX_CANCEL: &str = "DELETE FROM outbox WHERE seq = $1 AND dead = FALSE";

@@ -81,14 +81,27 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<()> {
 /// over, so concurrent instances never lease the same row.
 const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease_seq = seq \
      WHERE seq IN (SELECT o.seq FROM outbox o \
-         WHERE o.destination = $1 AND o.dead = FALSE AND o.not_before <= $5 \
+         WHERE o.destination = $1 AND o.dead = FALSE \
+         AND (o.not_before <= $5 OR (o.attempts = 0 AND o.lease_until IS NULL)) \
          AND (o.lease_until IS NULL OR o.lease_until <= $5) \
          AND (o.patient IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e \
              WHERE e.destination = o.destination AND e.patient = o.patient AND e.dead = FALSE \
+             AND (e.lease_until IS NOT NULL OR e.attempts > 0) \
              AND e.seq < o.seq AND (e.not_before > $5 OR e.lease_until > $5))) \
          ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
      RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
          not_before, last_error, dead, created_at, origin";
+
+/// The outbox rows of the keys `UNNEST($1, $2, $3)` (destination, type, id), locked: pending rows, then dead
+/// letters.
+const KEYS_OUTBOX_ROWS_LOCKED: [&str; 2] = [
+    "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, o.lease_until \
+     FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+     ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i WHERE NOT o.dead FOR UPDATE OF o",
+    "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, o.lease_until \
+     FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+     ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i WHERE o.dead FOR UPDATE OF o",
+];
 
 /// Leases in one transaction. Leasers of one destination take turns (a transaction advisory lock): the
 /// per-patient check reads other rows' leases, and without the turn two instances could each see the other's
@@ -151,18 +164,20 @@ pub(super) async fn apply(pool: &PgPool, items: &[&OutboxItem], now: i64) -> Res
     let t: Vec<&str> = items.iter().map(|i| i.key.resource_type.as_str()).collect();
     let k: Vec<&str> = items.iter().map(|i| i.key.id.as_str()).collect();
     // Rows first, under lock: a `complete` that committed before the locks were granted is then visible in
-    // the ledger read that follows (each statement sees what was committed when it started).
-    let rows: Vec<KeyedRow> = sqlx::query_as(
-        "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, o.lease_until \
-         FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
-         ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i FOR UPDATE OF o",
-    )
-    .bind(&d)
-    .bind(&t)
-    .bind(&k)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(StoreError::query("enqueue: reading the outbox"))?;
+    // the ledger read that follows (each statement sees what was committed when it started). Pending rows
+    // and dead letters each through their own index (`outbox_one_pending`, `outbox_dead_key`).
+    let mut rows: Vec<KeyedRow> = Vec::new();
+    for sql in KEYS_OUTBOX_ROWS_LOCKED {
+        rows.extend(
+            sqlx::query_as::<_, KeyedRow>(sql)
+                .bind(&d)
+                .bind(&t)
+                .bind(&k)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::query("enqueue: reading the outbox"))?,
+        );
+    }
     let hashes: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT l.destination, l.resource_type, l.resource_id, l.content_hash \
          FROM ledger l JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \

@@ -140,10 +140,12 @@ async fn migrate(pool: &SqlitePool, shown: &str) -> Result<()> {
 /// Rows of `destination` that may go out now, oldest first; see [`super::Store::lease`].
 pub(super) const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease_seq = seq \
      WHERE seq IN (SELECT o.seq FROM outbox o \
-         WHERE o.destination = $1 AND o.dead = FALSE AND o.not_before <= $5 \
+         WHERE o.destination = $1 AND o.dead = FALSE \
+         AND (o.not_before <= $5 OR (o.attempts = 0 AND o.lease_until IS NULL)) \
          AND (o.lease_until IS NULL OR o.lease_until <= $5) \
          AND (o.patient IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e \
              WHERE e.destination = o.destination AND e.patient = o.patient AND e.dead = FALSE \
+             AND (e.lease_until IS NOT NULL OR e.attempts > 0) \
              AND e.seq < o.seq AND (e.not_before > $5 OR e.lease_until > $5))) \
          ORDER BY o.seq LIMIT $3) \
      RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
