@@ -22,9 +22,9 @@ const START: &str = "audit_chain_start";
 /// already holds the write lock) and reads it.
 const HEAD_LOCK: &str = "UPDATE settings SET value = value WHERE name = 'audit_chain_head' RETURNING value";
 const HEAD_SET: &str = "UPDATE settings SET value = $1 WHERE name = 'audit_chain_head'";
-const INSERT_INTO: &str = "INSERT INTO audit (at, action, destination, person, resource_type, resource_id, \
-     version_id, content_hash, partner, category, agreement, lawful_basis, consent, reason, prev_hash, hash) VALUES ";
-/// The columns [`bind_audit`] binds.
+const INSERT_COLUMNS: &str = "INSERT INTO audit (at, action, destination, person, resource_type, resource_id, \
+     version_id, content_hash, partner, category, agreement, lawful_basis, consent, reason, prev_hash, hash)";
+/// The columns [`INSERT_COLUMNS`] names.
 const COLUMNS: usize = 16;
 
 /// The fields an entry's hash covers, in a fixed order (its id is not among them: it is given by the
@@ -88,37 +88,6 @@ fn head_of(head: Option<String>) -> Result<(u64, String)> {
     parse_head(&head)
 }
 
-/// Binds an entry, its predecessor's hash and its own to [`INSERT_INTO`]'s columns.
-fn bind_audit<'q, DB: sqlx::Database>(
-    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
-    e: &'q AuditEntry,
-    prev: String,
-    hash: String,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
-where
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    &'q Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    q.bind(ms(e.at))
-        .bind(e.action.as_str())
-        .bind(&e.destination)
-        .bind(&e.person)
-        .bind(&e.resource_type)
-        .bind(&e.resource_id)
-        .bind(&e.version_id)
-        .bind(&e.content_hash)
-        .bind(&e.partner)
-        .bind(&e.category)
-        .bind(&e.agreement)
-        .bind(&e.lawful_basis)
-        .bind(&e.consent)
-        .bind(&e.reason)
-        .bind(prev)
-        .bind(hash)
-}
-
 /// Appends `entries`, chained in their order, inside the caller's SQLite transaction (which holds the write
 /// lock): the head read once, the entries inserted with one multi-row statement per
 /// [`super::ROWS_PER_STATEMENT`] (SQLite numbers them in that order), the head moved once. Each statement is
@@ -130,15 +99,36 @@ pub(crate) async fn append_chained_sqlite(conn: &mut sqlx::SqliteConnection, ent
     }
     let head = sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
     let (count, mut prev) = head_of(head)?;
-    for chunk in entries.chunks(super::ROWS_PER_STATEMENT) {
-        let insert = format!("{INSERT_INTO}{}", super::values_list(chunk.len(), COLUMNS, false));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert));
-        for e in chunk {
-            let hash = chain_hash(&prev, e);
-            q = bind_audit(q, e, std::mem::replace(&mut prev, hash.clone()), hash);
-        }
-        q.execute(&mut *conn).await.map_err(StoreError::query(op))?;
+    let mut rows = Vec::with_capacity(entries.len());
+    for e in entries {
+        let hash = chain_hash(&prev, e);
+        let prev = std::mem::replace(&mut prev, hash.clone());
+        rows.push((
+            ms(e.at),
+            e.action.as_str(),
+            &e.destination,
+            &e.person,
+            &e.resource_type,
+            &e.resource_id,
+            &e.version_id,
+            &e.content_hash,
+            &e.partner,
+            &e.category,
+            &e.agreement,
+            &e.lawful_basis,
+            &e.consent,
+            &e.reason,
+            prev,
+            hash,
+        ));
     }
+    // In the array's order (`key` is the index): SQLite numbers the rows as they come, the chain's order.
+    let insert = format!("{INSERT_COLUMNS} {} ORDER BY key", super::json_select(COLUMNS));
+    sqlx::query(sqlx::AssertSqlSafe(insert))
+        .bind(super::json_rows(rows))
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::query(op))?;
     sqlx::query(HEAD_SET)
         .bind(format!("{} {prev}", count + entries.len() as u64))
         .execute(&mut *conn)

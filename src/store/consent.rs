@@ -394,10 +394,7 @@ impl Store {
                     "SELECT {STATEMENT_COLUMNS} FROM consent_statements WHERE id IN \
                      (SELECT MAX(id) FROM consent_statements WHERE person IN ("
                 ));
-                let mut sep = qb.separated(", ");
-                for p in chunk {
-                    sep.push_bind(p.clone());
-                }
+                super::push_in_list(&mut qb, chunk);
                 qb.push(") GROUP BY person, partner, record_key) ORDER BY person, effective, id");
                 qb.build_query_as().fetch_all(pool).await
             })

@@ -80,16 +80,39 @@ impl Store {
         if intents.is_empty() {
             return Ok(());
         }
-        // One statement per 500 intents (a statement is a round trip; on SQLite to its worker thread).
-        let numbered = self.backend() == super::Backend::Postgres;
+        const INSERT: &str = "INSERT INTO send_intent (destination, resource_type, resource_id, held_hash, \
+             remote_id, patient, origin, content_hash, agreement, lawful_basis, consent, since)";
+        const ON_CONFLICT: &str = "ON CONFLICT (destination, resource_type, resource_id, held_hash) DO NOTHING";
+        if let super::Inner::Sqlite(pool) = &self.inner {
+            // One statement whatever their number, its rows one JSON parameter (see `json_rows`).
+            let rows = super::json_rows(intents.iter().map(|i| {
+                (
+                    &i.destination,
+                    &i.resource_type,
+                    &i.resource_id,
+                    &i.held_hash,
+                    &i.remote_id,
+                    &i.patient,
+                    i.origin.as_ref().map(Provenance::encode),
+                    &i.content_hash,
+                    &i.agreement,
+                    &i.lawful_basis,
+                    &i.consent,
+                    ms(i.since),
+                )
+            }));
+            let sql = format!("{INSERT} {} WHERE true {ON_CONFLICT}", super::json_select(12));
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(rows)
+                .execute(pool)
+                .await
+                .map_err(StoreError::query("intents_record"))?;
+            return Ok(());
+        }
+        // PostgreSQL: one statement per 500 intents (a statement is a round trip).
         in_tx!(self, "intents_record", |tx| {
             for chunk in intents.chunks(super::ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "INSERT INTO send_intent (destination, resource_type, resource_id, held_hash, remote_id, \
-                     patient, origin, content_hash, agreement, lawful_basis, consent, since) VALUES {} \
-                     ON CONFLICT (destination, resource_type, resource_id, held_hash) DO NOTHING",
-                    super::values_list(chunk.len(), 12, numbered)
-                );
+                let sql = format!("{INSERT} VALUES {} {ON_CONFLICT}", super::values_list(chunk.len(), 12, true));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for i in chunk {
                     q = q

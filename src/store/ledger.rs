@@ -154,6 +154,47 @@ where
         .bind(e.sent_version.clone())
 }
 
+/// A ledger entry as a row of a [`super::json_rows`] parameter, in [`LEDGER_COLUMNS`] order, as
+/// [`bind_ledger`] binds it.
+#[allow(clippy::type_complexity)]
+pub(super) fn ledger_row(
+    e: &LedgerEntry,
+) -> (
+    &str,
+    &str,
+    &str,
+    &str,
+    &Option<String>,
+    &str,
+    bool,
+    &Option<String>,
+    i64,
+    Option<String>,
+    &Option<String>,
+    &Option<String>,
+    &Option<String>,
+    bool,
+    &Option<String>,
+) {
+    (
+        &e.destination,
+        &e.key.resource_type,
+        &e.key.id,
+        &e.remote_id,
+        &e.version_id,
+        &e.content_hash,
+        e.linked,
+        &e.patient,
+        ms(e.updated_at),
+        e.origin.as_ref().map(Provenance::encode),
+        &e.source_fp,
+        &e.held_hash,
+        &e.prev_hash,
+        e.remote_edits,
+        &e.sent_version,
+    )
+}
+
 pub(super) const KEYS_LEDGER_ENTRIES: &str = "SELECT l.* FROM k CROSS JOIN ledger l \
      WHERE l.resource_type = k.t AND l.resource_id = k.i AND l.destination = ";
 /// [`KEYS_LEDGER_ENTRIES`] for SQLite, answered in one row: a JSON array with an array per entry, its columns

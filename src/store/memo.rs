@@ -33,15 +33,30 @@ impl Store {
         if memos.is_empty() {
             return Ok(());
         }
-        let numbered = self.backend() == super::Backend::Postgres;
+        const INSERT: &str = "INSERT INTO plan_memo (destination, resource_type, resource_id, input_hash, content_hash)";
+        const ON_CONFLICT: &str = "ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET \
+             input_hash = excluded.input_hash, content_hash = excluded.content_hash";
+        if let Inner::Sqlite(pool) = &self.inner {
+            // One statement per 500 whatever their number, its rows one JSON parameter (see `json_rows`).
+            let sql = format!("{INSERT} {} WHERE true {ON_CONFLICT}", super::json_select(5));
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query("memo_put"))?;
+            for chunk in memos.chunks(super::ROWS_PER_STATEMENT) {
+                let rows = super::json_rows(chunk.iter().map(|(key, m)| {
+                    (destination, &key.resource_type, &key.id, &m.input_hash, &m.content_hash)
+                }));
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(rows)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("memo_put"))?;
+            }
+            tx.commit().await.map_err(StoreError::query("memo_put"))?;
+            return Ok(());
+        }
+        // PostgreSQL: one statement per 500.
         in_tx!(self, "memo_put", |tx| {
             for chunk in memos.chunks(super::ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "INSERT INTO plan_memo (destination, resource_type, resource_id, input_hash, content_hash) \
-                     VALUES {} ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET \
-                     input_hash = excluded.input_hash, content_hash = excluded.content_hash",
-                    super::values_list(chunk.len(), 5, numbered)
-                );
+                let sql = format!("{INSERT} VALUES {} {ON_CONFLICT}", super::values_list(chunk.len(), 5, true));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (key, m) in chunk {
                     q = q

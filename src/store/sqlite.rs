@@ -13,7 +13,7 @@ use super::error::redact_url;
 use super::plan::{self, Action};
 use super::{
     AuditEntry, CLEAR_LEASE_BY_TOKEN, Completion, LEDGER_BOUND, LEDGER_COLUMNS, LEDGER_ON_CONFLICT, LedgerEntry,
-    OutboxDb, OutboxItem, Result, StoreError, bind_ledger, values_list,
+    OutboxDb, OutboxItem, Result, StoreError, json_rows, json_select,
 };
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -21,13 +21,13 @@ pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// How long a statement waits for another connection's write lock before failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Prepared statements each connection keeps (sqlx's default is 100). Planning and delivery prepare multi-row
-/// statements of hundreds of parameters, a few hundred kilobytes each once prepared, and a cycle's last chunks
-/// prepare one of each length they meet: 100 of them per connection were the largest part of a first load's
-/// heap. With delivery running beside planning, a first load of 102,000 resources at batch 500 peaked at
-/// 100 MiB with 100 statements, 90-100 MiB with 16, and 87-93 MiB with 8 and the page cache below; first loads
-/// of 10,000 people took as long (within the machine's noise) and no-change cycles too (`scripts/bench.sh`).
-const STATEMENT_CACHE: usize = 8;
+/// Prepared statements each connection keeps (sqlx's default is 100). The many-row statements of planning and
+/// delivery take their rows as one JSON parameter (`json_rows`), so each has one text, a few hundred bytes
+/// prepared, whatever the number of rows; a delivered bundle's cycle uses about fifteen of them. Eight,
+/// when those statements were `VALUES` lists of each length (a few hundred kilobytes each at 500 rows),
+/// kept the heap down but were all evicted within a cycle: every statement was parsed again, a tenth of a
+/// first load's CPU time.
+const STATEMENT_CACHE: usize = 32;
 
 /// Each connection's page cache, in KiB (SQLite's default is 2,000 KiB; four connections). The store is read
 /// through its indexes a few rows at a time and the operating system caches the file's pages anyway: a smaller
@@ -237,28 +237,32 @@ pub(super) async fn apply(pool: &SqlitePool, items: &[&OutboxItem], now: i64) ->
         .await
         .map_err(StoreError::query(op))?;
     }
-    for chunk in inserts.chunks(super::ROWS_PER_STATEMENT) {
-        let sql = format!(
+    if !inserts.is_empty() {
+        let rows = json_rows(inserts.iter().map(|(seq, item)| {
+            (
+                seq,
+                &item.destination,
+                &item.key.resource_type,
+                &item.key.id,
+                &item.patient,
+                item.op.as_str(),
+                &item.content_hash,
+                super::body_of(item),
+                origin(item),
+            )
+        }));
+        sqlx::query(
             "INSERT INTO outbox (seq, destination, resource_type, resource_id, patient, op, content_hash, body, \
              attempts, not_before, dead, created_at, origin) \
-             SELECT column1, column2, column3, column4, column5, column6, column7, column8, 0, ?, FALSE, ?, column9 \
-             FROM (VALUES {})",
-            values_list(chunk.len(), 9, false)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(now);
-        for (seq, item) in chunk {
-            q = q
-                .bind(seq)
-                .bind(&item.destination)
-                .bind(&item.key.resource_type)
-                .bind(&item.key.id)
-                .bind(&item.patient)
-                .bind(item.op.as_str())
-                .bind(&item.content_hash)
-                .bind(super::body_of(item))
-                .bind(origin(item));
-        }
-        q.execute(&mut *tx).await.map_err(StoreError::query(op))?;
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, \
+             value ->> 7, 0, ?, FALSE, ?, value ->> 8 FROM jsonb_each(?)",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(rows)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(op))?;
     }
     tx.commit().await.map_err(StoreError::query(op))?;
     Ok(changed)
@@ -301,19 +305,35 @@ async fn delete_keys<'k>(
     what: &'static str,
 ) -> Result<()> {
     let keys: Vec<[&str; 3]> = keys.collect();
-    for chunk in keys.chunks(super::ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "DELETE FROM {table} WHERE (destination, resource_type, resource_id) IN (VALUES {})",
-            values_list(chunk.len(), 3, false)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for key in chunk {
-            q = q.bind(key[0]).bind(key[1]).bind(key[2]);
-        }
-        q.execute(&mut *tx).await.map_err(StoreError::query(what))?;
+    if keys.is_empty() {
+        return Ok(());
     }
+    sqlx::query(sqlx::AssertSqlSafe(delete_keys_sql(table)))
+        .bind(json_rows(keys))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query(what))?;
     Ok(())
 }
+
+/// Deletes the rows of `table` whose (destination, resource_type, resource_id) is in the JSON array bound.
+pub(super) fn delete_keys_sql(table: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE (destination, resource_type, resource_id) IN \
+         (SELECT value ->> 0, value ->> 1, value ->> 2 FROM jsonb_each(?))"
+    )
+}
+
+/// Removes delivered outbox rows, given as a JSON array of `[seq, op, content_hash]`: the rows as leased (same
+/// seq), then, for those replaced meanwhile, a replacement that came back to the same content (leased under
+/// the old seq). Each returns the seq it was given for each row it removed.
+pub(super) const OUTBOX_DONE: [&str; 2] = [
+    "DELETE FROM outbox WHERE (seq, op, content_hash) IN \
+     (SELECT value ->> 0, value ->> 1, value ->> 2 FROM jsonb_each(?)) RETURNING seq",
+    "DELETE FROM outbox WHERE (lease_seq, op, content_hash) IN \
+     (SELECT value ->> 0, value ->> 1, value ->> 2 FROM jsonb_each(?)) \
+     AND lease_seq IS NOT NULL AND dead = FALSE RETURNING lease_seq",
+];
 
 /// [`super::Store::complete_many`] on SQLite for rows of distinct keys, in one transaction and a few
 /// statements per [`super::ROWS_PER_STATEMENT`] rows, in the steps of PostgreSQL's `complete`: every
@@ -336,16 +356,13 @@ pub(super) async fn complete(pool: &SqlitePool, done: &[Completion<'_>], now: i6
     let deleted = done.iter().filter(|c| c.ledger.is_none()).map(key_of);
     delete_keys(&mut tx, "ledger", deleted, "complete: writing the ledger").await?;
     let written: Vec<&LedgerEntry> = done.iter().filter_map(|c| c.ledger).collect();
-    for chunk in written.chunks(super::ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES {} {LEDGER_ON_CONFLICT}",
-            values_list(chunk.len(), LEDGER_BOUND, false)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            q = bind_ledger(q, e);
-        }
-        q.execute(&mut *tx).await.map_err(StoreError::query("complete: writing the ledger"))?;
+    if !written.is_empty() {
+        let sql = format!("INSERT INTO ledger ({LEDGER_COLUMNS}) {} WHERE true {LEDGER_ON_CONFLICT}", json_select(LEDGER_BOUND));
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(json_rows(written.into_iter().map(super::ledger::ledger_row)))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("complete: writing the ledger"))?;
     }
     let audits: Vec<&AuditEntry> = done.iter().filter_map(|c| c.audit).collect();
     super::audit::append_chained_sqlite(&mut tx, &audits).await?;
@@ -356,24 +373,19 @@ pub(super) async fn complete(pool: &SqlitePool, done: &[Completion<'_>], now: i6
     // The rows as leased (same seq); then, for those replaced meanwhile, a replacement that came back to the
     // same content (leased under the old seq); the rest keep their newer plan, without the lease.
     let mut left: Vec<&Completion<'_>> = done.iter().collect();
-    for (column, also) in [("seq", ""), ("lease_seq", " AND dead = FALSE")] {
-        for chunk in std::mem::take(&mut left).chunks(super::ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "DELETE FROM outbox WHERE ({column}, op, content_hash) IN (VALUES {}){also} RETURNING {column}",
-                values_list(chunk.len(), 3, false)
-            );
-            let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
-            for c in chunk {
-                q = q.bind(c.row.seq).bind(c.row.item.op.as_str()).bind(&c.row.item.content_hash);
-            }
-            let gone: std::collections::HashSet<i64> = q
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::query("complete: removing the outbox rows"))?
-                .into_iter()
-                .collect();
-            left.extend(chunk.iter().filter(|c| !gone.contains(&c.row.seq)));
+    for sql in OUTBOX_DONE {
+        if left.is_empty() {
+            break;
         }
+        let rows = json_rows(left.iter().map(|c| (c.row.seq, c.row.item.op.as_str(), &c.row.item.content_hash)));
+        let gone: std::collections::HashSet<i64> = sqlx::query_scalar::<_, i64>(sql)
+            .bind(rows)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query("complete: removing the outbox rows"))?
+            .into_iter()
+            .collect();
+        left.retain(|c| !gone.contains(&c.row.seq));
     }
     for c in left {
         sqlx::query(CLEAR_LEASE_BY_TOKEN)
