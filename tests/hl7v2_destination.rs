@@ -252,9 +252,12 @@ async fn a_cycle_sends_every_allowed_resource_once_then_nothing_then_one_a31_and
     }
     let all: HashSet<String> = defined();
     assert_eq!(kinds, all, "the fixtures exercise every message definition");
-    // Documents: the record in readable lines (TX, a line per repetition), without the person's details.
-    let contact =
-        received.iter().find(|m| m["type"] == "MDM^T02^MDM_T02" && m["raw"].as_str().unwrap().contains("YH-CONTACT"));
+    // Documents: the record in readable lines (TX, a line per repetition), without the person's details. The
+    // Hub's first contact (C-5001): people's messages go out side by side, in no fixed order between people.
+    let contact = received.iter().find(|m| {
+        let raw = m["raw"].as_str().unwrap();
+        m["type"] == "MDM^T02^MDM_T02" && raw.contains("YH-CONTACT") && raw.contains("Contact ID: C-5001")
+    });
     let obx = segment(contact.expect("a contact document"), "OBX").unwrap();
     assert_eq!(obx[2], "TX");
     assert!(obx[5].split('~').any(|l| l.starts_with("Type: Welcoming conversation")), "{}", obx[5]);
