@@ -33,7 +33,8 @@ impl Store {
         if memos.is_empty() {
             return Ok(());
         }
-        const INSERT: &str = "INSERT INTO plan_memo (destination, resource_type, resource_id, input_hash, content_hash)";
+        const INSERT: &str =
+            "INSERT INTO plan_memo (destination, resource_type, resource_id, input_hash, content_hash)";
         const ON_CONFLICT: &str = "ON CONFLICT (destination, resource_type, resource_id) DO UPDATE SET \
              input_hash = excluded.input_hash, content_hash = excluded.content_hash";
         if let Inner::Sqlite(pool) = &self.inner {
@@ -41,9 +42,11 @@ impl Store {
             let sql = format!("{INSERT} {} WHERE true {ON_CONFLICT}", super::json_select(5));
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query("memo_put"))?;
             for chunk in memos.chunks(super::ROWS_PER_STATEMENT) {
-                let rows = super::json_rows(chunk.iter().map(|(key, m)| {
-                    (destination, &key.resource_type, &key.id, &m.input_hash, &m.content_hash)
-                }));
+                let rows = super::json_rows(
+                    chunk
+                        .iter()
+                        .map(|(key, m)| (destination, &key.resource_type, &key.id, &m.input_hash, &m.content_hash)),
+                );
                 sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                     .bind(rows)
                     .execute(&mut *tx)

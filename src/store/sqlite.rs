@@ -357,7 +357,10 @@ pub(super) async fn complete(pool: &SqlitePool, done: &[Completion<'_>], now: i6
     delete_keys(&mut tx, "ledger", deleted, "complete: writing the ledger").await?;
     let written: Vec<&LedgerEntry> = done.iter().filter_map(|c| c.ledger).collect();
     if !written.is_empty() {
-        let sql = format!("INSERT INTO ledger ({LEDGER_COLUMNS}) {} WHERE true {LEDGER_ON_CONFLICT}", json_select(LEDGER_BOUND));
+        let sql = format!(
+            "INSERT INTO ledger ({LEDGER_COLUMNS}) {} WHERE true {LEDGER_ON_CONFLICT}",
+            json_select(LEDGER_BOUND)
+        );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(json_rows(written.into_iter().map(super::ledger::ledger_row)))
             .execute(&mut *tx)

@@ -327,7 +327,10 @@ async fn hot_statements_use_indexes() {
     let refs: Vec<&ResourceKey> = keys.iter().collect();
     let plan = plan_of(&mut conn, keys_outbox_rows::<sqlx::Sqlite>(&refs, "cito").sql().as_str()).await;
     for index in ["outbox_one_pending", "outbox_dead_key"] {
-        assert!(plan.contains(&format!("USING INDEX {index} (destination=? AND resource_type=? AND resource_id=?)")), "{plan}");
+        assert!(
+            plan.contains(&format!("USING INDEX {index} (destination=? AND resource_type=? AND resource_id=?)")),
+            "{plan}"
+        );
     }
     assert!(!plan.lines().any(|l| l.contains("SCAN o")), "{plan}");
     // The lease's per-person check reads only the rows leased or failed.
@@ -337,7 +340,10 @@ async fn hot_statements_use_indexes() {
     let removals = ["ledger", "withheld", "send_intent"].map(sqlite::delete_keys_sql);
     for sql in removals.iter().map(String::as_str).chain(sqlite::OUTBOX_DONE) {
         let plan = plan_of(&mut conn, sql).await;
-        assert!(!plan.lines().any(|l| l.starts_with("SCAN") && !l.contains("jsonb_each")), "full scan in\n{sql}\n{plan}");
+        assert!(
+            !plan.lines().any(|l| l.starts_with("SCAN") && !l.contains("jsonb_each")),
+            "full scan in\n{sql}\n{plan}"
+        );
     }
     // Read at every scrape of /metrics, however long the job and audit history grows.
     let metrics = [super::jobs::JOB_LAST_SUCCESS, super::consent::LAST_WRITE_AT];
