@@ -88,6 +88,18 @@ fn head_of(head: Option<String>) -> Result<(u64, String)> {
     parse_head(&head)
 }
 
+/// Each entry's predecessor's hash and its own, chained in the entries' order from the head's hash `prev`,
+/// which ends as the last entry's hash (the new head).
+fn link(prev: &mut String, entries: &[&AuditEntry]) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .map(|e| {
+            let hash = chain_hash(prev, e);
+            (std::mem::replace(prev, hash.clone()), hash)
+        })
+        .collect()
+}
+
 /// Appends `entries`, chained in their order, inside the caller's SQLite transaction (which holds the write
 /// lock): the head read once, the entries inserted with one multi-row statement per
 /// [`super::ROWS_PER_STATEMENT`] (SQLite numbers them in that order), the head moved once. Each statement is
@@ -100,9 +112,7 @@ pub(crate) async fn append_chained_sqlite(conn: &mut sqlx::SqliteConnection, ent
     let head = sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
     let (count, mut prev) = head_of(head)?;
     let mut rows = Vec::with_capacity(entries.len());
-    for e in entries {
-        let hash = chain_hash(&prev, e);
-        let prev = std::mem::replace(&mut prev, hash.clone());
+    for (e, (prev, hash)) in entries.iter().zip(link(&mut prev, entries)) {
         rows.push((
             ms(e.at),
             e.action.as_str(),
@@ -150,12 +160,7 @@ pub(crate) async fn append_chained_pg(conn: &mut sqlx::PgConnection, entries: &[
     }
     let head = sqlx::query_scalar(HEAD_LOCK).fetch_optional(&mut *conn).await.map_err(StoreError::query(op))?;
     let (count, mut prev) = head_of(head)?;
-    let (mut prevs, mut hashes) = (Vec::with_capacity(entries.len()), Vec::with_capacity(entries.len()));
-    for e in entries {
-        let hash = chain_hash(&prev, e);
-        prevs.push(std::mem::replace(&mut prev, hash.clone()));
-        hashes.push(hash);
-    }
+    let (prevs, hashes): (Vec<String>, Vec<String>) = link(&mut prev, entries).into_iter().unzip();
     fn col<T>(entries: &[&AuditEntry], f: impl Fn(&AuditEntry) -> T) -> Vec<T> {
         entries.iter().map(|e| f(e)).collect()
     }

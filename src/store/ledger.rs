@@ -126,36 +126,38 @@ pub(super) const LEDGER_UPSERT_ARRAYS: &str = concat!(
     ledger_on_conflict!()
 );
 
-/// Binds a ledger entry to [`LEDGER_UPSERT`]'s parameters.
+/// Binds a ledger entry to [`LEDGER_UPSERT`]'s parameters: the values of [`ledger_row`], in its order.
 pub(super) fn bind_ledger<'q, DB: sqlx::Database>(
     q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
     e: &'q LedgerEntry,
 ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
 where
-    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    q.bind(e.destination.clone())
-        .bind(e.key.resource_type.clone())
-        .bind(e.key.id.clone())
-        .bind(e.remote_id.clone())
-        .bind(e.version_id.clone())
-        .bind(e.content_hash.clone())
-        .bind(e.linked)
-        .bind(e.patient.clone())
-        .bind(ms(e.updated_at))
-        .bind(e.origin.as_ref().map(Provenance::encode))
-        .bind(e.source_fp.clone())
-        .bind(e.held_hash.clone())
-        .bind(e.prev_hash.clone())
-        .bind(e.remote_edits)
-        .bind(e.sent_version.clone())
+    let r = ledger_row(e);
+    q.bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(r.5)
+        .bind(r.6)
+        .bind(r.7)
+        .bind(r.8)
+        .bind(r.9)
+        .bind(r.10)
+        .bind(r.11)
+        .bind(r.12)
+        .bind(r.13)
+        .bind(r.14)
 }
 
-/// A ledger entry as a row of a [`super::json_rows`] parameter, in [`LEDGER_COLUMNS`] order, as
-/// [`bind_ledger`] binds it.
+/// A ledger entry's values in [`LEDGER_COLUMNS`] order, as stored: bound one by one ([`bind_ledger`]) or as
+/// a row of a [`super::json_rows`] parameter (SQLite's `complete`).
 #[allow(clippy::type_complexity)]
 pub(super) fn ledger_row(
     e: &LedgerEntry,

@@ -92,16 +92,21 @@ const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until = $4, lease
      RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
          not_before, last_error, dead, created_at, origin";
 
-/// The outbox rows of the keys `UNNEST($1, $2, $3)` (destination, type, id), locked: pending rows, then dead
-/// letters.
-const KEYS_OUTBOX_ROWS_LOCKED: [&str; 2] = [
-    "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, o.lease_until \
-     FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
-     ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i WHERE NOT o.dead FOR UPDATE OF o",
-    "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, o.lease_until \
-     FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
-     ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i WHERE o.dead FOR UPDATE OF o",
-];
+/// The outbox rows of the keys `UNNEST($1, $2, $3)` (destination, type, id) that match `$dead`, locked.
+macro_rules! keys_outbox_rows_locked {
+    ($dead:literal) => {
+        concat!(
+            "SELECT o.destination, o.seq, o.resource_type, o.resource_id, o.op, o.content_hash, o.dead, \
+             o.lease_until FROM outbox o JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(d, t, i) \
+             ON o.destination = k.d AND o.resource_type = k.t AND o.resource_id = k.i WHERE ",
+            $dead,
+            " FOR UPDATE OF o"
+        )
+    };
+}
+
+/// Pending rows, then dead letters (a literal condition each, so each uses its partial index).
+const KEYS_OUTBOX_ROWS_LOCKED: [&str; 2] = [keys_outbox_rows_locked!("NOT o.dead"), keys_outbox_rows_locked!("o.dead")];
 
 /// Leases in one transaction. Leasers of one destination take turns (a transaction advisory lock): the
 /// per-patient check reads other rows' leases, and without the turn two instances could each see the other's
