@@ -19,10 +19,14 @@
 #                                     (scripts/bench/durable_floor.py: the plain client plus the least SQLite
 #                                     bookkeeping the connector's duties call for: queue, send intents, ledger,
 #                                     audit), to a third fresh server; each client's CPU seconds are printed too.
+#                                     The machine's speed drifts by a fifth from one half-minute to the next here
+#                                     (shared cores), so the load and the plain client then run again, one after
+#                                     the other, each on a fresh server (and a fresh state), BENCH_ROUNDS times in
+#                                     all (default 3): each round's ratio is printed, and their median.
 #                                     Settings: BENCH_BATCH_SIZE (50), BENCH_CONCURRENCY (2), BENCH_RATE (10000
 #                                     requests/s, i.e. no limit), BENCH_STORE (sqlite, or postgres: a throwaway
-#                                     Debian PostgreSQL from scripts/pg-test-server.sh), HFS_BIN, HFS_DATA_DIR
-#                                     (default: the test cache).
+#                                     Debian PostgreSQL from scripts/pg-test-server.sh), BENCH_ROUNDS (3),
+#                                     HFS_BIN, HFS_DATA_DIR (default: the test cache).
 #   scripts/bench.sh reconcile [RESOURCES]
 #                                     loads a generated Hub export sized to map to about RESOURCES resources
 #                                     (default 100000) into a fresh local Helios FHIR Server (`connector sync
@@ -74,6 +78,7 @@ stop_all() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     pids=()
     if [ -n "${pg_dir:-}" ]; then bash scripts/pg-test-server.sh stop "$pg_dir" || true; fi
+    if [ -n "${round_pg:-}" ]; then bash scripts/pg-test-server.sh stop "$round_pg" || true; fi
 }
 trap stop_all EXIT
 # start_hfs NAME: a fresh server (own database under $run/NAME) on a free port, as tests/common starts it;
@@ -266,6 +271,10 @@ with open(out, "w", encoding="utf-8") as f:
 PY
     rm -rf "$run/planned"
 
+    # field FILE KEY: KEY of the one JSON object in FILE (a client's summary line).
+    field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+    # cpu REPORT: user + system seconds from a GNU time -v report.
+    cpu() { awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.2f", u + s}' "$1"; }
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     start_hfs connector
     write_config "$run/config.toml"
@@ -331,17 +340,51 @@ PY
         >"$run/floor.json"
     stop_hfs "$hfs_pid"
 
+    # The rounds after the first: the load (fresh server, fresh state) and then the plain client (fresh server),
+    # side by side in time, so each round's ratio is taken at one speed of the machine.
+    rounds="${BENCH_ROUNDS:-3}"
+    round_ratios=("$(python3 -c "print(round($(field "$run/plain.json" seconds) / $(seconds "$run/time-initial.txt"), 3))")")
+    for ((r = 2; r <= rounds; r++)); do
+        rdir="$run/round-$r"
+        mkdir -p "$rdir"
+        if [ "$store" = postgres ]; then
+            round_pg="$rdir/pg"
+            round_url=$(bash scripts/pg-test-server.sh start "$round_pg" \
+                "$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+        else
+            round_url="sqlite://$rdir/state.db"
+        fi
+        start_hfs "round-$r/connector-hfs"
+        (state_url="$round_url" write_config "$rdir/config.toml")
+        echo "Round $r of $rounds: initial load with the connector..." >&2
+        code=0
+        CONNECTOR_LOG=york_connector=info /usr/bin/time -v -o "$rdir/time-initial.txt" "$connector" sync --once \
+            --config "$rdir/config.toml" >"$rdir/initial.txt" 2>"$rdir/initial.log" || code=$?
+        ok_exit "$code" || { echo "bench: round $r's load failed ($code):" >&2; tail -20 "$rdir/initial.log" >&2; exit 1; }
+        held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
+        [ "$held" = "$n_patients $n_encounters $n_orgs" ] ||
+            { echo "bench: round $r: the server holds $held, expected $n_patients $n_encounters $n_orgs" >&2; exit 1; }
+        stop_hfs "$hfs_pid"
+        if [ -n "${round_pg:-}" ]; then
+            bash scripts/pg-test-server.sh stop "$round_pg" || true
+            round_pg=""
+        fi
+        start_hfs "round-$r/plain-hfs"
+        echo "Round $r of $rounds: plain client..." >&2
+        python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" --ndjson "$run/planned.ndjson" \
+            --batch-size "$batch" --concurrency "$concurrency" >"$rdir/plain.json"
+        stop_hfs "$hfs_pid"
+        round_ratios+=("$(python3 -c "print(round($(field "$rdir/plain.json" seconds) / $(seconds "$rdir/time-initial.txt"), 3))")")
+        echo "round $r: connector $(seconds "$rdir/time-initial.txt")s (CPU $(cpu "$rdir/time-initial.txt")s, peak RSS $(rss_mib "$rdir/time-initial.txt") MiB), plain $(field "$rdir/plain.json" seconds)s" >&2
+    done
+
     initial=$(seconds "$run/time-initial.txt")
     nochange=$(seconds "$run/time-nochange.txt")
     nochange2=$(seconds "$run/time-nochange2.txt")
-    # field FILE KEY: KEY of the one JSON object in FILE (a client's summary line).
-    field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
     plain=$(field "$run/plain.json" seconds)
     plain_lookups=$(field "$run/plain-lookups.json" seconds)
     floor=$(field "$run/floor.json" seconds)
     bundles=$(field "$run/plain.json" bundles)
-    # cpu REPORT: user + system seconds from a GNU time -v report.
-    cpu() { awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.2f", u + s}' "$1"; }
     rate_of() { python3 -c "print(round($n_resources / $1))"; }
     # From the end of ingest (mapping and planning into the outbox) to the end of delivery, per the log: delivery
     # runs beside planning, so this is the part of it left when planning ends.
@@ -361,6 +404,7 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "  of which after planning: ${delivery}s (delivery starts beside planning, with its first chunk)"
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
     echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x the time, $(python3 -c "print(round($plain / $initial, 2))")x the rate (target: rate >= $([ "$store" = postgres ] && echo 0.9 || echo 0.95)x)"
+    echo "rounds (load, then plain client, fresh servers): plain/connector rate ratio per round: ${round_ratios[*]}; median: $(python3 -c 'import statistics, sys; print(round(statistics.median(map(float, sys.argv[1:])), 2))' "${round_ratios[@]}")x (the first round is the one above)"
     echo "plain client that also searches for new Patients: ${plain_lookups}s ($(rate_of "$plain_lookups") resources/s); connector: $(python3 -c "print(round($plain_lookups / $initial, 2))")x its rate"
     echo "durable floor (plain client + SQLite outbox, intents, ledger, audit): ${floor}s ($(rate_of "$floor") resources/s); its rate $(python3 -c "print(round($plain / $floor, 2))")x the plain client's; connector: $(python3 -c "print(round($floor / $initial, 2))")x its rate"
     echo "CPU seconds (user + system) of each client: connector $(cpu "$run/time-initial.txt"), plain $(cpu "$run/time-plain.txt"), durable floor $(cpu "$run/time-floor.txt") (the server shares the same $(nproc) cores)"

@@ -109,21 +109,24 @@ fn write_leaf(v: &Value, out: &mut Vec<u8>) {
 /// Writes [`comparable`]`(resource)` as [`canonical`] text, without building the comparable copy.
 fn write_comparable(resource: &Value, out: &mut Vec<u8>) {
     let Some(o) = resource.as_object() else { return write_canonical(resource, out) };
-    let content = |k: &str, _: &Value| !SERVER_META.contains(&k);
-    write_object(
-        o,
-        |k, v| match k {
-            "text" => false,
-            // A `meta` left empty without what the server added is left out whole.
-            "meta" => v.as_object().is_none_or(|meta| meta.iter().any(|(k, v)| content(k, v))),
-            _ => true,
-        },
-        |k, v, out| match (k, v) {
-            ("meta", Value::Object(meta)) => write_object(meta, content, |_, v, out| write_canonical(v, out), out),
-            _ => write_canonical(v, out),
-        },
-        out,
-    );
+    write_object(o, |k, v| k != "text" && comparable_meta(k, v), write_comparable_member, out);
+}
+
+/// Whether member `k` of a resource is left in [`comparable`] as far as `meta` goes: a `meta` left empty
+/// without what the server added is left out whole.
+fn comparable_meta(k: &str, v: &Value) -> bool {
+    k != "meta" || v.as_object().is_none_or(|meta| meta.keys().any(|k| !SERVER_META.contains(&k.as_str())))
+}
+
+/// Writes member `k` of a resource as [`comparable`] holds it, as [`canonical`] text: `meta` without what the
+/// server added, anything else as it is.
+fn write_comparable_member(k: &str, v: &Value, out: &mut Vec<u8>) {
+    match (k, v) {
+        ("meta", Value::Object(meta)) => {
+            write_object(meta, |k, _| !SERVER_META.contains(&k), |_, v, out| write_canonical(v, out), out);
+        }
+        _ => write_canonical(v, out),
+    }
 }
 
 /// Hash of a resource's content as a destination holds it (see [`comparable`]): the sha256 of its canonical
@@ -147,26 +150,30 @@ pub(crate) fn sha256_hex_of(bytes: &[u8]) -> String {
 }
 
 /// Salted fingerprint of one element's value (12 hex digits: enough to tell values apart, too short and
-/// salted to look a value up).
-fn fingerprint(salt: &str, name: &str, value: &Value) -> String {
-    let digest = crate::store::sha256_hex(&format!("{salt}\u{1f}{name}\u{1f}{}", canonical(value)));
-    digest[..12].to_string()
+/// salted to look a value up): the sha256 of the salt, the name and the value's canonical text (as it is in
+/// [`comparable`]), each after a unit separator. `text` is scratch space, reused between elements.
+fn fingerprint(salt: &str, name: &str, value: &Value, text: &mut Vec<u8>) -> String {
+    use sha2::{Digest, Sha256};
+    text.clear();
+    text.extend_from_slice(salt.as_bytes());
+    text.push(0x1f);
+    text.extend_from_slice(name.as_bytes());
+    text.push(0x1f);
+    write_comparable_member(name, value, text);
+    crate::store::hex(&Sha256::digest(&text[..])[..6])
 }
 
 /// Element name -> fingerprint.
 pub type Fingerprints = BTreeMap<String, String>;
 
-/// The fingerprints of a resource's elements.
+/// The fingerprints of a resource's elements, as they are in [`comparable`] (no copy of it is made).
 pub fn fingerprints(salt: &str, resource: &Value) -> Fingerprints {
-    let r = comparable(resource);
-    r.as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, _)| !NOT_ELEMENTS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), fingerprint(salt, k, v)))
-                .collect()
-        })
-        .unwrap_or_default()
+    let Some(o) = resource.as_object() else { return Fingerprints::new() };
+    let mut text = Vec::with_capacity(1024);
+    o.iter()
+        .filter(|(k, v)| !NOT_ELEMENTS.contains(&k.as_str()) && comparable_meta(k, v))
+        .map(|(k, v)| (k.clone(), fingerprint(salt, k, v, &mut text)))
+        .collect()
 }
 
 pub fn encode(fp: &Fingerprints) -> String {

@@ -204,5 +204,20 @@ fn content_hashes_are_the_ones_already_in_ledgers() {
         let expected = crate::store::sha256_hex(&canonical_as_first_written(&comparable(&v)));
         assert_eq!(content_hash(&v), expected, "{v}");
         assert_eq!(canonical(&v), canonical_as_first_written(&v), "{v}");
+        // Fingerprints as first made: of a copy without what a server adds, each element's canonical text
+        // formatted with the salt and name, the first 12 hex digits of its sha256.
+        let as_first_made: Fingerprints = comparable(&v)
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| !NOT_ELEMENTS.contains(&k.as_str()))
+                    .map(|(k, e)| {
+                        let text = format!("{SALT}\u{1f}{k}\u{1f}{}", canonical_as_first_written(e));
+                        (k.clone(), crate::store::sha256_hex(&text)[..12].to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(fingerprints(SALT, &v), as_first_made, "{v}");
     }
 }

@@ -34,6 +34,14 @@ const STATEMENT_CACHE: usize = 32;
 /// cache cost no measurable time and, with [`STATEMENT_CACHE`], took 11-13 MiB off a first load's peak.
 const PAGE_CACHE_KIB: u32 = 1024;
 
+/// WAL pages after which a commit copies them into the database file (SQLite's default is 1,000, 4 MiB). A
+/// first load rewrites the same pages (the queue's, its indexes') in commit after commit; copied less often,
+/// each is copied once for several commits (a 10,000-person load: a tenth fewer page writes and reads, a fifth
+/// fewer fsyncs, about 4% less CPU time).
+/// The WAL is still emptied at the end of every delivery pass ([`checkpoint`]); between, it grows to about
+/// 16 MiB (it holds what the database file holds, with the same owner-only mode).
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
+
 pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
     let shown = redact_url(url);
     let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
@@ -55,6 +63,7 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
         .pragma("temp_store", "MEMORY")
         // A negative size is in KiB.
         .pragma("cache_size", format!("-{PAGE_CACHE_KIB}"))
+        .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
         .statement_cache_capacity(STATEMENT_CACHE);
     let pool_options = if in_memory {
         // An in-memory database lives as long as a connection to it: keep exactly one, for ever.

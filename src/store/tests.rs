@@ -157,6 +157,9 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
     // A page cache of 1 MiB per connection (negative: in KiB), half SQLite's default.
     let cache_size: i64 = sqlx::query_scalar("PRAGMA cache_size").fetch_one(pool).await.unwrap();
     assert_eq!(cache_size, -1024);
+    // WAL pages copied into the file every 4,000 (16 MiB), not SQLite's 1,000.
+    let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(pool).await.unwrap();
+    assert_eq!(autocheckpoint, 4000);
     store.close().await;
 
     let mut raw = SqliteConnection::connect(&url).await.unwrap();
