@@ -81,12 +81,14 @@ stop_all() {
     if [ -n "${round_pg:-}" ]; then bash scripts/pg-test-server.sh stop "$round_pg" || true; fi
 }
 trap stop_all EXIT
+# free_port: a TCP port free on the loopback now.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # start_hfs NAME: a fresh server (own database under $run/NAME) on a free port, as tests/common starts it;
 # sets $port and $hfs_pid.
 start_hfs() {
     local name="$1"
     mkdir -p "$run/$name"
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(free_port)
     (
         for v in $(compgen -e | grep '^HFS_' || true); do unset "$v"; done
         export HFS_VALIDATION_MODE=enforce HFS_SEED_CONFORMANCE=false HFS_NL_SEARCH_ENABLED=false
@@ -231,8 +233,7 @@ sync)
     if [ "$store" = postgres ]; then
         # Debian's PostgreSQL, as the tests run it (scripts/pg-test-server.sh: fsync and synchronous commit off).
         pg_dir="$run/pg"
-        state_url=$(bash scripts/pg-test-server.sh start "$pg_dir" \
-            "$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+        state_url=$(bash scripts/pg-test-server.sh start "$pg_dir" "$(free_port)")
     fi
 
     echo "Precomputing the resources (connector mappings preview; timed: the no-change cycle's baseline)..." >&2
@@ -253,7 +254,7 @@ print(sum(c.values()), c["Patient"], c["Encounter"], c["Organization"])' "$run/r
     # attempt, so nothing is sent and every row stays queued).
     echo "Planning into a scratch outbox (the plain client's resources, as the connector sends them)..." >&2
     mkdir -p "$run/planned"
-    closed=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    closed=$(free_port)
     (state_url="sqlite://$run/planned/state.db" port="$closed" dest_extra="max_attempts = 1" \
         write_config "$run/planned/config.toml")
     CONNECTOR_LOG=york_connector=warn "$connector" sync --once --config "$run/planned/config.toml" \
@@ -275,14 +276,31 @@ PY
     field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
     # cpu REPORT: user + system seconds from a GNU time -v report.
     cpu() { awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.2f", u + s}' "$1"; }
+    # initial_load DIR WHAT: `connector sync --once` with DIR/config.toml into DIR/initial.txt, initial.log and
+    # time-initial.txt; it must succeed. Its exit code is left in load_code.
+    initial_load() {
+        load_code=0
+        CONNECTOR_LOG=york_connector=info /usr/bin/time -v -o "$1/time-initial.txt" "$connector" sync --once \
+            --config "$1/config.toml" >"$1/initial.txt" 2>"$1/initial.log" || load_code=$?
+        ok_exit "$load_code" || { echo "bench: $2 failed ($load_code):" >&2; tail -20 "$1/initial.log" >&2; exit 1; }
+    }
+    # expect_held WHOSE: the server on $port holds every Patient, Encounter and Organization planned.
+    expect_held() {
+        local held
+        held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
+        if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
+            echo "bench: $1 holds Patient/Encounter/Organization $held, expected $n_patients $n_encounters $n_orgs" >&2
+            exit 1
+        fi
+    }
+    # rate_ratio PLAIN_JSON TIME_REPORT: the connector's rate as a share of the plain client's.
+    rate_ratio() { python3 -c "print(round($(field "$1" seconds) / $(seconds "$2"), 3))"; }
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     start_hfs connector
     write_config "$run/config.toml"
     echo "Initial load with the connector ($n_resources resources)..." >&2
-    code=0
-    CONNECTOR_LOG=york_connector=info /usr/bin/time -v -o "$run/time-initial.txt" "$connector" sync --once \
-        --config "$run/config.toml" >"$run/initial.txt" 2>"$run/initial.log" || code=$?
-    ok_exit "$code" || { echo "bench: the initial sync failed ($code):" >&2; tail -20 "$run/initial.log" >&2; exit 1; }
+    initial_load "$run" "the initial sync"
+    code=$load_code
     cat "$run/initial.txt" >&2
     # A no-change cycle: `sync --once` into $run/NAME.txt, .log and time-NAME.txt; it must succeed and queue
     # nothing. Its exit code is left in code_NAME.
@@ -304,22 +322,14 @@ PY
     # The cycle after: nothing was delivered by the one before, so each partner holds a plan receipt now
     # (`sync::receipt`) and is not planned again. Both are reported: the first plans in full.
     no_change_cycle nochange2 "second no-change cycle"
-    held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
-    if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
-        echo "bench: the server holds Patient/Encounter/Organization $held, expected $n_patients $n_encounters $n_orgs" >&2
-        exit 1
-    fi
+    expect_held "the server"
     stop_hfs "$hfs_pid"
 
     start_hfs plain
     echo "Plain client: the same resources as $batch-entry transaction bundles, $concurrency at a time..." >&2
     /usr/bin/time -v -o "$run/time-plain.txt" python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" \
         --ndjson "$run/planned.ndjson" --batch-size "$batch" --concurrency "$concurrency" >"$run/plain.json"
-    held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
-    if [ "$held" != "$n_patients $n_encounters $n_orgs" ]; then
-        echo "bench: the plain client's server holds $held, expected $n_patients $n_encounters $n_orgs" >&2
-        exit 1
-    fi
+    expect_held "the plain client's server"
     stop_hfs "$hfs_pid"
 
     # A second baseline: the plain client that also searches for each new Patient first, as the connector must
@@ -343,27 +353,21 @@ PY
     # The rounds after the first: the load (fresh server, fresh state) and then the plain client (fresh server),
     # side by side in time, so each round's ratio is taken at one speed of the machine.
     rounds="${BENCH_ROUNDS:-3}"
-    round_ratios=("$(python3 -c "print(round($(field "$run/plain.json" seconds) / $(seconds "$run/time-initial.txt"), 3))")")
+    round_ratios=("$(rate_ratio "$run/plain.json" "$run/time-initial.txt")")
     for ((r = 2; r <= rounds; r++)); do
         rdir="$run/round-$r"
         mkdir -p "$rdir"
         if [ "$store" = postgres ]; then
             round_pg="$rdir/pg"
-            round_url=$(bash scripts/pg-test-server.sh start "$round_pg" \
-                "$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+            round_url=$(bash scripts/pg-test-server.sh start "$round_pg" "$(free_port)")
         else
             round_url="sqlite://$rdir/state.db"
         fi
         start_hfs "round-$r/connector-hfs"
         (state_url="$round_url" write_config "$rdir/config.toml")
         echo "Round $r of $rounds: initial load with the connector..." >&2
-        code=0
-        CONNECTOR_LOG=york_connector=info /usr/bin/time -v -o "$rdir/time-initial.txt" "$connector" sync --once \
-            --config "$rdir/config.toml" >"$rdir/initial.txt" 2>"$rdir/initial.log" || code=$?
-        ok_exit "$code" || { echo "bench: round $r's load failed ($code):" >&2; tail -20 "$rdir/initial.log" >&2; exit 1; }
-        held="$(count "$port" Patient) $(count "$port" Encounter) $(count "$port" Organization)"
-        [ "$held" = "$n_patients $n_encounters $n_orgs" ] ||
-            { echo "bench: round $r: the server holds $held, expected $n_patients $n_encounters $n_orgs" >&2; exit 1; }
+        initial_load "$rdir" "round $r's load"
+        expect_held "round $r's server"
         stop_hfs "$hfs_pid"
         if [ -n "${round_pg:-}" ]; then
             bash scripts/pg-test-server.sh stop "$round_pg" || true
@@ -374,7 +378,7 @@ PY
         python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" --ndjson "$run/planned.ndjson" \
             --batch-size "$batch" --concurrency "$concurrency" >"$rdir/plain.json"
         stop_hfs "$hfs_pid"
-        round_ratios+=("$(python3 -c "print(round($(field "$rdir/plain.json" seconds) / $(seconds "$rdir/time-initial.txt"), 3))")")
+        round_ratios+=("$(rate_ratio "$rdir/plain.json" "$rdir/time-initial.txt")")
         echo "round $r: connector $(seconds "$rdir/time-initial.txt")s (CPU $(cpu "$rdir/time-initial.txt")s, peak RSS $(rss_mib "$rdir/time-initial.txt") MiB), plain $(field "$rdir/plain.json" seconds)s" >&2
     done
 
