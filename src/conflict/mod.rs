@@ -140,13 +140,7 @@ pub fn content_hash(resource: &Value) -> String {
 /// The sha256 of `bytes`, in lowercase hex.
 pub(crate) fn sha256_hex_of(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(bytes);
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        hex.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    hex
+    crate::store::hex(&Sha256::digest(bytes))
 }
 
 /// Salted fingerprint of one element's value (12 hex digits: enough to tell values apart, too short and
