@@ -160,6 +160,33 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
     // WAL pages copied into the file every 4,000 (16 MiB), not SQLite's 1,000.
     let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(pool).await.unwrap();
     assert_eq!(autocheckpoint, 4000);
+    // One connection, kept: calls from many tasks at once take turns on it (none waits for another's
+    // connection while holding this one, which would stall until the acquire timeout).
+    assert_eq!((pool.options().get_max_connections(), pool.options().get_min_connections()), (1, 1));
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let store = store.clone();
+        calls.spawn(async move {
+            let key = ResourceKey::new("Patient", format!("p{i}"));
+            if i % 2 == 0 {
+                return store.ledger_get("cito", &key).await.map(|_| ());
+            }
+            let entry = LedgerEntry {
+                destination: "cito".into(),
+                key,
+                remote_id: format!("p{i}"),
+                content_hash: "h".into(),
+                updated_at: Utc::now(),
+                ..Default::default()
+            };
+            store.ledger_put(&entry).await
+        });
+    }
+    let done = tokio::time::timeout(Duration::from_secs(10), calls.join_all())
+        .await
+        .expect("sixteen calls at once on one connection finish");
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(store.ledger_count("cito").await.unwrap(), 8);
     store.close().await;
 
     let mut raw = SqliteConnection::connect(&url).await.unwrap();
