@@ -325,22 +325,32 @@ PY
     expect_held "the server"
     stop_hfs "$hfs_pid"
 
-    start_hfs plain
+    # post_plain DIR NAME [--lookups] [--minimal]: the plain client posts the planned resources to a fresh
+    # server; DIR/NAME.json holds its figures, DIR/time-NAME.txt its GNU time report.
+    post_plain() {
+        local dir="$1" name="$2"
+        shift 2
+        start_hfs "${dir#"$run"}/$name-hfs"
+        /usr/bin/time -v -o "$dir/time-$name.txt" python3 scripts/bench/post_bundles.py \
+            --base-url "http://127.0.0.1:$port" --ndjson "$run/planned.ndjson" --batch-size "$batch" \
+            --concurrency "$concurrency" "$@" >"$dir/$name.json"
+        expect_held "the plain client's server"
+        stop_hfs "$hfs_pid"
+    }
     echo "Plain client: the same resources as $batch-entry transaction bundles, $concurrency at a time..." >&2
-    /usr/bin/time -v -o "$run/time-plain.txt" python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" \
-        --ndjson "$run/planned.ndjson" --batch-size "$batch" --concurrency "$concurrency" >"$run/plain.json"
-    expect_held "the plain client's server"
-    stop_hfs "$hfs_pid"
+    post_plain "$run" plain
 
     # A second baseline: the plain client that also searches for each new Patient first, as the connector must
     # (duplicates), so the ratio to it is the connector's own cost.
-    start_hfs plain-lookups
     echo "Plain client with the connector's Patient searches..." >&2
-    python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" --ndjson "$run/planned.ndjson" \
-        --batch-size "$batch" --concurrency "$concurrency" --lookups >"$run/plain-lookups.json"
-    stop_hfs "$hfs_pid"
+    post_plain "$run" plain-lookups --lookups
 
-    # A third: the plain client plus the least durable bookkeeping the connector's duties call for (a queue,
+    # A third: the plain client asking for minimal transaction answers (status, location, ETag; not the
+    # resources written out again), as the connector does: the same request headers as the connector's.
+    echo "Plain client asking for minimal answers, as the connector does..." >&2
+    post_plain "$run" plain-minimal --minimal
+
+    # A fourth: the plain client plus the least durable bookkeeping the connector's duties call for (a queue,
     # send intents, ledger, hash-chained audit) in SQLite kept as the connector keeps it
     # (scripts/bench/durable_floor.py): what any connector with those duties would cost on this machine.
     start_hfs floor
@@ -354,6 +364,7 @@ PY
     # side by side in time, so each round's ratio is taken at one speed of the machine.
     rounds="${BENCH_ROUNDS:-3}"
     round_ratios=("$(rate_ratio "$run/plain.json" "$run/time-initial.txt")")
+    minimal_ratios=("$(rate_ratio "$run/plain-minimal.json" "$run/time-initial.txt")")
     for ((r = 2; r <= rounds; r++)); do
         rdir="$run/round-$r"
         mkdir -p "$rdir"
@@ -373,13 +384,12 @@ PY
             bash scripts/pg-test-server.sh stop "$round_pg" || true
             round_pg=""
         fi
-        start_hfs "round-$r/plain-hfs"
-        echo "Round $r of $rounds: plain client..." >&2
-        python3 scripts/bench/post_bundles.py --base-url "http://127.0.0.1:$port" --ndjson "$run/planned.ndjson" \
-            --batch-size "$batch" --concurrency "$concurrency" >"$rdir/plain.json"
-        stop_hfs "$hfs_pid"
+        echo "Round $r of $rounds: plain client, then the plain client asking for minimal answers..." >&2
+        post_plain "$rdir" plain
+        post_plain "$rdir" plain-minimal --minimal
         round_ratios+=("$(rate_ratio "$rdir/plain.json" "$rdir/time-initial.txt")")
-        echo "round $r: connector $(seconds "$rdir/time-initial.txt")s (CPU $(cpu "$rdir/time-initial.txt")s, peak RSS $(rss_mib "$rdir/time-initial.txt") MiB), plain $(field "$rdir/plain.json" seconds)s" >&2
+        minimal_ratios+=("$(rate_ratio "$rdir/plain-minimal.json" "$rdir/time-initial.txt")")
+        echo "round $r: connector $(seconds "$rdir/time-initial.txt")s (CPU $(cpu "$rdir/time-initial.txt")s, peak RSS $(rss_mib "$rdir/time-initial.txt") MiB), plain $(field "$rdir/plain.json" seconds)s, plain asking for minimal answers $(field "$rdir/plain-minimal.json" seconds)s" >&2
     done
 
     initial=$(seconds "$run/time-initial.txt")
@@ -408,7 +418,9 @@ print(round((t["delivered"] - t["ingested"]).total_seconds(), 2) if len(t) == 2 
     echo "  of which after planning: ${delivery}s (delivery starts beside planning, with its first chunk)"
     echo "plain client:           ${plain}s ($(rate_of "$plain") resources/s), $bundles bundles"
     echo "ratio connector/plain:  $(python3 -c "print(round($initial / $plain, 2))")x the time, $(python3 -c "print(round($plain / $initial, 2))")x the rate (target: rate >= $([ "$store" = postgres ] && echo 0.9 || echo 0.95)x)"
-    echo "rounds (load, then plain client, fresh servers): plain/connector rate ratio per round: ${round_ratios[*]}; median: $(python3 -c 'import statistics, sys; print(round(statistics.median(map(float, sys.argv[1:])), 2))' "${round_ratios[@]}")x (the first round is the one above)"
+    median() { python3 -c 'import statistics, sys; print(round(statistics.median(map(float, sys.argv[1:])), 2))' "$@"; }
+    echo "rounds (load, then plain client, fresh servers): plain/connector rate ratio per round: ${round_ratios[*]}; median: $(median "${round_ratios[@]}")x (the first round is the one above)"
+    echo "  the same against the plain client asking for minimal answers, as the connector does: ${minimal_ratios[*]}; median: $(median "${minimal_ratios[@]}")x"
     echo "plain client that also searches for new Patients: ${plain_lookups}s ($(rate_of "$plain_lookups") resources/s); connector: $(python3 -c "print(round($plain_lookups / $initial, 2))")x its rate"
     echo "durable floor (plain client + SQLite outbox, intents, ledger, audit): ${floor}s ($(rate_of "$floor") resources/s); its rate $(python3 -c "print(round($plain / $floor, 2))")x the plain client's; connector: $(python3 -c "print(round($floor / $initial, 2))")x its rate"
     echo "CPU seconds (user + system) of each client: connector $(cpu "$run/time-initial.txt"), plain $(cpu "$run/time-plain.txt"), durable floor $(cpu "$run/time-floor.txt") (the server shares the same $(nproc) cores)"

@@ -16,6 +16,10 @@ makes before it creates Patients (a `batch` bundle of `GET Patient?identifier=sy
 number where there is one, 100 per bundle; `src/deliver/fhir.rs::search_batch`): a second baseline, the plain
 client that also checks for duplicates, so the ratio to it is the connector's own cost.
 
+With --minimal, transactions carry `Prefer: return=minimal`, as the connector's do (`src/deliver/fhir.rs`,
+`PREFER_MINIMAL`): the server answers each entry's status, location and ETag without writing the resources
+out again. A third baseline: the plain client asking the server for the same work as the connector does.
+
 Standard library only.
 """
 
@@ -86,6 +90,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     ap.add_argument("--lookups", action="store_true", help="search for each bundle's Patients first, as the connector does")
+    ap.add_argument("--minimal", action="store_true", help="ask for minimal transaction answers, as the connector does")
     args = ap.parse_args()
     if args.batch_size < 1 or args.concurrency < 1:
         ap.error("--batch-size and --concurrency must be at least 1")
@@ -101,6 +106,8 @@ def main():
     local = threading.local()
 
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    if args.minimal:
+        headers["Prefer"] = "return=minimal"
 
     def post(item):
         body, n, first = item
