@@ -20,6 +20,10 @@ use crate::ops::metrics::{Metrics, RequestOutcome};
 
 const FHIR_JSON: &str = "application/fhir+json";
 
+/// Asked of every transaction until the server leaves a version out: the answer's entries carry each write's
+/// status, location and ETag (the version, all the ledger keeps of the answer) without the resources sent,
+/// which the server would otherwise write out again and the connector read and throw away (HFS, a plain client
+/// posting a 10,000-person first load with and without it: 5-7% less of the server's CPU time, 4% less time).
 /// See [`FhirTransport::whole_answers`].
 const PREFER_MINIMAL: &str = "return=minimal";
 
@@ -37,11 +41,6 @@ pub struct FhirTransport {
     /// for the resources back from then on (see [`PREFER_MINIMAL`]).
     whole_answers: std::sync::atomic::AtomicBool,
 }
-
-/// Asked of every transaction until the server leaves a version out: the answer's entries carry each write's
-/// status, location and ETag (the version, all the ledger keeps of the answer) without the resources sent,
-/// which the server would otherwise write out again and the connector read and throw away (HFS: a twentieth
-/// less of its CPU time for a first load, which ran a twenty-fifth faster).
 
 impl FhirTransport {
     pub fn new(
@@ -980,7 +979,7 @@ mod tests {
         let written = t.send(&[write(&patient)]).await.unwrap();
         assert_eq!(written[0].version_id.as_deref(), Some("5"));
         let heads = heads.lock().unwrap().clone();
-        let prefer = |h: &str| h.lines().any(|l| l.to_ascii_lowercase() == "prefer: return=minimal");
+        let prefer = |h: &str| h.lines().any(|l| l.eq_ignore_ascii_case("prefer: return=minimal"));
         assert!(heads[0].starts_with("POST ") && prefer(&heads[0]), "{heads:?}");
         assert!(heads[1].starts_with("GET ") && heads[1].contains("/Patient/p1"), "{heads:?}");
         assert!(heads[2].starts_with("POST ") && !prefer(&heads[2]), "whole answers from then on: {heads:?}");
