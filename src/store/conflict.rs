@@ -203,7 +203,7 @@ impl Store {
     ) -> Result<std::collections::HashSet<ResourceKey>> {
         let mut out = std::collections::HashSet::new();
         for chunk in keys.chunks(KEY_CHUNK) {
-            let rows: Vec<(String, String)> = with_pool!(self, |pool| {
+            let rows: Vec<(String, String)> = with_read_pool!(self, |pool| {
                 let mut qb = with_keys(chunk);
                 qb.push(
                     "SELECT c.resource_type, c.resource_id FROM k CROSS JOIN conflicts c \

@@ -389,7 +389,7 @@ impl Store {
         let today = consent_today();
         let mut out = std::collections::HashMap::new();
         for chunk in persons.chunks(super::KEY_CHUNK) {
-            let rows: Vec<StatementDb> = with_pool!(self, |pool| {
+            let rows: Vec<StatementDb> = with_read_pool!(self, |pool| {
                 let mut qb = sqlx::QueryBuilder::new(format!(
                     "SELECT {STATEMENT_COLUMNS} FROM consent_statements WHERE id IN \
                      (SELECT MAX(id) FROM consent_statements WHERE person IN ("

@@ -233,7 +233,9 @@ impl Store {
         let what = "ledger_get_many";
         for chunk in keys.chunks(KEY_CHUNK) {
             let rows: Vec<LedgerDb> = match &self.inner {
-                Inner::Sqlite(pool) => {
+                Inner::Sqlite(writer) => {
+                    // Read beside the writing connection's transaction (see `with_read_pool!`).
+                    let pool = self.reader.as_ref().unwrap_or(writer);
                     let mut qb = with_keys(chunk);
                     qb.push(KEYS_LEDGER_ENTRIES_JSON);
                     qb.push_bind(destination.to_string());

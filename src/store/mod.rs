@@ -114,6 +114,9 @@ impl fmt::Display for ResourceKey {
 #[derive(Clone)]
 pub struct Store {
     inner: Inner,
+    /// SQLite files: connections that only read, for the reads that decide what a delivery or a plan does
+    /// next ([`with_read_pool!`]), so that they need not wait for the one writing connection's transaction.
+    reader: Option<SqlitePool>,
     /// This installation's salt for element fingerprints (from the `settings` table).
     salt: std::sync::Arc<str>,
     /// Counts the enqueues of this process that wrote rows, for delivery running beside planning
@@ -139,6 +142,21 @@ macro_rules! with_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.inner {
             Inner::Sqlite($pool) => $body,
+            Inner::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Like [`with_pool!`], but on a SQLite file through a reading connection: for the reads a delivery worker or
+/// a plan makes before it writes, which then run beside another worker's transaction instead of after it.
+/// Each sees what was committed when it began, as on a connection of its own in any pool.
+macro_rules! with_read_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.inner {
+            Inner::Sqlite(writer) => {
+                let $pool = $store.reader.as_ref().unwrap_or(writer);
+                $body
+            }
             Inner::Postgres($pool) => $body,
         }
     };
@@ -275,10 +293,11 @@ impl Store {
     /// busy timeout and foreign keys on. Fails with [`StoreError::SchemaTooNew`] when the database was
     /// migrated by a newer connector.
     pub async fn connect(url: &str) -> Result<Store> {
-        let inner = if url.starts_with("sqlite:") {
-            Inner::Sqlite(sqlite::connect(url).await?)
+        let (inner, reader) = if url.starts_with("sqlite:") {
+            let (writer, reader) = sqlite::connect(url).await?;
+            (Inner::Sqlite(writer), reader)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Inner::Postgres(postgres::connect(url).await?)
+            (Inner::Postgres(postgres::connect(url).await?), None)
         } else {
             return Err(StoreError::BadUrl {
                 url: redact_url(url),
@@ -286,7 +305,7 @@ impl Store {
             });
         };
         let queued = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
-        let mut store = Store { inner, salt: std::sync::Arc::from(""), queued };
+        let mut store = Store { inner, reader, salt: std::sync::Arc::from(""), queued };
         let salt: String = with_pool!(store, |pool| {
             sqlx::query_scalar("SELECT value FROM settings WHERE name = 'fingerprint_salt'").fetch_one(pool).await
         })
@@ -317,6 +336,9 @@ impl Store {
     /// Closes the pool, waiting for connections in use to be returned. Leader guards hold their own
     /// connection and are not affected.
     pub async fn close(&self) {
+        if let Some(reader) = &self.reader {
+            reader.close().await;
+        }
         with_pool!(self, |pool| pool.close().await)
     }
 

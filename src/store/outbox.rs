@@ -271,7 +271,9 @@ impl Store {
     async fn key_states(&self, items: &[&OutboxItem]) -> Result<Vec<KeyState>> {
         let what = "enqueue: reading the outbox";
         match &self.inner {
-            Inner::Sqlite(pool) => {
+            Inner::Sqlite(writer) => {
+                // Read beside the writing connection's transaction (see `with_read_pool!`).
+                let pool = self.reader.as_ref().unwrap_or(writer);
                 key_states_on::<sqlx::Sqlite>(&mut *pool.acquire().await.map_err(StoreError::query(what))?, items).await
             }
             Inner::Postgres(pool) => {

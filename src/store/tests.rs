@@ -163,6 +163,11 @@ async fn creates_the_file_and_its_directory_in_wal_mode() {
     // One connection, kept: calls from many tasks at once take turns on it (none waits for another's
     // connection while holding this one, which would stall until the acquire timeout).
     assert_eq!((pool.options().get_max_connections(), pool.options().get_min_connections()), (1, 1));
+    // Beside it, connections that only read (the reads before a worker writes).
+    let reader = store.reader.as_ref().expect("a file has a reading pool");
+    assert_eq!(reader.options().get_max_connections(), 2);
+    let refused = sqlx::query("DELETE FROM settings").execute(reader).await.expect_err("they cannot write");
+    assert!(refused.to_string().contains("readonly") || refused.to_string().contains("read-only"), "{refused}");
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..16 {
         let store = store.clone();
