@@ -245,9 +245,9 @@ impl Transport for FhirTransport {
                 })
                 .collect();
             let unversioned: Vec<usize> = (0..writes.len())
-                .filter(|&i| written[i].version_id.is_none() && writes[i].method == Method::Put)
+                .filter(|&i| minimal && written[i].version_id.is_none() && writes[i].method == Method::Put)
                 .collect();
-            if minimal && !unversioned.is_empty() {
+            if !unversioned.is_empty() {
                 tracing::warn!(
                     writes = unversioned.len(),
                     "The destination answered a transaction without the versions written; reading them back, and asking for the resources in the answer from now on."

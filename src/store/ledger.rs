@@ -234,8 +234,7 @@ impl Store {
         for chunk in keys.chunks(KEY_CHUNK) {
             let rows: Vec<LedgerDb> = match &self.inner {
                 Inner::Sqlite(writer) => {
-                    // Read beside the writing connection's transaction (see `with_read_pool!`).
-                    let pool = self.reader.as_ref().unwrap_or(writer);
+                    let pool = self.sqlite_reader(writer);
                     let mut qb = with_keys(chunk);
                     qb.push(KEYS_LEDGER_ENTRIES_JSON);
                     qb.push_bind(destination.to_string());

@@ -91,8 +91,7 @@ impl Store {
         for chunk in items.chunks(KEY_CHUNK) {
             let rows: Vec<(String, String, String)> = match &self.inner {
                 Inner::Sqlite(writer) => {
-                    // Read beside the writing connection's transaction (see `with_read_pool!`).
-                    let pool = self.reader.as_ref().unwrap_or(writer);
+                    let pool = self.sqlite_reader(writer);
                     let mut qb = sqlx::QueryBuilder::new("WITH k(t, i, f) AS (VALUES ");
                     for (n, (key, fingerprint)) in chunk.iter().enumerate() {
                         qb.push(if n == 0 { "(" } else { ", (" });

@@ -154,7 +154,7 @@ macro_rules! with_read_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.inner {
             Inner::Sqlite(writer) => {
-                let $pool = $store.reader.as_ref().unwrap_or(writer);
+                let $pool = $store.sqlite_reader(writer);
                 $body
             }
             Inner::Postgres($pool) => $body,
@@ -312,6 +312,12 @@ impl Store {
         .map_err(StoreError::query("reading the fingerprint salt"))?;
         store.salt = std::sync::Arc::from(salt.as_str());
         Ok(store)
+    }
+
+    /// The pool for a read that decides a worker's next step on SQLite (see [`with_read_pool!`]): the reading
+    /// pool of a file, else (in memory) `writer`, the one connection there is.
+    fn sqlite_reader<'a>(&'a self, writer: &'a SqlitePool) -> &'a SqlitePool {
+        self.reader.as_ref().unwrap_or(writer)
     }
 
     /// The installation's salt for element fingerprints.

@@ -272,8 +272,7 @@ impl Store {
         let what = "enqueue: reading the outbox";
         match &self.inner {
             Inner::Sqlite(writer) => {
-                // Read beside the writing connection's transaction (see `with_read_pool!`).
-                let pool = self.reader.as_ref().unwrap_or(writer);
+                let pool = self.sqlite_reader(writer);
                 key_states_on::<sqlx::Sqlite>(&mut *pool.acquire().await.map_err(StoreError::query(what))?, items).await
             }
             Inner::Postgres(pool) => {

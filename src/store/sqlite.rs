@@ -1,6 +1,6 @@
 //! SQLite specifics: opening the file (WAL, busy timeout, foreign keys), migrations, leasing and the
-//! writing pass of enqueue. A SQLite file serves one connector instance, through one connection (see
-//! [`connect`]); writes from other processes (the CLI beside the daemon) are serialised by SQLite's write
+//! writing pass of enqueue. A SQLite file serves one connector instance, which writes through one connection
+//! and reads beside it through a small read-only pool (see [`connect`]); writes from other processes (the CLI beside the daemon) are serialised by SQLite's write
 //! lock, taken up front with `BEGIN IMMEDIATE` wherever a transaction reads before it writes.
 
 use std::str::FromStr;
