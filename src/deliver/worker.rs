@@ -122,8 +122,14 @@ impl Worker {
         let rest = lone_part(&mut rows);
         if !self.send(rows).await? {
             if !rest.is_empty() {
-                // Stopping the pass: what was leased and not sent goes back to the outbox as it was.
+                // The pass stops here. The rules still run for the rest (consent withdrawn since planning is
+                // honoured while the destination is down, as for the rows sent); what they allow goes back to
+                // the outbox as it was, deferred with the pass.
+                let mut report = DeliveryReport::default();
+                let (kept, _) = check_policy(&self.store, &self.dest, rest, &mut report).await?;
+                report.deferred += kept.len() as u64;
                 self.store.release(&self.owner).await?;
+                self.report.lock().unwrap_or_else(|p| p.into_inner()).absorb(&report);
             }
             return Ok((false, Vec::new()));
         }
