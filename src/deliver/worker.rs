@@ -54,7 +54,9 @@ pub async fn deliver(
         queued: store.queued(),
         planning: planning.clone(),
     };
-    let (more, rest) = worker(owner.to_string()).lead().await?;
+    // Boxed: the lone bundle's future (a bundle's whole processing) is large, and `deliver` runs on callers'
+    // stacks (a test thread's is 2 MiB).
+    let (more, rest) = Box::pin(worker(owner.to_string()).lead()).await?;
     if more {
         let mut set = tokio::task::JoinSet::new();
         // One worker more than requests allowed in flight: while `concurrency` bundles are at the server, the
