@@ -56,16 +56,16 @@ pub async fn deliver(
     };
     // Boxed: the lone bundle's future (a bundle's whole processing) is large, and `deliver` runs on callers'
     // stacks (a test thread's is 2 MiB).
-    let (more, rest) = Box::pin(worker(owner.to_string()).lead()).await?;
+    let (more, mut rest) = Box::pin(worker(owner.to_string()).lead()).await?;
     if more {
         let mut set = tokio::task::JoinSet::new();
         // One worker more than requests allowed in flight: while `concurrency` bundles are at the server, the
         // spare one leases, checks and looks up the next bundle, and each records its last one without the
         // server waiting. (Twice as many cost more memory at large batches and gained nothing measurable.)
         // Requests take a permit in `send_retrying`.
-        let mut rest = Some(rest);
         for i in 0..dest.concurrency + 1 {
-            set.spawn(worker(format!("{owner}/{i}")).run(rest.take().unwrap_or_default()));
+            // The first worker takes the rest of the first lease; the others start empty-handed.
+            set.spawn(worker(format!("{owner}/{i}")).run(std::mem::take(&mut rest)));
         }
         while let Some(r) = set.join_next().await {
             match r {
@@ -475,6 +475,19 @@ mod tests {
         store.ledger_get("cito", &ResourceKey::new(resource_type, id)).await.unwrap()
     }
 
+    /// A row to queue for cito: `resource_type/id`, of `person` if any.
+    fn queued(resource_type: &str, id: &str, person: Option<&str>) -> crate::store::OutboxItem {
+        crate::store::OutboxItem {
+            destination: "cito".into(),
+            key: ResourceKey::new(resource_type, id),
+            patient: person.map(String::from),
+            op: Op::Upsert,
+            content_hash: format!("h-{id}"),
+            body: Some("{}".into()),
+            origin: None,
+        }
+    }
+
     /// The pass's first lease, `(type, person)` in `seq` order, through the store: leased by the lone bundle's
     /// owner, as `deliver` leases it.
     async fn first_lease(rows: &[(&str, Option<&str>)]) -> (Store, Vec<OutboxRow>) {
@@ -482,15 +495,7 @@ mod tests {
         let items: Vec<crate::store::OutboxItem> = rows
             .iter()
             .enumerate()
-            .map(|(i, (resource_type, person))| crate::store::OutboxItem {
-                destination: "cito".into(),
-                key: ResourceKey::new(*resource_type, format!("r{i}")),
-                patient: person.map(String::from),
-                op: Op::Upsert,
-                content_hash: format!("h{i}"),
-                body: Some("{}".into()),
-                origin: None,
-            })
+            .map(|(i, (resource_type, person))| queued(resource_type, &format!("r{i}"), *person))
             .collect();
         store.enqueue(&items, Utc::now()).await.unwrap();
         let leased = store.lease("cito", "me", 50, std::time::Duration::from_secs(60), Utc::now()).await.unwrap();
@@ -511,21 +516,7 @@ mod tests {
         let rest = lone_part(&mut rows);
         assert_eq!((kinds(&rows), kinds(&rest)), (vec!["Organization"], vec!["Patient", "Encounter"]));
         // The rest stays leased: another worker takes none of it, nor a later row of the same person.
-        store
-            .enqueue(
-                &[crate::store::OutboxItem {
-                    destination: "cito".into(),
-                    key: ResourceKey::new("Encounter", "later"),
-                    patient: Some("Person/a".into()),
-                    op: Op::Upsert,
-                    content_hash: "later".into(),
-                    body: Some("{}".into()),
-                    origin: None,
-                }],
-                Utc::now(),
-            )
-            .await
-            .unwrap();
+        store.enqueue(&[queued("Encounter", "later", Some("Person/a"))], Utc::now()).await.unwrap();
         let other = store.lease("cito", "me/0", 50, std::time::Duration::from_secs(60), Utc::now()).await.unwrap();
         assert!(other.is_empty(), "{:?}", kinds(&other));
     }
