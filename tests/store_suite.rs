@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use york_connector::model::{AuditAction, JobName, Provenance};
 use york_connector::store::{
-    AuditEntry, AuditFilter, Backend, Completion, LedgerEntry, Memo, Op, OutboxItem, OutboxRow, PlanReceipt,
+    AuditEntry, AuditFilter, Backend, Completion, LeaseAsk, LedgerEntry, Memo, Op, OutboxItem, OutboxRow, PlanReceipt,
     QuarantineRecord, ResourceKey, SendIntent, Store, StoreError,
 };
 
@@ -166,6 +166,7 @@ suite!(
     the_plan_memo_answers_only_for_what_is_held_unchanged_and_not_queued,
     the_plan_generation_moves_with_every_change_plans_read_and_only_then,
     lease_keeps_seq_order_per_patient,
+    recording_a_bundle_leases_the_workers_next_one,
     a_row_planned_ahead_of_the_clock_is_due_and_keeps_its_place,
     expired_lease_is_taken_over,
     complete_when_a_newer_plan_replaced_the_row,
@@ -631,6 +632,40 @@ async fn lease_keeps_seq_order_per_patient(db: &Db) {
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[0].last_error.as_deref(), Some("timeout"));
     assert!(store.lease(CITO, "w", 0, LONG, at(61)).await.unwrap().is_empty());
+}
+
+/// A worker records its bundle and leases its next one in one call: the lease sees the rows just recorded
+/// gone (the person's next row is due in it) and follows the lease's rules (order, owner, `max`).
+async fn recording_a_bundle_leases_the_workers_next_one(db: &Db) {
+    let store = db.connect().await;
+    let items = [
+        upsert(CITO, "Patient", "1", Some("Patient/A"), "1"),
+        upsert(CITO, "Encounter", "2", Some("Patient/A"), "2"),
+        upsert(CITO, "Patient", "3", Some("Patient/B"), "3"),
+        upsert(CITO, "Organization", "4", None, "4"),
+        upsert(CITO, "Observation", "5", Some("Patient/B"), "5"),
+    ];
+    store.enqueue(&items, t0()).await.unwrap();
+    let first = store.lease(CITO, "x", 1, LONG, t0()).await.unwrap();
+    assert_eq!(ids(&first), ["1"]);
+    let entry = sent(&first[0], at(1));
+    let done = [Completion { row: &first[0], ledger: Some(&entry), audit: None }];
+    let ask = LeaseAsk { destination: CITO, owner: "x", max: 2, lease_for: LONG };
+    let next = store.complete_and_lease(&done, &ask).await.unwrap();
+    assert_eq!(ids(&next), ["2", "3"], "A's next row is due once 1 is recorded; max respected");
+    assert!(next.iter().all(|r| r.attempts == 0));
+    // 1 is recorded as complete() records it.
+    let held = store.ledger_get_many(CITO, &[key("Patient", "1")]).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].version_id, entry.version_id);
+    assert_eq!(ids(&pending(&store, CITO).await), ["2", "3", "4", "5"]);
+    // They are x's: another worker gets the rest, B's later row waiting for 3.
+    assert_eq!(ids(&store.lease(CITO, "y", 10, LONG, Utc::now()).await.unwrap()), ["4"]);
+    // Nothing to record: a lease alone.
+    let ask = LeaseAsk { destination: CITO, owner: "z", max: 10, lease_for: LONG };
+    assert!(store.complete_and_lease(&[], &ask).await.unwrap().is_empty());
+    store.release("x").await.unwrap();
+    assert_eq!(ids(&store.complete_and_lease(&[], &ask).await.unwrap()), ["2", "3", "5"]);
 }
 
 /// The clock was set back between two plans of one person: the first row's `not_before` (the time it was

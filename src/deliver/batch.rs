@@ -17,7 +17,9 @@ use super::worker::relink;
 use super::{DeliveryReport, Destination};
 use crate::model::{AuditAction, Provenance};
 use crate::policy::Permit;
-use crate::store::{AuditEntry, Completion, LedgerEntry, OutboxRow, ResourceKey, SendIntent, Store, StoreError};
+use crate::store::{
+    AuditEntry, Completion, LeaseAsk, LedgerEntry, OutboxRow, ResourceKey, SendIntent, Store, StoreError,
+};
 
 /// Records rows settled without a write (see [`Settled`]) on their own, when no bundle took them along.
 pub(super) async fn record_settled(store: &Store, settled: &mut Vec<Settled>) -> Result<(), StoreError> {
@@ -30,6 +32,10 @@ pub(super) async fn record_settled(store: &Store, settled: &mut Vec<Settled>) ->
 /// Sends rows as bundles, splitting a refused bundle to find the resource the server refuses. Each bundle
 /// that lands is recorded in one transaction (ledger, audit, outbox), together with the rows `settled`
 /// without a write, which are recorded on their own if no bundle lands.
+///
+/// `next` names the worker (the lease owner) and where its next batch goes: when the last bundle lands with
+/// nothing deferred and no stop asked, the transaction that records it leases the worker's next batch
+/// ([`Store::complete_and_lease`]), a commit fewer per bundle.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn send_rows(
     store: &Store,
@@ -40,6 +46,7 @@ pub(super) async fn send_rows(
     permits: &HashMap<i64, Permit>,
     report: &mut DeliveryReport,
     stop: &watch::Receiver<bool>,
+    mut next: Option<(&str, &mut Vec<OutboxRow>)>,
 ) -> Result<(), StoreError> {
     // Rows and their writes side by side, so a bundle is sent from the writes as they are (no copy of the
     // bodies per attempt).
@@ -89,7 +96,19 @@ pub(super) async fn send_rows(
                     ledger: entry.as_ref(),
                     audit: audit.as_ref(),
                 }));
-                store.complete_many(&done).await?;
+                let last = stack.is_empty() && report.deferred == 0 && !*stop.borrow();
+                match next.as_mut().filter(|_| last) {
+                    Some((owner, ahead)) => {
+                        let ask = LeaseAsk {
+                            destination: &dest.name,
+                            owner,
+                            max: dest.batch_size,
+                            lease_for: dest.lease_for(),
+                        };
+                        **ahead = store.complete_and_lease(&done, &ask).await?;
+                    }
+                    None => store.complete_many(&done).await?,
+                }
                 drop(done);
                 settled.clear();
                 for (row, write) in chunk() {

@@ -53,6 +53,7 @@ pub async fn deliver(
         report: report.clone(),
         queued: store.queued(),
         planning: planning.clone(),
+        ahead: Vec::new(),
     };
     // Boxed: the lone bundle's future (a bundle's whole processing) is large, and `deliver` runs on callers'
     // stacks (a test thread's is 2 MiB).
@@ -113,6 +114,9 @@ struct Worker {
     /// This process's enqueues (see [`Store::queued`]).
     queued: watch::Receiver<u64>,
     planning: Option<watch::Receiver<()>>,
+    /// Rows leased in the transaction that recorded this worker's last bundle
+    /// ([`Store::complete_and_lease`]): its next batch.
+    ahead: Vec<OutboxRow>,
 }
 
 impl Worker {
@@ -122,7 +126,8 @@ impl Worker {
     async fn lead(mut self) -> Result<(bool, Vec<OutboxRow>), StoreError> {
         let Some(mut rows) = self.next_lease().await? else { return Ok((false, Vec::new())) };
         let rest = lone_part(&mut rows);
-        if !self.send(rows).await? {
+        // Alone: the workers lease after it.
+        if !self.send(rows, false).await? {
             if !rest.is_empty() {
                 // The pass stops here. The rules still run for the rest (consent withdrawn since planning is
                 // honoured while the destination is down, as for the rows sent); what they allow goes back to
@@ -141,13 +146,16 @@ impl Worker {
     /// Sends `first` (rows already leased, if any), then leases and sends bundles until the outbox is empty,
     /// the circuit opens, rows are deferred or shutdown is asked for.
     async fn run(mut self, first: Vec<OutboxRow>) -> Result<(), StoreError> {
-        if !first.is_empty() && !self.send(first).await? {
-            return Ok(());
-        }
-        while let Some(rows) = self.next_lease().await? {
-            if !self.send(rows).await? {
-                return Ok(());
+        if first.is_empty() || self.send(first, true).await? {
+            while let Some(rows) = self.next_lease().await? {
+                if !self.send(rows, true).await? {
+                    break;
+                }
             }
+        }
+        if !self.ahead.is_empty() {
+            // Leased with the last bundle, never checked or sent: due again at once, for the next pass.
+            self.store.release(&self.owner).await?;
         }
         Ok(())
     }
@@ -164,6 +172,9 @@ impl Worker {
                 self.report.lock().unwrap_or_else(|p| p.into_inner()).breaker_open = true;
                 return Ok(None);
             }
+            if !self.ahead.is_empty() {
+                return Ok(Some(std::mem::take(&mut self.ahead)));
+            }
             // Enqueues from here on wake a wait below: none is missed between this lease and that wait.
             self.queued.mark_unchanged();
             let rows = store.lease(&dest.name, &self.owner, dest.batch_size, dest.lease_for(), Utc::now()).await?;
@@ -176,9 +187,11 @@ impl Worker {
         }
     }
 
-    /// Sends one leased batch; returns whether to go on (no row was deferred).
-    async fn send(&mut self, rows: Vec<OutboxRow>) -> Result<bool, StoreError> {
-        let r = process(&self.store, &self.dest, rows, &self.shutdown).await?;
+    /// Sends one leased batch; returns whether to go on (no row was deferred). With `lease_next`, the
+    /// transaction that records the batch leases the next one as well (into `ahead`).
+    async fn send(&mut self, rows: Vec<OutboxRow>, lease_next: bool) -> Result<bool, StoreError> {
+        let next = lease_next.then_some((self.owner.as_str(), &mut self.ahead));
+        let r = process(&self.store, &self.dest, rows, &self.shutdown, next).await?;
         self.report.lock().unwrap_or_else(|p| p.into_inner()).absorb(&r);
         // Deferred: transient trouble; stop this pass, the rows wait for their not-before time.
         Ok(r.deferred == 0)
@@ -273,12 +286,13 @@ async fn check_policy(
     Ok((keep, permits))
 }
 
-/// Sends one leased batch.
+/// Sends one leased batch. `next` (the worker and where its next batch goes): see [`send_rows`].
 async fn process(
     store: &Store,
     dest: &Destination,
     rows: Vec<OutboxRow>,
     stop: &watch::Receiver<bool>,
+    next: Option<(&str, &mut Vec<OutboxRow>)>,
 ) -> Result<DeliveryReport, StoreError> {
     let mut report = DeliveryReport { bundles: 1, ..Default::default() };
     let (rows, permits) = check_policy(store, dest, rows, &mut report).await?;
@@ -429,7 +443,7 @@ async fn process(
         record_settled(store, &mut settled).await?;
         return Ok(report);
     }
-    send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop).await?;
+    send_rows(store, dest, to_send, settled, &ledger, &permits, &mut report, stop, next).await?;
     Ok(report)
 }
 

@@ -66,7 +66,7 @@ use ledger::{
     bind_ledger_arrays,
 };
 pub use memo::Memo;
-pub use outbox::{Completion, Op, OutboxItem, OutboxRow, QueueDepth};
+pub use outbox::{Completion, LeaseAsk, Op, OutboxItem, OutboxRow, QueueDepth};
 pub(crate) use outbox::{OUTBOX_CANCEL, OutboxDb, body_of};
 pub use quarantine::QuarantineRecord;
 pub use receipt::PlanReceipt;

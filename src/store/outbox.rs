@@ -82,6 +82,16 @@ pub struct Completion<'a> {
     pub audit: Option<&'a AuditEntry>,
 }
 
+/// The next lease a delivery worker asks for with the completion of its bundle: see
+/// [`Store::complete_and_lease`].
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseAsk<'a> {
+    pub destination: &'a str,
+    pub owner: &'a str,
+    pub max: usize,
+    pub lease_for: Duration,
+}
+
 /// Outbox size of one destination (destinations with no rows are not listed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -307,7 +317,10 @@ impl Store {
         let now_ms = ms(now);
         let until = now_ms.saturating_add(duration_ms(lease_for));
         let rows = match &self.inner {
-            Inner::Sqlite(pool) => sqlite::lease(pool, destination, owner, limit(max), until, now_ms).await?,
+            Inner::Sqlite(pool) => {
+                let ask = sqlite::Lease { destination, owner, max: limit(max), until, now: now_ms };
+                sqlite::lease(pool, ask).await?
+            }
             Inner::Postgres(pool) => postgres::lease(pool, destination, owner, limit(max), until, now_ms).await?,
         };
         outbox_rows(rows)
@@ -332,8 +345,31 @@ impl Store {
     /// The audit entries are chained in the order of `done`. On PostgreSQL the rows are recorded with a few
     /// statements over arrays, whatever their number; on SQLite with a few multi-row statements per 500 rows.
     pub async fn complete_many(&self, done: &[Completion<'_>]) -> Result<()> {
+        self.complete_then(done, None).await.map(|_| ())
+    }
+
+    /// [`Store::complete_many`], then [`Store::lease`] as `next` asks: the worker that recorded a bundle takes
+    /// its next one. On SQLite both are one transaction (a commit fewer per bundle, and the queue's pages
+    /// that both write, its lease indexes', written once); on PostgreSQL one after the other. The lease sees
+    /// the rows just recorded gone, so a person's next row is due in it. Returns the rows leased.
+    pub async fn complete_and_lease(&self, done: &[Completion<'_>], next: &LeaseAsk<'_>) -> Result<Vec<OutboxRow>> {
+        self.complete_then(done, Some(next)).await
+    }
+
+    async fn complete_then(&self, done: &[Completion<'_>], next: Option<&LeaseAsk<'_>>) -> Result<Vec<OutboxRow>> {
+        if let Some(leased) = self.record(done, next).await? {
+            return Ok(leased);
+        }
+        match next {
+            Some(n) => self.lease(n.destination, n.owner, n.max, n.lease_for, Utc::now()).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records `done` in one transaction; `Some`: the rows `next` asked for, leased in it as well (SQLite).
+    async fn record(&self, done: &[Completion<'_>], next: Option<&LeaseAsk<'_>>) -> Result<Option<Vec<OutboxRow>>> {
         if done.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         for c in done {
             if let Some(entry) = c.ledger
@@ -356,17 +392,26 @@ impl Store {
         match &self.inner {
             // One statement cannot write a ledger row twice: a key twice (never seen from delivery, which
             // leases one pending row per key) takes the row-by-row path.
-            Inner::Postgres(pool) if distinct => postgres::complete(pool, done, now).await,
-            Inner::Sqlite(pool) if distinct => sqlite::complete(pool, done, now).await,
+            Inner::Sqlite(pool) if distinct => {
+                let next = next.map(|n| sqlite::Lease {
+                    destination: n.destination,
+                    owner: n.owner,
+                    max: limit(n.max),
+                    until: now.saturating_add(duration_ms(n.lease_for)),
+                    now,
+                });
+                return outbox_rows(sqlite::complete(pool, done, now, next).await?).map(Some);
+            }
+            Inner::Postgres(pool) if distinct => postgres::complete(pool, done, now).await?,
             _ => {
                 in_tx!(self, "complete", |tx| {
                     for c in done {
                         complete_one!(tx, c, now);
                     }
                 });
-                Ok(())
             }
         }
+        Ok(None)
     }
 
     /// A failed attempt that may succeed later: attempts + 1, due again at `not_before`, lease cleared.

@@ -196,26 +196,33 @@ pub(super) const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until 
      RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
          not_before, last_error, dead, created_at, origin";
 
-pub(super) async fn lease(
-    pool: &SqlitePool,
-    destination: &str,
-    owner: &str,
-    max: i64,
-    until: i64,
-    now: i64,
-) -> Result<Vec<OutboxDb>> {
+/// A lease's terms (unix ms), for [`lease`] and a completion that leases ([`complete`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lease<'a> {
+    pub destination: &'a str,
+    pub owner: &'a str,
+    pub max: i64,
+    pub until: i64,
+    pub now: i64,
+}
+
+pub(super) async fn lease(pool: &SqlitePool, ask: Lease<'_>) -> Result<Vec<OutboxDb>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query("lease"))?;
-    let rows = sqlx::query_as(LEASE)
-        .bind(destination)
-        .bind(owner)
-        .bind(max)
-        .bind(until)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(StoreError::query("lease"))?;
+    let rows = lease_in(&mut tx, ask).await?;
     tx.commit().await.map_err(StoreError::query("lease"))?;
     Ok(rows)
+}
+
+async fn lease_in(tx: &mut SqliteConnection, ask: Lease<'_>) -> Result<Vec<OutboxDb>> {
+    sqlx::query_as(LEASE)
+        .bind(ask.destination)
+        .bind(ask.owner)
+        .bind(ask.max)
+        .bind(ask.until)
+        .bind(ask.now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::query("lease"))
 }
 
 /// The writing pass of enqueue: one `IMMEDIATE` transaction in which the items' keys are read again (two
@@ -384,7 +391,14 @@ pub(super) const OUTBOX_DONE: [&str; 2] = [
 /// statements per [`super::ROWS_PER_STATEMENT`] rows, in the steps of PostgreSQL's `complete`: every
 /// statement is a round trip to SQLite's worker thread, and recording row by row took about eight per row
 /// (a third of a first load's CPU time).
-pub(super) async fn complete(pool: &SqlitePool, done: &[Completion<'_>], now: i64) -> Result<()> {
+/// With `next`, the worker's next rows are leased in the same transaction, after the rows are recorded, and
+/// returned.
+pub(super) async fn complete(
+    pool: &SqlitePool,
+    done: &[Completion<'_>],
+    now: i64,
+    next: Option<Lease<'_>>,
+) -> Result<Vec<OutboxDb>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query("complete"))?;
     // Deleted resources (retractions, few): nothing left to be in conflict about, nothing held.
     for c in done.iter().filter(|c| c.ledger.is_none()) {
@@ -442,6 +456,10 @@ pub(super) async fn complete(pool: &SqlitePool, done: &[Completion<'_>], now: i6
             .await
             .map_err(StoreError::query("complete: releasing the replaced outbox row"))?;
     }
+    let leased = match next {
+        Some(ask) => lease_in(&mut tx, ask).await?,
+        None => Vec::new(),
+    };
     tx.commit().await.map_err(StoreError::query("complete"))?;
-    Ok(())
+    Ok(leased)
 }
