@@ -66,6 +66,7 @@ use ledger::{
     bind_ledger_arrays,
 };
 pub use memo::Memo;
+use outbox::LeaseTerms;
 pub use outbox::{Completion, LeaseAsk, Op, OutboxItem, OutboxRow, QueueDepth};
 pub(crate) use outbox::{OUTBOX_CANCEL, OutboxDb, body_of};
 pub use quarantine::QuarantineRecord;

@@ -92,6 +92,16 @@ pub struct LeaseAsk<'a> {
     pub lease_for: Duration,
 }
 
+/// A lease's terms as the backends take them (unix ms): see [`Store::lease`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LeaseTerms<'a> {
+    pub destination: &'a str,
+    pub owner: &'a str,
+    pub max: i64,
+    pub until: i64,
+    pub now: i64,
+}
+
 /// Outbox size of one destination (destinations with no rows are not listed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -316,12 +326,10 @@ impl Store {
         }
         let now_ms = ms(now);
         let until = now_ms.saturating_add(duration_ms(lease_for));
+        let terms = LeaseTerms { destination, owner, max: limit(max), until, now: now_ms };
         let rows = match &self.inner {
-            Inner::Sqlite(pool) => {
-                let ask = sqlite::Lease { destination, owner, max: limit(max), until, now: now_ms };
-                sqlite::lease(pool, ask).await?
-            }
-            Inner::Postgres(pool) => postgres::lease(pool, destination, owner, limit(max), until, now_ms).await?,
+            Inner::Sqlite(pool) => sqlite::lease(pool, terms).await?,
+            Inner::Postgres(pool) => postgres::lease(pool, terms).await?,
         };
         outbox_rows(rows)
     }
@@ -349,9 +357,9 @@ impl Store {
     }
 
     /// [`Store::complete_many`], then [`Store::lease`] as `next` asks: the worker that recorded a bundle takes
-    /// its next one. On SQLite both are one transaction (a commit fewer per bundle, and the queue's pages
-    /// that both write, its lease indexes', written once); on PostgreSQL one after the other. The lease sees
-    /// the rows just recorded gone, so a person's next row is due in it. Returns the rows leased.
+    /// its next one, in one transaction (a commit fewer per bundle; on SQLite the queue's pages that both
+    /// write, its lease indexes', are written once). The lease sees the rows just recorded gone, so a
+    /// person's next row is due in it. Returns the rows leased.
     pub async fn complete_and_lease(&self, done: &[Completion<'_>], next: &LeaseAsk<'_>) -> Result<Vec<OutboxRow>> {
         self.complete_then(done, Some(next)).await
     }
@@ -366,7 +374,8 @@ impl Store {
         }
     }
 
-    /// Records `done` in one transaction; `Some`: the rows `next` asked for, leased in it as well (SQLite).
+    /// Records `done` in one transaction; `Some`: the rows `next` asked for, leased in it as well (not on the
+    /// row-by-row path).
     async fn record(&self, done: &[Completion<'_>], next: Option<&LeaseAsk<'_>>) -> Result<Option<Vec<OutboxRow>>> {
         if done.is_empty() {
             return Ok(None);
@@ -392,17 +401,20 @@ impl Store {
         match &self.inner {
             // One statement cannot write a ledger row twice: a key twice (never seen from delivery, which
             // leases one pending row per key) takes the row-by-row path.
-            Inner::Sqlite(pool) if distinct => {
-                let next = next.map(|n| sqlite::Lease {
+            Inner::Sqlite(_) | Inner::Postgres(_) if distinct => {
+                let next = next.map(|n| LeaseTerms {
                     destination: n.destination,
                     owner: n.owner,
                     max: limit(n.max),
                     until: now.saturating_add(duration_ms(n.lease_for)),
                     now,
                 });
-                return outbox_rows(sqlite::complete(pool, done, now, next).await?).map(Some);
+                let leased = match &self.inner {
+                    Inner::Sqlite(pool) => sqlite::complete(pool, done, now, next).await?,
+                    Inner::Postgres(pool) => postgres::complete(pool, done, now, next).await?,
+                };
+                return outbox_rows(leased).map(|rows| next.map(|_| rows));
             }
-            Inner::Postgres(pool) if distinct => postgres::complete(pool, done, now).await?,
             _ => {
                 in_tx!(self, "complete", |tx| {
                     for c in done {

@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use super::error::redact_url;
 use super::plan::{self, Action, KeyState, StoredRow};
-use super::{Completion, OutboxDb, OutboxItem, Result, StoreError};
+use super::{Completion, LeaseTerms, OutboxDb, OutboxItem, Result, StoreError};
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -113,33 +113,31 @@ const KEYS_OUTBOX_ROWS_LOCKED: [&str; 2] = [keys_outbox_rows_locked!("NOT o.dead
 /// earlier row as free (its lease not yet committed) and send one patient's writes out of order. The lease
 /// statement is short, so the turn costs little; `SKIP LOCKED` still keeps rows that other transactions
 /// (enqueue, complete) hold from blocking the lease.
-pub(super) async fn lease(
-    pool: &PgPool,
-    destination: &str,
-    owner: &str,
-    max: i64,
-    until: i64,
-    now: i64,
-) -> Result<Vec<OutboxDb>> {
+pub(super) async fn lease(pool: &PgPool, terms: LeaseTerms<'_>) -> Result<Vec<OutboxDb>> {
+    let mut tx = pool.begin().await.map_err(StoreError::query("lease"))?;
+    let rows = lease_in(&mut tx, terms).await?;
+    tx.commit().await.map_err(StoreError::query("lease"))?;
+    Ok(rows)
+}
+
+/// Leases inside the caller's transaction, under the destination's lease lock (held to its end).
+async fn lease_in(tx: &mut PgConnection, terms: LeaseTerms<'_>) -> Result<Vec<OutboxDb>> {
     let op = "lease";
-    let mut tx = pool.begin().await.map_err(StoreError::query(op))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(LOCK_LEASE)
-        .bind(hash32(&[destination]))
+        .bind(hash32(&[terms.destination]))
         .execute(&mut *tx)
         .await
         .map_err(StoreError::query(op))?;
-    let rows = sqlx::query_as(LEASE)
-        .bind(destination)
-        .bind(owner)
-        .bind(max)
-        .bind(until)
-        .bind(now)
+    sqlx::query_as(LEASE)
+        .bind(terms.destination)
+        .bind(terms.owner)
+        .bind(terms.max)
+        .bind(terms.until)
+        .bind(terms.now)
         .fetch_all(&mut *tx)
         .await
-        .map_err(StoreError::query(op))?;
-    tx.commit().await.map_err(StoreError::query(op))?;
-    Ok(rows)
+        .map_err(StoreError::query(op))
 }
 
 /// The writing pass of enqueue: one transaction and a few statements over arrays, whatever the number of
@@ -330,8 +328,16 @@ async fn delete_keys(
 /// [`super::Store::complete_many`] in one transaction and a few statements over arrays, whatever the number
 /// of rows: the ledger written, deleted resources' ledger entries and conflicts closed, the audit entries
 /// chained, withholdings and send intents cleared, and the outbox rows removed (as `ROW_DONE` says, in two
-/// passes) or, for rows replaced meanwhile, their leases cleared. The rows' keys must differ.
-pub(super) async fn complete(pool: &PgPool, done: &[Completion<'_>], now: i64) -> Result<()> {
+/// passes) or, for rows replaced meanwhile, their leases cleared. The rows' keys must differ. With `next`, the
+/// worker's next rows are leased last in the same transaction (it waits for the lease lock holding the
+/// locks of what it recorded; a lease skips locked rows and waits for nothing, so no wait goes round) and
+/// returned.
+pub(super) async fn complete(
+    pool: &PgPool,
+    done: &[Completion<'_>],
+    now: i64,
+    next: Option<LeaseTerms<'_>>,
+) -> Result<Vec<OutboxDb>> {
     let op = "complete";
     let keys = |cs: &mut dyn Iterator<Item = &Completion<'_>>| {
         let (mut d, mut t, mut i) = (Vec::new(), Vec::new(), Vec::new());
@@ -411,7 +417,12 @@ pub(super) async fn complete(pool: &PgPool, done: &[Completion<'_>], now: i64) -
         .await
         .map_err(StoreError::query("complete: releasing the replaced outbox rows"))?;
     }
-    tx.commit().await.map_err(StoreError::query(op))
+    let leased = match next {
+        Some(terms) => lease_in(&mut tx, terms).await?,
+        None => Vec::new(),
+    };
+    tx.commit().await.map_err(StoreError::query(op))?;
+    Ok(leased)
 }
 
 /// Opens a connection of its own and tries the leader lock on it; `None` if another session holds it.

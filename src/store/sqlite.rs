@@ -13,8 +13,8 @@ use sqlx::{SqliteConnection, SqlitePool};
 use super::error::redact_url;
 use super::plan::{self, Action};
 use super::{
-    AuditEntry, CLEAR_LEASE_BY_TOKEN, Completion, LEDGER_BOUND, LEDGER_COLUMNS, LEDGER_ON_CONFLICT, LedgerEntry,
-    OutboxDb, OutboxItem, Result, StoreError, json_rows, json_select,
+    AuditEntry, CLEAR_LEASE_BY_TOKEN, Completion, LEDGER_BOUND, LEDGER_COLUMNS, LEDGER_ON_CONFLICT, LeaseTerms,
+    LedgerEntry, OutboxDb, OutboxItem, Result, StoreError, json_rows, json_select,
 };
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -196,24 +196,14 @@ pub(super) const LEASE: &str = "UPDATE outbox SET lease_owner = $2, lease_until 
      RETURNING seq, destination, resource_type, resource_id, patient, op, content_hash, body, attempts, \
          not_before, last_error, dead, created_at, origin";
 
-/// A lease's terms (unix ms), for [`lease`] and a completion that leases ([`complete`]).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Lease<'a> {
-    pub destination: &'a str,
-    pub owner: &'a str,
-    pub max: i64,
-    pub until: i64,
-    pub now: i64,
-}
-
-pub(super) async fn lease(pool: &SqlitePool, ask: Lease<'_>) -> Result<Vec<OutboxDb>> {
+pub(super) async fn lease(pool: &SqlitePool, ask: LeaseTerms<'_>) -> Result<Vec<OutboxDb>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query("lease"))?;
     let rows = lease_in(&mut tx, ask).await?;
     tx.commit().await.map_err(StoreError::query("lease"))?;
     Ok(rows)
 }
 
-async fn lease_in(tx: &mut SqliteConnection, ask: Lease<'_>) -> Result<Vec<OutboxDb>> {
+async fn lease_in(tx: &mut SqliteConnection, ask: LeaseTerms<'_>) -> Result<Vec<OutboxDb>> {
     sqlx::query_as(LEASE)
         .bind(ask.destination)
         .bind(ask.owner)
@@ -397,7 +387,7 @@ pub(super) async fn complete(
     pool: &SqlitePool,
     done: &[Completion<'_>],
     now: i64,
-    next: Option<Lease<'_>>,
+    next: Option<LeaseTerms<'_>>,
 ) -> Result<Vec<OutboxDb>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::query("complete"))?;
     // Deleted resources (retractions, few): nothing left to be in conflict about, nothing held.
